@@ -1,0 +1,106 @@
+//! Command-line flags and their defaults.
+//!
+//! One struct serves the binary (parsed by clap) and the library (built with
+//! [`Config::default`] and adjusted field by field, as the tests do).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Default address to listen on.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
+/// Default long-poll timeout, in seconds.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 30;
+/// Default number of messages a channel keeps.
+pub const DEFAULT_HISTORY: usize = 128;
+/// Default age, in seconds, after which a message leaves the history.
+pub const DEFAULT_HISTORY_AGE_SECS: u64 = 300;
+/// Default largest message, in bytes.
+pub const DEFAULT_MAX_MESSAGE: usize = 64 * 1024;
+/// Default time a client has to send its request headers, in seconds.
+pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
+
+/// How the server runs. Every field has a documented default.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "comethub",
+    version,
+    about = "Async long-poll publish/subscribe HTTP server"
+)]
+pub struct Config {
+    /// Address to listen on (use port 0 for any free port).
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// Longest time a long-poll waits before answering 204, in seconds.
+    #[arg(long, default_value_t = DEFAULT_TIMEOUT_SECS)]
+    pub timeout: u64,
+
+    /// Messages each channel keeps for subscribers that resume with `since`.
+    #[arg(long, default_value_t = DEFAULT_HISTORY)]
+    pub history: usize,
+
+    /// Seconds after which a message leaves the history.
+    #[arg(long, default_value_t = DEFAULT_HISTORY_AGE_SECS)]
+    pub history_age: u64,
+
+    /// Largest message accepted by /publish, in bytes (larger ones get 413).
+    #[arg(long, default_value_t = DEFAULT_MAX_MESSAGE)]
+    pub max_message: usize,
+
+    /// Value of Access-Control-Allow-Origin on every answer.
+    #[arg(long, default_value = "*")]
+    pub cors_origin: String,
+
+    /// Seconds a client has to send its request headers (slowloris guard).
+    #[arg(long, default_value_t = DEFAULT_HEADER_TIMEOUT_SECS)]
+    pub header_timeout: u64,
+
+    /// Largest request head (request line and headers), in bytes; larger gets 431.
+    #[arg(long, default_value_t = 16 * 1024, value_parser = clap::value_parser!(u32).range(8192..))]
+    pub max_header_bytes: u32,
+
+    /// Most open connections; past it new ones get 503 and are closed (0: open-files limit minus a margin).
+    #[arg(long, default_value_t = 0)]
+    pub max_connections: usize,
+
+    /// Most waiting subscribers in all; past it /subscribe answers 503 (0: no limit but connections).
+    #[arg(long, default_value_t = 0)]
+    pub max_subscribers: usize,
+
+    /// Most channels held at once; past it a new channel gets 503.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_channels: usize,
+
+    /// Token that /publish requires as `Authorization: Bearer TOKEN` (none: publishing is open).
+    #[arg(long, env = "COMETHUB_PUBLISH_TOKEN")]
+    pub publish_token: Option<String>,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::parse_from(["comethub"])
+    }
+}
+
+impl Config {
+    /// The long-poll timeout as a duration.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout)
+    }
+
+    /// The history age as a duration.
+    pub fn history_age(&self) -> Duration {
+        Duration::from_secs(self.history_age)
+    }
+
+    /// The header-read timeout as a duration.
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_timeout.max(1))
+    }
+}

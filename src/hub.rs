@@ -1,0 +1,569 @@
+//! The hub: the seed's ClientManager, done right.
+//!
+//! Per channel it keeps a bounded history and the waiting long-poll subscribers'
+//! oneshot senders. A publish appends to the history and drains the waiters, so
+//! every subscriber that was waiting gets the message, and one that polls a moment
+//! later with `since` finds it in the history: nothing published between two polls
+//! is lost. A waiter removes itself when its request goes away (the client hung up,
+//! timed out, or the server shut down), so no dead subscriber is ever kept.
+//!
+//! One std `Mutex` guards all channels; it is never held across an `.await`, and a
+//! publish hands the waiters their message after releasing it.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::header::HeaderValue;
+use tokio::sync::{broadcast, oneshot};
+use tokio::time::Instant;
+
+use crate::error::Error;
+use crate::protocol::{Since, message_id};
+use crate::stats::{Counters, Snapshot};
+
+/// Slots of the table that remembers, for channels that were freed, the last
+/// message id they had; see [`Hub::poll`] on gaps.
+const WATERMARK_SLOTS: usize = 4096;
+/// Messages an event stream may fall behind before it is dropped.
+pub const STREAM_BACKLOG: usize = 256;
+
+/// A published message. Shared by every subscriber it is handed to.
+#[derive(Debug)]
+pub struct Message {
+    /// Position in the hub's sequence; strictly increasing within a channel.
+    pub seq: u64,
+    /// The id clients see: `EPOCH-SEQ`.
+    pub id: HeaderValue,
+    /// The data, byte for byte as published.
+    pub data: Bytes,
+    /// The publisher's Content-Type.
+    pub content_type: HeaderValue,
+    /// When it was published.
+    pub at: Instant,
+}
+
+/// Limits the hub enforces.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// Messages a channel keeps.
+    pub history: usize,
+    /// Age after which a message leaves the history.
+    pub history_age: Duration,
+    /// Most channels at once (0: no limit).
+    pub max_channels: usize,
+    /// Most waiting subscribers at once (0: no limit).
+    pub max_subscribers: usize,
+}
+
+impl From<&crate::Config> for HubConfig {
+    fn from(c: &crate::Config) -> Self {
+        HubConfig {
+            history: c.history,
+            history_age: c.history_age(),
+            max_channels: c.max_channels,
+            max_subscribers: c.max_subscribers,
+        }
+    }
+}
+
+/// What wakes a waiting subscriber.
+#[derive(Debug)]
+enum Wake {
+    Message(Arc<Message>),
+    Deleted,
+    Shutdown,
+}
+
+/// The channels and everything the server counts.
+#[derive(Debug)]
+pub struct Hub {
+    epoch: String,
+    config: HubConfig,
+    state: Mutex<State>,
+    /// Event counters shared with the HTTP layer.
+    pub counters: Counters,
+    started: Instant,
+}
+
+#[derive(Debug)]
+struct State {
+    channels: HashMap<Arc<str>, Channel>,
+    seq: u64,
+    next_waiter: u64,
+    waiting: usize,
+    history_bytes: usize,
+    watermarks: Vec<u64>,
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct Channel {
+    name: Arc<str>,
+    history: VecDeque<Arc<Message>>,
+    /// Sequence of the last message, or the channel's floor if it has none.
+    last_seq: u64,
+    /// Highest sequence that has left the history (or that an earlier life of
+    /// this channel may have had): a `since` below it has missed something.
+    evicted: u64,
+    waiters: HashMap<u64, oneshot::Sender<Wake>>,
+    live: Option<broadcast::Sender<Arc<Message>>>,
+}
+
+impl Channel {
+    fn is_idle(&self) -> bool {
+        self.history.is_empty()
+            && self.waiters.is_empty()
+            && self.live.as_ref().is_none_or(|tx| tx.receiver_count() == 0)
+    }
+
+    /// Drops messages past the count or age limit; returns the bytes freed.
+    fn trim(&mut self, config: &HubConfig, now: Instant) -> usize {
+        let mut freed = 0;
+        while let Some(front) = self.history.front() {
+            let too_many = self.history.len() > config.history;
+            let too_old = now.saturating_duration_since(front.at) >= config.history_age;
+            if !(too_many || too_old) {
+                break;
+            }
+            self.evicted = self.evicted.max(front.seq);
+            freed += front.data.len();
+            self.history.pop_front();
+        }
+        freed
+    }
+
+    /// Retained messages after `after`, at most `limit`.
+    fn after(&self, after: u64, limit: usize) -> Vec<Arc<Message>> {
+        let start = self.history.partition_point(|m| m.seq <= after);
+        self.history.range(start..).take(limit).cloned().collect()
+    }
+}
+
+/// What a long-poll gets at once: messages, or a place in the queue.
+#[derive(Debug)]
+pub enum Poll {
+    /// Messages after `since` were in the history.
+    Ready {
+        /// The messages, oldest first.
+        messages: Vec<Arc<Message>>,
+        /// Some messages after `since` were no longer retained.
+        gap: bool,
+    },
+    /// Nothing yet: wait on this.
+    Wait(Waiter),
+}
+
+/// How a wait ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A message was published.
+    Message(Arc<Message>),
+    /// The timeout passed; carries the channel's current last id.
+    Timeout(HeaderValue),
+    /// The channel was deleted.
+    Deleted,
+    /// The server is shutting down; carries the channel's current last id.
+    Shutdown(HeaderValue),
+}
+
+/// A subscriber waiting for the next message on a channel. Dropping it removes it
+/// from the channel at once.
+#[derive(Debug)]
+pub struct Waiter {
+    rx: oneshot::Receiver<Wake>,
+    hub: Arc<Hub>,
+    channel: Arc<str>,
+    key: u64,
+    /// Messages after `since` were no longer retained when the wait began.
+    pub gap: bool,
+}
+
+impl Waiter {
+    /// Waits for a message, the timeout, deletion or shutdown.
+    pub async fn wait(mut self, timeout: Duration) -> Outcome {
+        match tokio::time::timeout(timeout, &mut self.rx).await {
+            Ok(Ok(Wake::Message(m))) => Outcome::Message(m),
+            Ok(Ok(Wake::Deleted)) => Outcome::Deleted,
+            Ok(Ok(Wake::Shutdown)) | Ok(Err(_)) => {
+                Outcome::Shutdown(self.hub.last_id(&self.channel))
+            }
+            Err(_) => Outcome::Timeout(self.hub.last_id(&self.channel)),
+        }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let mut state = self.hub.state();
+        let Some(ch) = state.channels.get_mut(&self.channel) else {
+            return;
+        };
+        if ch.waiters.remove(&self.key).is_some() {
+            state.waiting -= 1;
+        }
+        state.free_if_idle(&self.channel);
+    }
+}
+
+/// An open event stream: the missed history, then every new message.
+#[derive(Debug)]
+pub struct Stream {
+    /// Messages after `since` that were in the history, oldest first.
+    pub backlog: Vec<Arc<Message>>,
+    /// Some messages after `since` were no longer retained.
+    pub gap: bool,
+    /// New messages as they are published; closed when the channel is deleted
+    /// or the server shuts down, lagged when the reader falls too far behind.
+    pub live: broadcast::Receiver<Arc<Message>>,
+    guard: StreamGuard,
+}
+
+impl Stream {
+    /// The channel this stream reads.
+    pub fn channel(&self) -> &str {
+        &self.guard.channel
+    }
+}
+
+#[derive(Debug)]
+struct StreamGuard {
+    hub: Arc<Hub>,
+    channel: Arc<str>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.hub
+            .counters
+            .streams
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        // Fields drop in order, so the receiver is already gone; a receiver
+        // moved out elsewhere leaves the channel to the next sweep.
+        self.hub.state().free_if_idle(&self.channel);
+    }
+}
+
+impl State {
+    fn bucket(name: &str) -> usize {
+        let mut h = DefaultHasher::new();
+        name.hash(&mut h);
+        (h.finish() as usize) % WATERMARK_SLOTS
+    }
+
+    fn channel(&mut self, name: &str, config: &HubConfig) -> Result<&mut Channel, Error> {
+        if !self.channels.contains_key(name) {
+            if config.max_channels > 0 && self.channels.len() >= config.max_channels {
+                return Err(Error::Busy("channels"));
+            }
+            let floor = self.watermarks[Self::bucket(name)];
+            let name: Arc<str> = name.into();
+            self.channels.insert(
+                name.clone(),
+                Channel {
+                    name,
+                    history: VecDeque::new(),
+                    last_seq: floor,
+                    evicted: floor,
+                    waiters: HashMap::new(),
+                    live: None,
+                },
+            );
+        }
+        self.channels.get_mut(name).ok_or(Error::BadChannel)
+    }
+
+    fn free_if_idle(&mut self, name: &str) {
+        if self.channels.get(name).is_some_and(Channel::is_idle) {
+            self.remove(name);
+        }
+    }
+
+    /// Forgets a channel, remembering its last id for clients that resume later.
+    fn remove(&mut self, name: &str) -> Option<Channel> {
+        let ch = self.channels.remove(name)?;
+        let slot = &mut self.watermarks[Self::bucket(name)];
+        *slot = (*slot).max(ch.last_seq);
+        self.waiting -= ch.waiters.len();
+        self.history_bytes -= ch.history.iter().map(|m| m.data.len()).sum::<usize>();
+        Some(ch)
+    }
+}
+
+impl Hub {
+    /// A hub with a fresh epoch.
+    pub fn new(config: HubConfig) -> Arc<Hub> {
+        Arc::new(Hub {
+            epoch: crate::protocol::new_epoch(),
+            config,
+            state: Mutex::new(State {
+                channels: HashMap::new(),
+                seq: 0,
+                next_waiter: 0,
+                waiting: 0,
+                history_bytes: 0,
+                watermarks: vec![0; WATERMARK_SLOTS],
+                closed: false,
+            }),
+            counters: Counters::default(),
+            started: Instant::now(),
+        })
+    }
+
+    /// This server's epoch, the prefix of every message id it makes.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Where a reader starting at `since` begins, and whether it missed messages.
+    fn start(state: &State, ch: &Channel, since: Since) -> (u64, bool) {
+        match since {
+            Since::Next => (ch.last_seq, false),
+            Since::Oldest => (0, false),
+            Since::Id(seq) if seq <= state.seq => (seq, seq < ch.evicted),
+            Since::Id(_) | Since::Foreign => (0, true),
+        }
+    }
+
+    /// Starts a long-poll on `channel` from `since`: returns at most `limit`
+    /// retained messages at once, or a [`Waiter`] for the next one.
+    pub fn poll(
+        self: &Arc<Self>,
+        channel: &str,
+        since: Since,
+        limit: usize,
+    ) -> Result<Poll, Error> {
+        let mut state = self.state();
+        if state.closed {
+            return Err(Error::ShuttingDown);
+        }
+        let now = Instant::now();
+        let max_subscribers = self.config.max_subscribers;
+        let waiting = state.waiting;
+        let ch = state.channel(channel, &self.config)?;
+        let freed = ch.trim(&self.config, now);
+        let name = ch.name.clone();
+        state.history_bytes -= freed;
+        let ch = &state.channels[channel];
+        let (after, gap) = Self::start(&state, ch, since);
+        let messages = ch.after(after, limit);
+        if !messages.is_empty() {
+            return Ok(Poll::Ready { messages, gap });
+        }
+        if max_subscribers > 0 && waiting >= max_subscribers {
+            state.free_if_idle(channel);
+            return Err(Error::Busy("subscribers"));
+        }
+        let (tx, rx) = oneshot::channel();
+        let key = state.next_waiter;
+        state.next_waiter += 1;
+        state.waiting += 1;
+        if let Some(ch) = state.channels.get_mut(channel) {
+            ch.waiters.insert(key, tx);
+        }
+        Ok(Poll::Wait(Waiter {
+            rx,
+            hub: self.clone(),
+            channel: name,
+            key,
+            gap,
+        }))
+    }
+
+    /// Opens an event stream on `channel` from `since`.
+    pub fn stream(self: &Arc<Self>, channel: &str, since: Since) -> Result<Stream, Error> {
+        let mut state = self.state();
+        if state.closed {
+            return Err(Error::ShuttingDown);
+        }
+        let now = Instant::now();
+        let ch = state.channel(channel, &self.config)?;
+        let freed = ch.trim(&self.config, now);
+        let name = ch.name.clone();
+        let live = ch
+            .live
+            .get_or_insert_with(|| broadcast::channel(STREAM_BACKLOG).0)
+            .subscribe();
+        state.history_bytes -= freed;
+        let ch = &state.channels[channel];
+        let (after, gap) = Self::start(&state, ch, since);
+        let backlog = ch.after(after, usize::MAX);
+        Counters::bump(&self.counters.streams);
+        Ok(Stream {
+            backlog,
+            gap,
+            live,
+            guard: StreamGuard {
+                hub: self.clone(),
+                channel: name,
+            },
+        })
+    }
+
+    /// Publishes a message: appends it to the history and hands it to every
+    /// waiting subscriber and open stream. Returns it and how many got it.
+    pub fn publish(
+        &self,
+        channel: &str,
+        data: Bytes,
+        content_type: HeaderValue,
+    ) -> Result<(Arc<Message>, usize), Error> {
+        let mut state = self.state();
+        if state.closed {
+            return Err(Error::ShuttingDown);
+        }
+        let seq = state.seq + 1;
+        let now = Instant::now();
+        let id = HeaderValue::from_str(&message_id(&self.epoch, seq))
+            .map_err(|_| Error::BadQuery("message id".into()))?;
+        let len = data.len();
+        let message = Arc::new(Message {
+            seq,
+            id,
+            data,
+            content_type,
+            at: now,
+        });
+        let ch = state.channel(channel, &self.config)?;
+        ch.last_seq = seq;
+        ch.history.push_back(message.clone());
+        let freed = ch.trim(&self.config, now);
+        let waiters = std::mem::take(&mut ch.waiters);
+        let streams = ch
+            .live
+            .as_ref()
+            .and_then(|tx| tx.send(message.clone()).ok())
+            .unwrap_or(0);
+        state.seq = seq;
+        state.history_bytes = state.history_bytes + len - freed;
+        state.waiting -= waiters.len();
+        state.free_if_idle(channel);
+        drop(state);
+
+        let mut delivered = streams;
+        for tx in waiters.into_values() {
+            if tx.send(Wake::Message(message.clone())).is_ok() {
+                delivered += 1;
+            }
+        }
+        Counters::bump(&self.counters.published);
+        self.counters
+            .delivered
+            .fetch_add(delivered as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok((message, delivered))
+    }
+
+    /// Drops a channel and its history; its waiters get [`Outcome::Deleted`] and its
+    /// streams end. Returns whether the channel existed.
+    pub fn delete(&self, channel: &str) -> bool {
+        let mut state = self.state();
+        let Some(mut ch) = state.remove(channel) else {
+            return false;
+        };
+        ch.evicted = ch.last_seq;
+        drop(state);
+        for tx in ch.waiters.into_values() {
+            let _ = tx.send(Wake::Deleted);
+        }
+        true
+    }
+
+    /// The id to echo as `since` to read what comes after everything so far.
+    pub fn last_id(&self, channel: &str) -> HeaderValue {
+        let state = self.state();
+        let seq = match state.channels.get(channel) {
+            Some(ch) => ch.last_seq,
+            None => state.watermarks[State::bucket(channel)],
+        };
+        drop(state);
+        HeaderValue::from_str(&message_id(&self.epoch, seq))
+            .unwrap_or_else(|_| HeaderValue::from_static("0-0"))
+    }
+
+    /// Subscribers, retained messages and last id of a channel.
+    pub fn channel_info(&self, channel: &str) -> crate::protocol::ChannelInfo {
+        let state = self.state();
+        let now = Instant::now();
+        let (subscribers, messages, last) = match state.channels.get(channel) {
+            Some(ch) => {
+                let streams = ch.live.as_ref().map_or(0, |tx| tx.receiver_count());
+                let fresh = ch
+                    .history
+                    .iter()
+                    .filter(|m| now.saturating_duration_since(m.at) < self.config.history_age)
+                    .count();
+                (ch.waiters.len() + streams, fresh, ch.last_seq)
+            }
+            None => (0, 0, state.watermarks[State::bucket(channel)]),
+        };
+        crate::protocol::ChannelInfo {
+            channel: channel.to_owned(),
+            subscribers,
+            messages,
+            last_id: (last > 0).then(|| message_id(&self.epoch, last)),
+        }
+    }
+
+    /// Drops expired messages everywhere and frees the channels left idle.
+    pub fn sweep(&self) {
+        let mut state = self.state();
+        let now = Instant::now();
+        let mut freed = 0;
+        let mut idle = Vec::new();
+        for (name, ch) in state.channels.iter_mut() {
+            freed += ch.trim(&self.config, now);
+            if ch.is_idle() {
+                idle.push(name.clone());
+            }
+        }
+        state.history_bytes -= freed;
+        for name in idle {
+            state.remove(&name);
+        }
+    }
+
+    /// Shuts the hub: every waiting subscriber is woken with
+    /// [`Outcome::Shutdown`], every stream ends, and new requests are refused.
+    pub fn close(&self) {
+        let mut state = self.state();
+        state.closed = true;
+        let mut waiters = Vec::new();
+        for ch in state.channels.values_mut() {
+            waiters.extend(std::mem::take(&mut ch.waiters).into_values());
+            ch.live = None;
+        }
+        state.waiting = 0;
+        drop(state);
+        for tx in waiters {
+            let _ = tx.send(Wake::Shutdown);
+        }
+    }
+
+    /// A snapshot for `/stats` and `/metrics`.
+    pub fn snapshot(&self) -> Snapshot {
+        use std::sync::atomic::Ordering::Relaxed;
+        let state = self.state();
+        let (waiting, channels, history_bytes) =
+            (state.waiting, state.channels.len(), state.history_bytes);
+        drop(state);
+        let c = &self.counters;
+        Snapshot {
+            connections: c.connections.load(Relaxed),
+            waiting,
+            streams: c.streams.load(Relaxed),
+            channels,
+            published: c.published.load(Relaxed),
+            delivered: c.delivered.load(Relaxed),
+            history_bytes,
+            uptime_seconds: self.started.elapsed().as_secs(),
+            refused: c.refusals().into_iter().collect(),
+        }
+    }
+}

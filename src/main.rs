@@ -1,0 +1,69 @@
+//! The `comethub` binary: flags, logging, a single-threaded runtime, and [`comethub::run`].
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use comethub::{Config, limits, server, shutdown};
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let mut config = Config::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+
+    let nofile = match limits::raise_nofile() {
+        Ok(n) => n,
+        Err(err) => {
+            error!(cause = %err, "cannot read the open-files limit");
+            1024
+        }
+    };
+    if config.max_connections == 0 {
+        config.max_connections = limits::connections_for(nofile);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            error!(cause = %err, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let listener = match server::bind(config.listen) {
+            Ok(l) => l,
+            Err(err) => {
+                error!(addr = %config.listen, cause = %err, "cannot listen");
+                return ExitCode::FAILURE;
+            }
+        };
+        let addr = listener.local_addr().unwrap_or(config.listen);
+        info!(
+            %addr,
+            nofile,
+            timeout = config.timeout,
+            history = config.history,
+            history_age = config.history_age,
+            max_message = config.max_message,
+            cors_origin = %config.cors_origin,
+            header_timeout = config.header_timeout,
+            max_connections = config.max_connections,
+            max_subscribers = config.max_subscribers,
+            max_channels = config.max_channels,
+            publish_token = config.publish_token.is_some(),
+            "listening"
+        );
+        server::run(listener, config, shutdown::signal()).await;
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,326 @@
+//! The wire protocol's vocabulary: request parameters, message ids and JSON answers.
+//!
+//! Everything a client sends is checked here before it reaches the hub, so the hub
+//! only ever sees valid channel names and cursors.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// The channel used when a request names none.
+pub const DEFAULT_CHANNEL: &str = "default";
+/// Longest channel name, in bytes.
+pub const MAX_CHANNEL_LEN: usize = 128;
+/// Content-Type of messages published as a form field or query parameter.
+pub const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
+
+/// Checks a channel name (absent means [`DEFAULT_CHANNEL`]).
+pub fn channel_name(name: Option<&str>) -> Result<&str, Error> {
+    let name = name.unwrap_or(DEFAULT_CHANNEL);
+    let valid = !name.is_empty()
+        && name.len() <= MAX_CHANNEL_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'-'));
+    if valid {
+        Ok(name)
+    } else {
+        Err(Error::BadChannel)
+    }
+}
+
+/// The server's epoch: a short token that prefixes every message id, so an id from
+/// before a restart or from another server is recognised as foreign.
+pub fn new_epoch() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mixed = nanos ^ (u64::from(std::process::id()) << 40) ^ (nanos >> 29);
+    let mut n = mixed % 36u64.pow(6);
+    let mut out = [b'0'; 6];
+    for slot in out.iter_mut().rev() {
+        *slot = b"0123456789abcdefghijklmnopqrstuvwxyz"[(n % 36) as usize];
+        n /= 36;
+    }
+    // First character is a letter, so an epoch never looks like a number.
+    out[0] = b'a' + (out[0] % 26);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Formats a message id from an epoch and a sequence number.
+pub fn message_id(epoch: &str, seq: u64) -> String {
+    format!("{epoch}-{seq}")
+}
+
+/// Where a subscriber wants to start reading a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    /// No `since`: the next message published after the request arrived.
+    Next,
+    /// `since=oldest`: from the oldest retained message.
+    Oldest,
+    /// `since=ID` with an id of this server's epoch.
+    Id(u64),
+    /// `since=ID` with a well-formed id from another epoch or server.
+    Foreign,
+}
+
+impl Since {
+    /// Parses `since` (or `Last-Event-ID`) against this server's epoch.
+    pub fn parse(value: Option<&str>, epoch: &str) -> Result<Since, Error> {
+        let Some(value) = value else {
+            return Ok(Since::Next);
+        };
+        if value == "oldest" {
+            return Ok(Since::Oldest);
+        }
+        let (prefix, seq) = value.rsplit_once('-').ok_or(Error::BadSince)?;
+        let prefix_ok = !prefix.is_empty()
+            && prefix.len() <= 32
+            && prefix.bytes().all(|b| b.is_ascii_alphanumeric());
+        let seq_ok = !seq.is_empty() && seq.len() <= 20 && seq.bytes().all(|b| b.is_ascii_digit());
+        if !prefix_ok || !seq_ok {
+            return Err(Error::BadSince);
+        }
+        let seq: u64 = seq.parse().map_err(|_| Error::BadSince)?;
+        Ok(if prefix == epoch {
+            Since::Id(seq)
+        } else {
+            Since::Foreign
+        })
+    }
+}
+
+/// Parses `timeout=SECONDS` (fractions allowed) and caps it at the server's default.
+pub fn timeout(value: Option<&str>, default: Duration) -> Result<Duration, Error> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    let secs: f64 = value.trim().parse().map_err(|_| Error::BadTimeout)?;
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(Error::BadTimeout);
+    }
+    Ok(Duration::from_secs_f64(secs.min(default.as_secs_f64())))
+}
+
+/// How a long-poll answer is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The first message's bytes, with its Content-Type.
+    Raw,
+    /// Every message after `since`, batched in one JSON body.
+    Json,
+}
+
+impl Format {
+    /// Parses `format=` (absent means raw).
+    pub fn parse(value: Option<&str>) -> Result<Format, Error> {
+        match value {
+            None | Some("raw") | Some("") => Ok(Format::Raw),
+            Some("json") => Ok(Format::Json),
+            Some(_) => Err(Error::BadFormat),
+        }
+    }
+}
+
+/// The query string of `/subscribe`, `/events`, `/publish` and `/channels`.
+#[derive(Debug, Default, Deserialize)]
+pub struct Query {
+    /// `channel=`.
+    pub channel: Option<String>,
+    /// `since=`.
+    pub since: Option<String>,
+    /// `timeout=`.
+    pub timeout: Option<String>,
+    /// `format=`.
+    pub format: Option<String>,
+    /// `message=` (publish only).
+    pub message: Option<String>,
+}
+
+impl Query {
+    /// Decodes a query string; unknown parameters (cache busters) are ignored.
+    pub fn parse(query: Option<&str>) -> Result<Query, Error> {
+        match query {
+            None | Some("") => Ok(Query::default()),
+            Some(q) => serde_urlencoded::from_str(q).map_err(|e| Error::BadQuery(e.to_string())),
+        }
+    }
+}
+
+/// The form body of `POST /publish`.
+#[derive(Debug, Deserialize)]
+pub struct PublishForm {
+    /// `message=`.
+    pub message: Option<String>,
+}
+
+/// One message in a JSON answer.
+#[derive(Debug, Serialize)]
+pub struct JsonMessage<'a> {
+    /// The message id.
+    pub id: &'a str,
+    /// The data as text, or base64 when it is not UTF-8 (see `encoding`).
+    pub data: std::borrow::Cow<'a, str>,
+    /// The publisher's Content-Type.
+    #[serde(rename = "type")]
+    pub content_type: &'a str,
+    /// `"base64"` when the data is not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<&'static str>,
+}
+
+impl<'a> JsonMessage<'a> {
+    /// Builds the JSON view of a message's bytes.
+    pub fn new(id: &'a str, data: &'a [u8], content_type: &'a str) -> Self {
+        match std::str::from_utf8(data) {
+            Ok(text) => JsonMessage {
+                id,
+                data: text.into(),
+                content_type,
+                encoding: None,
+            },
+            Err(_) => JsonMessage {
+                id,
+                data: base64(data).into(),
+                content_type,
+                encoding: Some("base64"),
+            },
+        }
+    }
+}
+
+/// The body of a `format=json` long-poll answer.
+#[derive(Debug, Serialize)]
+pub struct JsonBatch<'a> {
+    /// The channel.
+    pub channel: &'a str,
+    /// The messages, oldest first.
+    pub messages: Vec<JsonMessage<'a>>,
+    /// The id to echo as the next `since`.
+    pub last_id: &'a str,
+    /// True when messages after `since` are no longer retained.
+    pub gap: bool,
+}
+
+/// The body of a publish answer.
+#[derive(Debug, Serialize)]
+pub struct PublishAnswer<'a> {
+    /// The new message's id.
+    pub id: &'a str,
+    /// The channel.
+    pub channel: &'a str,
+    /// How many subscribers the message was handed to.
+    pub subscribers: usize,
+}
+
+/// The body of `GET /channels/C`.
+#[derive(Debug, Serialize)]
+pub struct ChannelInfo {
+    /// The channel.
+    pub channel: String,
+    /// Waiting long-poll subscribers plus open streams.
+    pub subscribers: usize,
+    /// Messages retained in the history.
+    pub messages: usize,
+    /// The id of the last message, if any is known.
+    pub last_id: Option<String>,
+}
+
+/// Standard base64 with padding, for message data that is not UTF-8.
+pub fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_names() {
+        assert_eq!(channel_name(None), Ok("default"));
+        assert_eq!(channel_name(Some("room:1@a.b-c_d")), Ok("room:1@a.b-c_d"));
+        assert_eq!(channel_name(Some("")), Err(Error::BadChannel));
+        assert_eq!(channel_name(Some("a b")), Err(Error::BadChannel));
+        assert_eq!(channel_name(Some("é")), Err(Error::BadChannel));
+        assert!(channel_name(Some(&"x".repeat(128))).is_ok());
+        assert_eq!(channel_name(Some(&"x".repeat(129))), Err(Error::BadChannel));
+    }
+
+    #[test]
+    fn since_values() {
+        assert_eq!(Since::parse(None, "abc"), Ok(Since::Next));
+        assert_eq!(Since::parse(Some("oldest"), "abc"), Ok(Since::Oldest));
+        assert_eq!(Since::parse(Some("abc-42"), "abc"), Ok(Since::Id(42)));
+        assert_eq!(Since::parse(Some("zzz-42"), "abc"), Ok(Since::Foreign));
+        for bad in [
+            "",
+            "42",
+            "abc-",
+            "-1",
+            "abc--1",
+            "abc-x",
+            "a b-1",
+            "abc-99999999999999999999",
+        ] {
+            assert_eq!(
+                Since::parse(Some(bad), "abc"),
+                Err(Error::BadSince),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn timeouts() {
+        let d = Duration::from_secs(30);
+        assert_eq!(timeout(None, d), Ok(d));
+        assert_eq!(timeout(Some("5"), d), Ok(Duration::from_secs(5)));
+        assert_eq!(timeout(Some("0.5"), d), Ok(Duration::from_millis(500)));
+        assert_eq!(timeout(Some("999999"), d), Ok(d));
+        for bad in ["-1", "x", "NaN", "inf", ""] {
+            assert_eq!(timeout(Some(bad), d), Err(Error::BadTimeout), "{bad}");
+        }
+    }
+
+    #[test]
+    fn epochs_are_distinct_tokens() {
+        let e = new_epoch();
+        assert_eq!(e.len(), 6);
+        assert!(e.as_bytes()[0].is_ascii_lowercase());
+        assert!(matches!(
+            Since::parse(Some(&message_id(&e, 7)), &e),
+            Ok(Since::Id(7))
+        ));
+    }
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64(&[0xff, 0xfe]), "//4=");
+    }
+}

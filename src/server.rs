@@ -1,0 +1,158 @@
+//! Binds the listener, accepts connections, serves HTTP/1 on each, and shuts down.
+//!
+//! [`run`] takes an already-bound listener and a shutdown future, so the binary
+//! passes SIGINT/SIGTERM and tests pass a channel. On shutdown it stops
+//! accepting, answers every waiting subscriber (204 with its `X-Message-Id`),
+//! lets the answers go out and closes the connections, within [`GRACE`].
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tracing::{debug, error, info, warn};
+
+use crate::config::Config;
+use crate::hub::{Hub, HubConfig};
+use crate::service::Service;
+use crate::stats::Counters;
+
+/// Longest time shutdown waits for connections to finish.
+pub const GRACE: Duration = Duration::from_millis(1500);
+/// How often expired history is swept.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Binds a listener with SO_REUSEADDR and a deep accept backlog.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+/// Serves `listener` until `shutdown` completes, then shuts down gracefully.
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) {
+    let hub = Hub::new(HubConfig::from(&config));
+    let service = Arc::new(Service::new(hub.clone(), &config));
+    let max_connections = match config.max_connections {
+        0 => crate::limits::connections_for(crate::limits::raise_nofile().unwrap_or(1024)),
+        n => n,
+    };
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout())
+        .max_buf_size(config.max_header_bytes as usize);
+    let graceful = GracefulShutdown::new();
+
+    let sweeper = tokio::spawn({
+        let hub = hub.clone();
+        async move {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            loop {
+                tick.tick().await;
+                hub.sweep();
+            }
+        }
+    });
+
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    accept_failed(err).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        if hub.counters.connections.load(Relaxed) as usize >= max_connections {
+            hub.counters.refused("connection_limit");
+            warn!(limit = max_connections, "connection limit reached");
+            tokio::spawn(refuse_connection(stream));
+            continue;
+        }
+        let _ = stream.set_nodelay(true);
+        let service = service.clone();
+        let conn = builder.serve_connection(
+            TokioIo::new(stream),
+            service_fn(move |req| service.clone().handle(req)),
+        );
+        let conn = graceful.watch(conn);
+        let open = OpenConnection::new(hub.clone());
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                debug!(cause = %err, "connection ended with an error");
+            }
+            drop(open);
+        });
+    }
+
+    drop(listener);
+    sweeper.abort();
+    hub.close();
+    tokio::select! {
+        _ = graceful.shutdown() => info!("all connections closed"),
+        _ = tokio::time::sleep(GRACE) => warn!("grace period over; closing the rest"),
+    }
+}
+
+/// Counts a connection as open for as long as it lives.
+#[derive(Debug)]
+struct OpenConnection(Arc<Hub>);
+
+impl OpenConnection {
+    fn new(hub: Arc<Hub>) -> Self {
+        Counters::bump(&hub.counters.connections);
+        OpenConnection(hub)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.counters.connections.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Connection errors are the peer's business; others (such as running out of
+/// file descriptors) deserve a log line and a pause before accepting again.
+async fn accept_failed(err: io::Error) {
+    use io::ErrorKind::*;
+    if matches!(
+        err.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    ) {
+        return;
+    }
+    error!(cause = %err, "accept failed; pausing");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// Past the connection limit: a plain 503 and a close, without parsing anything.
+async fn refuse_connection(mut stream: TcpStream) {
+    const BODY: &str = "{\"error\":\"too many connections: try again later\"}\n";
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
+         access-control-allow-origin: *\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let write = async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+}

@@ -1,0 +1,149 @@
+//! Counters behind `/stats` and `/metrics`.
+//!
+//! Event counters are atomics bumped where things happen; gauges that the hub
+//! owns (channels, waiting subscribers, history bytes) are read from it on demand.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde::Serialize;
+
+/// Server-wide event counters.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Open client connections.
+    pub connections: AtomicU64,
+    /// Open event streams (`/events`).
+    pub streams: AtomicU64,
+    /// Messages published.
+    pub published: AtomicU64,
+    /// Messages handed to subscribers (one per subscriber per message).
+    pub delivered: AtomicU64,
+    /// Requests refused with a 4xx/5xx, by reason.
+    refused: [AtomicU64; REFUSAL_REASONS.len()],
+}
+
+/// The `reason` labels of refused requests, in the order of [`Counters`]' slots.
+pub const REFUSAL_REASONS: [&str; 16] = [
+    "bad_channel",
+    "bad_since",
+    "bad_timeout",
+    "bad_format",
+    "bad_query",
+    "missing_message",
+    "unauthorized",
+    "not_found",
+    "method_not_allowed",
+    "too_large",
+    "body_timeout",
+    "body_read",
+    "busy",
+    "shutting_down",
+    "connection_limit",
+    "gone",
+];
+
+impl Counters {
+    /// Adds one to a counter.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    /// Counts a refused request under its reason.
+    pub fn refused(&self, reason: &str) {
+        if let Some(i) = REFUSAL_REASONS.iter().position(|r| *r == reason) {
+            self.refused[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Refusals so far, by reason (only the non-zero ones).
+    pub fn refusals(&self) -> Vec<(&'static str, u64)> {
+        REFUSAL_REASONS
+            .iter()
+            .zip(&self.refused)
+            .map(|(r, n)| (*r, n.load(Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+}
+
+/// A snapshot of the server's state, as `/stats` answers it.
+#[derive(Debug, Serialize)]
+pub struct Snapshot {
+    /// Open client connections.
+    pub connections: u64,
+    /// Long-poll subscribers waiting for a message.
+    pub waiting: usize,
+    /// Open event streams.
+    pub streams: u64,
+    /// Channels held (with history or subscribers).
+    pub channels: usize,
+    /// Messages published since start.
+    pub published: u64,
+    /// Deliveries since start (one per subscriber per message).
+    pub delivered: u64,
+    /// Bytes of message data held in histories.
+    pub history_bytes: usize,
+    /// Seconds since start.
+    pub uptime_seconds: u64,
+    /// Requests refused, by reason.
+    pub refused: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl Snapshot {
+    /// The snapshot in Prometheus text exposition format.
+    pub fn to_prometheus(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP comethub_{name} {help}\n# TYPE comethub_{name} {kind}\ncomethub_{name} {value}"
+            );
+        };
+        metric(
+            "connections",
+            "gauge",
+            "Open client connections.",
+            self.connections,
+        );
+        metric(
+            "waiting_subscribers",
+            "gauge",
+            "Long-poll subscribers waiting.",
+            self.waiting as u64,
+        );
+        metric("streams", "gauge", "Open event streams.", self.streams);
+        metric("channels", "gauge", "Channels held.", self.channels as u64);
+        metric(
+            "published_total",
+            "counter",
+            "Messages published.",
+            self.published,
+        );
+        metric(
+            "delivered_total",
+            "counter",
+            "Messages handed to subscribers.",
+            self.delivered,
+        );
+        metric(
+            "history_bytes",
+            "gauge",
+            "Bytes of message data in histories.",
+            self.history_bytes as u64,
+        );
+        metric(
+            "uptime_seconds",
+            "gauge",
+            "Seconds since start.",
+            self.uptime_seconds,
+        );
+        out.push_str("# HELP comethub_refused_total Requests refused, by reason.\n");
+        out.push_str("# TYPE comethub_refused_total counter\n");
+        for reason in REFUSAL_REASONS {
+            let n = self.refused.get(reason).copied().unwrap_or(0);
+            let _ = writeln!(out, "comethub_refused_total{{reason=\"{reason}\"}} {n}");
+        }
+        out
+    }
+}
