@@ -13,14 +13,14 @@
 //! - [`hub`]: the channels, their history and their waiting subscribers.
 //! - [`stats`]: counters behind `/stats` and `/metrics`.
 //! - [`error`]: every refusal the server can answer, with its status.
-//! - [`limits`]: raising the open-files limit at start.
+//! - [`os`]: the open-files limit, and handing freed memory back.
 //! - [`shutdown`]: SIGINT/SIGTERM as a future.
 
 pub mod chat;
 pub mod config;
 pub mod error;
 pub mod hub;
-pub mod limits;
+pub mod os;
 pub mod protocol;
 pub mod server;
 pub mod service;

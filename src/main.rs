@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use comethub::{Config, limits, server, shutdown};
+use comethub::{Config, os, server, shutdown};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
@@ -12,6 +12,7 @@ fn main() -> ExitCode {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if config.log_format == "json" {
         logs.json().init();
@@ -19,7 +20,7 @@ fn main() -> ExitCode {
         logs.init();
     }
 
-    let nofile = match limits::raise_nofile() {
+    let nofile = match os::raise_nofile() {
         Ok(n) => n,
         Err(err) => {
             error!(cause = %err, "cannot read the open-files limit");
@@ -27,7 +28,7 @@ fn main() -> ExitCode {
         }
     };
     if config.max_connections == 0 {
-        config.max_connections = limits::connections_for(nofile);
+        config.max_connections = os::connections_for(nofile);
     }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -27,6 +27,8 @@ use crate::stats::Counters;
 
 /// Longest time shutdown waits for connections to finish.
 pub const GRACE: Duration = Duration::from_millis(1500);
+/// Connections that must close before freed memory is handed back.
+const TRIM_AFTER_CLOSED: u64 = 256;
 /// How often expired history is swept.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -47,7 +49,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let hub = Hub::new(HubConfig::from(&config));
     let service = Arc::new(Service::new(hub.clone(), &config));
     let max_connections = match config.max_connections {
-        0 => crate::limits::connections_for(crate::limits::raise_nofile().unwrap_or(1024)),
+        0 => crate::os::connections_for(crate::os::raise_nofile().unwrap_or(1024)),
         n => n,
     };
     let mut builder = http1::Builder::new();
@@ -61,9 +63,16 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         let hub = hub.clone();
         async move {
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            let mut closed_at_trim = 0;
             loop {
                 tick.tick().await;
                 hub.sweep();
+                let c = &hub.counters;
+                let closed = c.accepted.load(Relaxed) - c.connections.load(Relaxed);
+                if closed >= closed_at_trim + TRIM_AFTER_CLOSED {
+                    crate::os::release_free_memory();
+                    closed_at_trim = closed;
+                }
             }
         }
     });
@@ -117,6 +126,7 @@ struct OpenConnection(Arc<Hub>);
 
 impl OpenConnection {
     fn new(hub: Arc<Hub>) -> Self {
+        Counters::bump(&hub.counters.accepted);
         Counters::bump(&hub.counters.connections);
         OpenConnection(hub)
     }

@@ -12,6 +12,8 @@ use serde::Serialize;
 pub struct Counters {
     /// Open client connections.
     pub connections: AtomicU64,
+    /// Connections accepted since start.
+    pub accepted: AtomicU64,
     /// Open event streams (`/events`).
     pub streams: AtomicU64,
     /// Messages published.

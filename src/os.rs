@@ -1,6 +1,9 @@
-//! The open-files limit: every connection is a file descriptor, so at start the
-//! soft limit is raised to the hard limit (the seed's `limits.conf` advice, done
-//! by the process itself).
+//! What the server asks of the operating system.
+//!
+//! Every connection is a file descriptor, so at start the soft open-files limit is
+//! raised to the hard limit (the seed's `limits.conf` advice, done by the process
+//! itself). And after many connections close, freed heap pages are handed back,
+//! so the resident size falls again once a crowd of subscribers has left.
 #![allow(unsafe_code)]
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit; returns the limit now in force.
@@ -41,3 +44,16 @@ pub const RESERVED_FDS: u64 = 64;
 pub fn connections_for(nofile: u64) -> usize {
     usize::try_from(nofile.saturating_sub(RESERVED_FDS).max(1)).unwrap_or(usize::MAX)
 }
+
+/// Hands free heap pages back to the kernel (glibc keeps them otherwise).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim only walks glibc's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Other allocators return memory on their own.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn release_free_memory() {}

@@ -1,0 +1,238 @@
+//! Test helpers: start the real `comethub` binary on port 0 and speak HTTP to it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{HeaderMap, Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// Every awaited step of a test is bounded by this.
+pub const STEP: Duration = Duration::from_secs(20);
+
+/// A running server process, killed on drop.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub child: Child,
+}
+
+impl Server {
+    /// Starts the binary with extra flags and waits for its "listening" line.
+    pub fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_comethub"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env_remove("COMETHUB_PUBLISH_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start comethub");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("server exited before listening")
+                .expect("read log");
+            if let Some(rest) = line.split("addr=").nth(1) {
+                let addr = rest.split_whitespace().next().expect("addr value");
+                break addr.parse().expect("socket address");
+            }
+        };
+        // Keep draining the log so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server { addr, child }
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// A new keep-alive client connection.
+    pub async fn client(&self) -> Client {
+        Client::connect(self.addr).await
+    }
+
+    /// One request on a fresh connection.
+    pub async fn get(&self, path: &str) -> Resp {
+        self.client().await.get(path).await
+    }
+
+    /// `GET /stats` as JSON.
+    pub async fn stats(&self) -> serde_json::Value {
+        self.get("/stats").await.json()
+    }
+
+    /// Resident memory of the server process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("proc status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS")
+    }
+
+    /// Polls `/stats` until `field` equals `value`, or panics after `STEP`.
+    pub async fn wait_for_stat(&self, field: &str, value: u64) {
+        let deadline = tokio::time::Instant::now() + STEP;
+        loop {
+            let stats = self.stats().await;
+            if stats[field] == value {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{field} stayed at {} (want {value})",
+                stats[field]
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().expect("ascii header"))
+    }
+    pub fn id(&self) -> String {
+        self.header("x-message-id")
+            .expect("x-message-id")
+            .to_owned()
+    }
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).expect("utf-8 body")
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+    pub fn gap(&self) -> bool {
+        self.header("x-gap") == Some("1")
+    }
+    /// Asserts a refusal: the status and a one-line `{"error":"…"}` body.
+    pub fn assert_refused(&self, status: u16) {
+        assert_eq!(self.status.as_u16(), status, "body: {:?}", self.body);
+        assert_eq!(self.header("content-type"), Some("application/json"));
+        let text = self.text().trim_end_matches('\n');
+        assert!(!text.contains('\n'), "one line: {text}");
+        let error = &self.json()["error"];
+        assert!(
+            error.as_str().is_some_and(|e| !e.is_empty()),
+            "error text: {text}"
+        );
+    }
+}
+
+/// One HTTP/1.1 keep-alive connection.
+pub struct Client {
+    sender: SendRequest<Full<Bytes>>,
+    pub addr: SocketAddr,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let stream = tokio::time::timeout(STEP, TcpStream::connect(addr))
+            .await
+            .expect("connect in time")
+            .expect("connect");
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Client { sender, addr }
+    }
+
+    pub async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Resp {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(body.into())).expect("request");
+        let work = async {
+            self.sender.ready().await.expect("connection ready");
+            let resp = self.sender.send_request(req).await.expect("response");
+            let (parts, body) = resp.into_parts();
+            let body = body.collect().await.expect("body").to_bytes();
+            Resp {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            }
+        };
+        tokio::time::timeout(STEP, work)
+            .await
+            .expect("answer in time")
+    }
+
+    pub async fn get(&mut self, path: &str) -> Resp {
+        self.request(Method::GET, path, &[], Bytes::new()).await
+    }
+
+    /// Publishes `data` as a raw text body on `channel`; returns the new id.
+    pub async fn publish(&mut self, channel: &str, data: &str) -> String {
+        let path = format!("/publish?channel={channel}");
+        let headers = [("content-type", "text/plain")];
+        let resp = self
+            .request(Method::POST, &path, &headers, data.to_owned())
+            .await;
+        assert_eq!(resp.status, 200, "{:?}", resp.body);
+        resp.json()["id"].as_str().expect("id").to_owned()
+    }
+}
+
+/// Spawns a long-poll on its own connection; the handle yields its answer.
+pub fn spawn_get(addr: SocketAddr, path: &str) -> tokio::task::JoinHandle<Resp> {
+    let path = path.to_owned();
+    tokio::spawn(async move { Client::connect(addr).await.get(&path).await })
+}
+
+/// Waits for a spawned request, bounded.
+pub async fn join(handle: tokio::task::JoinHandle<Resp>) -> Resp {
+    tokio::time::timeout(STEP, handle)
+        .await
+        .expect("in time")
+        .expect("task")
+}

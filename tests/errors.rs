@@ -1,0 +1,284 @@
+//! Every refusal in PROTOCOL.md's Errors section: its status, a one-line JSON body,
+//! and a server that goes on serving everyone else.
+
+#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly, which is the point
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Client, Server, join, spawn_get};
+use hyper::Method;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Publishes and receives on a fresh channel: the server still works.
+async fn still_serving(server: &Server) {
+    let waiting = spawn_get(server.addr, "/subscribe?channel=canary");
+    server.wait_for_stat("waiting", 1).await;
+    let resp = server.get("/publish?channel=canary&message=alive").await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(join(waiting).await.text(), "alive");
+}
+
+#[tokio::test]
+async fn bad_parameters_get_400() {
+    let server = Server::start(&[]);
+    let mut c = server.client().await;
+    let long = "x".repeat(129);
+    for path in [
+        "/subscribe?channel=",
+        "/subscribe?channel=a%20b",
+        "/subscribe?channel=%C3%A9",
+        &format!("/subscribe?channel={long}"),
+        "/subscribe?since=garbage",
+        "/subscribe?since=abc-",
+        "/subscribe?since=%FF%FE-1",
+        "/subscribe?timeout=-1",
+        "/subscribe?timeout=soon",
+        "/subscribe?timeout=NaN",
+        "/subscribe?format=xml",
+        "/subscribe?channel=a&channel=b",
+        "/events?since=garbage",
+        "/events?channel=no/slash",
+        "/publish?channel=bad%20name&message=x",
+        "/publish?channel=ok",
+        "/channels/bad%20name",
+    ] {
+        c.get(path).await.assert_refused(400);
+    }
+    let bad_header = [("last-event-id", "not-an-id!")];
+    c.request(Method::GET, "/subscribe", &bad_header, "")
+        .await
+        .assert_refused(400);
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    c.request(Method::POST, "/publish", &form, "other=1")
+        .await
+        .assert_refused(400);
+    c.request(Method::POST, "/publish", &[], "")
+        .await
+        .assert_refused(400);
+    assert_eq!(
+        server.stats().await["channels"],
+        0,
+        "no channel made by a refusal"
+    );
+    still_serving(&server).await;
+}
+
+#[tokio::test]
+async fn unknown_paths_get_404_and_wrong_methods_405() {
+    let server = Server::start(&[]);
+    let mut c = server.client().await;
+    c.get("/nowhere").await.assert_refused(404);
+    c.get("/subscribe/extra").await.assert_refused(404);
+    let resp = c.request(Method::PUT, "/publish", &[], "x").await;
+    resp.assert_refused(405);
+    assert!(resp.header("allow").unwrap().contains("POST"));
+    c.request(Method::POST, "/subscribe", &[], "")
+        .await
+        .assert_refused(405);
+    c.request(Method::DELETE, "/stats", &[], "")
+        .await
+        .assert_refused(405);
+    still_serving(&server).await;
+}
+
+#[tokio::test]
+async fn oversized_messages_get_413() {
+    let server = Server::start(&["--max-message", "100"]);
+    let mut c = server.client().await;
+    let text = [("content-type", "text/plain")];
+    let ok = c
+        .request(Method::POST, "/publish?channel=big", &text, "x".repeat(100))
+        .await;
+    assert_eq!(ok.status, 200);
+    c.request(Method::POST, "/publish?channel=big", &text, "x".repeat(101))
+        .await
+        .assert_refused(413);
+    let form = [("content-type", "application/x-www-form-urlencoded")];
+    let body = format!("message={}", "y".repeat(101));
+    c.request(Method::POST, "/publish?channel=big", &form, body)
+        .await
+        .assert_refused(413);
+    let q = format!("/publish?channel=big&message={}", "z".repeat(101));
+    server.get(&q).await.assert_refused(413);
+    // A body far over the limit is refused from its Content-Length, unread.
+    server
+        .client()
+        .await
+        .request(
+            Method::POST,
+            "/publish?channel=big",
+            &text,
+            vec![b'w'; 1 << 20],
+        )
+        .await
+        .assert_refused(413);
+    let info = server.get("/channels/big").await.json();
+    assert_eq!(
+        info["messages"], 1,
+        "only the message within the limit was kept"
+    );
+    still_serving(&server).await;
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431() {
+    let server = Server::start(&[]);
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    let big = "a".repeat(64 * 1024);
+    let req = format!("GET /subscribe HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
+    let _ = s.write_all(req.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(common::STEP, s.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    still_serving(&server).await;
+}
+
+#[tokio::test]
+async fn a_publish_token_guards_publish_and_delete_but_not_subscribe() {
+    let server = Server::start(&["--publish-token", "s3cret"]);
+    let mut c = server.client().await;
+    let resp = c.get("/publish?channel=p&message=x").await;
+    resp.assert_refused(401);
+    assert_eq!(resp.header("www-authenticate"), Some("Bearer"));
+    let wrong = [("authorization", "Bearer s3cres")];
+    c.request(Method::GET, "/publish?channel=p&message=x", &wrong, "")
+        .await
+        .assert_refused(401);
+    c.request(Method::DELETE, "/publish?channel=p", &wrong, "")
+        .await
+        .assert_refused(401);
+    let right = [("authorization", "Bearer s3cret")];
+    let ok = c
+        .request(Method::GET, "/publish?channel=p&message=x", &right, "")
+        .await;
+    assert_eq!(ok.status, 200);
+    let got = c.get("/subscribe?channel=p&since=oldest").await;
+    assert_eq!(got.text(), "x", "subscribing stays open");
+}
+
+#[tokio::test]
+async fn the_subscriber_limit_answers_503_with_retry_after() {
+    let server = Server::start(&["--max-subscribers", "2"]);
+    let a = spawn_get(server.addr, "/subscribe?channel=l");
+    let b = spawn_get(server.addr, "/subscribe?channel=l");
+    server.wait_for_stat("waiting", 2).await;
+    let refused = server.get("/subscribe?channel=l").await;
+    refused.assert_refused(503);
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    // Those already waiting are undisturbed, and history answers still work.
+    let resp = server.get("/publish?channel=l&message=both").await;
+    assert_eq!(resp.json()["subscribers"], 2);
+    assert_eq!(join(a).await.text(), "both");
+    assert_eq!(join(b).await.text(), "both");
+    let got = server.get("/subscribe?channel=l&since=oldest").await;
+    assert_eq!(got.text(), "both");
+}
+
+#[tokio::test]
+async fn the_channel_limit_answers_503() {
+    let server = Server::start(&["--max-channels", "2"]);
+    let mut c = server.client().await;
+    c.publish("one", "1").await;
+    c.publish("two", "2").await;
+    let resp = c.get("/publish?channel=three&message=3").await;
+    resp.assert_refused(503);
+    assert!(resp.header("retry-after").is_some());
+    c.get("/subscribe?channel=three&timeout=0")
+        .await
+        .assert_refused(503);
+    c.publish("one", "more").await;
+}
+
+#[tokio::test]
+async fn the_connection_limit_answers_503_and_closes() {
+    let server = Server::start(&["--max-connections", "3"]);
+    let held: Vec<_> = (0..3)
+        .map(|_| spawn_get(server.addr, "/subscribe?channel=k&timeout=5"))
+        .collect();
+    // Three connections are held; the fourth is turned away.
+    let deadline = tokio::time::Instant::now() + common::STEP;
+    let answer = loop {
+        let mut s = TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut buf)).await;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if text.starts_with("HTTP/1.1 503") || tokio::time::Instant::now() > deadline {
+            break text;
+        }
+    };
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("retry-after: 1"));
+    assert!(answer.ends_with("{\"error\":\"too many connections: try again later\"}\n"));
+    drop(held);
+}
+
+#[tokio::test]
+async fn a_client_that_dribbles_its_headers_is_cut_off() {
+    let server = Server::start(&["--header-timeout", "1"]);
+    let mut slow = TcpStream::connect(server.addr).await.unwrap();
+    slow.write_all(b"GET /subscribe HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let mut cut = false;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if slow.write_all(b"X-Drip: 1\r\n").await.is_err() {
+            cut = true;
+            break;
+        }
+        match tokio::time::timeout(Duration::from_millis(10), slow.read(&mut buf)).await {
+            Ok(Ok(_)) | Ok(Err(_)) => {
+                cut = true;
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(cut, "the connection was closed before the headers finished");
+    still_serving(&server).await;
+}
+
+#[tokio::test]
+async fn a_chunked_body_that_never_ends_is_cut_off() {
+    let server = Server::start(&["--header-timeout", "1"]);
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(
+        b"POST /publish?channel=slow HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(common::STEP, s.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let info = server.get("/channels/slow").await.json();
+    assert_eq!(info["messages"], 0, "half a message is not published");
+    still_serving(&server).await;
+}
+
+#[tokio::test]
+async fn a_refusal_does_not_disturb_the_keep_alive_connection() {
+    let server = Server::start(&[]);
+    let mut c = Client::connect(server.addr).await;
+    c.get("/subscribe?timeout=x").await.assert_refused(400);
+    c.get("/nope").await.assert_refused(404);
+    let id = c.publish("same-conn", "fine").await;
+    let got = c.get("/subscribe?channel=same-conn&since=oldest").await;
+    assert_eq!((got.text(), got.id()), ("fine", id));
+    let refused = server.stats().await["refused"].clone();
+    assert_eq!(
+        (
+            refused["bad_timeout"].as_u64(),
+            refused["not_found"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+}
