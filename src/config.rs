@@ -77,6 +77,10 @@ pub struct Config {
     #[arg(long, env = "COMETHUB_PUBLISH_TOKEN")]
     pub publish_token: Option<String>,
 
+    /// Seconds of silence after which an event stream gets a `: ping` comment.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ping: u64,
+
     /// Log format: `text` or `json`.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

@@ -46,6 +46,7 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 pub struct Service {
     hub: Arc<Hub>,
     timeout: Duration,
+    ping: Duration,
     body_timeout: Duration,
     max_message: usize,
     cors_origin: HeaderValue,
@@ -58,6 +59,7 @@ impl Service {
         Service {
             hub,
             timeout: config.timeout(),
+            ping: Duration::from_secs(config.ping),
             body_timeout: config.header_timeout(),
             max_message: config.max_message,
             cors_origin: HeaderValue::from_str(&config.cors_origin)
@@ -107,7 +109,7 @@ impl Service {
         match (method, path) {
             (Method::OPTIONS, _) => Ok(preflight(allow)),
             (Method::GET, "/subscribe") => self.subscribe(req).await,
-            (Method::GET, "/events") => crate::sse::events(&self.hub, &req),
+            (Method::GET, "/events") => crate::sse::events(&self.hub, &req, self.ping),
             (Method::GET | Method::POST, "/publish") => self.publish(req).await,
             (Method::DELETE, "/publish") => self.delete(&req),
             (Method::GET, "/stats") => Ok(json(StatusCode::OK, &self.hub.snapshot())),

@@ -2,7 +2,7 @@
 //!
 //! A stream first sends the history after `since` (or `Last-Event-ID`), then every
 //! new message as it is published, each as `id:` and `data:` lines, and a `: ping`
-//! comment every 15 s. One small task per stream copies messages from the
+//! comment after 15 s (`--ping`) of silence. One small task per stream copies messages from the
 //! channel's broadcast into a bounded queue that the response body drains: a
 //! client that stops reading falls behind the broadcast and is dropped, and the
 //! others are not held up. When the client goes away hyper drops the body, the
@@ -22,19 +22,23 @@ use hyper::{Request, Response, StatusCode};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::error::Error;
-use crate::hub::{Hub, Message};
+use crate::hub::{Hub, Message, STREAM_BACKLOG};
 use crate::protocol::{self, Query};
 use crate::service::Body;
 
-/// Longest silence on a stream before a `: ping` comment.
-pub const PING_INTERVAL: Duration = Duration::from_secs(15);
 /// How long a browser waits before reconnecting, sent as `retry:`.
 pub const RETRY_MS: u32 = 2000;
 /// Frames queued between the stream task and the connection.
 const QUEUE: usize = 16;
+/// How often a blocked stream checks whether its reader has fallen too far behind.
+const LAG_CHECK: Duration = Duration::from_millis(250);
 
 /// Opens an event stream for `req`.
-pub fn events<B>(hub: &Arc<Hub>, req: &Request<B>) -> Result<Response<Body>, Error> {
+pub fn events<B>(
+    hub: &Arc<Hub>,
+    req: &Request<B>,
+    ping: Duration,
+) -> Result<Response<Body>, Error> {
     let query = Query::parse(req.uri().query())?;
     let channel = protocol::channel_name(query.channel.as_deref())?;
     let since = crate::service::since(&query, req, hub.epoch())?;
@@ -47,17 +51,19 @@ pub fn events<B>(hub: &Arc<Hub>, req: &Request<B>) -> Result<Response<Body>, Err
     }
     let backlog = std::mem::take(&mut stream.backlog);
     tokio::spawn(async move {
+        // Own the whole stream (not just the field used below), so that its
+        // guard lives as long as this task.
+        let mut stream = stream;
         if tx.send(Bytes::from(head)).await.is_err() {
             return;
         }
         for message in &backlog {
-            if tx.send(encode(message)).await.is_err() {
+            if !deliver(&tx, encode(message), &stream.live).await {
                 return;
             }
         }
         drop(backlog);
-        let mut ping =
-            tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
+        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping, ping);
         loop {
             let frame = tokio::select! {
                 received = stream.live.recv() => match received {
@@ -71,7 +77,7 @@ pub fn events<B>(hub: &Arc<Hub>, req: &Request<B>) -> Result<Response<Body>, Err
                 _ = ping.tick() => Bytes::from_static(b": ping\n\n"),
                 _ = tx.closed() => return,
             };
-            if tx.send(frame).await.is_err() {
+            if !deliver(&tx, frame, &stream.live).await {
                 return;
             }
             ping.reset();
@@ -87,6 +93,31 @@ pub fn events<B>(hub: &Arc<Hub>, req: &Request<B>) -> Result<Response<Body>, Err
     );
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
+}
+
+/// Queues a frame for the connection. While the queue is full (the client is not
+/// reading), gives up once the client has fallen a whole broadcast buffer behind,
+/// or has gone away; returns whether the frame was queued.
+async fn deliver(
+    tx: &mpsc::Sender<Bytes>,
+    frame: Bytes,
+    live: &broadcast::Receiver<Arc<Message>>,
+) -> bool {
+    let mut check = tokio::time::interval(LAG_CHECK);
+    loop {
+        tokio::select! {
+            permit = tx.reserve() => {
+                let Ok(permit) = permit else { return false };
+                permit.send(frame);
+                return true;
+            }
+            _ = check.tick() => {
+                if live.len() >= STREAM_BACKLOG {
+                    return false;
+                }
+            }
+        }
+    }
 }
 
 /// One message as an SSE event: `id:` then a `data:` line per line of data.

@@ -1,0 +1,223 @@
+//! `GET /events`: Server-Sent Events, as a browser's EventSource sees them.
+
+#![allow(clippy::unwrap_used)] // a test that unwraps fails loudly, which is the point
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{STEP, Server};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// An open event stream, read event by event.
+struct Events {
+    body: Incoming,
+    buf: String,
+    headers: hyper::HeaderMap,
+    _conn: tokio::task::JoinHandle<()>,
+}
+
+impl Events {
+    async fn open(server: &Server, path: &str, last_event_id: Option<&str>) -> Events {
+        let stream = TcpStream::connect(server.addr).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = hyper::Request::get(path)
+            .header("host", "x")
+            .header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        let resp = tokio::time::timeout(
+            STEP,
+            sender.send_request(req.body(Empty::<Bytes>::new()).unwrap()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(resp.status(), 200);
+        let headers = resp.headers().clone();
+        Events {
+            body: resp.into_body(),
+            buf: String::new(),
+            headers,
+            _conn: conn,
+        }
+    }
+
+    /// The next event block (text up to a blank line), or None when the stream ends.
+    async fn next(&mut self) -> Option<String> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block = self.buf[..end].to_owned();
+                self.buf.drain(..end + 2);
+                return Some(block);
+            }
+            let frame = tokio::time::timeout(STEP, self.body.frame())
+                .await
+                .expect("event in time")?;
+            let data = frame.unwrap().into_data().unwrap();
+            self.buf.push_str(std::str::from_utf8(&data).unwrap());
+        }
+    }
+
+    /// The next message event as (id, data), skipping retry hints and comments.
+    async fn message(&mut self) -> (String, String) {
+        loop {
+            let block = self.next().await.expect("stream open");
+            let mut id = None;
+            let mut data = Vec::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    id = Some(v.to_owned());
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data.push(v);
+                }
+            }
+            if let Some(id) = id {
+                return (id, data.join("\n"));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stream_sends_history_then_live_messages() {
+    let server = Server::start(&[]);
+    let mut c = server.client().await;
+    let first = c.publish("s", "one").await;
+    let second = c.publish("s", "two").await;
+    let mut events = Events::open(&server, &format!("/events?channel=s&since={first}"), None).await;
+    assert_eq!(events.headers["content-type"], "text/event-stream");
+    assert_eq!(events.headers["access-control-allow-origin"], "*");
+    let head = events.next().await.unwrap();
+    assert!(head.starts_with("retry: "), "{head}");
+    assert_eq!(events.message().await, (second, "two".to_owned()));
+    server.wait_for_stat("streams", 1).await;
+    let third = c.publish("s", "line 1\nline 2\r\nline 3").await;
+    let resp = c.get("/publish?channel=s&message=four").await;
+    assert_eq!(
+        resp.json()["subscribers"],
+        1,
+        "the stream counts as a subscriber"
+    );
+    let (id, data) = events.message().await;
+    assert_eq!((id, data.as_str()), (third, "line 1\nline 2\nline 3"));
+    assert_eq!(events.message().await.1, "four");
+}
+
+#[tokio::test]
+async fn last_event_id_resumes_a_stream_without_loss() {
+    let server = Server::start(&[]);
+    let mut c = server.client().await;
+    let mut events = Events::open(&server, "/events?channel=r", None).await;
+    server.wait_for_stat("streams", 1).await;
+    let a = c.publish("r", "a").await;
+    assert_eq!(events.message().await.0, a);
+    drop(events);
+    server.wait_for_stat("streams", 0).await;
+    // Published while the browser was away.
+    let b = c.publish("r", "b").await;
+    let d = c.publish("r", "c").await;
+    let mut events = Events::open(&server, "/events?channel=r", Some(&a)).await;
+    assert_eq!(events.message().await, (b, "b".to_owned()));
+    assert_eq!(events.message().await, (d, "c".to_owned()));
+}
+
+#[tokio::test]
+async fn a_foreign_last_event_id_starts_with_a_gap_event() {
+    let server = Server::start(&[]);
+    let mut c = server.client().await;
+    c.publish("g", "kept").await;
+    let mut events = Events::open(&server, "/events?channel=g", Some("zzzzzz-5")).await;
+    let mut saw_gap = false;
+    loop {
+        let block = events.next().await.unwrap();
+        if block.contains("event: gap") {
+            saw_gap = true;
+        }
+        if block.contains("data: kept") {
+            break;
+        }
+    }
+    assert!(saw_gap);
+}
+
+#[tokio::test]
+async fn a_quiet_stream_gets_pings() {
+    let server = Server::start(&["--ping", "1"]);
+    let mut events = Events::open(&server, "/events?channel=quiet", None).await;
+    let _retry = events.next().await.unwrap();
+    assert_eq!(events.next().await.unwrap(), ": ping");
+}
+
+#[tokio::test]
+async fn a_stream_that_hangs_up_is_forgotten_and_deletion_ends_streams() {
+    let server = Server::start(&[]);
+    let events = Events::open(&server, "/events?channel=h", None).await;
+    server.wait_for_stat("streams", 1).await;
+    assert_eq!(server.stats().await["channels"], 1);
+    drop(events);
+    server.wait_for_stat("streams", 0).await;
+    server.wait_for_stat("channels", 0).await;
+
+    let mut events = Events::open(&server, "/events?channel=h", None).await;
+    server.wait_for_stat("streams", 1).await;
+    let resp = server
+        .client()
+        .await
+        .request(hyper::Method::DELETE, "/publish?channel=h", &[], "")
+        .await;
+    assert_eq!(resp.status, 200);
+    while events.next().await.is_some() {}
+    server.wait_for_stat("streams", 0).await;
+}
+
+#[tokio::test]
+async fn a_reader_that_stops_reading_is_dropped_and_others_get_everything() {
+    let server = Server::start(&[]);
+    // Never reads after the headers.
+    let stalled = Events::open(&server, "/events?channel=flood", None).await;
+    let mut reader = Events::open(&server, "/events?channel=flood", None).await;
+    server.wait_for_stat("streams", 2).await;
+    let payload = "x".repeat(60_000);
+    let addr = server.addr;
+    let publisher = tokio::spawn(async move {
+        let mut c = common::Client::connect(addr).await;
+        for i in 0..800 {
+            c.publish("flood", &format!("{i}:{payload}")).await;
+        }
+    });
+    for i in 0..800 {
+        let (_, data) = reader.message().await;
+        assert!(data.starts_with(&format!("{i}:")), "message {i} in order");
+    }
+    publisher.await.unwrap();
+    server.wait_for_stat("streams", 1).await;
+    drop(stalled);
+    let stats = server.stats().await;
+    assert_eq!(stats["published"], 800);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_streams() {
+    let mut server = Server::start(&[]);
+    let mut events = Events::open(&server, "/events?channel=bye", None).await;
+    server.wait_for_stat("streams", 1).await;
+    server.terminate();
+    while events.next().await.is_some() {}
+    let deadline = std::time::Instant::now() + STEP;
+    while server.child.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
