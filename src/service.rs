@@ -22,7 +22,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::config::Config;
 use crate::error::Error;
@@ -129,7 +129,11 @@ impl Service {
 
     /// Answers a refusal with its status and a one-line JSON body.
     fn refuse(&self, err: Error) -> Response<Body> {
-        debug!(reason = err.reason(), %err, "refused");
+        if matches!(err, Error::Busy(_)) {
+            warn!(reason = err.reason(), %err, "limit reached");
+        } else {
+            debug!(reason = err.reason(), %err, "refused");
+        }
         self.hub.counters.refused(err.reason());
         let mut response = error_response(&err);
         match err {

@@ -44,3 +44,45 @@ async fn sigterm_answers_waiters_with_204_and_exits() {
         "no longer accepting"
     );
 }
+
+#[tokio::test]
+async fn sigterm_with_ten_thousand_waiting_answers_them_all() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut server = Server::start(&[]);
+    let id = server.client().await.publish("crowd", "before").await;
+    let mut crowd = Vec::with_capacity(10_000);
+    for _ in 0..10_000 {
+        let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        s.write_all(b"GET /subscribe?channel=crowd HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        crowd.push(s);
+    }
+    server.wait_for_stat("waiting", 10_000).await;
+    let asked = Instant::now();
+    server.terminate();
+    let exited = loop {
+        if server.child.try_wait().unwrap().is_some() {
+            break asked.elapsed();
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(10),
+            "server did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let mut answered = 0;
+    for mut s in crowd {
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(common::STEP, s.read_to_end(&mut buf)).await;
+        let text = String::from_utf8_lossy(&buf);
+        if text.starts_with("HTTP/1.1 204") && text.contains(&format!("x-message-id: {id}\r\n")) {
+            answered += 1;
+        }
+    }
+    eprintln!("10,000 waiting: exited {exited:?} after SIGTERM, {answered} answered 204");
+    assert_eq!(
+        answered, 10_000,
+        "every waiting subscriber got its 204 and id"
+    );
+}

@@ -41,9 +41,14 @@ impl Server {
                 .next()
                 .expect("server exited before listening")
                 .expect("read log");
-            if let Some(rest) = line.split("addr=").nth(1) {
-                let addr = rest.split_whitespace().next().expect("addr value");
-                break addr.parse().expect("socket address");
+            // Text logs say addr=IP:PORT, JSON logs "addr":"IP:PORT".
+            let rest = line
+                .split("addr=")
+                .nth(1)
+                .or_else(|| line.split("\"addr\":\"").nth(1));
+            if let Some(rest) = rest {
+                let addr = rest.split(|c: char| c.is_whitespace() || c == '"').next();
+                break addr.expect("addr value").parse().expect("socket address");
             }
         };
         // Keep draining the log so the server never blocks on a full pipe.
