@@ -8,4 +8,10 @@ command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --qui
 mkdir -p fuzz/corpus/params
 printf 'channel=room&since=oldest&timeout=5&format=json\nmessage=hi' > fuzz/corpus/params/seed1
 printf 'channel=a&since=zz-1\n\xff\xfe' > fuzz/corpus/params/seed2
-RUSTC_BOOTSTRAP=1 cargo fuzz run params fuzz/corpus/params -- -max_total_time="$secs" -rss_limit_mb=2048
+log=$(mktemp)
+if RUSTC_BOOTSTRAP=1 cargo fuzz run params fuzz/corpus/params -- -max_total_time="$secs" -rss_limit_mb=2048 >"$log" 2>&1; then
+  grep -E '^Done|stat::' "$log" || tail -3 "$log"
+else
+  cat "$log"
+  exit 1
+fi

@@ -1,0 +1,495 @@
+//! Load generator for comethub (and, for comparison, Nchan), over raw loopback TCP.
+//!
+//! ```text
+//! cargo bench --bench loadgen -- fanout --addr 127.0.0.1:8000 --pid PID --subscribers 10000 --rounds 5
+//! cargo bench --bench loadgen -- cycle  --addr 127.0.0.1:8000 --subscribers 100 --messages 20000 [--json]
+//! ```
+//! `--server nchan` switches paths and resume headers to an Nchan long-poll
+//! location (`/sub/CHANNEL`, `/pub/CHANNEL`). Every run is bounded in count and
+//! time and talks only to the address given (use loopback).
+//!
+//! - fanout: N subscribers wait on one channel; one 32-byte message is published;
+//!   reports the time until each has it (p50, p99, all), the server's CPU time for
+//!   the round (from /proc/PID/stat) and its RSS growth per waiting subscriber.
+//! - cycle: K subscribers re-poll with their last id while M messages are
+//!   published; reports deliveries per second, messages lost and duplicated.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const MESSAGE_LEN: usize = 32;
+const DEADLINE: Duration = Duration::from_secs(120);
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Kind {
+    Comethub,
+    Nchan,
+}
+
+#[derive(Clone, Debug)]
+struct Opts {
+    mode: String,
+    addr: SocketAddr,
+    pid: Option<u32>,
+    subscribers: usize,
+    rounds: usize,
+    messages: usize,
+    json: bool,
+    kind: Kind,
+    channel: String,
+}
+
+fn parse_args() -> Opts {
+    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
+    let mut o = Opts {
+        mode: args.next().unwrap_or_else(|| "fanout".into()),
+        addr: "127.0.0.1:8000".parse().expect("addr"),
+        pid: None,
+        subscribers: 1000,
+        rounds: 5,
+        messages: 10_000,
+        json: false,
+        kind: Kind::Comethub,
+        channel: "bench".into(),
+    };
+    while let Some(flag) = args.next() {
+        let mut value = || {
+            args.next()
+                .unwrap_or_else(|| panic!("{flag} needs a value"))
+        };
+        match flag.as_str() {
+            "--addr" => o.addr = value().parse().expect("--addr IP:PORT"),
+            "--pid" => o.pid = Some(value().parse().expect("--pid N")),
+            "--subscribers" => o.subscribers = value().parse().expect("--subscribers N"),
+            "--rounds" => o.rounds = value().parse().expect("--rounds N"),
+            "--messages" => o.messages = value().parse().expect("--messages N"),
+            "--channel" => o.channel = value(),
+            "--json" => o.json = true,
+            "--server" => {
+                o.kind = match value().as_str() {
+                    "nchan" => Kind::Nchan,
+                    _ => Kind::Comethub,
+                }
+            }
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    o
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Default)]
+struct Resp {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+/// Reads one response (Content-Length or chunked) from a keep-alive connection.
+async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Resp> {
+    loop {
+        if let Some(end) = find(buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let mut lines = head.split("\r\n");
+            let status = lines
+                .next()
+                .and_then(|l| l.split(' ').nth(1))
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let headers: HashMap<String, String> = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                .collect();
+            let start = end + 4;
+            if headers
+                .get("transfer-encoding")
+                .is_some_and(|v| v.contains("chunked"))
+            {
+                let mut body = Vec::new();
+                let mut pos = start;
+                loop {
+                    while find(&buf[pos..], b"\r\n").is_none() {
+                        fill(s, buf).await?;
+                    }
+                    let line_end = pos + find(&buf[pos..], b"\r\n").unwrap_or(0);
+                    let size = usize::from_str_radix(
+                        String::from_utf8_lossy(&buf[pos..line_end]).trim(),
+                        16,
+                    )
+                    .unwrap_or(0);
+                    while buf.len() < line_end + 2 + size + 2 {
+                        fill(s, buf).await?;
+                    }
+                    body.extend_from_slice(&buf[line_end + 2..line_end + 2 + size]);
+                    pos = line_end + 2 + size + 2;
+                    if size == 0 {
+                        break;
+                    }
+                }
+                buf.drain(..pos);
+                return Ok(Resp {
+                    status,
+                    headers,
+                    body,
+                });
+            }
+            let len: usize = headers
+                .get("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            while buf.len() < start + len {
+                fill(s, buf).await?;
+            }
+            let body = buf[start..start + len].to_vec();
+            buf.drain(..start + len);
+            return Ok(Resp {
+                status,
+                headers,
+                body,
+            });
+        }
+        fill(s, buf).await?;
+    }
+}
+
+async fn fill(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    let mut chunk = [0u8; 16 * 1024];
+    let n = s.read(&mut chunk).await?;
+    if n == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(())
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Where a subscriber resumes from, in the server's own terms.
+#[derive(Clone, Debug, Default)]
+struct Cursor {
+    id: Option<String>,
+    etag: Option<String>,
+    last_modified: Option<String>,
+}
+
+impl Cursor {
+    fn update(&mut self, r: &Resp) {
+        if let Some(v) = r.headers.get("x-message-id") {
+            self.id = Some(v.clone());
+        }
+        if let Some(v) = r.headers.get("etag") {
+            self.etag = Some(v.clone());
+        }
+        if let Some(v) = r.headers.get("last-modified") {
+            self.last_modified = Some(v.clone());
+        }
+    }
+}
+
+fn subscribe_request(o: &Opts, cursor: &Cursor) -> String {
+    match o.kind {
+        Kind::Comethub => {
+            let since = cursor
+                .id
+                .as_deref()
+                .map(|id| format!("&since={id}"))
+                .unwrap_or_default();
+            let format = if o.json { "&format=json" } else { "" };
+            format!(
+                "GET /subscribe?channel={}{since}{format} HTTP/1.1\r\nHost: x\r\n\r\n",
+                o.channel
+            )
+        }
+        Kind::Nchan => {
+            let mut extra = String::new();
+            if let Some(v) = &cursor.last_modified {
+                extra.push_str(&format!("If-Modified-Since: {v}\r\n"));
+            }
+            if let Some(v) = &cursor.etag {
+                extra.push_str(&format!("If-None-Match: {v}\r\n"));
+            }
+            format!("GET /sub/{} HTTP/1.1\r\nHost: x\r\n{extra}\r\n", o.channel)
+        }
+    }
+}
+
+fn publish_request(o: &Opts, seq: usize) -> Vec<u8> {
+    let mut body = format!("m{seq:08}").into_bytes();
+    body.resize(MESSAGE_LEN, b'.');
+    let path = match o.kind {
+        Kind::Comethub => format!("/publish?channel={}", o.channel),
+        Kind::Nchan => format!("/pub/{}", o.channel),
+    };
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    req
+}
+
+/// The sequence numbers a response carries (one, or a JSON batch).
+fn sequences(o: &Opts, r: &Resp) -> Vec<usize> {
+    let parse = |data: &[u8]| -> Option<usize> {
+        let text = std::str::from_utf8(data).ok()?;
+        text.get(1..9)?.parse().ok()
+    };
+    if o.json && o.kind == Kind::Comethub {
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+        v["messages"]
+            .as_array()
+            .map(|ms| {
+                ms.iter()
+                    .filter_map(|m| parse(m["data"].as_str().unwrap_or_default().as_bytes()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        parse(&r.body).into_iter().collect()
+    }
+}
+
+/// CPU time (user + system) of a process, in clock ticks converted to ms.
+fn cpu_ms(pid: Option<u32>) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) * 1000.0 / 100.0)
+}
+
+fn rss_kib(pid: Option<u32>) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+async fn publish(o: &Opts, seq: usize) -> Resp {
+    let mut s = TcpStream::connect(o.addr).await.expect("publisher connect");
+    s.set_nodelay(true).ok();
+    s.write_all(&publish_request(o, seq))
+        .await
+        .expect("publish write");
+    let mut buf = Vec::new();
+    read_response(&mut s, &mut buf)
+        .await
+        .expect("publish answer")
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn fanout(o: Opts) {
+    let rss0 = rss_kib(o.pid);
+    let mut conns = Vec::with_capacity(o.subscribers);
+    for _ in 0..o.subscribers {
+        let s = TcpStream::connect(o.addr)
+            .await
+            .expect("subscriber connect");
+        s.set_nodelay(true).ok();
+        conns.push((s, Vec::new(), Cursor::default()));
+    }
+    println!(
+        "fanout: {} subscribers, {} rounds, {MESSAGE_LEN}-byte messages, server {:?}",
+        o.subscribers, o.rounds, o.kind
+    );
+    let mut cpu_per_round = Vec::new();
+    let mut all_ms = Vec::new();
+    let mut rss_per_sub = None;
+    for round in 0..o.rounds {
+        for (s, _, cursor) in conns.iter_mut() {
+            s.write_all(subscribe_request(&o, cursor).as_bytes())
+                .await
+                .expect("subscribe");
+        }
+        // Let every request reach the server and park.
+        tokio::time::sleep(Duration::from_millis(500 + o.subscribers as u64 / 10)).await;
+        if let (0, Some(a), Some(b)) = (round, rss0, rss_kib(o.pid)) {
+            rss_per_sub = Some(b.saturating_sub(a) as f64 * 1024.0 / o.subscribers as f64);
+        }
+        let cpu0 = cpu_ms(o.pid);
+        let t0 = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (mut s, mut buf, mut cursor) in conns.drain(..) {
+            tasks.spawn(async move {
+                let r = read_response(&mut s, &mut buf)
+                    .await
+                    .expect("subscriber answer");
+                let at = t0.elapsed();
+                assert_eq!(r.status, 200, "subscriber got {}", r.status);
+                cursor.update(&r);
+                (s, buf, cursor, at)
+            });
+        }
+        let answer = publish(&o, round).await;
+        assert!(answer.status < 300, "publish answered {}", answer.status);
+        let mut lat = Vec::with_capacity(o.subscribers);
+        while let Some(done) = tokio::time::timeout(DEADLINE, tasks.join_next())
+            .await
+            .expect("round in time")
+        {
+            let (s, buf, cursor, at) = done.expect("task");
+            lat.push(at.as_secs_f64() * 1000.0);
+            conns.push((s, buf, cursor));
+        }
+        // Give the server a moment to finish its bookkeeping before reading its CPU.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let cpu = cpu_ms(o.pid).zip(cpu0).map(|(b, a)| b - a);
+        lat.sort_by(|a, b| a.total_cmp(b));
+        let all = lat.last().copied().unwrap_or(f64::NAN);
+        println!(
+            "round {round}: p50 {:.1} ms, p99 {:.1} ms, all {:.1} ms, server cpu {}",
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99),
+            all,
+            cpu.map_or("n/a".into(), |c| format!("{c:.0} ms"))
+        );
+        all_ms.push(all);
+        if let Some(c) = cpu {
+            cpu_per_round.push(c);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        percentile(v, 0.5)
+    };
+    println!(
+        "RESULT fanout subscribers={} all_ms_median={:.1} cpu_ms_median={:.1} rss_bytes_per_subscriber={}",
+        o.subscribers,
+        median(&mut all_ms),
+        median(&mut cpu_per_round),
+        rss_per_sub.map_or("n/a".into(), |v| format!("{v:.0}"))
+    );
+}
+
+async fn cycle(o: Opts) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..o.subscribers {
+        let o = o.clone();
+        let stop = stop.clone();
+        let mut s = TcpStream::connect(o.addr)
+            .await
+            .expect("subscriber connect");
+        s.set_nodelay(true).ok();
+        tasks.spawn(async move {
+            let mut buf = Vec::new();
+            let mut cursor = Cursor::default();
+            let mut got = Vec::new();
+            let mut last_at = Instant::now();
+            loop {
+                s.write_all(subscribe_request(&o, &cursor).as_bytes())
+                    .await
+                    .expect("subscribe");
+                let r = match tokio::time::timeout(
+                    Duration::from_secs(3),
+                    read_response(&mut s, &mut buf),
+                )
+                .await
+                {
+                    Ok(r) => r.expect("answer"),
+                    Err(_) if stop.load(Ordering::SeqCst) => return (got, last_at),
+                    Err(_) => continue,
+                };
+                cursor.update(&r);
+                if r.status == 200 {
+                    got.extend(sequences(&o, &r));
+                    last_at = Instant::now();
+                    if got.last() == Some(&(o.messages - 1)) {
+                        return (got, last_at);
+                    }
+                } else if r.status == 204 || r.status == 304 || r.status == 408 {
+                    if stop.load(Ordering::SeqCst) {
+                        return (got, last_at);
+                    }
+                } else {
+                    panic!("subscriber got {}", r.status);
+                }
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500 + o.subscribers as u64)).await;
+    let t0 = Instant::now();
+    let cpu0 = cpu_ms(o.pid);
+    let mut s = TcpStream::connect(o.addr).await.expect("publisher connect");
+    s.set_nodelay(true).ok();
+    let mut buf = Vec::new();
+    for seq in 0..o.messages {
+        s.write_all(&publish_request(&o, seq))
+            .await
+            .expect("publish");
+        let r = read_response(&mut s, &mut buf)
+            .await
+            .expect("publish answer");
+        assert!(r.status < 300, "publish answered {}", r.status);
+    }
+    stop.store(true, Ordering::SeqCst);
+    let mut delivered = 0usize;
+    let mut lost = 0usize;
+    let mut dups = 0usize;
+    let mut disordered = 0usize;
+    let mut end = t0;
+    while let Some(done) = tokio::time::timeout(DEADLINE, tasks.join_next())
+        .await
+        .expect("cycle in time")
+    {
+        let (got, last_at) = done.expect("task");
+        end = end.max(last_at);
+        delivered += got.len();
+        let mut seen = vec![false; o.messages];
+        for w in got.windows(2) {
+            disordered += usize::from(w[0] >= w[1]);
+        }
+        for &seq in &got {
+            if seq < o.messages {
+                dups += usize::from(seen[seq]);
+                seen[seq] = true;
+            }
+        }
+        lost += seen.iter().filter(|s| !**s).count();
+    }
+    let secs = end.duration_since(t0).as_secs_f64();
+    let cpu = cpu_ms(o.pid).zip(cpu0).map(|(b, a)| b - a);
+    println!(
+        "RESULT cycle subscribers={} messages={} json={} deliveries_per_s={:.0} lost={lost} duplicates={dups} disordered={disordered} seconds={secs:.2} server_cpu_ms={}",
+        o.subscribers,
+        o.messages,
+        o.json,
+        delivered as f64 / secs,
+        cpu.map_or("n/a".into(), |c| format!("{c:.0}"))
+    );
+}
+
+fn main() {
+    let opts = parse_args();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        match opts.mode.as_str() {
+            "fanout" => fanout(opts).await,
+            "cycle" => cycle(opts).await,
+            other => panic!("unknown mode {other}: use fanout or cycle"),
+        }
+    });
+}
