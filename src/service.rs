@@ -110,7 +110,9 @@ impl Service {
             (Method::OPTIONS, _) => Ok(preflight(allow)),
             (Method::GET, "/subscribe") => self.subscribe(req).await,
             (Method::GET, "/events") => crate::sse::events(&self.hub, &req, self.ping),
-            (Method::GET | Method::POST, "/publish") => self.publish(req).await,
+            // Boxed: a waiting subscriber's task is sized by the largest branch,
+            // and publishing (with its body read) is the largest.
+            (Method::GET | Method::POST, "/publish") => Box::pin(self.publish(req)).await,
             (Method::DELETE, "/publish") => self.delete(&req),
             (Method::GET, "/stats") => Ok(json(StatusCode::OK, &self.hub.snapshot())),
             (Method::GET, "/metrics") => Ok(full(
