@@ -195,14 +195,10 @@ impl Service {
         let query = Query::parse(req.uri().query())?;
         let channel = protocol::channel_name(query.channel.as_deref())?.to_owned();
         let text = HeaderValue::from_static(protocol::TEXT_PLAIN);
+        let from_query =
+            |message: Option<String>| message.map(Bytes::from).ok_or(Error::MissingMessage);
         let (data, content_type) = if req.method() == Method::GET {
-            (
-                query
-                    .message
-                    .map(Bytes::from)
-                    .ok_or(Error::MissingMessage)?,
-                text,
-            )
+            (from_query(query.message)?, text)
         } else {
             let content_type = req.headers().get(header::CONTENT_TYPE).cloned();
             let is_form = content_type.as_ref().is_some_and(|ct| {
@@ -226,13 +222,7 @@ impl Service {
                     .ok_or(Error::MissingMessage)?;
                 (Bytes::from(message), text)
             } else if body.is_empty() {
-                (
-                    query
-                        .message
-                        .map(Bytes::from)
-                        .ok_or(Error::MissingMessage)?,
-                    text,
-                )
+                (from_query(query.message)?, text)
             } else {
                 let ct =
                     content_type.unwrap_or(HeaderValue::from_static("application/octet-stream"));

@@ -297,12 +297,8 @@ async fn ten_thousand_subscribers_that_vanish_at_once() {
     canary.finish().await;
     server.wait_for_stat("waiting", 0).await;
     server.wait_for_stat("channels", 1).await; // only the canary's history is left
-    let deadline = tokio::time::Instant::now() + STEP;
     let target = start_rss + (held_rss - start_rss) / 4;
-    while server.rss_kib() > target && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let end_rss = server.rss_kib();
+    let end_rss = server.wait_for_rss_below(target).await;
     eprintln!("rss: start {start_rss} KiB, 10,000 waiting {held_rss} KiB, after {end_rss} KiB");
     assert!(
         end_rss <= target,

@@ -92,6 +92,16 @@ impl Server {
             .expect("VmRSS")
     }
 
+    /// Waits (up to `STEP`) for the resident memory to fall to `target` KiB;
+    /// returns where it ended.
+    pub async fn wait_for_rss_below(&self, target: u64) -> u64 {
+        let deadline = tokio::time::Instant::now() + STEP;
+        while self.rss_kib() > target && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.rss_kib()
+    }
+
     /// Polls `/stats` until `field` equals `value`, or panics after `STEP`.
     pub async fn wait_for_stat(&self, field: &str, value: u64) {
         let deadline = tokio::time::Instant::now() + STEP;
