@@ -377,3 +377,28 @@ fn json_logs_are_one_object_per_line() {
     assert!(log["fields"]["nofile"].as_u64().unwrap() > 0);
     assert_eq!(log["fields"]["history"], 128);
 }
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let server = Server::start(&["--header-timeout", "1"]);
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Read the answer, then keep reading: the server closes the idle connection.
+    let closed = tokio::time::timeout(STEP, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("closed in time");
+    assert!(closed);
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    server.wait_for_stat("connections", 1).await;
+}
