@@ -103,6 +103,12 @@ async fn deliver(
     frame: Bytes,
     live: &broadcast::Receiver<Arc<Message>>,
 ) -> bool {
+    // The usual case: there is room, and no timer is needed.
+    let frame = match tx.try_send(frame) {
+        Ok(()) => return true,
+        Err(mpsc::error::TrySendError::Closed(_)) => return false,
+        Err(mpsc::error::TrySendError::Full(frame)) => frame,
+    };
     let mut check = tokio::time::interval(LAG_CHECK);
     loop {
         tokio::select! {
