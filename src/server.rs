@@ -68,7 +68,10 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
                 tick.tick().await;
                 hub.sweep();
                 let c = &hub.counters;
-                let closed = c.accepted.load(Relaxed) - c.connections.load(Relaxed);
+                // Open first: a connection accepted between the two loads then
+                // only makes `accepted` larger, never the difference negative.
+                let open = c.connections.load(Relaxed);
+                let closed = c.accepted.load(Relaxed).saturating_sub(open);
                 if closed >= closed_at_trim + TRIM_AFTER_CLOSED {
                     crate::os::release_free_memory();
                     closed_at_trim = closed;
