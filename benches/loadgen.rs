@@ -4,6 +4,14 @@
 //! cargo bench --bench loadgen -- fanout --addr 127.0.0.1:8000 --pid PID --subscribers 10000 --rounds 5
 //! cargo bench --bench loadgen -- cycle  --addr 127.0.0.1:8000 --subscribers 100 --messages 20000 [--json]
 //! ```
+//! cargo bench --bench loadgen -- latency --addr 127.0.0.1:8000 --messages 5000
+//! ```
+//! `--addr` and `--pid` may be repeated (cluster mode): subscribers are spread
+//! over the addresses in turn, publishes go to the first, and CPU and RSS are
+//! summed over the processes (instances and Redis).
+//! ```text
+//! cargo bench --bench loadgen -- fanout --addr A --addr B --pid PA --pid PB --pid PREDIS ...
+//! ```
 //! `--server nchan` switches paths and resume headers to an Nchan long-poll
 //! location (`/sub/CHANNEL`, `/pub/CHANNEL`). Every run is bounded in count and
 //! time and talks only to the address given (use loopback).
@@ -13,6 +21,8 @@
 //!   the round (from /proc/PID/stat) and its RSS growth per waiting subscriber.
 //! - cycle: K subscribers re-poll with their last id while M messages are
 //!   published; reports deliveries per second, messages lost and duplicated.
+//! - latency: M publishes one after another on one connection, no subscribers;
+//!   reports the round trip of each (p50, p99).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,7 +46,8 @@ enum Kind {
 struct Opts {
     mode: String,
     addr: SocketAddr,
-    pid: Option<u32>,
+    addrs: Vec<SocketAddr>,
+    pids: Vec<u32>,
     subscribers: usize,
     rounds: usize,
     messages: usize,
@@ -50,7 +61,8 @@ fn parse_args() -> Opts {
     let mut o = Opts {
         mode: args.next().unwrap_or_else(|| "fanout".into()),
         addr: "127.0.0.1:8000".parse().expect("addr"),
-        pid: None,
+        addrs: Vec::new(),
+        pids: Vec::new(),
         subscribers: 1000,
         rounds: 5,
         messages: 10_000,
@@ -64,8 +76,8 @@ fn parse_args() -> Opts {
                 .unwrap_or_else(|| panic!("{flag} needs a value"))
         };
         match flag.as_str() {
-            "--addr" => o.addr = value().parse().expect("--addr IP:PORT"),
-            "--pid" => o.pid = Some(value().parse().expect("--pid N")),
+            "--addr" => o.addrs.push(value().parse().expect("--addr IP:PORT")),
+            "--pid" => o.pids.push(value().parse().expect("--pid N")),
             "--subscribers" => o.subscribers = value().parse().expect("--subscribers N"),
             "--rounds" => o.rounds = value().parse().expect("--rounds N"),
             "--messages" => o.messages = value().parse().expect("--messages N"),
@@ -79,6 +91,11 @@ fn parse_args() -> Opts {
             }
             other => panic!("unknown flag {other}"),
         }
+    }
+    if let Some(first) = o.addrs.first() {
+        o.addr = *first;
+    } else {
+        o.addrs.push(o.addr);
     }
     o
 }
@@ -259,8 +276,24 @@ fn sequences(o: &Opts, r: &Resp) -> Vec<usize> {
 }
 
 /// CPU time (user + system) of a process, in clock ticks converted to ms.
-fn cpu_ms(pid: Option<u32>) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
+/// CPU time of all of `pids`, in ms.
+fn cpu_ms(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| cpu_ms_of(p)).sum()
+}
+
+/// Resident memory of all of `pids`, in KiB.
+fn rss_kib(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| rss_kib_of(p)).sum()
+}
+
+fn cpu_ms_of(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = stat.rsplit_once(')')?.1;
     let fields: Vec<&str> = after.split_whitespace().collect();
     let utime: f64 = fields.get(11)?.parse().ok()?;
@@ -268,8 +301,8 @@ fn cpu_ms(pid: Option<u32>) -> Option<f64> {
     Some((utime + stime) * 1000.0 / 100.0)
 }
 
-fn rss_kib(pid: Option<u32>) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
+fn rss_kib_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))?
@@ -299,18 +332,21 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 async fn fanout(o: Opts) {
-    let rss0 = rss_kib(o.pid);
+    let rss0 = rss_kib(&o.pids);
     let mut conns = Vec::with_capacity(o.subscribers);
-    for _ in 0..o.subscribers {
-        let s = TcpStream::connect(o.addr)
+    for i in 0..o.subscribers {
+        let s = TcpStream::connect(o.addrs[i % o.addrs.len()])
             .await
             .expect("subscriber connect");
         s.set_nodelay(true).ok();
         conns.push((s, Vec::new(), Cursor::default()));
     }
     println!(
-        "fanout: {} subscribers, {} rounds, {MESSAGE_LEN}-byte messages, server {:?}",
-        o.subscribers, o.rounds, o.kind
+        "fanout: {} subscribers over {} address(es), {} rounds, {MESSAGE_LEN}-byte messages, server {:?}",
+        o.subscribers,
+        o.addrs.len(),
+        o.rounds,
+        o.kind
     );
     let mut cpu_per_round = Vec::new();
     let mut all_ms = Vec::new();
@@ -323,10 +359,10 @@ async fn fanout(o: Opts) {
         }
         // Let every request reach the server and park.
         tokio::time::sleep(Duration::from_millis(500 + o.subscribers as u64 / 10)).await;
-        if let (0, Some(a), Some(b)) = (round, rss0, rss_kib(o.pid)) {
+        if let (0, Some(a), Some(b)) = (round, rss0, rss_kib(&o.pids)) {
             rss_per_sub = Some(b.saturating_sub(a) as f64 * 1024.0 / o.subscribers as f64);
         }
-        let cpu0 = cpu_ms(o.pid);
+        let cpu0 = cpu_ms(&o.pids);
         let t0 = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
         for (mut s, mut buf, mut cursor) in conns.drain(..) {
@@ -353,7 +389,7 @@ async fn fanout(o: Opts) {
         }
         // Give the server a moment to finish its bookkeeping before reading its CPU.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let cpu = cpu_ms(o.pid).zip(cpu0).map(|(b, a)| b - a);
+        let cpu = cpu_ms(&o.pids).zip(cpu0).map(|(b, a)| b - a);
         lat.sort_by(|a, b| a.total_cmp(b));
         let all = lat.last().copied().unwrap_or(f64::NAN);
         println!(
@@ -384,10 +420,10 @@ async fn fanout(o: Opts) {
 async fn cycle(o: Opts) {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..o.subscribers {
+    for i in 0..o.subscribers {
         let o = o.clone();
         let stop = stop.clone();
-        let mut s = TcpStream::connect(o.addr)
+        let mut s = TcpStream::connect(o.addrs[i % o.addrs.len()])
             .await
             .expect("subscriber connect");
         s.set_nodelay(true).ok();
@@ -429,7 +465,7 @@ async fn cycle(o: Opts) {
     }
     tokio::time::sleep(Duration::from_millis(500 + o.subscribers as u64)).await;
     let t0 = Instant::now();
-    let cpu0 = cpu_ms(o.pid);
+    let cpu0 = cpu_ms(&o.pids);
     let mut s = TcpStream::connect(o.addr).await.expect("publisher connect");
     s.set_nodelay(true).ok();
     let mut buf = Vec::new();
@@ -468,7 +504,7 @@ async fn cycle(o: Opts) {
         lost += seen.iter().filter(|s| !**s).count();
     }
     let secs = end.duration_since(t0).as_secs_f64();
-    let cpu = cpu_ms(o.pid).zip(cpu0).map(|(b, a)| b - a);
+    let cpu = cpu_ms(&o.pids).zip(cpu0).map(|(b, a)| b - a);
     println!(
         "RESULT cycle subscribers={} messages={} json={} deliveries_per_s={:.0} lost={lost} duplicates={dups} disordered={disordered} seconds={secs:.2} server_cpu_ms={}",
         o.subscribers,
@@ -476,6 +512,39 @@ async fn cycle(o: Opts) {
         o.json,
         delivered as f64 / secs,
         cpu.map_or("n/a".into(), |c| format!("{c:.0}"))
+    );
+}
+
+async fn latency(o: Opts) {
+    let mut s = TcpStream::connect(o.addr).await.expect("publisher connect");
+    s.set_nodelay(true).ok();
+    let mut buf = Vec::new();
+    let mut lat = Vec::with_capacity(o.messages);
+    let cpu0 = cpu_ms(&o.pids);
+    let t0 = Instant::now();
+    for seq in 0..o.messages {
+        let t = Instant::now();
+        s.write_all(&publish_request(&o, seq))
+            .await
+            .expect("publish");
+        let r = read_response(&mut s, &mut buf)
+            .await
+            .expect("publish answer");
+        assert!(r.status < 300, "publish answered {}", r.status);
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+        assert!(t0.elapsed() < DEADLINE, "latency run over its deadline");
+    }
+    let cpu = cpu_ms(&o.pids).zip(cpu0).map(|(b, a)| b - a);
+    lat.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "RESULT latency messages={} p50_us={:.0} p99_us={:.0} server_cpu_us_per_publish={}",
+        o.messages,
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        cpu.map_or("n/a".into(), |c| format!(
+            "{:.1}",
+            c * 1000.0 / o.messages as f64
+        ))
     );
 }
 
@@ -489,7 +558,8 @@ fn main() {
         match opts.mode.as_str() {
             "fanout" => fanout(opts).await,
             "cycle" => cycle(opts).await,
-            other => panic!("unknown mode {other}: use fanout or cycle"),
+            "latency" => latency(opts).await,
+            other => panic!("unknown mode {other}: use fanout, cycle or latency"),
         }
     });
 }

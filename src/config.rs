@@ -81,6 +81,11 @@ pub struct Config {
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
     pub ping: u64,
 
+    /// Cluster mode: keep channels in Redis (`redis://HOST:PORT[/DB]`), shared
+    /// by every instance pointed at it. Without it, channels live in memory.
+    #[arg(long, env = "COMETHUB_REDIS")]
+    pub redis: Option<String>,
+
     /// Log format: `text` or `json`.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

@@ -38,6 +38,8 @@ pub enum Error {
     ShuttingDown,
     /// The channel was deleted while the subscriber waited.
     Gone,
+    /// Cluster mode: Redis cannot be reached just now.
+    StoreUnavailable,
 }
 
 impl Error {
@@ -56,7 +58,9 @@ impl Error {
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Error::Busy(_) | Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Busy(_) | Error::ShuttingDown | Error::StoreUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::Gone => StatusCode::GONE,
         }
     }
@@ -79,6 +83,7 @@ impl Error {
             Error::Busy(_) => "busy",
             Error::ShuttingDown => "shutting_down",
             Error::Gone => "gone",
+            Error::StoreUnavailable => "store_unavailable",
         }
     }
 }
@@ -103,6 +108,9 @@ impl fmt::Display for Error {
             Error::Busy(what) => write!(f, "too many {what}: try again later"),
             Error::ShuttingDown => f.write_str("server is shutting down"),
             Error::Gone => f.write_str("channel deleted"),
+            Error::StoreUnavailable => {
+                f.write_str("message store (redis) unavailable: try again later")
+            }
         }
     }
 }

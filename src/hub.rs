@@ -22,7 +22,7 @@ use tokio::sync::{broadcast, oneshot};
 use tokio::time::Instant;
 
 use crate::error::Error;
-use crate::protocol::{Since, message_id};
+use crate::protocol::{Ids, Since};
 use crate::stats::{Counters, Snapshot};
 
 /// Slots of the table that remembers, for channels that were freed, the last
@@ -36,7 +36,7 @@ pub const STREAM_BACKLOG: usize = 256;
 pub struct Message {
     /// Position in the hub's sequence; strictly increasing within a channel.
     pub seq: u64,
-    /// The id clients see: `EPOCH-SEQ`.
+    /// The id clients see: `EPOCH-SEQ`, or the Redis stream id in cluster mode.
     pub id: HeaderValue,
     /// The data, byte for byte as published.
     pub data: Bytes,
@@ -76,12 +76,13 @@ enum Wake {
     Message(Arc<Message>),
     Deleted,
     Shutdown,
+    Reset,
 }
 
 /// The channels and everything the server counts.
 #[derive(Debug)]
 pub struct Hub {
-    epoch: String,
+    ids: Ids,
     config: HubConfig,
     state: Mutex<State>,
     /// Event counters shared with the HTTP layer.
@@ -157,6 +158,25 @@ pub enum Poll {
     Wait(Waiter),
 }
 
+/// What a long-poll got.
+#[derive(Debug)]
+pub enum Polled {
+    /// Messages after `since`, oldest first.
+    Messages {
+        /// The messages.
+        messages: Vec<Arc<Message>>,
+        /// Some messages after `since` were no longer retained.
+        gap: bool,
+    },
+    /// Nothing before the timeout (or shutdown, or a link reset).
+    Empty {
+        /// The id to poll from next.
+        last_id: HeaderValue,
+        /// Some messages after `since` were no longer retained.
+        gap: bool,
+    },
+}
+
 /// How a wait ended.
 #[derive(Debug)]
 pub enum Outcome {
@@ -168,6 +188,9 @@ pub enum Outcome {
     Deleted,
     /// The server is shutting down; carries the channel's current last id.
     Shutdown(HeaderValue),
+    /// Cluster mode: the link to Redis was re-established and messages may have
+    /// been missed meanwhile; the subscriber should poll again.
+    Reset,
 }
 
 /// A subscriber waiting for the next message on a channel. Dropping it removes it
@@ -188,6 +211,7 @@ impl Waiter {
         match tokio::time::timeout(timeout, &mut self.rx).await {
             Ok(Ok(Wake::Message(m))) => Outcome::Message(m),
             Ok(Ok(Wake::Deleted)) => Outcome::Deleted,
+            Ok(Ok(Wake::Reset)) => Outcome::Reset,
             Ok(Ok(Wake::Shutdown)) | Ok(Err(_)) => {
                 Outcome::Shutdown(self.hub.last_id(&self.channel))
             }
@@ -219,6 +243,9 @@ pub struct Stream {
     /// New messages as they are published; closed when the channel is deleted
     /// or the server shuts down, lagged when the reader falls too far behind.
     pub live: broadcast::Receiver<Arc<Message>>,
+    /// Live messages up to this sequence were already read (cluster mode reads
+    /// the backlog after subscribing, so the two can overlap).
+    pub after: u64,
     guard: StreamGuard,
 }
 
@@ -294,10 +321,15 @@ impl State {
 }
 
 impl Hub {
-    /// A hub with a fresh epoch.
+    /// An in-memory hub with a fresh epoch.
     pub fn new(config: HubConfig) -> Arc<Hub> {
+        Hub::with_ids(config, Ids::Epoch(crate::protocol::new_epoch()))
+    }
+
+    /// A hub whose message ids are made by `ids`.
+    pub fn with_ids(config: HubConfig, ids: Ids) -> Arc<Hub> {
         Arc::new(Hub {
-            epoch: crate::protocol::new_epoch(),
+            ids,
             config,
             state: Mutex::new(State {
                 channels: HashMap::new(),
@@ -313,9 +345,9 @@ impl Hub {
         })
     }
 
-    /// This server's epoch, the prefix of every message id it makes.
-    pub fn epoch(&self) -> &str {
-        &self.epoch
+    /// How this hub's message ids are made and read.
+    pub fn ids(&self) -> &Ids {
+        &self.ids
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -397,6 +429,7 @@ impl Hub {
         let backlog = ch.after(after, usize::MAX);
         Counters::bump(&self.counters.streams);
         Ok(Stream {
+            after: backlog.last().map_or(after, |m| m.seq),
             backlog,
             gap,
             live,
@@ -421,7 +454,7 @@ impl Hub {
         }
         let seq = state.seq + 1;
         let now = Instant::now();
-        let id = HeaderValue::from_str(&message_id(&self.epoch, seq))
+        let id = HeaderValue::from_str(&self.ids.format(seq))
             .map_err(|_| Error::BadQuery("message id".into()))?;
         let len = data.len();
         let message = Arc::new(Message {
@@ -435,14 +468,41 @@ impl Hub {
         ch.last_seq = seq;
         ch.history.push_back(message.clone());
         let freed = ch.trim(&self.config, now);
+        state.seq = seq;
+        state.history_bytes = state.history_bytes + len - freed;
+        let delivered = self.fan_out(state, channel, &message);
+        Counters::bump(&self.counters.published);
+        Ok((message, delivered))
+    }
+
+    /// Cluster mode: hands a message that came from Redis to this instance's
+    /// waiting subscribers and streams on `channel`, keeping no history.
+    /// Returns how many got it.
+    pub fn deliver(&self, channel: &str, message: &Arc<Message>) -> usize {
+        let mut state = self.state();
+        let Some(ch) = state.channels.get_mut(channel) else {
+            return 0;
+        };
+        ch.last_seq = ch.last_seq.max(message.seq);
+        self.fan_out(state, channel, message)
+    }
+
+    /// Wakes `channel`'s waiters and streams with `message`, after releasing the lock.
+    fn fan_out(
+        &self,
+        mut state: MutexGuard<'_, State>,
+        channel: &str,
+        message: &Arc<Message>,
+    ) -> usize {
+        let Some(ch) = state.channels.get_mut(channel) else {
+            return 0;
+        };
         let waiters = std::mem::take(&mut ch.waiters);
         let streams = ch
             .live
             .as_ref()
             .and_then(|tx| tx.send(message.clone()).ok())
             .unwrap_or(0);
-        state.seq = seq;
-        state.history_bytes = state.history_bytes + len - freed;
         state.waiting -= waiters.len();
         state.free_if_idle(channel);
         drop(state);
@@ -453,11 +513,24 @@ impl Hub {
                 delivered += 1;
             }
         }
-        Counters::bump(&self.counters.published);
         self.counters
             .delivered
             .fetch_add(delivered as u64, std::sync::atomic::Ordering::Relaxed);
-        Ok((message, delivered))
+        delivered
+    }
+
+    /// Registers a waiter on `channel` for the next message, whatever the history
+    /// holds (cluster mode reads the history from Redis).
+    pub fn wait(self: &Arc<Self>, channel: &str) -> Result<Waiter, Error> {
+        match self.poll(channel, Since::Id(u64::MAX), 0)? {
+            Poll::Wait(waiter) => Ok(waiter),
+            Poll::Ready { .. } => Err(Error::ShuttingDown),
+        }
+    }
+
+    /// Whether `channel` has waiting subscribers or streams here.
+    pub fn has_channel(&self, channel: &str) -> bool {
+        self.state().channels.contains_key(channel)
     }
 
     /// Drops a channel and its history; its waiters get [`Outcome::Deleted`] and its
@@ -483,7 +556,7 @@ impl Hub {
             None => state.watermarks[State::bucket(channel)],
         };
         drop(state);
-        HeaderValue::from_str(&message_id(&self.epoch, seq))
+        HeaderValue::from_str(&self.ids.format(seq))
             .unwrap_or_else(|_| HeaderValue::from_static("0-0"))
     }
 
@@ -507,7 +580,7 @@ impl Hub {
             channel: channel.to_owned(),
             subscribers,
             messages,
-            last_id: (last > 0).then(|| message_id(&self.epoch, last)),
+            last_id: (last > 0).then(|| self.ids.format(last)),
         }
     }
 
@@ -526,6 +599,23 @@ impl Hub {
         state.history_bytes -= freed;
         for name in idle {
             state.remove(&name);
+        }
+    }
+
+    /// Cluster mode, after the link to Redis came back: every waiting subscriber
+    /// is woken with [`Outcome::Reset`] and every stream ends, so that each
+    /// client reads what it missed from Redis; new requests are served.
+    pub fn reset(&self) {
+        let mut state = self.state();
+        let mut waiters = Vec::new();
+        for ch in state.channels.values_mut() {
+            waiters.extend(std::mem::take(&mut ch.waiters).into_values());
+            ch.live = None;
+        }
+        state.waiting = 0;
+        drop(state);
+        for tx in waiters {
+            let _ = tx.send(Wake::Reset);
         }
     }
 
@@ -564,6 +654,7 @@ impl Hub {
             history_bytes,
             uptime_seconds: self.started.elapsed().as_secs(),
             refused: c.refusals().into_iter().collect(),
+            redis: None,
         }
     }
 }

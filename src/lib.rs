@@ -11,12 +11,14 @@
 //! - [`chat`]: `/`, the chat page.
 //! - [`protocol`]: request parameters, message ids and JSON answers.
 //! - [`hub`]: the channels, their history and their waiting subscribers.
+//! - [`cluster`]: `--redis`: the history on Redis Streams, shared by several instances.
 //! - [`stats`]: counters behind `/stats` and `/metrics`.
 //! - [`error`]: every refusal the server can answer, with its status.
 //! - [`os`]: the open-files limit, and handing freed memory back.
 //! - [`shutdown`]: SIGINT/SIGTERM as a future.
 
 pub mod chat;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod hub;

@@ -20,6 +20,12 @@ fn main() -> ExitCode {
         logs.init();
     }
 
+    if let Some(url) = &config.redis
+        && let Err(err) = comethub::cluster::Cluster::client(url)
+    {
+        error!(%err, "cannot start");
+        return ExitCode::from(2);
+    }
     let nofile = match os::raise_nofile() {
         Ok(n) => n,
         Err(err) => {
@@ -62,6 +68,7 @@ fn main() -> ExitCode {
             max_subscribers = config.max_subscribers,
             max_channels = config.max_channels,
             publish_token = config.publish_token.is_some(),
+            cluster = config.redis.is_some(),
             "listening"
         );
         server::run(listener, config, shutdown::signal()).await;

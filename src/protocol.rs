@@ -94,6 +94,64 @@ impl Since {
     }
 }
 
+/// Bits of a packed stream id that hold the sequence within a millisecond.
+const STREAM_SEQ_BITS: u32 = 20;
+
+/// How message ids are made and read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ids {
+    /// In memory: `EPOCH-SEQ`, with a fresh epoch every run, so an id from an
+    /// earlier run is foreign.
+    Epoch(String),
+    /// On Redis: the channel stream's ids `MS-N`, valid on every instance and
+    /// after any restart. Kept as one `u64`, `MS << 20 | N`, so they order as
+    /// numbers.
+    Stream,
+}
+
+impl Ids {
+    /// The text of the id packed in `seq`.
+    pub fn format(&self, seq: u64) -> String {
+        match self {
+            Ids::Epoch(epoch) => message_id(epoch, seq),
+            Ids::Stream => format!(
+                "{}-{}",
+                seq >> STREAM_SEQ_BITS,
+                seq & ((1 << STREAM_SEQ_BITS) - 1)
+            ),
+        }
+    }
+
+    /// Parses `since` (or `Last-Event-ID`).
+    pub fn parse_since(&self, value: Option<&str>) -> Result<Since, Error> {
+        match self {
+            Ids::Epoch(epoch) => Since::parse(value, epoch),
+            Ids::Stream => match value {
+                None => Ok(Since::Next),
+                Some("oldest") => Ok(Since::Oldest),
+                Some(v) => match Ids::parse_stream(v) {
+                    Some(seq) => Ok(Since::Id(seq)),
+                    // Well formed but not a stream id: another server's.
+                    None => Since::parse(value, "").map(|_| Since::Foreign),
+                },
+            },
+        }
+    }
+
+    /// Packs a Redis stream id `MS-N`; `None` when it is not one or does not fit.
+    pub fn parse_stream(id: &str) -> Option<u64> {
+        let (ms, n) = id.split_once('-')?;
+        let digits =
+            |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(ms) || !digits(n) {
+            return None;
+        }
+        let (ms, n): (u64, u64) = (ms.parse().ok()?, n.parse().ok()?);
+        (ms < 1 << (64 - STREAM_SEQ_BITS) && n < 1 << STREAM_SEQ_BITS)
+            .then_some(ms << STREAM_SEQ_BITS | n)
+    }
+}
+
 /// Parses `timeout=SECONDS` (fractions allowed) and caps it at the server's default.
 pub fn timeout(value: Option<&str>, default: Duration) -> Result<Duration, Error> {
     let Some(value) = value else {
@@ -289,6 +347,22 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn stream_ids() {
+        let ids = Ids::Stream;
+        let seq = Ids::parse_stream("1732550000000-7").unwrap();
+        assert_eq!(ids.format(seq), "1732550000000-7");
+        assert!(Ids::parse_stream("1732550000000-8").unwrap() > seq);
+        assert!(Ids::parse_stream("1732550000001-0").unwrap() > seq);
+        assert_eq!(ids.parse_since(Some("5-1")), Ok(Since::Id(5 << 20 | 1)));
+        assert_eq!(ids.parse_since(Some("oldest")), Ok(Since::Oldest));
+        assert_eq!(ids.parse_since(None), Ok(Since::Next));
+        assert_eq!(ids.parse_since(Some("abc-1")), Ok(Since::Foreign));
+        assert_eq!(ids.parse_since(Some("1-9999999")), Ok(Since::Foreign));
+        assert_eq!(ids.parse_since(Some("1-")), Err(Error::BadSince));
+        assert_eq!(ids.parse_since(Some("x")), Err(Error::BadSince));
     }
 
     #[test]

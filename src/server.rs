@@ -20,8 +20,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tracing::{debug, error, info, warn};
 
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::hub::{Hub, HubConfig};
+use crate::protocol::Ids;
 use crate::service::Service;
 use crate::stats::Counters;
 
@@ -29,6 +31,8 @@ use crate::stats::Counters;
 pub const GRACE: Duration = Duration::from_millis(1500);
 /// Connections that must close before freed memory is handed back.
 const TRIM_AFTER_CLOSED: u64 = 256;
+/// How long start-up waits for the link to Redis before serving anyway.
+const CLUSTER_START: Duration = Duration::from_secs(3);
 /// How often expired history is swept.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -46,8 +50,25 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 
 /// Serves `listener` until `shutdown` completes, then shuts down gracefully.
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) {
-    let hub = Hub::new(HubConfig::from(&config));
-    let service = Arc::new(Service::new(hub.clone(), &config));
+    let (hub, cluster) = match &config.redis {
+        None => (Hub::new(HubConfig::from(&config)), None),
+        Some(url) => {
+            let hub = Hub::with_ids(HubConfig::from(&config), Ids::Stream);
+            match Cluster::start(hub.clone(), url, &config) {
+                Ok(cluster) => {
+                    if !cluster.wait_up(CLUSTER_START).await {
+                        warn!("redis not reachable yet; answering 503 until it is");
+                    }
+                    (hub, Some(cluster))
+                }
+                Err(err) => {
+                    error!(%err, "cluster mode not started");
+                    return;
+                }
+            }
+        }
+    };
+    let service = Arc::new(Service::new(hub.clone(), cluster, &config));
     let max_connections = match config.max_connections {
         0 => crate::os::connections_for(crate::os::raise_nofile().unwrap_or(1024)),
         n => n,

@@ -24,11 +24,12 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use tracing::{debug, warn};
 
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::error::Error;
-use crate::hub::{Hub, Message, Outcome, Poll};
+use crate::hub::{Hub, Message, Outcome, Poll, Polled};
 use crate::protocol::{
-    self, Format, JsonBatch, JsonMessage, PublishAnswer, PublishForm, Query, Since,
+    self, Format, Ids, JsonBatch, JsonMessage, PublishAnswer, PublishForm, Query, Since,
 };
 
 /// The body of every answer: a full buffer, or a stream for `/events`.
@@ -45,6 +46,7 @@ const JSON: HeaderValue = HeaderValue::from_static("application/json");
 #[derive(Debug)]
 pub struct Service {
     hub: Arc<Hub>,
+    cluster: Option<Arc<Cluster>>,
     timeout: Duration,
     ping: Duration,
     body_timeout: Duration,
@@ -54,10 +56,11 @@ pub struct Service {
 }
 
 impl Service {
-    /// A service over `hub` with the limits in `config`.
-    pub fn new(hub: Arc<Hub>, config: &Config) -> Service {
+    /// A service over `hub` (and, in cluster mode, Redis) with the limits in `config`.
+    pub fn new(hub: Arc<Hub>, cluster: Option<Arc<Cluster>>, config: &Config) -> Service {
         Service {
             hub,
+            cluster,
             timeout: config.timeout(),
             ping: Duration::from_secs(config.ping),
             body_timeout: config.header_timeout(),
@@ -109,21 +112,25 @@ impl Service {
         match (method, path) {
             (Method::OPTIONS, _) => Ok(preflight(allow)),
             (Method::GET, "/subscribe") => self.subscribe(req).await,
-            (Method::GET, "/events") => crate::sse::events(&self.hub, &req, self.ping),
+            (Method::GET, "/events") => self.events(&req).await,
             // Boxed: a waiting subscriber's task is sized by the largest branch,
             // and publishing (with its body read) is the largest.
             (Method::GET | Method::POST, "/publish") => Box::pin(self.publish(req)).await,
-            (Method::DELETE, "/publish") => self.delete(&req),
-            (Method::GET, "/stats") => Ok(json(StatusCode::OK, &self.hub.snapshot())),
+            (Method::DELETE, "/publish") => self.delete(&req).await,
+            (Method::GET, "/stats") => Ok(json(StatusCode::OK, &self.snapshot())),
             (Method::GET, "/metrics") => Ok(full(
                 StatusCode::OK,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                self.hub.snapshot().to_prometheus().into(),
+                self.snapshot().to_prometheus().into(),
             )),
             (Method::GET, "/") => Ok(crate::chat::page()),
             (Method::GET, p) if p.starts_with("/channels/") => {
                 let name = protocol::channel_name(Some(&p["/channels/".len()..]))?;
-                Ok(json(StatusCode::OK, &self.hub.channel_info(name)))
+                let info = match &self.cluster {
+                    Some(cluster) => cluster.channel_info(name).await?,
+                    None => self.hub.channel_info(name),
+                };
+                Ok(json(StatusCode::OK, &info))
             }
             _ => Err(Error::MethodNotAllowed(allow)),
         }
@@ -131,7 +138,7 @@ impl Service {
 
     /// Answers a refusal with its status and a one-line JSON body.
     fn refuse(&self, err: Error) -> Response<Body> {
-        if matches!(err, Error::Busy(_)) {
+        if matches!(err, Error::Busy(_) | Error::StoreUnavailable) {
             warn!(reason = err.reason(), %err, "limit reached");
         } else {
             debug!(reason = err.reason(), %err, "refused");
@@ -144,7 +151,7 @@ impl Service {
                     .headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static(allow));
             }
-            Error::Busy(_) | Error::ShuttingDown => {
+            Error::Busy(_) | Error::ShuttingDown | Error::StoreUnavailable => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -164,7 +171,7 @@ impl Service {
     pub async fn subscribe(&self, req: Request<Incoming>) -> Result<Response<Body>, Error> {
         let query = Query::parse(req.uri().query())?;
         let channel = protocol::channel_name(query.channel.as_deref())?;
-        let since = since(&query, &req, self.hub.epoch())?;
+        let since = since(&query, &req, self.hub.ids())?;
         let timeout = protocol::timeout(query.timeout.as_deref(), self.timeout)?;
         let format = Format::parse(query.format.as_deref())?;
         let limit = if format == Format::Json {
@@ -172,21 +179,61 @@ impl Service {
         } else {
             1
         };
-        let (messages, gap) = match self.hub.poll(channel, since, limit)? {
-            Poll::Ready { messages, gap } => (messages, gap),
-            Poll::Wait(waiter) => {
-                drop(req);
-                let gap = waiter.gap;
-                match waiter.wait(timeout).await {
-                    Outcome::Message(m) => (vec![m], gap),
-                    Outcome::Timeout(last_id) | Outcome::Shutdown(last_id) => {
-                        return Ok(no_content(last_id, gap));
-                    }
-                    Outcome::Deleted => return Err(Error::Gone),
-                }
-            }
+        drop(req);
+        let polled = match &self.cluster {
+            Some(cluster) => cluster.poll(channel, since, limit, timeout).await?,
+            None => self.poll(channel, since, limit, timeout).await?,
         };
-        Ok(answer(channel, format, &messages, gap))
+        Ok(match polled {
+            Polled::Messages { messages, gap } => answer(channel, format, &messages, gap),
+            Polled::Empty { last_id, gap } => no_content(last_id, gap),
+        })
+    }
+
+    /// A long-poll on the in-memory hub.
+    async fn poll(
+        &self,
+        channel: &str,
+        since: Since,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<Polled, Error> {
+        let waiter = match self.hub.poll(channel, since, limit)? {
+            Poll::Ready { messages, gap } => return Ok(Polled::Messages { messages, gap }),
+            Poll::Wait(waiter) => waiter,
+        };
+        let gap = waiter.gap;
+        match waiter.wait(timeout).await {
+            Outcome::Message(m) => Ok(Polled::Messages {
+                messages: vec![m],
+                gap,
+            }),
+            Outcome::Timeout(last_id) | Outcome::Shutdown(last_id) => {
+                Ok(Polled::Empty { last_id, gap })
+            }
+            Outcome::Reset => Ok(Polled::Empty {
+                last_id: self.hub.last_id(channel),
+                gap,
+            }),
+            Outcome::Deleted => Err(Error::Gone),
+        }
+    }
+
+    /// `GET /events`: an event stream from the hub, or in cluster mode from Redis.
+    async fn events(&self, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
+        let (channel, since) = crate::sse::request(req, &self.hub)?;
+        let stream = match &self.cluster {
+            Some(cluster) => cluster.stream(&channel, since).await?,
+            None => self.hub.stream(&channel, since)?,
+        };
+        Ok(crate::sse::respond(stream, self.ping))
+    }
+
+    /// `/stats` and `/metrics`: the hub's counters and, in cluster mode, the link.
+    fn snapshot(&self) -> crate::stats::Snapshot {
+        let mut snapshot = self.hub.snapshot();
+        snapshot.redis = self.cluster.as_ref().map(|c| c.link_state());
+        snapshot
     }
 
     /// `GET|POST /publish`: publishes one message and says how many got it.
@@ -232,8 +279,14 @@ impl Service {
         if data.len() > self.max_message {
             return Err(Error::TooLarge(self.max_message));
         }
-        let (message, subscribers) = self.hub.publish(&channel, data, content_type)?;
-        let id = message.id.to_str().unwrap_or_default();
+        let (id_header, subscribers) = match &self.cluster {
+            Some(cluster) => cluster.publish(&channel, data, content_type).await?,
+            None => {
+                let (message, n) = self.hub.publish(&channel, data, content_type)?;
+                (message.id.clone(), n)
+            }
+        };
+        let id = id_header.to_str().unwrap_or_default();
         let mut response = json(
             StatusCode::OK,
             &PublishAnswer {
@@ -244,12 +297,12 @@ impl Service {
         );
         response
             .headers_mut()
-            .insert(X_MESSAGE_ID, message.id.clone());
+            .insert(X_MESSAGE_ID, id_header.clone());
         Ok(response)
     }
 
     /// `DELETE /publish`: drops a channel; its waiting subscribers get 410.
-    pub fn delete(&self, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
+    pub async fn delete(&self, req: &Request<Incoming>) -> Result<Response<Body>, Error> {
         self.authorize(req)?;
         let query = Query::parse(req.uri().query())?;
         let channel = protocol::channel_name(query.channel.as_deref())?;
@@ -258,7 +311,10 @@ impl Service {
             channel: &'a str,
             deleted: bool,
         }
-        let deleted = self.hub.delete(channel);
+        let deleted = match &self.cluster {
+            Some(cluster) => cluster.delete(channel).await?,
+            None => self.hub.delete(channel),
+        };
         Ok(json(StatusCode::OK, &Deleted { channel, deleted }))
     }
 
@@ -300,12 +356,12 @@ impl Service {
 }
 
 /// Reads `since`, or the `Last-Event-ID` header when the query has none.
-pub fn since<B>(query: &Query, req: &Request<B>, epoch: &str) -> Result<Since, Error> {
+pub fn since<B>(query: &Query, req: &Request<B>, ids: &Ids) -> Result<Since, Error> {
     let header = match req.headers().get(LAST_EVENT_ID) {
         Some(v) => Some(v.to_str().map_err(|_| Error::BadSince)?),
         None => None,
     };
-    Since::parse(query.since.as_deref().or(header), epoch)
+    ids.parse_since(query.since.as_deref().or(header))
 }
 
 /// Compares two byte strings in time that depends only on their lengths.

@@ -22,8 +22,8 @@ use hyper::{Request, Response, StatusCode};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::error::Error;
-use crate::hub::{Hub, Message, STREAM_BACKLOG};
-use crate::protocol::{self, Query};
+use crate::hub::{Hub, Message, STREAM_BACKLOG, Stream};
+use crate::protocol::{self, Query, Since};
 use crate::service::Body;
 
 /// How long a browser waits before reconnecting, sent as `retry:`.
@@ -33,17 +33,16 @@ const QUEUE: usize = 16;
 /// How often a blocked stream checks whether its reader has fallen too far behind.
 const LAG_CHECK: Duration = Duration::from_millis(250);
 
-/// Opens an event stream for `req`.
-pub fn events<B>(
-    hub: &Arc<Hub>,
-    req: &Request<B>,
-    ping: Duration,
-) -> Result<Response<Body>, Error> {
+/// The channel and starting point an `/events` request asks for.
+pub fn request<B>(req: &Request<B>, hub: &Hub) -> Result<(String, Since), Error> {
     let query = Query::parse(req.uri().query())?;
     let channel = protocol::channel_name(query.channel.as_deref())?;
-    let since = crate::service::since(&query, req, hub.epoch())?;
-    let mut stream = hub.stream(channel, since)?;
+    let since = crate::service::since(&query, req, hub.ids())?;
+    Ok((channel.to_owned(), since))
+}
 
+/// Answers an `/events` request with `stream`: its backlog, then live messages.
+pub fn respond(mut stream: Stream, ping: Duration) -> Response<Body> {
     let (tx, rx) = mpsc::channel(QUEUE);
     let mut head = format!("retry: {RETRY_MS}\n\n");
     if stream.gap {
@@ -67,6 +66,7 @@ pub fn events<B>(
         loop {
             let frame = tokio::select! {
                 received = stream.live.recv() => match received {
+                    Ok(message) if message.seq <= stream.after => continue,
                     Ok(message) => encode(&message),
                     // Fell too far behind, or the channel was deleted or the server
                     // is stopping: end the stream; the browser reconnects with its
@@ -92,7 +92,7 @@ pub fn events<B>(
         HeaderValue::from_static("text/event-stream"),
     );
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    response
 }
 
 /// Queues a frame for the connection. While the queue is full (the client is not

@@ -25,7 +25,7 @@ pub struct Counters {
 }
 
 /// The `reason` labels of refused requests, in the order of [`Counters`]' slots.
-pub const REFUSAL_REASONS: [&str; 16] = [
+pub const REFUSAL_REASONS: [&str; 17] = [
     "bad_channel",
     "bad_since",
     "bad_timeout",
@@ -42,6 +42,7 @@ pub const REFUSAL_REASONS: [&str; 16] = [
     "shutting_down",
     "connection_limit",
     "gone",
+    "store_unavailable",
 ];
 
 impl Counters {
@@ -89,6 +90,22 @@ pub struct Snapshot {
     pub uptime_seconds: u64,
     /// Requests refused, by reason.
     pub refused: std::collections::BTreeMap<&'static str, u64>,
+    /// Cluster mode only: the state of the link to Redis.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisLink>,
+}
+
+/// The link to Redis, in cluster mode.
+#[derive(Debug, Clone, Serialize)]
+pub struct RedisLink {
+    /// Connected and following channels.
+    pub up: bool,
+    /// Times the link was re-established after a loss.
+    pub reconnects: u64,
+    /// Channels this instance follows on Redis (those with local subscribers).
+    pub followed: usize,
+    /// Redis commands that failed.
+    pub errors: u64,
 }
 
 impl Snapshot {
@@ -140,6 +157,32 @@ impl Snapshot {
             "Seconds since start.",
             self.uptime_seconds,
         );
+        if let Some(redis) = &self.redis {
+            metric(
+                "redis_up",
+                "gauge",
+                "1 while the link to Redis is up.",
+                u64::from(redis.up),
+            );
+            metric(
+                "redis_reconnects_total",
+                "counter",
+                "Times the link to Redis was re-established.",
+                redis.reconnects,
+            );
+            metric(
+                "redis_followed_channels",
+                "gauge",
+                "Channels followed on Redis.",
+                redis.followed as u64,
+            );
+            metric(
+                "redis_errors_total",
+                "counter",
+                "Redis commands that failed.",
+                redis.errors,
+            );
+        }
         out.push_str("# HELP comethub_refused_total Requests refused, by reason.\n");
         out.push_str("# TYPE comethub_refused_total counter\n");
         for reason in REFUSAL_REASONS {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use comethub::hub::{Hub, HubConfig, Poll};
-use comethub::protocol::{self, Format, JsonMessage, PublishForm, Query, Since};
+use comethub::protocol::{self, Format, JsonMessage, PublishForm, Query};
 use hyper::header::HeaderValue;
 use libfuzzer_sys::fuzz_target;
 
@@ -33,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = protocol::timeout(q.timeout.as_deref(), Duration::from_secs(30));
     let _ = Format::parse(q.format.as_deref());
     let Ok(channel) = protocol::channel_name(q.channel.as_deref()) else { return };
-    let Ok(since) = Since::parse(q.since.as_deref(), hub.epoch()) else { return };
+    let Ok(since) = hub.ids().parse_since(q.since.as_deref()) else { return };
     let message = form.ok().and_then(|f| f.message).map(Bytes::from).unwrap_or_else(|| Bytes::copy_from_slice(body));
     for _ in 0..3 {
         hub.publish(channel, message.clone(), HeaderValue::from_static("text/plain")).expect("publish");

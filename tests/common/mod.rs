@@ -251,3 +251,181 @@ pub async fn join(handle: tokio::task::JoinHandle<Resp>) -> Resp {
         .expect("in time")
         .expect("task")
 }
+
+/// A real `redis-server` on a free loopback port, with its data in a fresh
+/// directory (append-only file, fsync always, so a killed server keeps it).
+/// Killed and its directory removed on drop.
+pub struct Redis {
+    pub port: u16,
+    dir: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        // Below the kernel's ephemeral range, and never the same twice in a run: a
+        // port freed by a killed server must not be handed to another test's
+        // server, or an instance would reconnect to the wrong Redis.
+        static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+        let base = 10_000 + (std::process::id() % 400) as u16 * 10;
+        let port = loop {
+            let port = base + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 4000;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                break port;
+            }
+        };
+        let dir =
+            std::env::temp_dir().join(format!("comethub-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("redis dir");
+        let mut redis = Redis {
+            port,
+            dir,
+            child: None,
+        };
+        redis.restart();
+        redis
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again, on the same port and data) and waits until it
+    /// accepts connections.
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server (apt-get install -y redis-server)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + STEP;
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                use std::io::{Read, Write};
+                let mut buf = [0u8; 64];
+                if s.write_all(b"PING\r\n").is_ok()
+                    && s.read(&mut buf)
+                        .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+                {
+                    return;
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An open event stream, read event by event.
+pub struct Events {
+    body: hyper::body::Incoming,
+    buf: String,
+    pub headers: hyper::HeaderMap,
+    _conn: tokio::task::JoinHandle<()>,
+}
+
+impl Events {
+    pub async fn open(server: &Server, path: &str, last_event_id: Option<&str>) -> Events {
+        let stream = TcpStream::connect(server.addr).await.expect("event stream");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("event stream");
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let mut req = hyper::Request::get(path)
+            .header("host", "x")
+            .header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        let resp = tokio::time::timeout(
+            STEP,
+            sender.send_request(
+                req.body(http_body_util::Empty::<Bytes>::new())
+                    .expect("event stream"),
+            ),
+        )
+        .await
+        .expect("event stream")
+        .expect("event stream");
+        assert_eq!(resp.status(), 200);
+        let headers = resp.headers().clone();
+        Events {
+            body: resp.into_body(),
+            buf: String::new(),
+            headers,
+            _conn: conn,
+        }
+    }
+
+    /// The next event block (text up to a blank line), or None when the stream ends.
+    pub async fn next(&mut self) -> Option<String> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block = self.buf[..end].to_owned();
+                self.buf.drain(..end + 2);
+                return Some(block);
+            }
+            let frame = tokio::time::timeout(STEP, self.body.frame())
+                .await
+                .expect("event in time")?;
+            let data = frame
+                .expect("event stream")
+                .into_data()
+                .expect("event stream");
+            self.buf
+                .push_str(std::str::from_utf8(&data).expect("event stream"));
+        }
+    }
+
+    /// The next message event as (id, data), skipping retry hints and comments.
+    pub async fn message(&mut self) -> (String, String) {
+        loop {
+            let block = self.next().await.expect("stream open");
+            let mut id = None;
+            let mut data = Vec::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id: ") {
+                    id = Some(v.to_owned());
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data.push(v);
+                }
+            }
+            if let Some(id) = id {
+                return (id, data.join("\n"));
+            }
+        }
+    }
+}

@@ -1,0 +1,668 @@
+//! Cluster mode (`--redis URL`): several instances share one set of channels
+//! through Redis.
+//!
+//! Each channel's history is a Redis Stream, so message ids are stream ids, valid
+//! on every instance and after any restart. A publish runs one Lua script that
+//! appends to the stream, trims it by count and age (remembering the newest id it
+//! dropped, so a resume can tell a gap), and announces the message on the
+//! channel's Pub/Sub topic; being one script, announcements go out in stream
+//! order. Each instance keeps a single RESP3 connection on which it follows the
+//! topics of the channels it has subscribers for, and hands what arrives to its
+//! local [`Hub`], which has the waiters but keeps no history.
+//!
+//! A long-poll registers its local waiter, makes sure the channel is followed,
+//! then reads the stream after its `since`: a message published at any moment is
+//! either in that read or reaches the waiter. When the link drops, publishes get
+//! `503`; waiters keep waiting. Once it is back, every waiter is answered `204`
+//! with its own position and every event stream ends, so each client reads what
+//! it missed from the stream.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::header::HeaderValue;
+use redis::aio::MultiplexedConnection;
+use redis::{
+    AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value,
+};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use crate::error::Error;
+use crate::hub::{Hub, Message, Outcome, Polled, Stream};
+use crate::protocol::{ChannelInfo, Ids, Since};
+use crate::stats::{Counters, RedisLink};
+
+/// Prefix of every key and topic comethub uses in Redis.
+const PREFIX: &str = "comethub:";
+/// How long a connection attempt or a command may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Reconnection backoff bounds.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How often channels nobody here waits on any more are unfollowed.
+const UNFOLLOW_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a channel's last and dropped ids are remembered after its last
+/// publish, so that a late resume still learns of a gap.
+const META_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Trims a stream to the history age, raising the dropped watermark. Shared by
+/// the scripts below.
+const TRIM_AGE: &str = r#"
+local function trim_age(s, m, age)
+  local t = redis.call('TIME')
+  local cutoff = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - age
+  if cutoff <= 0 then return end
+  -- Cheap check first: a reverse range with nothing below it scans the stream.
+  local first = redis.call('XRANGE', s, '-', '+', 'COUNT', 1)[1]
+  if not first or tonumber(string.match(first[1], '^%d+')) >= cutoff then return end
+  cutoff = string.format('%d', cutoff)
+  local old = redis.call('XREVRANGE', s, '(' .. cutoff .. '-0', '-', 'COUNT', 1)
+  if old[1] then
+    redis.call('HSET', m, 'dropped', old[1][1])
+    redis.call('XTRIM', s, 'MINID', cutoff .. '-0')
+  end
+end
+"#;
+
+/// KEYS: stream, meta. ARGV: topic, history, age ms, meta ttl ms, type, data.
+/// Returns `{id, instances}`.
+const PUBLISH: &str = r#"
+local s, m = KEYS[1], KEYS[2]
+local history, age = tonumber(ARGV[2]), tonumber(ARGV[3])
+local id = redis.call('XADD', s, '*', 't', ARGV[5], 'd', ARGV[6])
+local over = redis.call('XLEN', s) - history
+if over > 0 then
+  local old = redis.call('XRANGE', s, '-', '+', 'COUNT', over + 1)
+  redis.call('HSET', m, 'dropped', old[over][1])
+  if old[over + 1] then
+    redis.call('XTRIM', s, 'MINID', old[over + 1][1])
+  else
+    redis.call('XTRIM', s, 'MAXLEN', 0)
+  end
+end
+trim_age(s, m, age)
+redis.call('HSET', m, 'last', id)
+redis.call('PEXPIRE', s, age)
+redis.call('PEXPIRE', m, ARGV[4])
+local n = redis.call('PUBLISH', ARGV[1], 'm' .. id .. '\n' .. ARGV[5] .. '\n' .. ARGV[6])
+return {id, n}
+"#;
+
+/// KEYS: stream, meta. ARGV: after (an id, `-` for the oldest, `+` for none),
+/// count, age ms. Returns `{last, dropped, entries, length}`.
+const READ: &str = r#"
+local s, m = KEYS[1], KEYS[2]
+trim_age(s, m, tonumber(ARGV[3]))
+local last = redis.call('HGET', m, 'last') or '0-0'
+local dropped = redis.call('HGET', m, 'dropped') or '0-0'
+if redis.call('EXISTS', s) == 0 then dropped = last end
+local entries = {}
+if ARGV[1] ~= '+' and tonumber(ARGV[2]) > 0 then
+  local from = ARGV[1]
+  if from ~= '-' then from = '(' .. from end
+  entries = redis.call('XRANGE', s, from, '+', 'COUNT', ARGV[2])
+end
+return {last, dropped, entries, redis.call('XLEN', s)}
+"#;
+
+/// KEYS: stream, meta. ARGV: topic. Returns 1 when the channel had messages.
+const DELETE: &str = r#"
+local existed = redis.call('DEL', KEYS[1])
+local last = redis.call('HGET', KEYS[2], 'last')
+if last then redis.call('HSET', KEYS[2], 'dropped', last) end
+redis.call('PUBLISH', ARGV[1], 'x')
+return existed
+"#;
+
+/// The link to Redis and the scripts run on it.
+#[derive(Debug)]
+pub struct Cluster {
+    hub: Arc<Hub>,
+    client: redis::Client,
+    link: Mutex<Option<Link>>,
+    follow: mpsc::UnboundedSender<Follow>,
+    history: usize,
+    age_ms: u64,
+    scripts: Scripts,
+    up: AtomicBool,
+    reconnects: AtomicU64,
+    followed: AtomicUsize,
+    errors: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+struct Link {
+    con: MultiplexedConnection,
+    down: Arc<Notify>,
+}
+
+#[derive(Debug)]
+struct Scripts {
+    publish: redis::Script,
+    read: redis::Script,
+    delete: redis::Script,
+}
+
+/// A request to follow a channel's topic; answered once it is followed.
+#[derive(Debug)]
+struct Follow {
+    channel: Arc<str>,
+    done: oneshot::Sender<bool>,
+}
+
+/// One read of a channel's stream.
+#[derive(Debug)]
+struct Read {
+    /// Where the reader stands if no message comes back: its `since`, or the
+    /// channel's last id.
+    position: u64,
+    gap: bool,
+    messages: Vec<Arc<Message>>,
+    length: usize,
+}
+
+fn stream_key(channel: &str) -> String {
+    format!("{PREFIX}{{{channel}}}:s")
+}
+
+fn meta_key(channel: &str) -> String {
+    format!("{PREFIX}{{{channel}}}:m")
+}
+
+fn topic(channel: &str) -> String {
+    format!("{PREFIX}{{{channel}}}")
+}
+
+fn channel_of_topic(topic: &[u8]) -> Option<&str> {
+    let name = topic.strip_prefix(PREFIX.as_bytes())?;
+    let name = name.strip_prefix(b"{")?.strip_suffix(b"}")?;
+    std::str::from_utf8(name).ok()
+}
+
+fn message(id: &str, content_type: &[u8], data: Bytes) -> Option<Arc<Message>> {
+    Some(Arc::new(Message {
+        seq: Ids::parse_stream(id)?,
+        id: HeaderValue::from_str(id).ok()?,
+        content_type: HeaderValue::from_bytes(content_type)
+            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+        data,
+        at: Instant::now(),
+    }))
+}
+
+/// Parses a topic announcement: `m` ID `\n` TYPE `\n` DATA, or `x` (deleted).
+fn announcement(payload: &[u8]) -> Option<Result<Arc<Message>, ()>> {
+    match payload.split_first()? {
+        (b'x', _) => Some(Err(())),
+        (b'm', rest) => {
+            let mut parts = rest.splitn(3, |&b| b == b'\n');
+            let id = std::str::from_utf8(parts.next()?).ok()?;
+            let content_type = parts.next()?;
+            let data = Bytes::copy_from_slice(parts.next()?);
+            message(id, content_type, data).map(Ok)
+        }
+        _ => None,
+    }
+}
+
+fn bulk(value: &Value) -> Option<&[u8]> {
+    match value {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+impl Cluster {
+    /// A client for `url`, speaking RESP3 (for Pub/Sub on a shared connection).
+    pub fn client(url: &str) -> Result<redis::Client, String> {
+        let bad = |e: redis::RedisError| format!("bad --redis URL: {e}");
+        let info = url.into_connection_info().map_err(bad)?;
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        redis::Client::open(info.set_redis_settings(settings)).map_err(bad)
+    }
+
+    /// Checks `url` and starts the link task; the link comes up in the background.
+    pub fn start(hub: Arc<Hub>, url: &str, config: &crate::Config) -> Result<Arc<Cluster>, String> {
+        let client = Cluster::client(url)?;
+        let (follow, requests) = mpsc::unbounded_channel();
+        let lib = |body: &str| redis::Script::new(&format!("{TRIM_AGE}{body}"));
+        let cluster = Arc::new(Cluster {
+            hub,
+            client,
+            link: Mutex::new(None),
+            follow,
+            history: config.history,
+            age_ms: config.history_age().as_millis() as u64,
+            scripts: Scripts {
+                publish: lib(PUBLISH),
+                read: lib(READ),
+                delete: redis::Script::new(DELETE),
+            },
+            up: AtomicBool::new(false),
+            reconnects: AtomicU64::new(0),
+            followed: AtomicUsize::new(0),
+            errors: AtomicU64::new(0),
+        });
+        tokio::spawn(cluster.clone().run_link(requests));
+        Ok(cluster)
+    }
+
+    /// Waits until the link is up, or `limit` has passed; returns whether it is.
+    pub async fn wait_up(&self, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        while !self.up.load(Relaxed) && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.up.load(Relaxed)
+    }
+
+    /// The link's state for `/stats` and `/metrics`.
+    pub fn link_state(&self) -> RedisLink {
+        RedisLink {
+            up: self.up.load(Relaxed),
+            reconnects: self.reconnects.load(Relaxed),
+            followed: self.followed.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+        }
+    }
+
+    fn link(&self) -> Result<Link, Error> {
+        self.link
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or(Error::StoreUnavailable)
+    }
+
+    /// Counts a failed command; a connection that no longer answers is dropped
+    /// so the link task reconnects.
+    fn failed(&self, link: &Link, err: &redis::RedisError) -> Error {
+        self.errors.fetch_add(1, Relaxed);
+        warn!(%err, "redis command failed");
+        if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() {
+            link.down.notify_one();
+        }
+        Error::StoreUnavailable
+    }
+
+    /// Publishes a message; returns its id and how many instances follow the channel.
+    pub async fn publish(
+        &self,
+        channel: &str,
+        data: Bytes,
+        content_type: HeaderValue,
+    ) -> Result<(HeaderValue, usize), Error> {
+        let mut link = self.link()?;
+        let (id, instances): (String, usize) = self
+            .scripts
+            .publish
+            .key(stream_key(channel))
+            .key(meta_key(channel))
+            .arg(topic(channel))
+            .arg(self.history)
+            .arg(self.age_ms)
+            .arg(META_TTL.as_millis() as u64)
+            .arg(content_type.as_bytes())
+            .arg(data.as_ref())
+            .invoke_async(&mut link.con)
+            .await
+            .map_err(|e| self.failed(&link, &e))?;
+        Counters::bump(&self.hub.counters.published);
+        let id = HeaderValue::from_str(&id).map_err(|_| Error::StoreUnavailable)?;
+        Ok((id, instances))
+    }
+
+    /// Reads the stream of `channel` after `since`, at most `limit` messages.
+    async fn read(&self, channel: &str, since: Since, limit: usize) -> Result<Read, Error> {
+        let mut link = self.link()?;
+        let after = match since {
+            Since::Next => "+".to_owned(),
+            Since::Oldest | Since::Foreign => "-".to_owned(),
+            Since::Id(seq) => Ids::Stream.format(seq),
+        };
+        type Entry = (String, Vec<Vec<u8>>);
+        let (last, dropped, entries, length): (String, String, Vec<Entry>, usize) = self
+            .scripts
+            .read
+            .key(stream_key(channel))
+            .key(meta_key(channel))
+            .arg(after)
+            .arg(limit.min(self.history))
+            .arg(self.age_ms)
+            .invoke_async(&mut link.con)
+            .await
+            .map_err(|e| self.failed(&link, &e))?;
+        let last = Ids::parse_stream(&last).unwrap_or(0);
+        let dropped = Ids::parse_stream(&dropped).unwrap_or(0);
+        let messages = entries
+            .into_iter()
+            .filter_map(|(id, fields)| {
+                let mut content_type = None;
+                let mut data = None;
+                for pair in fields.chunks(2) {
+                    if let [name, value] = pair {
+                        match name.as_slice() {
+                            b"t" => content_type = Some(value.as_slice()),
+                            b"d" => data = Some(Bytes::copy_from_slice(value)),
+                            _ => {}
+                        }
+                    }
+                }
+                message(&id, content_type?, data?)
+            })
+            .collect();
+        let (position, gap) = match since {
+            Since::Next | Since::Oldest => (last, false),
+            Since::Foreign => (last, true),
+            Since::Id(seq) => (seq, seq < dropped),
+        };
+        Ok(Read {
+            position,
+            gap,
+            messages,
+            length,
+        })
+    }
+
+    /// Makes sure this instance follows `channel`'s topic.
+    async fn follow(&self, channel: &str) -> Result<(), Error> {
+        let (done, followed) = oneshot::channel();
+        let request = Follow {
+            channel: channel.into(),
+            done,
+        };
+        if self.follow.send(request).is_err() || followed.await != Ok(true) {
+            return Err(Error::StoreUnavailable);
+        }
+        Ok(())
+    }
+
+    /// A long-poll: messages after `since`, or the next one, or nothing by `timeout`.
+    pub async fn poll(
+        self: &Arc<Self>,
+        channel: &str,
+        mut since: Since,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<Polled, Error> {
+        let deadline = Instant::now() + timeout;
+        self.link()?;
+        since = self.pin_next(channel, since).await?;
+        let mut gap = false;
+        loop {
+            // Waiter first, then follow, then read: a message published at any
+            // point is in the read or reaches the waiter.
+            let waiter = self.hub.wait(channel)?;
+            self.follow(channel).await?;
+            let read = self.read(channel, since, limit).await?;
+            gap |= read.gap;
+            if !read.messages.is_empty() {
+                return Ok(Polled::Messages {
+                    messages: read.messages,
+                    gap,
+                });
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match waiter.wait(left).await {
+                Outcome::Message(m) if m.seq > read.position => {
+                    return Ok(Polled::Messages {
+                        messages: vec![m],
+                        gap,
+                    });
+                }
+                // Announced before the read, which already covered it.
+                Outcome::Message(_) => since = Since::Id(read.position),
+                Outcome::Timeout(_) | Outcome::Shutdown(_) | Outcome::Reset => {
+                    let last_id = HeaderValue::from_str(&Ids::Stream.format(read.position))
+                        .map_err(|_| Error::StoreUnavailable)?;
+                    return Ok(Polled::Empty { last_id, gap });
+                }
+                Outcome::Deleted => return Err(Error::Gone),
+            }
+        }
+    }
+
+    /// Turns "the next message" into "after the channel's last id now", read
+    /// before the subscriber is counted as waiting: a message published once it
+    /// is counted is after that id, so it is either read or reaches the waiter.
+    async fn pin_next(&self, channel: &str, since: Since) -> Result<Since, Error> {
+        Ok(match since {
+            Since::Next => Since::Id(self.read(channel, Since::Next, 0).await?.position),
+            other => other,
+        })
+    }
+
+    /// Opens an event stream: the stream's messages after `since`, then live ones.
+    pub async fn stream(self: &Arc<Self>, channel: &str, since: Since) -> Result<Stream, Error> {
+        self.link()?;
+        let since = self.pin_next(channel, since).await?;
+        let mut stream = self.hub.stream(channel, Since::Next)?;
+        self.follow(channel).await?;
+        let read = self.read(channel, since, usize::MAX).await?;
+        stream.after = read.messages.last().map_or(read.position, |m| m.seq);
+        stream.gap = read.gap;
+        stream.backlog = read.messages;
+        Ok(stream)
+    }
+
+    /// Deletes a channel everywhere: its stream, and every instance's waiters get 410.
+    pub async fn delete(&self, channel: &str) -> Result<bool, Error> {
+        let mut link = self.link()?;
+        let existed: i64 = self
+            .scripts
+            .delete
+            .key(stream_key(channel))
+            .key(meta_key(channel))
+            .arg(topic(channel))
+            .invoke_async(&mut link.con)
+            .await
+            .map_err(|e| self.failed(&link, &e))?;
+        Ok(existed > 0)
+    }
+
+    /// Local subscribers, retained messages and last id of a channel.
+    pub async fn channel_info(&self, channel: &str) -> Result<ChannelInfo, Error> {
+        let read = self.read(channel, Since::Next, 0).await?;
+        let mut info = self.hub.channel_info(channel);
+        info.messages = read.length;
+        info.last_id = (read.position > 0).then(|| Ids::Stream.format(read.position));
+        Ok(info)
+    }
+
+    /// Hands an announcement from Redis to the hub. Runs on the connection's reader.
+    fn on_push(hub: &Hub, down: &Notify, push: PushInfo) {
+        match push.kind {
+            PushKind::Message => {
+                let (Some(topic), Some(payload)) = (
+                    push.data.first().and_then(bulk),
+                    push.data.get(1).and_then(bulk),
+                ) else {
+                    return;
+                };
+                let Some(channel) = channel_of_topic(topic) else {
+                    return;
+                };
+                match announcement(payload) {
+                    Some(Ok(message)) => {
+                        hub.deliver(channel, &message);
+                    }
+                    Some(Err(())) => {
+                        hub.delete(channel);
+                    }
+                    None => warn!(channel, "unreadable announcement from redis"),
+                }
+            }
+            PushKind::Disconnection => down.notify_one(),
+            _ => {}
+        }
+    }
+
+    async fn connect(&self) -> redis::RedisResult<Link> {
+        let down = Arc::new(Notify::new());
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_push_sender({
+                let hub = self.hub.clone();
+                let down = down.clone();
+                move |push: PushInfo| {
+                    Cluster::on_push(&hub, &down, push);
+                    Ok::<(), std::convert::Infallible>(())
+                }
+            });
+        let con = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        Ok(Link { con, down })
+    }
+
+    /// Keeps the link up: connects with backoff, follows the channels asked for,
+    /// unfollows those nobody here waits on, and starts over when the link drops.
+    async fn run_link(self: Arc<Self>, mut requests: mpsc::UnboundedReceiver<Follow>) {
+        let mut backoff = MIN_BACKOFF;
+        let mut ever_up = false;
+        loop {
+            let link = match self.connect().await {
+                Ok(link) => link,
+                Err(err) => {
+                    warn!(%err, retry_in = ?backoff, "redis unreachable");
+                    let until = tokio::time::sleep(backoff);
+                    tokio::pin!(until);
+                    loop {
+                        tokio::select! {
+                            _ = &mut until => break,
+                            Some(request) = requests.recv() => {
+                                let _ = request.done.send(false);
+                            }
+                        }
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            };
+            backoff = MIN_BACKOFF;
+            if ever_up {
+                // Whatever was announced while the link was down is in the
+                // streams: let every waiter read it from there.
+                self.hub.reset();
+                self.reconnects.fetch_add(1, Relaxed);
+            }
+            ever_up = true;
+            // Requests queued while down were for the old connection.
+            while let Ok(request) = requests.try_recv() {
+                let _ = request.done.send(false);
+            }
+            *self.link.lock().unwrap_or_else(PoisonError::into_inner) = Some(link.clone());
+            self.up.store(true, Relaxed);
+            info!("redis link up");
+
+            self.serve_link(link, &mut requests).await;
+
+            *self.link.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            self.up.store(false, Relaxed);
+            self.followed.store(0, Relaxed);
+            warn!("redis link down");
+        }
+    }
+
+    /// Follows and unfollows channels on `link` until it drops.
+    async fn serve_link(&self, link: Link, requests: &mut mpsc::UnboundedReceiver<Follow>) {
+        let mut con = link.con.clone();
+        let mut followed: HashSet<Arc<str>> = HashSet::new();
+        let mut unfollow = tokio::time::interval(UNFOLLOW_INTERVAL);
+        loop {
+            tokio::select! {
+                Some(first) = requests.recv() => {
+                    let mut batch = vec![first];
+                    while let Ok(more) = requests.try_recv() {
+                        batch.push(more);
+                    }
+                    let mut new: Vec<Arc<str>> = batch
+                        .iter()
+                        .map(|r| r.channel.clone())
+                        .filter(|c| !followed.contains(c))
+                        .collect();
+                    new.sort();
+                    new.dedup();
+                    let ok = new.is_empty() || {
+                        let topics: Vec<String> = new.iter().map(|c| topic(c)).collect();
+                        match con.subscribe(&topics).await {
+                            Ok(()) => true,
+                            Err(err) => {
+                                self.failed(&link, &err);
+                                false
+                            }
+                        }
+                    };
+                    if ok {
+                        followed.extend(new);
+                        self.followed.store(followed.len(), Relaxed);
+                    }
+                    for request in batch {
+                        let _ = request.done.send(ok);
+                    }
+                    if !ok {
+                        return;
+                    }
+                }
+                _ = unfollow.tick() => {
+                    let idle: Vec<Arc<str>> = followed
+                        .iter()
+                        .filter(|c| !self.hub.has_channel(c))
+                        .cloned()
+                        .collect();
+                    if idle.is_empty() {
+                        continue;
+                    }
+                    let topics: Vec<String> = idle.iter().map(|c| topic(c)).collect();
+                    if let Err(err) = con.unsubscribe(&topics).await {
+                        self.failed(&link, &err);
+                        return;
+                    }
+                    for c in &idle {
+                        followed.remove(c);
+                    }
+                    self.followed.store(followed.len(), Relaxed);
+                }
+                _ = link.down.notified() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_round_trip() {
+        assert_eq!(topic("room:1"), "comethub:{room:1}");
+        assert_eq!(channel_of_topic(b"comethub:{room:1}"), Some("room:1"));
+        assert_eq!(channel_of_topic(b"other:{room}"), None);
+    }
+
+    #[test]
+    fn announcements() {
+        let Some(Ok(m)) = announcement(b"m5-1\ntext/plain\na\nb") else {
+            panic!("not a message");
+        };
+        assert_eq!(m.id, "5-1");
+        assert_eq!(m.content_type, "text/plain");
+        assert_eq!(&m.data[..], b"a\nb");
+        assert!(matches!(announcement(b"x"), Some(Err(()))));
+        assert!(announcement(b"mnot-an-id\nt\nd").is_none());
+        assert!(announcement(b"").is_none());
+    }
+}

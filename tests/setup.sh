@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs what the tests need when it is absent: Debian's redis-server (the
+# cluster tests start their own on a free port), then the browser tools
+# (tests/browser/setup.sh). Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")"
+if ! command -v redis-server >/dev/null 2>&1; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq redis-server >/dev/null
+  # The package starts a system-wide server on 6379; the tests do not use it.
+  $sudo systemctl disable --now redis-server >/dev/null 2>&1 || $sudo service redis-server stop >/dev/null 2>&1 || true
+fi
+echo "cluster tests ready: $(redis-server --version | cut -d' ' -f1-3)"
+browser/setup.sh
