@@ -194,6 +194,7 @@ fn message(id: &str, content_type: &[u8], data: Bytes) -> Option<Arc<Message>> {
             .unwrap_or(HeaderValue::from_static("application/octet-stream")),
         data,
         at: Instant::now(),
+        answers: Default::default(),
     }))
 }
 

@@ -44,6 +44,9 @@ pub struct Message {
     pub content_type: HeaderValue,
     /// When it was published.
     pub at: Instant,
+    /// The answer (head, body) to a waiter it wakes, raw and JSON, serialized
+    /// once for all of them by [`crate::longpoll`].
+    pub answers: [std::sync::OnceLock<(Bytes, Bytes)>; 2],
 }
 
 /// Limits the hub enforces.
@@ -463,6 +466,7 @@ impl Hub {
             data,
             content_type,
             at: now,
+            answers: Default::default(),
         });
         let ch = state.channel(channel, &self.config)?;
         ch.last_seq = seq;

@@ -23,6 +23,7 @@ use tracing::{debug, error, info, warn};
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::hub::{Hub, HubConfig};
+use crate::longpoll::{self, Next};
 use crate::protocol::Ids;
 use crate::service::Service;
 use crate::stats::Counters;
@@ -78,7 +79,13 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_timeout())
         .max_buf_size(config.max_header_bytes as usize);
+    let builder = Arc::new(builder);
+    let limits = longpoll::Limits {
+        header_timeout: config.header_timeout(),
+        max_head: config.max_header_bytes as usize,
+    };
     let graceful = GracefulShutdown::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
     let sweeper = tokio::spawn({
         let hub = hub.clone();
@@ -120,27 +127,47 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let service = service.clone();
-        let conn = builder.serve_connection(
-            TokioIo::new(stream),
-            service_fn(move |req| service.clone().handle(req)),
-        );
-        let conn = graceful.watch(conn);
         let open = OpenConnection::new(hub.clone());
-        tokio::spawn(async move {
-            if let Err(err) = conn.await {
-                debug!(cause = %err, "connection ended with an error");
+        let (service, builder, limits) = (service.clone(), builder.clone(), limits.clone());
+        let (watcher, stop) = (graceful.watcher(), stop_rx.clone());
+        let task = async move {
+            if let Next::Hyper(io) = longpoll::serve(stream, &service, &limits, stop).await {
+                Box::pin(serve_hyper(io, service, &builder, watcher)).await;
             }
             drop(open);
-        });
+        };
+        tokio::spawn(task);
     }
 
     drop(listener);
     sweeper.abort();
+    let _ = stop_tx.send(true);
     hub.close();
+    let all_closed = async {
+        graceful.shutdown().await;
+        while hub.counters.connections.load(Relaxed) > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
     tokio::select! {
-        _ = graceful.shutdown() => info!("all connections closed"),
+        _ = all_closed => info!("all connections closed"),
         _ = tokio::time::sleep(GRACE) => warn!("grace period over; closing the rest"),
+    }
+}
+
+/// Serves the rest of a connection with hyper.
+async fn serve_hyper(
+    io: longpoll::Rewind,
+    service: Arc<Service>,
+    builder: &http1::Builder,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let conn = builder.serve_connection(
+        TokioIo::new(io),
+        service_fn(move |req| service.clone().handle(req)),
+    );
+    if let Err(err) = watcher.watch(conn).await {
+        debug!(cause = %err, "connection ended with an error");
     }
 }
 

@@ -42,6 +42,29 @@ pub const X_GAP: HeaderName = HeaderName::from_static("x-gap");
 const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
+/// What a long-poll got, before it is turned into an answer.
+#[derive(Debug)]
+pub struct LongPoll {
+    /// The channel polled.
+    pub channel: String,
+    /// How the answer is encoded.
+    pub format: Format,
+    /// The messages, or where to poll from next.
+    pub polled: Polled,
+}
+
+impl LongPoll {
+    /// The answer (without the headers [`Service::finish`] adds).
+    pub fn render(&self) -> Response<Body> {
+        match &self.polled {
+            Polled::Messages { messages, gap } => {
+                answer(&self.channel, self.format, messages, *gap)
+            }
+            Polled::Empty { last_id, gap } => no_content(last_id.clone(), *gap),
+        }
+    }
+}
+
 /// Handles every request; one is shared by all connections.
 #[derive(Debug)]
 pub struct Service {
@@ -81,7 +104,12 @@ impl Service {
         self: Arc<Self>,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, Infallible> {
-        let mut response = match self.route(req).await {
+        Ok(self.finish(self.route(req).await))
+    }
+
+    /// Turns a handler's result into the answer, with the headers every answer carries.
+    pub fn finish(&self, result: Result<Response<Body>, Error>) -> Response<Body> {
+        let mut response = match result {
             Ok(response) => response,
             Err(err) => self.refuse(err),
         };
@@ -97,7 +125,7 @@ impl Service {
         headers
             .entry(header::CACHE_CONTROL)
             .or_insert(HeaderValue::from_static("no-store"));
-        Ok(response)
+        response
     }
 
     async fn route(&self, req: Request<Incoming>) -> Result<Response<Body>, Error> {
@@ -169,8 +197,18 @@ impl Service {
     /// `GET /subscribe`: answers at once from the history, or waits for the next
     /// message, the timeout, deletion or shutdown.
     pub async fn subscribe(&self, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+        Ok(self.long_poll(req)?.await?.render())
+    }
+
+    /// `GET /subscribe` split in two, shared with [`crate::longpoll`]: the request
+    /// is parsed (and let go) now; the future only waits. It holds only what it
+    /// needs, since every parked subscriber keeps one.
+    pub fn long_poll<B>(
+        &self,
+        req: Request<B>,
+    ) -> Result<impl Future<Output = Result<LongPoll, Error>> + Send + '_, Error> {
         let query = Query::parse(req.uri().query())?;
-        let channel = protocol::channel_name(query.channel.as_deref())?;
+        let channel = protocol::channel_name(query.channel.as_deref())?.to_owned();
         let since = since(&query, &req, self.hub.ids())?;
         let timeout = protocol::timeout(query.timeout.as_deref(), self.timeout)?;
         let format = Format::parse(query.format.as_deref())?;
@@ -179,14 +217,17 @@ impl Service {
         } else {
             1
         };
-        drop(req);
-        let polled = match &self.cluster {
-            Some(cluster) => cluster.poll(channel, since, limit, timeout).await?,
-            None => self.poll(channel, since, limit, timeout).await?,
-        };
-        Ok(match polled {
-            Polled::Messages { messages, gap } => answer(channel, format, &messages, gap),
-            Polled::Empty { last_id, gap } => no_content(last_id, gap),
+        Ok(async move {
+            let polled = match &self.cluster {
+                // Boxed: its Redis calls would otherwise size every waiting task.
+                Some(cluster) => Box::pin(cluster.poll(&channel, since, limit, timeout)).await?,
+                None => self.poll(&channel, since, limit, timeout).await?,
+            };
+            Ok(LongPoll {
+                channel,
+                format,
+                polled,
+            })
         })
     }
 

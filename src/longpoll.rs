@@ -1,0 +1,468 @@
+//! A lean HTTP/1.1 path for `GET /subscribe`.
+//!
+//! Waiting long-polls are most of what the server holds, and hyper keeps an 8 KiB
+//! read buffer and its connection state for every connection it serves. So each
+//! connection starts here: a request head is read into a buffer that is freed
+//! before waiting, and a plain `GET /subscribe` is answered directly, holding only
+//! the socket and the hub's waiter while it waits. The answer to the waiters a
+//! message wakes is serialized once for all of them. Any other request, or anything
+//! unusual in one, hands the connection (with the bytes already read) to hyper for
+//! the rest of its life, so every other corner of HTTP stays hyper's.
+
+use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, Bytes};
+use hyper::body::Body as _;
+use hyper::header::HeaderValue;
+use hyper::{Request, Response, StatusCode, Uri};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::error::Error;
+use crate::hub::Polled;
+use crate::protocol::Format;
+use crate::service::{Body, LongPoll, Service};
+
+/// Most header lines a request may have on this path (hyper's default too).
+const MAX_HEADERS: usize = 100;
+/// Longest an answer may take to be written to a client that does not read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Limits for reading request heads.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Time a client has to send a head (from the connection or its last answer).
+    pub header_timeout: Duration,
+    /// Largest head; a larger one goes to hyper, which answers `431`.
+    pub max_head: usize,
+}
+
+/// How a connection left this path.
+#[derive(Debug)]
+pub enum Next {
+    /// Serve the rest with hyper, replaying what was read.
+    Hyper(Rewind),
+    /// Done: closed, timed out, or the client left.
+    Closed,
+}
+
+/// Serves long-polls on `stream` until it closes or a request needs hyper.
+pub async fn serve(
+    mut stream: TcpStream,
+    service: &Service,
+    limits: &Limits,
+    mut stop: watch::Receiver<bool>,
+) -> Next {
+    let mut buf = Vec::new();
+    loop {
+        let Some(end) = read_head(&mut stream, &mut buf, limits, &mut stop).await else {
+            return Next::Closed;
+        };
+        let Some(Head {
+            request,
+            close,
+            http10,
+        }) = (end <= limits.max_head)
+            .then(|| parse(&buf[..end]))
+            .flatten()
+        else {
+            return Next::Hyper(Rewind::new(buf, stream));
+        };
+        // Free the head before waiting; keep only pipelined bytes, if any.
+        buf.drain(..end);
+        buf.shrink_to_fit();
+
+        let result = match service.long_poll(request) {
+            Ok(poll) => match wait(&mut stream, std::pin::pin!(poll), &mut buf, limits).await {
+                Some(result) => result,
+                None => return Next::Closed,
+            },
+            Err(err) => Err(err),
+        };
+        let close = close || *stop.borrow();
+        let answer = render(service, result, close, http10);
+        let written = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&answer)).await;
+        if !matches!(written, Ok(Ok(()))) {
+            return Next::Closed;
+        }
+        if close {
+            let _ = stream.shutdown().await;
+            return Next::Closed;
+        }
+    }
+}
+
+/// Reads until `buf` holds a whole head; returns its length. `None`: the client
+/// left, was too slow, or the server is stopping while it is idle.
+async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    limits: &Limits,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<usize> {
+    let deadline = Instant::now() + limits.header_timeout;
+    loop {
+        if let Some(end) = head_end(buf) {
+            return Some(end);
+        }
+        if buf.len() > limits.max_head {
+            return Some(buf.len());
+        }
+        if buf.capacity() - buf.len() < 256 {
+            buf.reserve(1024);
+        }
+        tokio::select! {
+            read = tokio::time::timeout_at(deadline, stream.read_buf(buf)) => match read {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return None,
+            },
+            _ = stopping(stop), if buf.is_empty() => return None,
+        }
+    }
+}
+
+/// Resolves once the server is stopping (never, if it cannot tell).
+async fn stopping(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|&s| s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+/// A request this path answers.
+#[derive(Debug)]
+struct Head {
+    request: Request<()>,
+    close: bool,
+    http10: bool,
+}
+
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Parses a plain `GET /subscribe` head; `None` for anything else or anything
+/// unusual, which hyper then handles.
+fn parse(head: &[u8]) -> Option<Head> {
+    let text = std::str::from_utf8(head).ok()?;
+    let mut lines = text.split("\r\n");
+    let mut parts = lines.next()?.split(' ');
+    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || method != "GET" || !target.starts_with("/subscribe") {
+        return None;
+    }
+    let http10 = match version {
+        "HTTP/1.1" => false,
+        "HTTP/1.0" => true,
+        _ => return None,
+    };
+    let uri: Uri = target.parse().ok()?;
+    if uri.path() != "/subscribe" {
+        return None;
+    }
+    let mut request = Request::get(uri).body(()).ok()?;
+    let mut close = http10;
+    let mut count = 0;
+    for line in lines.filter(|l| !l.is_empty()) {
+        count += 1;
+        let (name, value) = line.split_once(':')?;
+        let value = value.trim_matches([' ', '\t']);
+        let bad_byte = |b: u8| (b < 0x20 && b != b'\t') || b == 0x7f;
+        if count > MAX_HEADERS || !is_token(name) || value.bytes().any(bad_byte) {
+            return None;
+        }
+        let is = |n: &str| name.eq_ignore_ascii_case(n);
+        if is("connection") {
+            for token in value.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case("keep-alive") && http10 {
+                    close = false;
+                } else if token.eq_ignore_ascii_case("upgrade") {
+                    return None;
+                }
+            }
+        } else if is("content-length") {
+            if value != "0" {
+                return None;
+            }
+        } else if is("transfer-encoding") || is("expect") || is("upgrade") {
+            return None;
+        } else if is("last-event-id") && !request.headers().contains_key("last-event-id") {
+            let value = HeaderValue::from_str(value).ok()?;
+            request.headers_mut().insert("last-event-id", value);
+        }
+    }
+    Some(Head {
+        request,
+        close,
+        http10,
+    })
+}
+
+/// Waits for the long-poll while watching the socket: a client that hangs up is
+/// forgotten at once; bytes it pipelines are kept in `pending`.
+async fn wait(
+    stream: &mut TcpStream,
+    mut poll: Pin<&mut impl Future<Output = Result<LongPoll, Error>>>,
+    pending: &mut Vec<u8>,
+    limits: &Limits,
+) -> Option<Result<LongPoll, Error>> {
+    loop {
+        tokio::select! {
+            biased;
+            result = poll.as_mut() => return Some(result),
+            ready = stream.readable() => {
+                ready.ok()?;
+                let mut chunk = [0u8; 512];
+                match stream.try_read(&mut chunk) {
+                    Ok(0) => return None,
+                    Ok(n) if pending.len() + n <= limits.max_head => {
+                        pending.extend_from_slice(&chunk[..n]);
+                    }
+                    Ok(_) => return None,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => return None,
+                }
+            }
+        }
+    }
+}
+
+/// The answer's bytes. One message woken without a gap (the usual case) uses the
+/// head and body serialized once for every waiter it wakes.
+fn render(
+    service: &Service,
+    result: Result<LongPoll, Error>,
+    close: bool,
+    http10: bool,
+) -> Vec<u8> {
+    let shared;
+    let own;
+    let (head, body) = match &result {
+        Ok(poll) => match &poll.polled {
+            Polled::Messages {
+                messages,
+                gap: false,
+            } if messages.len() == 1 => {
+                let slot = usize::from(poll.format == Format::Json);
+                shared = messages[0].answers[slot]
+                    .get_or_init(|| serialize(service.finish(Ok(poll.render()))));
+                (&shared.0, &shared.1)
+            }
+            _ => {
+                own = serialize(service.finish(Ok(poll.render())));
+                (&own.0, &own.1)
+            }
+        },
+        Err(err) => {
+            own = serialize(service.finish(Err(err.clone())));
+            (&own.0, &own.1)
+        }
+    };
+    let mut out = Vec::with_capacity(head.len() + body.len() + 64);
+    out.extend_from_slice(head);
+    DATE.with(|d| out.extend_from_slice(&d.borrow_mut().line()));
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if http10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
+
+/// A response as (status line and headers, without the blank line; body).
+fn serialize(response: Response<Body>) -> (Bytes, Bytes) {
+    let (parts, body) = response.into_parts();
+    let body = body_bytes(body);
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(parts.status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or_default()
+            .as_bytes(),
+    );
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    if parts.status != StatusCode::NO_CONTENT && parts.status != StatusCode::NOT_MODIFIED {
+        head.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    }
+    (head.into(), body)
+}
+
+/// The bytes of a complete body (every answer on this path has one).
+fn body_bytes(mut body: Body) -> Bytes {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut out = Vec::new();
+    while let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut body).poll_frame(&mut cx) {
+        if let Ok(data) = frame.into_data() {
+            if out.is_empty() && body.is_end_stream() {
+                return data;
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    out.into()
+}
+
+thread_local! {
+    static DATE: RefCell<Date> = const { RefCell::new(Date { second: 0, line: Bytes::new() }) };
+}
+
+/// The `date:` header line, made once a second.
+#[derive(Debug)]
+struct Date {
+    second: u64,
+    line: Bytes,
+}
+
+impl Date {
+    fn line(&mut self) -> Bytes {
+        let now = SystemTime::now();
+        let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if second != self.second || self.line.is_empty() {
+            self.second = second;
+            self.line = format!("date: {}\r\n", httpdate::fmt_http_date(now)).into();
+        }
+        self.line.clone()
+    }
+}
+
+/// A connection handed to hyper: the bytes already read, then the socket.
+#[derive(Debug)]
+pub struct Rewind {
+    read: Bytes,
+    inner: TcpStream,
+}
+
+impl Rewind {
+    fn new(read: Vec<u8>, inner: TcpStream) -> Rewind {
+        Rewind {
+            read: read.into(),
+            inner,
+        }
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.read.is_empty() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let n = self.read.len().min(buf.remaining());
+        buf.put_slice(&self.read[..n]);
+        self.read.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_long_polls_are_taken_and_the_rest_left_to_hyper() {
+        let head = parse(b"GET /subscribe?channel=a&since=x-1 HTTP/1.1\r\nHost: h\r\nLast-Event-ID: x-2\r\nLast-Event-ID: x-3\r\n\r\n").unwrap();
+        assert_eq!(head.request.uri().query(), Some("channel=a&since=x-1"));
+        assert_eq!(head.request.headers()["last-event-id"], "x-2");
+        assert!(!head.close && !head.http10);
+        assert!(
+            parse(b"GET /subscribe HTTP/1.1\r\nConnection: Close\r\n\r\n")
+                .unwrap()
+                .close
+        );
+        assert!(parse(b"GET /subscribe HTTP/1.0\r\n\r\n").unwrap().close);
+        assert!(
+            !parse(b"GET /subscribe HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+                .unwrap()
+                .close
+        );
+        for other in [
+            &b"POST /subscribe HTTP/1.1\r\n\r\n"[..],
+            b"GET /publish?message=x HTTP/1.1\r\n\r\n",
+            b"GET /subscribex HTTP/1.1\r\n\r\n",
+            b"GET /subscribe HTTP/2.0\r\n\r\n",
+            b"GET /subscribe HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
+            b"GET /subscribe HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET /subscribe HTTP/1.1\r\nX: a\x01b\r\n\r\n",
+            b"GET /subscribe HTTP/1.1\r\n folded\r\n\r\n",
+            b"GET /subscribe HTTP/1.1\r\nbad name: v\r\n\r\n",
+            b"GET  /subscribe HTTP/1.1\r\n\r\n",
+            b"GET /subscribe HTTP/1.1\r\nX: \xff\r\n\r\n",
+        ] {
+            assert!(parse(other).is_none(), "{}", String::from_utf8_lossy(other));
+        }
+    }
+
+    #[test]
+    fn serialized_answers_carry_status_headers_and_length() {
+        let response = crate::service::full(
+            StatusCode::OK,
+            HeaderValue::from_static("text/plain"),
+            Bytes::from_static(b"hello"),
+        );
+        let (head, body) = serialize(response);
+        assert_eq!(
+            &head[..],
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n"
+        );
+        assert_eq!(&body[..], b"hello");
+    }
+}

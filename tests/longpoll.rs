@@ -1,0 +1,134 @@
+//! The lean long-poll path: plain `GET /subscribe` answered without hyper, and
+//! connections handed to hyper for everything else, on the same socket.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{STEP, Server};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Reads from `s` until `want` answers (by status line) have arrived or it closes.
+async fn read_answers(s: &mut TcpStream, want: usize) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    while String::from_utf8_lossy(&out).matches("HTTP/1.1 ").count() < want {
+        match tokio::time::timeout(STEP, s.read(&mut buf)).await.unwrap() {
+            Ok(n) if n > 0 => out.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn statuses(answer: &str) -> Vec<&str> {
+    answer
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &answer[i + 9..i + 12])
+        .collect()
+}
+
+#[tokio::test]
+async fn long_polls_then_other_requests_on_one_connection_are_answered_in_order() {
+    let server = Server::start(&[]);
+    let id = server.client().await.publish("mix", "first").await;
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(
+        format!(
+            "GET /subscribe?channel=mix&since=oldest HTTP/1.1\r\nHost: x\r\n\r\n\
+             GET /subscribe?channel=mix&since={id}&timeout=0 HTTP/1.1\r\nHost: x\r\n\r\n\
+             GET /publish?channel=mix&message=second HTTP/1.1\r\nHost: x\r\n\r\n\
+             GET /subscribe?channel=mix&since={id} HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let answer = read_answers(&mut s, 4).await;
+    assert_eq!(statuses(&answer), ["200", "204", "200", "200"], "{answer}");
+    let first = answer.find("\r\n\r\nfirst").unwrap();
+    let published = answer.find("\"subscribers\"").unwrap();
+    let second = answer.rfind("\r\n\r\nsecond").unwrap();
+    assert!(first < published && published < second, "{answer}");
+}
+
+#[tokio::test]
+async fn a_long_poll_answer_carries_what_hyper_answers_carry() {
+    let server = Server::start(&[]);
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(b"GET /subscribe?channel=h HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    server.wait_for_stat("waiting", 1).await;
+    let id = server.client().await.publish("h", "hello").await;
+    let answer = read_answers(&mut s, 1).await;
+    let head = answer
+        .split("\r\n\r\n")
+        .next()
+        .unwrap()
+        .to_ascii_lowercase();
+    for line in [
+        "http/1.1 200 ok",
+        "content-type: text/plain",
+        &format!("x-message-id: {id}"),
+        "access-control-allow-origin: *",
+        "access-control-expose-headers: x-message-id, x-gap",
+        "cache-control: no-store",
+        "content-length: 5",
+        "date: ",
+    ] {
+        assert!(head.contains(line), "{line} missing in {head}");
+    }
+    assert!(answer.ends_with("\r\n\r\nhello"), "{answer}");
+    // The connection stays open for the next poll.
+    s.write_all(b"GET /subscribe?channel=h&timeout=0 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(statuses(&read_answers(&mut s, 1).await), ["204"]);
+}
+
+#[tokio::test]
+async fn http_1_0_clients_are_closed_unless_they_ask_to_keep_alive() {
+    let server = Server::start(&[]);
+    server.client().await.publish("old", "x").await;
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(b"GET /subscribe?channel=old&since=oldest HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_answers(&mut s, 2).await;
+    assert_eq!(statuses(&answer), ["200"]);
+    assert!(answer.contains("connection: close"), "{answer}");
+
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    let req = b"GET /subscribe?channel=old&since=oldest HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
+    s.write_all(req).await.unwrap();
+    let answer = read_answers(&mut s, 1).await;
+    assert!(answer.contains("connection: keep-alive"), "{answer}");
+    s.write_all(req).await.unwrap();
+    assert_eq!(statuses(&read_answers(&mut s, 1).await), ["200"]);
+}
+
+#[tokio::test]
+async fn a_bad_long_poll_gets_its_error_and_the_connection_goes_on() {
+    let server = Server::start(&[]);
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(b"GET /subscribe?channel=a%20b HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_answers(&mut s, 1).await;
+    assert_eq!(statuses(&answer), ["400"]);
+    assert!(answer.contains("{\"error\":\"bad channel name"), "{answer}");
+    s.write_all(b"GET /subscribe?channel=ok&timeout=0.1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(statuses(&read_answers(&mut s, 1).await), ["204"]);
+    let stats = server.stats().await;
+    assert_eq!(stats["refused"]["bad_channel"], 1);
+    // A subscriber that hangs up mid-wait is forgotten.
+    s.write_all(b"GET /subscribe?channel=gone HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    server.wait_for_stat("waiting", 1).await;
+    drop(s);
+    server.wait_for_stat("waiting", 0).await;
+}
