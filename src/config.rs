@@ -81,6 +81,11 @@ pub struct Config {
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
     pub ping: u64,
 
+    /// Single-threaded reactors serving connections, all sharing one hub (the
+    /// seed's Jetty pattern); 1 keeps everything on one thread.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub threads: u16,
+
     /// Cluster mode: keep channels in Redis (`redis://HOST:PORT[/DB]`), shared
     /// by every instance pointed at it. Without it, channels live in memory.
     #[arg(long, env = "COMETHUB_REDIS")]

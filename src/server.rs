@@ -15,9 +15,10 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::cluster::Cluster;
@@ -85,7 +86,17 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         max_head: config.max_header_bytes as usize,
     };
     let graceful = GracefulShutdown::new();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let connections = Connections {
+        service,
+        builder,
+        limits,
+        stop,
+    };
+    let others: Vec<_> = (1..usize::from(config.threads))
+        .filter_map(|i| connections.clone().reactor(i))
+        .collect();
+    let mut next_reactor = 0;
 
     let sweeper = tokio::spawn({
         let hub = hub.clone();
@@ -128,15 +139,19 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         }
         let _ = stream.set_nodelay(true);
         let open = OpenConnection::new(hub.clone());
-        let (service, builder, limits) = (service.clone(), builder.clone(), limits.clone());
-        let (watcher, stop) = (graceful.watcher(), stop_rx.clone());
-        let task = async move {
-            if let Next::Hyper(io) = longpoll::serve(stream, &service, &limits, stop).await {
-                Box::pin(serve_hyper(io, service, &builder, watcher)).await;
+        let watcher = graceful.watcher();
+        // Round robin over this reactor (slot 0) and the others.
+        next_reactor = (next_reactor + 1) % (others.len() + 1);
+        if next_reactor == 0 {
+            connections.spawn(stream, watcher, open);
+        } else {
+            match stream.into_std() {
+                Ok(stream) => {
+                    let _ = others[next_reactor - 1].send((stream, watcher, open));
+                }
+                Err(err) => debug!(cause = %err, "connection lost in hand-over"),
             }
-            drop(open);
-        };
-        tokio::spawn(task);
+        }
     }
 
     drop(listener);
@@ -155,12 +170,76 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     }
 }
 
+/// A new connection, handed to the reactor that will serve it.
+type HandOver = (std::net::TcpStream, Watcher, OpenConnection);
+
+/// What every connection task needs; one per reactor.
+#[derive(Debug, Clone)]
+struct Connections {
+    service: Arc<Service>,
+    builder: Arc<http1::Builder>,
+    limits: longpoll::Limits,
+    stop: watch::Receiver<bool>,
+}
+
+impl Connections {
+    /// Serves `stream` on the current reactor: the lean long-poll path first,
+    /// hyper for the rest.
+    fn spawn(&self, stream: TcpStream, watcher: Watcher, open: OpenConnection) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let Connections {
+                service,
+                builder,
+                limits,
+                stop,
+            } = this;
+            if let Next::Hyper(io) = longpoll::serve(stream, &service, &limits, stop).await {
+                Box::pin(serve_hyper(io, service, &builder, watcher)).await;
+            }
+            drop(open);
+        });
+    }
+
+    /// Starts another single-threaded reactor on its own thread (`--threads`); it
+    /// serves the connections sent to it, sharing the hub with all the others.
+    fn reactor(self, index: usize) -> Option<mpsc::UnboundedSender<HandOver>> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<HandOver>();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|err| error!(cause = %err, "cannot start a reactor"))
+            .ok()?;
+        let started = std::thread::Builder::new()
+            .name(format!("comethub-{index}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    while let Some((stream, watcher, open)) = rx.recv().await {
+                        match TcpStream::from_std(stream) {
+                            Ok(stream) => self.spawn(stream, watcher, open),
+                            Err(err) => debug!(cause = %err, "connection lost in hand-over"),
+                        }
+                    }
+                    // The acceptor is gone: keep serving until the process ends.
+                    std::future::pending::<()>().await;
+                });
+            });
+        match started {
+            Ok(_) => Some(tx),
+            Err(err) => {
+                error!(cause = %err, "cannot start a reactor thread");
+                None
+            }
+        }
+    }
+}
+
 /// Serves the rest of a connection with hyper.
 async fn serve_hyper(
     io: longpoll::Rewind,
     service: Arc<Service>,
     builder: &http1::Builder,
-    watcher: hyper_util::server::graceful::Watcher,
+    watcher: Watcher,
 ) {
     let conn = builder.serve_connection(
         TokioIo::new(io),

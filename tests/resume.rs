@@ -91,6 +91,25 @@ async fn a_burst_arrives_complete_and_in_order_in_json_format() {
 }
 
 #[tokio::test]
+async fn on_two_reactors_bursts_arrive_exactly_as_on_one() {
+    let server = Server::start(&["--history", "20000", "--threads", "2"]);
+    // Publisher and subscribers land on different reactors (round robin).
+    for json in [false, true] {
+        let (got, gaps) = burst(&server, if json { "two-json" } else { "two-raw" }, json).await;
+        assert_eq!(gaps, 0);
+        assert_complete(&got);
+    }
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", server.child.id())).unwrap();
+    let names: Vec<String> = tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.trim() == "comethub-1"),
+        "a second reactor thread runs: {names:?}"
+    );
+}
+
+#[tokio::test]
 async fn with_a_small_history_a_slow_subscriber_sees_gaps_never_disorder() {
     let server = Server::start(&["--history", "4"]);
     // The default format needs one poll per message, so with 4 kept it falls behind.

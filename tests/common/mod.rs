@@ -25,8 +25,14 @@ pub struct Server {
 impl Server {
     /// Starts the binary with extra flags and waits for its "listening" line.
     pub fn start(args: &[&str]) -> Server {
+        // COMETHUB_TEST_THREADS=N runs every test's server on N reactors.
+        let threads = std::env::var("COMETHUB_TEST_THREADS")
+            .ok()
+            .filter(|_| !args.contains(&"--threads"));
+        let threads = threads.iter().flat_map(|n| ["--threads", n.as_str()]);
         let mut child = Command::new(env!("CARGO_BIN_EXE_comethub"))
             .args(["--listen", "127.0.0.1:0"])
+            .args(threads)
             .args(args)
             .env("RUST_LOG", "info")
             .env_remove("COMETHUB_PUBLISH_TOKEN")

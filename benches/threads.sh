@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Fan-out with 1 and with 2 reactors (--threads), same load, one run. On a 2-core
+# machine the load generator shares the cores with the server, so this shows
+# what a second reactor buys when nothing else is free, not ideal scaling.
+#   benches/threads.sh     (SUBSCRIBERS=10000 ROUNDS=5)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${SUBSCRIBERS:-10000}
+ROUNDS=${ROUNDS:-5}
+PORT=${PORT:-18030}
+sysctl -qw net.core.somaxconn=8192 net.ipv4.ip_local_port_range="15000 64000" \
+  net.ipv4.ip_local_reserved_ports="$PORT" || echo "note: sysctl not applied" >&2
+ulimit -n 20000
+cargo build --release -q
+cargo bench --bench loadgen --no-run -q 2>/dev/null
+LOADGEN=$(ls -t target/release/deps/loadgen-* | grep -v '\.d$' | head -1)
+for threads in 1 2; do
+  target/release/comethub --listen 127.0.0.1:$PORT --timeout 120 --threads $threads 2>/dev/null &
+  pid=$!
+  for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$PORT/stats" && break; sleep 0.1; done
+  kill -0 $pid 2>/dev/null || { echo "comethub did not start on port $PORT" >&2; exit 1; }
+  result=$(timeout 300 "$LOADGEN" fanout --addr 127.0.0.1:$PORT --pid $pid --subscribers "$N" \
+    --rounds "$ROUNDS" --channel fan | grep RESULT)
+  kill $pid; wait $pid 2>/dev/null || true
+  echo "threads=$threads $result"
+done
