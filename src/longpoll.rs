@@ -16,6 +16,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes};
+use http_body_util::Full;
 use hyper::body::Body as _;
 use hyper::header::HeaderValue;
 use hyper::{Request, Response, StatusCode, Uri};
@@ -41,6 +42,8 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Largest head; a larger one goes to hyper, which answers `431`.
     pub max_head: usize,
+    /// Largest publish body read; a larger one is refused from its length.
+    pub max_body: usize,
 }
 
 /// How a connection left this path.
@@ -66,27 +69,52 @@ pub async fn serve(
         };
         let Some(Head {
             request,
-            close,
+            mut close,
             http10,
+            body,
         }) = (end <= limits.max_head)
             .then(|| parse(&buf[..end]))
             .flatten()
         else {
             return Next::Hyper(Rewind::new(buf, stream));
         };
-        // Free the head before waiting; keep only pipelined bytes, if any.
-        buf.drain(..end);
-        buf.shrink_to_fit();
-
-        let result = match service.long_poll(request) {
-            Ok(poll) => match wait(&mut stream, std::pin::pin!(poll), &mut buf, limits).await {
-                Some(result) => result,
-                None => return Next::Closed,
-            },
-            Err(err) => Err(err),
+        let answer = if let Some(length) = body {
+            // A publish: its body follows the head.
+            let response = if length > limits.max_body {
+                // Refused from its Content-Length; the body is never read.
+                close = true;
+                buf.clear();
+                Box::pin(service.publish(request.map(|()| Full::new(Bytes::new())))).await
+            } else {
+                match read_body(&mut stream, &mut buf, end + length, limits).await {
+                    Some(true) => {
+                        let data = Bytes::copy_from_slice(&buf[end..end + length]);
+                        buf.drain(..end + length);
+                        Box::pin(service.publish(request.map(|()| Full::new(data)))).await
+                    }
+                    Some(false) => {
+                        close = true;
+                        Err(Error::BodyTimeout)
+                    }
+                    None => return Next::Closed,
+                }
+            };
+            let (head, body) = serialize(service.finish(response));
+            respond(&head, &body, close || *stop.borrow(), http10)
+        } else {
+            // Free the head before waiting; keep only pipelined bytes, if any.
+            buf.drain(..end);
+            buf.shrink_to_fit();
+            let result = match service.long_poll(request) {
+                Ok(poll) => match wait(&mut stream, std::pin::pin!(poll), &mut buf, limits).await {
+                    Some(result) => result,
+                    None => return Next::Closed,
+                },
+                Err(err) => Err(err),
+            };
+            close |= *stop.borrow();
+            render(service, result, close, http10)
         };
-        let close = close || *stop.borrow();
-        let answer = render(service, result, close, http10);
         let written = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&answer)).await;
         if !matches!(written, Ok(Ok(()))) {
             return Next::Closed;
@@ -134,6 +162,26 @@ async fn stopping(stop: &mut watch::Receiver<bool>) {
     }
 }
 
+/// Reads until `buf` holds `want` bytes: `Some(true)` once it does, `Some(false)`
+/// if the body is too slow, `None` if the client left.
+async fn read_body(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    want: usize,
+    limits: &Limits,
+) -> Option<bool> {
+    let deadline = Instant::now() + limits.header_timeout;
+    buf.reserve(want.saturating_sub(buf.len()));
+    while buf.len() < want {
+        match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
+            Err(_) => return Some(false),
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return None,
+        }
+    }
+    Some(true)
+}
+
 fn head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
 }
@@ -144,6 +192,8 @@ struct Head {
     request: Request<()>,
     close: bool,
     http10: bool,
+    /// For a publish, the length of the body that follows.
+    body: Option<usize>,
 }
 
 fn is_token(name: &str) -> bool {
@@ -153,14 +203,20 @@ fn is_token(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-/// Parses a plain `GET /subscribe` head; `None` for anything else or anything
-/// unusual, which hyper then handles.
+/// Parses a plain `GET /subscribe` or `GET|POST /publish` head; `None` for
+/// anything else or anything unusual, which hyper then handles.
 fn parse(head: &[u8]) -> Option<Head> {
     let text = std::str::from_utf8(head).ok()?;
     let mut lines = text.split("\r\n");
     let mut parts = lines.next()?.split(' ');
     let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() || method != "GET" || !target.starts_with("/subscribe") {
+    let path = target.split('?').next()?;
+    let publish = path == "/publish";
+    let wanted = matches!(
+        (method, path),
+        ("GET", "/subscribe" | "/publish") | ("POST", "/publish")
+    );
+    if parts.next().is_some() || !wanted {
         return None;
     }
     let http10 = match version {
@@ -169,10 +225,11 @@ fn parse(head: &[u8]) -> Option<Head> {
         _ => return None,
     };
     let uri: Uri = target.parse().ok()?;
-    if uri.path() != "/subscribe" {
+    if uri.path() != path {
         return None;
     }
-    let mut request = Request::get(uri).body(()).ok()?;
+    let mut request = Request::builder().method(method).uri(uri).body(()).ok()?;
+    let mut length = None;
     let mut close = http10;
     let mut count = 0;
     for line in lines.filter(|l| !l.is_empty()) {
@@ -195,20 +252,37 @@ fn parse(head: &[u8]) -> Option<Head> {
                 }
             }
         } else if is("content-length") {
-            if value != "0" {
+            let digits =
+                !value.is_empty() && value.len() <= 12 && value.bytes().all(|b| b.is_ascii_digit());
+            if length.is_some() || !digits || (!publish && value != "0") {
                 return None;
             }
+            length = value.parse::<usize>().ok();
+            request
+                .headers_mut()
+                .insert("content-length", HeaderValue::from_str(value).ok()?);
         } else if is("transfer-encoding") || is("expect") || is("upgrade") {
             return None;
-        } else if is("last-event-id") && !request.headers().contains_key("last-event-id") {
-            let value = HeaderValue::from_str(value).ok()?;
-            request.headers_mut().insert("last-event-id", value);
+        } else {
+            let keep = if publish {
+                ["content-type", "authorization"].iter().find(|n| is(n))
+            } else {
+                ["last-event-id"].iter().find(|n| is(n))
+            };
+            if let Some(&name) = keep
+                && !request.headers().contains_key(name)
+            {
+                request
+                    .headers_mut()
+                    .insert(name, HeaderValue::from_str(value).ok()?);
+            }
         }
     }
     Some(Head {
         request,
         close,
         http10,
+        body: publish.then_some(length.unwrap_or(0)),
     })
 }
 
@@ -272,6 +346,11 @@ fn render(
             (&own.0, &own.1)
         }
     };
+    respond(head, body, close, http10)
+}
+
+/// An answer's bytes: its head, the date and connection lines, its body.
+fn respond(head: &[u8], body: &[u8], close: bool, http10: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(head.len() + body.len() + 64);
     out.extend_from_slice(head);
     DATE.with(|d| out.extend_from_slice(&d.borrow_mut().line()));
@@ -436,7 +515,10 @@ mod tests {
         );
         for other in [
             &b"POST /subscribe HTTP/1.1\r\n\r\n"[..],
-            b"GET /publish?message=x HTTP/1.1\r\n\r\n",
+            b"DELETE /publish HTTP/1.1\r\n\r\n",
+            b"GET /events HTTP/1.1\r\n\r\n",
+            b"POST /publish HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            b"POST /publish HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
             b"GET /subscribex HTTP/1.1\r\n\r\n",
             b"GET /subscribe HTTP/2.0\r\n\r\n",
             b"GET /subscribe HTTP/1.1\r\nContent-Length: 5\r\n\r\n",

@@ -84,6 +84,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let limits = longpoll::Limits {
         header_timeout: config.header_timeout(),
         max_head: config.max_header_bytes as usize,
+        max_body: crate::service::form_limit(config.max_message),
     };
     let graceful = GracefulShutdown::new();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);

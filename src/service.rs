@@ -18,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body as HttpBody, Incoming};
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
@@ -278,7 +278,11 @@ impl Service {
     }
 
     /// `GET|POST /publish`: publishes one message and says how many got it.
-    pub async fn publish(&self, req: Request<Incoming>) -> Result<Response<Body>, Error> {
+    pub async fn publish<B>(&self, req: Request<B>) -> Result<Response<Body>, Error>
+    where
+        B: HttpBody<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         self.authorize(&req)?;
         let query = Query::parse(req.uri().query())?;
         let channel = protocol::channel_name(query.channel.as_deref())?.to_owned();
@@ -294,9 +298,8 @@ impl Service {
                     .to_ascii_lowercase()
                     .starts_with(b"application/x-www-form-urlencoded")
             });
-            // A form encodes each byte in up to three.
             let limit = if is_form {
-                self.max_message * 3 + 1024
+                form_limit(self.max_message)
             } else {
                 self.max_message
             };
@@ -359,7 +362,7 @@ impl Service {
         Ok(json(StatusCode::OK, &Deleted { channel, deleted }))
     }
 
-    fn authorize(&self, req: &Request<Incoming>) -> Result<(), Error> {
+    fn authorize<B>(&self, req: &Request<B>) -> Result<(), Error> {
         let Some(token) = &self.publish_token else {
             return Ok(());
         };
@@ -375,7 +378,11 @@ impl Service {
         }
     }
 
-    async fn read_body(&self, req: Request<Incoming>, limit: usize) -> Result<Bytes, Error> {
+    async fn read_body<B>(&self, req: Request<B>, limit: usize) -> Result<Bytes, Error>
+    where
+        B: HttpBody<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -496,6 +503,12 @@ fn preflight(allow: &'static str) -> Response<Body> {
         HeaderValue::from_static("86400"),
     );
     response
+}
+
+/// The largest form body a publish of `max_message` bytes may take: a form
+/// encodes each byte in up to three.
+pub fn form_limit(max_message: usize) -> usize {
+    max_message * 3 + 1024
 }
 
 /// A response with a complete body.
