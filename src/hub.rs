@@ -45,7 +45,7 @@ pub struct Message {
     /// When it was published.
     pub at: Instant,
     /// The answer (head, body) to a waiter it wakes, raw and JSON, serialized
-    /// once for all of them by [`crate::longpoll`].
+    /// once for all of them by [`crate::lean`].
     pub answers: [std::sync::OnceLock<(Bytes, Bytes)>; 2],
 }
 

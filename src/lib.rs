@@ -6,7 +6,7 @@
 //! # Layout
 //! - [`config`]: command-line flags and their defaults.
 //! - [`server`]: binds the listener, accepts connections, serves HTTP/1 and shuts down.
-//! - [`longpoll`]: the lean path that answers plain `GET /subscribe` without hyper.
+//! - [`lean`]: answers plain long-polls and publishes without hyper; hands the rest to it.
 //! - [`service`]: the router: which request goes to which handler.
 //! - [`sse`]: `/events`, the Server-Sent Events stream.
 //! - [`chat`]: `/`, the chat page.
@@ -23,7 +23,7 @@ pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod hub;
-pub mod longpoll;
+pub mod lean;
 pub mod os;
 pub mod protocol;
 pub mod server;

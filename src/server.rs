@@ -24,7 +24,7 @@ use tracing::{debug, error, info, warn};
 use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::hub::{Hub, HubConfig};
-use crate::longpoll::{self, Next};
+use crate::lean::{self, Next};
 use crate::protocol::Ids;
 use crate::service::Service;
 use crate::stats::Counters;
@@ -81,7 +81,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         .header_read_timeout(config.header_timeout())
         .max_buf_size(config.max_header_bytes as usize);
     let builder = Arc::new(builder);
-    let limits = longpoll::Limits {
+    let limits = lean::Limits {
         header_timeout: config.header_timeout(),
         max_head: config.max_header_bytes as usize,
         max_body: crate::service::form_limit(config.max_message),
@@ -179,7 +179,7 @@ type HandOver = (std::net::TcpStream, Watcher, OpenConnection);
 struct Connections {
     service: Arc<Service>,
     builder: Arc<http1::Builder>,
-    limits: longpoll::Limits,
+    limits: lean::Limits,
     stop: watch::Receiver<bool>,
 }
 
@@ -195,7 +195,7 @@ impl Connections {
                 limits,
                 stop,
             } = this;
-            if let Next::Hyper(io) = longpoll::serve(stream, &service, &limits, stop).await {
+            if let Next::Hyper(io) = lean::serve(stream, &service, &limits, stop).await {
                 Box::pin(serve_hyper(io, service, &builder, watcher)).await;
             }
             drop(open);
@@ -237,7 +237,7 @@ impl Connections {
 
 /// Serves the rest of a connection with hyper.
 async fn serve_hyper(
-    io: longpoll::Rewind,
+    io: lean::Rewind,
     service: Arc<Service>,
     builder: &http1::Builder,
     watcher: Watcher,

@@ -200,7 +200,7 @@ impl Service {
         Ok(self.long_poll(req)?.await?.render())
     }
 
-    /// `GET /subscribe` split in two, shared with [`crate::longpoll`]: the request
+    /// `GET /subscribe` split in two, shared with [`crate::lean`]: the request
     /// is parsed (and let go) now; the future only waits. It holds only what it
     /// needs, since every parked subscriber keeps one.
     pub fn long_poll<B>(

@@ -1,4 +1,4 @@
-//! The lean long-poll path: plain `GET /subscribe` answered without hyper, and
+//! The lean path: plain long-polls and publishes answered without hyper, and
 //! connections handed to hyper for everything else, on the same socket.
 #![allow(clippy::unwrap_used)]
 

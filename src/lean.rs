@@ -1,13 +1,14 @@
-//! A lean HTTP/1.1 path for `GET /subscribe`.
+//! A lean HTTP/1.1 path for the hot requests: long-polls and publishes.
 //!
 //! Waiting long-polls are most of what the server holds, and hyper keeps an 8 KiB
 //! read buffer and its connection state for every connection it serves. So each
 //! connection starts here: a request head is read into a buffer that is freed
-//! before waiting, and a plain `GET /subscribe` is answered directly, holding only
-//! the socket and the hub's waiter while it waits. The answer to the waiters a
-//! message wakes is serialized once for all of them. Any other request, or anything
-//! unusual in one, hands the connection (with the bytes already read) to hyper for
-//! the rest of its life, so every other corner of HTTP stays hyper's.
+//! before waiting, and a plain `GET /subscribe`, `GET /publish` or
+//! `POST /publish` (with a Content-Length) is answered directly; a long-poll holds
+//! only the socket and the hub's waiter while it waits. The answer to the waiters
+//! a message wakes is serialized once for all of them. Any other request, or
+//! anything unusual in one, hands the connection (with the bytes already read) to
+//! hyper for the rest of its life, so every other corner of HTTP stays hyper's.
 
 use std::cell::RefCell;
 use std::io;
@@ -55,7 +56,8 @@ pub enum Next {
     Closed,
 }
 
-/// Serves long-polls on `stream` until it closes or a request needs hyper.
+/// Serves long-polls and publishes on `stream` until it closes or a request
+/// needs hyper.
 pub async fn serve(
     mut stream: TcpStream,
     service: &Service,
