@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::error::Error;
-use crate::hub::{Hub, Message, Outcome, Polled, Stream};
+use crate::hub::{Hub, Message, Outcome, Poll, Polled, Stream};
 use crate::protocol::{ChannelInfo, Ids, Since};
 use crate::stats::{Counters, RedisLink};
 
@@ -163,6 +163,8 @@ struct Read {
     /// Where the reader stands if no message comes back: its `since`, or the
     /// channel's last id.
     position: u64,
+    /// The channel's last id when it was read.
+    last: u64,
     gap: bool,
     messages: Vec<Arc<Message>>,
     length: usize,
@@ -370,6 +372,7 @@ impl Cluster {
         };
         Ok(Read {
             position,
+            last,
             gap,
             messages,
             length,
@@ -399,6 +402,9 @@ impl Cluster {
     ) -> Result<Polled, Error> {
         let deadline = Instant::now() + timeout;
         self.link()?;
+        if let Some(polled) = self.poll_mirror(channel, since, limit, deadline).await {
+            return polled;
+        }
         since = self.pin_next(channel, since).await?;
         let mut gap = false;
         loop {
@@ -407,6 +413,7 @@ impl Cluster {
             let waiter = self.hub.wait(channel)?;
             self.follow(channel).await?;
             let read = self.read(channel, since, limit).await?;
+            self.hub.mirror_from(channel, read.last);
             gap |= read.gap;
             if !read.messages.is_empty() {
                 return Ok(Polled::Messages {
@@ -432,6 +439,41 @@ impl Cluster {
                 Outcome::Deleted => return Err(Error::Gone),
             }
         }
+    }
+
+    /// A long-poll answered from this instance's copy of the channel, if it
+    /// covers `since`.
+    async fn poll_mirror(
+        &self,
+        channel: &str,
+        since: Since,
+        limit: usize,
+        deadline: Instant,
+    ) -> Option<Result<Polled, Error>> {
+        let (poll, after) = match self.hub.poll_mirror(channel, since, limit)? {
+            Ok(found) => found,
+            Err(err) => return Some(Err(err)),
+        };
+        let waiter = match poll {
+            Poll::Ready { messages, gap } => return Some(Ok(Polled::Messages { messages, gap })),
+            Poll::Wait(waiter) => waiter,
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        Some(match waiter.wait(left).await {
+            Outcome::Message(m) => Ok(Polled::Messages {
+                messages: vec![m],
+                gap: false,
+            }),
+            Outcome::Timeout(_) | Outcome::Shutdown(_) | Outcome::Reset => {
+                HeaderValue::from_str(&Ids::Stream.format(after))
+                    .map(|last_id| Polled::Empty {
+                        last_id,
+                        gap: false,
+                    })
+                    .map_err(|_| Error::StoreUnavailable)
+            }
+            Outcome::Deleted => Err(Error::Gone),
+        })
     }
 
     /// Turns "the next message" into "after the channel's last id now", read

@@ -28,6 +28,8 @@ use crate::stats::{Counters, Snapshot};
 /// Slots of the table that remembers, for channels that were freed, the last
 /// message id they had; see [`Hub::poll`] on gaps.
 const WATERMARK_SLOTS: usize = 4096;
+/// Cluster mode: how long a channel's copy is kept after its last subscriber.
+const MIRROR_IDLE: Duration = Duration::from_secs(10);
 /// Messages an event stream may fall behind before it is dropped.
 pub const STREAM_BACKLOG: usize = 256;
 
@@ -115,6 +117,13 @@ struct Channel {
     evicted: u64,
     waiters: HashMap<u64, oneshot::Sender<Wake>>,
     live: Option<broadcast::Sender<Arc<Message>>>,
+    /// Cluster mode: the history holds every message after this id (the
+    /// channel's last id when this instance began to follow it), so polls from
+    /// there on are answered here without asking Redis.
+    mirror: Option<u64>,
+    /// When a subscriber last came (cluster mode keeps a history only for
+    /// channels with recent subscribers).
+    visited: Instant,
 }
 
 impl Channel {
@@ -300,6 +309,8 @@ impl State {
                     evicted: floor,
                     waiters: HashMap::new(),
                     live: None,
+                    mirror: None,
+                    visited: Instant::now(),
                 },
             );
         }
@@ -396,20 +407,82 @@ impl Hub {
             state.free_if_idle(channel);
             return Err(Error::Busy("subscribers"));
         }
+        Ok(Poll::Wait(self.enqueue(&mut state, name, gap)))
+    }
+
+    fn enqueue(self: &Arc<Self>, state: &mut State, channel: Arc<str>, gap: bool) -> Waiter {
         let (tx, rx) = oneshot::channel();
         let key = state.next_waiter;
         state.next_waiter += 1;
         state.waiting += 1;
-        if let Some(ch) = state.channels.get_mut(channel) {
+        if let Some(ch) = state.channels.get_mut(&channel) {
             ch.waiters.insert(key, tx);
+            ch.visited = Instant::now();
         }
-        Ok(Poll::Wait(Waiter {
+        Waiter {
             rx,
             hub: self.clone(),
-            channel: name,
+            channel,
             key,
             gap,
-        }))
+        }
+    }
+
+    /// Cluster mode: a long-poll answered from this instance's copy of the
+    /// channel, when the copy covers `since`. Returns the poll and the position
+    /// it reads after, or `None` when only Redis can answer.
+    pub fn poll_mirror(
+        self: &Arc<Self>,
+        channel: &str,
+        since: Since,
+        limit: usize,
+    ) -> Option<Result<(Poll, u64), Error>> {
+        let mut state = self.state();
+        if state.closed {
+            return Some(Err(Error::ShuttingDown));
+        }
+        let ch = state.channels.get_mut(channel)?;
+        let mirror = ch.mirror?;
+        let freed = ch.trim(&self.config, Instant::now());
+        let after = match since {
+            Since::Next => Some(ch.last_seq),
+            Since::Id(x) if x >= mirror && x >= ch.evicted && x <= ch.last_seq => Some(x),
+            _ => None,
+        };
+        let name = ch.name.clone();
+        let messages = after.map(|after| ch.after(after, limit));
+        state.history_bytes -= freed;
+        let after = after?;
+        if let Some(messages) = messages.filter(|m| !m.is_empty()) {
+            return Some(Ok((
+                Poll::Ready {
+                    messages,
+                    gap: false,
+                },
+                after,
+            )));
+        }
+        let max = self.config.max_subscribers;
+        if max > 0 && state.waiting >= max {
+            return Some(Err(Error::Busy("subscribers")));
+        }
+        Some(Ok((
+            Poll::Wait(self.enqueue(&mut state, name, false)),
+            after,
+        )))
+    }
+
+    /// Cluster mode: this instance follows `channel` and has every message after
+    /// `last` (or will get it as it is announced); polls after it are answered
+    /// here from now on.
+    pub fn mirror_from(&self, channel: &str, last: u64) {
+        let mut state = self.state();
+        if let Some(ch) = state.channels.get_mut(channel)
+            && ch.mirror.is_none()
+        {
+            ch.mirror = Some(last);
+            ch.last_seq = ch.last_seq.max(last);
+        }
     }
 
     /// Opens an event stream on `channel` from `since`.
@@ -480,14 +553,19 @@ impl Hub {
     }
 
     /// Cluster mode: hands a message that came from Redis to this instance's
-    /// waiting subscribers and streams on `channel`, keeping no history.
-    /// Returns how many got it.
+    /// waiting subscribers and streams on `channel`, and keeps it in the
+    /// channel's copy of the history. Returns how many got it.
     pub fn deliver(&self, channel: &str, message: &Arc<Message>) -> usize {
         let mut state = self.state();
         let Some(ch) = state.channels.get_mut(channel) else {
             return 0;
         };
-        ch.last_seq = ch.last_seq.max(message.seq);
+        if message.seq > ch.last_seq {
+            ch.last_seq = message.seq;
+            ch.history.push_back(message.clone());
+            let freed = ch.trim(&self.config, message.at);
+            state.history_bytes = state.history_bytes + message.data.len() - freed;
+        }
         self.fan_out(state, channel, message)
     }
 
@@ -594,8 +672,16 @@ impl Hub {
         let now = Instant::now();
         let mut freed = 0;
         let mut idle = Vec::new();
+        let cluster = self.ids == Ids::Stream;
         for (name, ch) in state.channels.iter_mut() {
             freed += ch.trim(&self.config, now);
+            let listened = !ch.waiters.is_empty()
+                || ch.live.as_ref().is_some_and(|tx| tx.receiver_count() > 0);
+            if cluster && !listened && now.duration_since(ch.visited) >= MIRROR_IDLE {
+                // Nobody here polls it any more: stop copying it.
+                freed += ch.history.drain(..).map(|m| m.data.len()).sum::<usize>();
+                ch.mirror = None;
+            }
             if ch.is_idle() {
                 idle.push(name.clone());
             }
@@ -615,8 +701,11 @@ impl Hub {
         for ch in state.channels.values_mut() {
             waiters.extend(std::mem::take(&mut ch.waiters).into_values());
             ch.live = None;
+            ch.mirror = None;
+            ch.history.clear();
         }
         state.waiting = 0;
+        state.history_bytes = 0;
         drop(state);
         for tx in waiters {
             let _ = tx.send(Wake::Reset);
