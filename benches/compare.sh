@@ -21,7 +21,7 @@ done
 # Kernel tuning for 10,000 loopback connections per server (bounded, reversible).
 sysctl -qw net.core.somaxconn=8192 net.ipv4.tcp_max_syn_backlog=8192 \
   net.ipv4.ip_local_port_range="15000 64000" \
-  net.ipv4.ip_local_reserved_ports="$CPORT,$NPORT" || echo "note: sysctl not applied" >&2
+  net.ipv4.ip_local_reserved_ports="18000-18099" || echo "note: sysctl not applied" >&2
 ulimit -n 20000
 
 cargo build --release -q

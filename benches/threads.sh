@@ -9,7 +9,7 @@ N=${SUBSCRIBERS:-10000}
 ROUNDS=${ROUNDS:-5}
 PORT=${PORT:-18030}
 sysctl -qw net.core.somaxconn=8192 net.ipv4.ip_local_port_range="15000 64000" \
-  net.ipv4.ip_local_reserved_ports="$PORT" || echo "note: sysctl not applied" >&2
+  net.ipv4.ip_local_reserved_ports="18000-18099" || echo "note: sysctl not applied" >&2
 ulimit -n 20000
 cargo build --release -q
 cargo bench --bench loadgen --no-run -q 2>/dev/null

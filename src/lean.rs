@@ -33,6 +33,9 @@ use crate::service::{Body, LongPoll, Service};
 
 /// Most header lines a request may have on this path (hyper's default too).
 const MAX_HEADERS: usize = 100;
+/// How long, and how many bytes, a closing connection reads and discards.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 16 << 20;
 /// Longest an answer may take to be written to a client that does not read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -122,10 +125,30 @@ pub async fn serve(
             return Next::Closed;
         }
         if close {
-            let _ = stream.shutdown().await;
+            linger(stream).await;
             return Next::Closed;
         }
     }
+}
+
+/// Closes after an answer: the write side first, then reads what the client
+/// still sends (an unread body, a request in flight) for a moment. Closing with
+/// unread bytes would reset the connection, and the client could lose the answer.
+async fn linger(mut stream: TcpStream) {
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut scratch = [0u8; 4096];
+    let mut left = LINGER_BYTES;
+    let drain = async {
+        while left > 0 {
+            match stream.read(&mut scratch).await {
+                Ok(n) if n > 0 => left = left.saturating_sub(n),
+                _ => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// Reads until `buf` holds a whole head; returns its length. `None`: the client

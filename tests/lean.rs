@@ -132,3 +132,22 @@ async fn a_bad_long_poll_gets_its_error_and_the_connection_goes_on() {
     drop(s);
     server.wait_for_stat("waiting", 0).await;
 }
+
+#[tokio::test]
+async fn a_client_sending_a_body_far_over_the_limit_still_reads_its_413() {
+    let server = Server::start(&["--max-message", "100"]);
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    let body = vec![b'w'; 12 << 20];
+    let head = format!(
+        "POST /publish?channel=big HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    // The whole body goes out although the answer is already on its way: the
+    // server reads and drops it instead of resetting the connection.
+    s.write_all(&body).await.unwrap();
+    let answer = read_answers(&mut s, 1).await;
+    assert_eq!(statuses(&answer), ["413"], "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+}
