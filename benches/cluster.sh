@@ -17,14 +17,10 @@ work=$(mktemp -d /tmp/comethub-cluster.XXXXXX)
 for tool in redis-server taskset; do
   command -v $tool >/dev/null || { echo "missing $tool: apt-get install -y redis-server util-linux" >&2; exit 1; }
 done
-sysctl -qw net.core.somaxconn=8192 net.ipv4.tcp_max_syn_backlog=8192 \
-  net.ipv4.ip_local_port_range="15000 64000" \
-  net.ipv4.ip_local_reserved_ports="18000-18099" || echo "note: sysctl not applied" >&2
-ulimit -n 20000
+source benches/common.sh
+tune
 
-cargo build --release -q
-cargo bench --bench loadgen --no-run -q 2>/dev/null
-LOADGEN=$(ls -t target/release/deps/loadgen-* | grep -v '\.d$' | head -1)
+build
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -65,9 +61,6 @@ echo "== cycle ($K subscribers re-polling, $M messages, json)"
 m_cyc=$(run cycle "${memory[@]}" --subscribers "$K" --messages "$M" --channel cyc --json)
 c_cyc=$(run cycle "${cluster[@]}" --subscribers "$K" --messages "$M" --channel cyc --json)
 
-val() { echo "$1" | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k {print $2}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-row() { printf "| %-46s | %12s | %12s | %6s |\n" "$1" "$2" "$3" "$(ratio "$2" "$3")"; }
 
 echo
 echo "| workload | 2 instances + Redis | 1 instance, memory | ratio |"

@@ -18,15 +18,10 @@ for tool in nginx wrk taskset; do
 done
 [ -f /usr/lib/nginx/modules/ngx_nchan_module.so ] || { echo "missing libnginx-mod-nchan" >&2; exit 1; }
 
-# Kernel tuning for 10,000 loopback connections per server (bounded, reversible).
-sysctl -qw net.core.somaxconn=8192 net.ipv4.tcp_max_syn_backlog=8192 \
-  net.ipv4.ip_local_port_range="15000 64000" \
-  net.ipv4.ip_local_reserved_ports="18000-18099" || echo "note: sysctl not applied" >&2
-ulimit -n 20000
+source benches/common.sh
+tune
 
-cargo build --release -q
-cargo bench --bench loadgen --no-run -q 2>/dev/null
-LOADGEN=$(ls -t target/release/deps/loadgen-* | grep -v '\.d$' | head -1)
+build
 
 cleanup() {
   [ -n "${CPID:-}" ] && kill "$CPID" 2>/dev/null || true
@@ -66,9 +61,6 @@ echo "== publish throughput, no subscribers (wrk)"
 c_pub=$(publish_rps "http://127.0.0.1:$CPORT/publish?channel=wrk")
 n_pub=$(publish_rps "http://127.0.0.1:$NPORT/pub/wrk")
 
-val() { echo "$1" | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k {print $2}'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-row() { printf "| %-44s | %12s | %12s | %6s |\n" "$1" "$2" "$3" "$(ratio "$2" "$3")"; }
 
 echo
 echo "| workload | comethub | Nchan | ratio |"

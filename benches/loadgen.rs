@@ -324,6 +324,15 @@ async fn publish(o: &Opts, seq: usize) -> Resp {
         .expect("publish answer")
 }
 
+/// Publishes message `seq` on the keep-alive connection `s`.
+async fn publish_on(o: &Opts, s: &mut TcpStream, buf: &mut Vec<u8>, seq: usize) {
+    s.write_all(&publish_request(o, seq))
+        .await
+        .expect("publish");
+    let r = read_response(s, buf).await.expect("publish answer");
+    assert!(r.status < 300, "publish answered {}", r.status);
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -470,13 +479,7 @@ async fn cycle(o: Opts) {
     s.set_nodelay(true).ok();
     let mut buf = Vec::new();
     for seq in 0..o.messages {
-        s.write_all(&publish_request(&o, seq))
-            .await
-            .expect("publish");
-        let r = read_response(&mut s, &mut buf)
-            .await
-            .expect("publish answer");
-        assert!(r.status < 300, "publish answered {}", r.status);
+        publish_on(&o, &mut s, &mut buf, seq).await;
     }
     stop.store(true, Ordering::SeqCst);
     let mut delivered = 0usize;
@@ -524,13 +527,7 @@ async fn latency(o: Opts) {
     let t0 = Instant::now();
     for seq in 0..o.messages {
         let t = Instant::now();
-        s.write_all(&publish_request(&o, seq))
-            .await
-            .expect("publish");
-        let r = read_response(&mut s, &mut buf)
-            .await
-            .expect("publish answer");
-        assert!(r.status < 300, "publish answered {}", r.status);
+        publish_on(&o, &mut s, &mut buf, seq).await;
         lat.push(t.elapsed().as_secs_f64() * 1e6);
         assert!(t0.elapsed() < DEADLINE, "latency run over its deadline");
     }

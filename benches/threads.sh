@@ -8,12 +8,9 @@ cd "$(dirname "$0")/.."
 N=${SUBSCRIBERS:-10000}
 ROUNDS=${ROUNDS:-5}
 PORT=${PORT:-18030}
-sysctl -qw net.core.somaxconn=8192 net.ipv4.ip_local_port_range="15000 64000" \
-  net.ipv4.ip_local_reserved_ports="18000-18099" || echo "note: sysctl not applied" >&2
-ulimit -n 20000
-cargo build --release -q
-cargo bench --bench loadgen --no-run -q 2>/dev/null
-LOADGEN=$(ls -t target/release/deps/loadgen-* | grep -v '\.d$' | head -1)
+source benches/common.sh
+tune
+build
 for threads in 1 2; do
   target/release/comethub --listen 127.0.0.1:$PORT --timeout 120 --threads $threads 2>/dev/null &
   pid=$!

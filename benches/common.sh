@@ -1,0 +1,24 @@
+# Sourced by the benchmark scripts: kernel tuning, the release build and the load
+# generator, and the helpers that print a ratio table. Every script's servers
+# listen on 127.0.0.1:18000-18099, which is reserved so client sockets never take
+# those ports.
+
+# Kernel tuning for 10,000 loopback connections (bounded, reversible); run as root.
+tune() {
+  sysctl -qw net.core.somaxconn=8192 net.ipv4.tcp_max_syn_backlog=8192 \
+    net.ipv4.ip_local_port_range="15000 64000" \
+    net.ipv4.ip_local_reserved_ports="18000-18099" || echo "note: sysctl not applied" >&2
+  ulimit -n 20000
+}
+
+# Builds comethub and the load generator; sets LOADGEN.
+build() {
+  cargo build --release -q
+  cargo bench --bench loadgen --no-run -q 2>/dev/null
+  LOADGEN=$(ls -t target/release/deps/loadgen-* | grep -v '\.d$' | head -1)
+}
+
+# val "RESULT k=v ..." k: the value of k.
+val() { echo "$1" | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k {print $2}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+row() { printf "| %-46s | %12s | %12s | %6s |\n" "$1" "$2" "$3" "$(ratio "$2" "$3")"; }
