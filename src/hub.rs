@@ -530,8 +530,7 @@ impl Hub {
         }
         let seq = state.seq + 1;
         let now = Instant::now();
-        let id = HeaderValue::from_str(&self.ids.format(seq))
-            .map_err(|_| Error::BadQuery("message id".into()))?;
+        let id = self.ids.header(seq);
         let len = data.len();
         let message = Arc::new(Message {
             seq,

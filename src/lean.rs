@@ -19,8 +19,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::{Buf, Bytes};
 use http_body_util::Full;
 use hyper::body::Body as _;
-use hyper::header::HeaderValue;
-use hyper::{Request, Response, StatusCode, Uri};
+use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -31,6 +31,8 @@ use crate::hub::Polled;
 use crate::protocol::Format;
 use crate::service::{Body, LongPoll, Service};
 
+/// `Last-Event-ID`, the SSE resume header, also read by long-polls.
+const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 /// Most header lines a request may have on this path (hyper's default too).
 const MAX_HEADERS: usize = 100;
 /// How long, and how many bytes, a closing connection reads and discards.
@@ -89,7 +91,11 @@ pub async fn serve(
                 // Refused from its Content-Length; the body is never read.
                 close = true;
                 buf.clear();
-                Box::pin(service.publish(request.map(|()| Full::new(Bytes::new())))).await
+                let mut request = request.map(|()| Full::new(Bytes::new()));
+                request
+                    .headers_mut()
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+                Box::pin(service.publish(request)).await
             } else {
                 match read_body(&mut stream, &mut buf, end + length, limits).await {
                     Some(true) => {
@@ -223,25 +229,44 @@ struct Head {
 
 fn is_token(name: &str) -> bool {
     !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && name.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'!' | b'#'
+                        | b'$'
+                        | b'%'
+                        | b'&'
+                        | b'\''
+                        | b'*'
+                        | b'+'
+                        | b'-'
+                        | b'.'
+                        | b'^'
+                        | b'_'
+                        | b'`'
+                        | b'|'
+                        | b'~'
+                )
+        })
 }
 
 /// Parses a plain `GET /subscribe` or `GET|POST /publish` head; `None` for
 /// anything else or anything unusual, which hyper then handles.
 fn parse(head: &[u8]) -> Option<Head> {
     let text = std::str::from_utf8(head).ok()?;
-    let mut lines = text.split("\r\n");
-    let mut parts = lines.next()?.split(' ');
+    // Every line ends in CRLF; a bare LF is unusual, and left to hyper.
+    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').ok_or(l));
+    let mut parts = lines.next()?.ok()?.split(' ');
     let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
     let path = target.split('?').next()?;
     let publish = path == "/publish";
-    let wanted = matches!(
-        (method, path),
-        ("GET", "/subscribe" | "/publish") | ("POST", "/publish")
-    );
-    if parts.next().is_some() || !wanted {
+    let method = match (method, path) {
+        ("GET", "/subscribe" | "/publish") => Method::GET,
+        ("POST", "/publish") => Method::POST,
+        _ => return None,
+    };
+    if parts.next().is_some() {
         return None;
     }
     let http10 = match version {
@@ -253,11 +278,21 @@ fn parse(head: &[u8]) -> Option<Head> {
     if uri.path() != path {
         return None;
     }
-    let mut request = Request::builder().method(method).uri(uri).body(()).ok()?;
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
     let mut length = None;
     let mut close = http10;
     let mut count = 0;
-    for line in lines.filter(|l| !l.is_empty()) {
+    for line in lines {
+        let line = match line {
+            Ok(line) => line,
+            Err("") => continue,
+            Err(_) => return None,
+        };
+        if line.is_empty() {
+            continue;
+        }
         count += 1;
         let (name, value) = line.split_once(':')?;
         let value = value.trim_matches([' ', '\t']);
@@ -265,8 +300,10 @@ fn parse(head: &[u8]) -> Option<Head> {
         if count > MAX_HEADERS || !is_token(name) || value.bytes().any(bad_byte) {
             return None;
         }
-        let is = |n: &str| name.eq_ignore_ascii_case(n);
-        if is("connection") {
+        let is = |n: &HeaderName| {
+            name.len() == n.as_str().len() && name.eq_ignore_ascii_case(n.as_str())
+        };
+        if is(&header::CONNECTION) {
             for token in value.split(',').map(str::trim) {
                 if token.eq_ignore_ascii_case("close") {
                     close = true;
@@ -276,30 +313,27 @@ fn parse(head: &[u8]) -> Option<Head> {
                     return None;
                 }
             }
-        } else if is("content-length") {
+        } else if is(&header::CONTENT_LENGTH) {
             let digits =
                 !value.is_empty() && value.len() <= 12 && value.bytes().all(|b| b.is_ascii_digit());
             if length.is_some() || !digits || (!publish && value != "0") {
                 return None;
             }
             length = value.parse::<usize>().ok();
-            request
-                .headers_mut()
-                .insert("content-length", HeaderValue::from_str(value).ok()?);
-        } else if is("transfer-encoding") || is("expect") || is("upgrade") {
+        } else if is(&header::TRANSFER_ENCODING) || is(&header::EXPECT) || is(&header::UPGRADE) {
             return None;
         } else {
-            let keep = if publish {
-                ["content-type", "authorization"].iter().find(|n| is(n))
+            let keep: &[HeaderName] = if publish {
+                &[header::CONTENT_TYPE, header::AUTHORIZATION]
             } else {
-                ["last-event-id"].iter().find(|n| is(n))
+                &[LAST_EVENT_ID]
             };
-            if let Some(&name) = keep
+            if let Some(name) = keep.iter().find(|n| is(n))
                 && !request.headers().contains_key(name)
             {
                 request
                     .headers_mut()
-                    .insert(name, HeaderValue::from_str(value).ok()?);
+                    .insert(name.clone(), header_value(value)?);
             }
         }
     }
@@ -309,6 +343,21 @@ fn parse(head: &[u8]) -> Option<Head> {
         http10,
         body: publish.then_some(length.unwrap_or(0)),
     })
+}
+
+/// A header value; the common content types without an allocation.
+fn header_value(value: &str) -> Option<HeaderValue> {
+    const COMMON: [&str; 5] = [
+        "text/plain",
+        "text/plain; charset=utf-8",
+        "application/json",
+        "application/octet-stream",
+        "application/x-www-form-urlencoded",
+    ];
+    match COMMON.iter().find(|c| c.eq_ignore_ascii_case(value)) {
+        Some(common) if *common == value => Some(HeaderValue::from_static(common)),
+        _ => HeaderValue::from_str(value).ok(),
+    }
 }
 
 /// Waits for the long-poll while watching the socket: a client that hangs up is
@@ -412,7 +461,9 @@ fn serialize(response: Response<Body>) -> (Bytes, Bytes) {
         head.extend_from_slice(b"\r\n");
     }
     if parts.status != StatusCode::NO_CONTENT && parts.status != StatusCode::NOT_MODIFIED {
-        head.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+        head.extend_from_slice(b"content-length: ");
+        crate::protocol::push_decimal(&mut head, body.len() as u64);
+        head.extend_from_slice(b"\r\n");
     }
     (head.into(), body)
 }

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use hyper::header::HeaderValue;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
@@ -53,6 +54,21 @@ pub fn new_epoch() -> String {
 /// Formats a message id from an epoch and a sequence number.
 pub fn message_id(epoch: &str, seq: u64) -> String {
     format!("{epoch}-{seq}")
+}
+
+/// Appends `n` in decimal.
+pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 /// Where a subscriber wants to start reading a channel.
@@ -120,6 +136,26 @@ impl Ids {
                 seq & ((1 << STREAM_SEQ_BITS) - 1)
             ),
         }
+    }
+
+    /// The id packed in `seq`, as a header value, without formatting machinery:
+    /// every published message makes one.
+    pub fn header(&self, seq: u64) -> HeaderValue {
+        let mut out = Vec::with_capacity(32);
+        match self {
+            Ids::Epoch(epoch) => {
+                out.extend_from_slice(epoch.as_bytes());
+                out.push(b'-');
+                push_decimal(&mut out, seq);
+            }
+            Ids::Stream => {
+                push_decimal(&mut out, seq >> STREAM_SEQ_BITS);
+                out.push(b'-');
+                push_decimal(&mut out, seq & ((1 << STREAM_SEQ_BITS) - 1));
+            }
+        }
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(out))
+            .unwrap_or(HeaderValue::from_static("0-0"))
     }
 
     /// Parses `since` (or `Last-Event-ID`).
@@ -363,6 +399,24 @@ mod tests {
         assert_eq!(ids.parse_since(Some("1-9999999")), Ok(Since::Foreign));
         assert_eq!(ids.parse_since(Some("1-")), Err(Error::BadSince));
         assert_eq!(ids.parse_since(Some("x")), Err(Error::BadSince));
+    }
+
+    #[test]
+    fn id_headers_match_the_formatted_ids() {
+        for ids in [Ids::Epoch("k3x9af".into()), Ids::Stream] {
+            for seq in [
+                0,
+                1,
+                9,
+                10,
+                42,
+                1 << 20,
+                (1764080000000 << 20) | 7,
+                u64::MAX,
+            ] {
+                assert_eq!(ids.header(seq), ids.format(seq).as_str());
+            }
+        }
     }
 
     #[test]
