@@ -144,7 +144,8 @@ async fn linger(mut stream: TcpStream) {
     if stream.shutdown().await.is_err() {
         return;
     }
-    let mut scratch = [0u8; 4096];
+    // On the heap: an array here would size every connection's task.
+    let mut scratch = vec![0u8; 4096];
     let mut left = LINGER_BYTES;
     let drain = async {
         while left > 0 {
