@@ -61,17 +61,14 @@ echo "== cycle ($K subscribers re-polling, $M messages, json)"
 m_cyc=$(run cycle "${memory[@]}" --subscribers "$K" --messages "$M" --channel cyc --json)
 c_cyc=$(run cycle "${cluster[@]}" --subscribers "$K" --messages "$M" --channel cyc --json)
 
-
 echo
 echo "| workload | 2 instances + Redis | 1 instance, memory | ratio |"
 echo "|---|---:|---:|---:|"
-row "fan-out: all server CPU per round, ms" "$(val "$c_fan" cpu_ms_median)" "$(val "$m_fan" cpu_ms_median)"
-row "fan-out: RSS per waiting subscriber, bytes" "$(val "$c_fan" rss_bytes_per_subscriber)" "$(val "$m_fan" rss_bytes_per_subscriber)"
-row "fan-out: time until all have it, ms" "$(val "$c_fan" all_ms_median)" "$(val "$m_fan" all_ms_median)"
+fanout_rows "$c_fan" "$m_fan"
 row "publish round trip p50, us" "$(val "$c_lat" p50_us)" "$(val "$m_lat" p50_us)"
 row "publish round trip p99, us" "$(val "$c_lat" p99_us)" "$(val "$m_lat" p99_us)"
 row "publish: server CPU per publish, us" "$(val "$c_lat" server_cpu_us_per_publish)" "$(val "$m_lat" server_cpu_us_per_publish)"
 row "cycle json: deliveries/s" "$(val "$c_cyc" deliveries_per_s)" "$(val "$m_cyc" deliveries_per_s)"
-row "cycle json: lost + duplicated" "$(( $(val "$c_cyc" lost) + $(val "$c_cyc" duplicates) ))" "$(( $(val "$m_cyc" lost) + $(val "$m_cyc" duplicates) ))"
+row "cycle json: lost + duplicated" "$(lost "$c_cyc")" "$(lost "$m_cyc")"
 echo
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r), $(redis-server --version | cut -d' ' -f3)"

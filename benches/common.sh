@@ -22,3 +22,11 @@ build() {
 val() { echo "$1" | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k {print $2}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 row() { printf "| %-46s | %12s | %12s | %6s |\n" "$1" "$2" "$3" "$(ratio "$2" "$3")"; }
+# The three fan-out rows for two loadgen RESULT lines (ours, theirs).
+fanout_rows() {
+  row "fan-out: server CPU per round, ms" "$(val "$1" cpu_ms_median)" "$(val "$2" cpu_ms_median)"
+  row "fan-out: RSS per waiting subscriber, bytes" "$(val "$1" rss_bytes_per_subscriber)" "$(val "$2" rss_bytes_per_subscriber)"
+  row "fan-out: time until all have it, ms" "$(val "$1" all_ms_median)" "$(val "$2" all_ms_median)"
+}
+# Messages lost plus duplicated in a cycle RESULT line.
+lost() { echo $(( $(val "$1" lost) + $(val "$1" duplicates) )); }

@@ -61,17 +61,14 @@ echo "== publish throughput, no subscribers (wrk)"
 c_pub=$(publish_rps "http://127.0.0.1:$CPORT/publish?channel=wrk")
 n_pub=$(publish_rps "http://127.0.0.1:$NPORT/pub/wrk")
 
-
 echo
 echo "| workload | comethub | Nchan | ratio |"
 echo "|---|---:|---:|---:|"
-row "fan-out: server CPU per round, ms" "$(val "$c_fan" cpu_ms_median)" "$(val "$n_fan" cpu_ms_median)"
-row "fan-out: RSS per waiting subscriber, bytes" "$(val "$c_fan" rss_bytes_per_subscriber)" "$(val "$n_fan" rss_bytes_per_subscriber)"
-row "fan-out: time until all have it, ms" "$(val "$c_fan" all_ms_median)" "$(val "$n_fan" all_ms_median)"
+fanout_rows "$c_fan" "$n_fan"
 row "cycle raw: deliveries/s" "$(val "$c_cyc" deliveries_per_s)" "$(val "$n_cyc" deliveries_per_s)"
 row "cycle json: deliveries/s (vs Nchan raw)" "$(val "$c_cycj" deliveries_per_s)" "$(val "$n_cyc" deliveries_per_s)"
-row "cycle: lost + duplicated (raw)" "$(( $(val "$c_cyc" lost) + $(val "$c_cyc" duplicates) ))" "$(( $(val "$n_cyc" lost) + $(val "$n_cyc" duplicates) ))"
-row "cycle: lost + duplicated (json)" "$(( $(val "$c_cycj" lost) + $(val "$c_cycj" duplicates) ))" "-"
+row "cycle: lost + duplicated (raw)" "$(lost "$c_cyc")" "$(lost "$n_cyc")"
+row "cycle: lost + duplicated (json)" "$(lost "$c_cycj")" "-"
 row "publish, no subscribers: requests/s (wrk)" "$c_pub" "$n_pub"
 echo
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"
