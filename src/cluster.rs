@@ -8,14 +8,16 @@
 //! channel's Pub/Sub topic; being one script, announcements go out in stream
 //! order. Each instance keeps a single RESP3 connection on which it follows the
 //! topics of the channels it has subscribers for, and hands what arrives to its
-//! local [`Hub`], which has the waiters but keeps no history.
+//! local [`Hub`]: to the waiters, and into a copy of the channel's history.
 //!
 //! A long-poll registers its local waiter, makes sure the channel is followed,
 //! then reads the stream after its `since`: a message published at any moment is
-//! either in that read or reaches the waiter. When the link drops, publishes get
+//! either in that read or reaches the waiter. From then on the copy holds every
+//! message after the id that read saw, so later polls from there are answered
+//! without asking Redis. When the link drops, publishes get
 //! `503`; waiters keep waiting. Once it is back, every waiter is answered `204`
-//! with its own position and every event stream ends, so each client reads what
-//! it missed from the stream.
+//! with its own position, every event stream ends and the copies are dropped,
+//! so each client reads what it missed from the stream.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
