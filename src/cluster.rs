@@ -36,7 +36,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::error::Error;
-use crate::hub::{Hub, Message, Outcome, Poll, Polled, Stream};
+use crate::hub::{Hub, Message, Outcome, Poll, Polled, Stream, Waiter};
 use crate::protocol::{ChannelInfo, Ids, Since};
 use crate::stats::{Counters, RedisLink};
 
@@ -215,6 +215,30 @@ fn announcement(payload: &[u8]) -> Option<Result<Arc<Message>, ()>> {
         }
         _ => None,
     }
+}
+
+/// Waits until `deadline` for the message after `position`. `None` when the one
+/// that came was already covered (announced before the read that saw it), so
+/// the caller reads again.
+async fn wait_after(
+    waiter: Waiter,
+    position: u64,
+    deadline: Instant,
+    gap: bool,
+) -> Option<Result<Polled, Error>> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    Some(match waiter.wait(left).await {
+        Outcome::Message(m) if m.seq > position => Ok(Polled::Messages {
+            messages: vec![m],
+            gap,
+        }),
+        Outcome::Message(_) => return None,
+        Outcome::Timeout(_) | Outcome::Shutdown(_) | Outcome::Reset => Ok(Polled::Empty {
+            last_id: Ids::Stream.header(position),
+            gap,
+        }),
+        Outcome::Deleted => Err(Error::Gone),
+    })
 }
 
 fn bulk(value: &Value) -> Option<&[u8]> {
@@ -423,22 +447,9 @@ impl Cluster {
                     gap,
                 });
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match waiter.wait(left).await {
-                Outcome::Message(m) if m.seq > read.position => {
-                    return Ok(Polled::Messages {
-                        messages: vec![m],
-                        gap,
-                    });
-                }
-                // Announced before the read, which already covered it.
-                Outcome::Message(_) => since = Since::Id(read.position),
-                Outcome::Timeout(_) | Outcome::Shutdown(_) | Outcome::Reset => {
-                    let last_id = HeaderValue::from_str(&Ids::Stream.format(read.position))
-                        .map_err(|_| Error::StoreUnavailable)?;
-                    return Ok(Polled::Empty { last_id, gap });
-                }
-                Outcome::Deleted => return Err(Error::Gone),
+            match wait_after(waiter, read.position, deadline, gap).await {
+                Some(polled) => return polled,
+                None => since = Since::Id(read.position),
             }
         }
     }
@@ -460,22 +471,7 @@ impl Cluster {
             Poll::Ready { messages, gap } => return Some(Ok(Polled::Messages { messages, gap })),
             Poll::Wait(waiter) => waiter,
         };
-        let left = deadline.saturating_duration_since(Instant::now());
-        Some(match waiter.wait(left).await {
-            Outcome::Message(m) => Ok(Polled::Messages {
-                messages: vec![m],
-                gap: false,
-            }),
-            Outcome::Timeout(_) | Outcome::Shutdown(_) | Outcome::Reset => {
-                HeaderValue::from_str(&Ids::Stream.format(after))
-                    .map(|last_id| Polled::Empty {
-                        last_id,
-                        gap: false,
-                    })
-                    .map_err(|_| Error::StoreUnavailable)
-            }
-            Outcome::Deleted => Err(Error::Gone),
-        })
+        wait_after(waiter, after, deadline, false).await
     }
 
     /// Turns "the next message" into "after the channel's last id now", read

@@ -133,6 +133,14 @@ impl Channel {
             && self.live.as_ref().is_none_or(|tx| tx.receiver_count() == 0)
     }
 
+    /// Adds `message` as the channel's newest; returns the bytes trimmed to make
+    /// room.
+    fn append(&mut self, message: &Arc<Message>, config: &HubConfig) -> usize {
+        self.last_seq = message.seq;
+        self.history.push_back(message.clone());
+        self.trim(config, message.at)
+    }
+
     /// Drops messages past the count or age limit; returns the bytes freed.
     fn trim(&mut self, config: &HubConfig, now: Instant) -> usize {
         let mut freed = 0;
@@ -391,8 +399,6 @@ impl Hub {
             return Err(Error::ShuttingDown);
         }
         let now = Instant::now();
-        let max_subscribers = self.config.max_subscribers;
-        let waiting = state.waiting;
         let ch = state.channel(channel, &self.config)?;
         let freed = ch.trim(&self.config, now);
         let name = ch.name.clone();
@@ -403,14 +409,21 @@ impl Hub {
         if !messages.is_empty() {
             return Ok(Poll::Ready { messages, gap });
         }
-        if max_subscribers > 0 && waiting >= max_subscribers {
-            state.free_if_idle(channel);
-            return Err(Error::Busy("subscribers"));
-        }
-        Ok(Poll::Wait(self.enqueue(&mut state, name, gap)))
+        self.enqueue(&mut state, name, gap).map(Poll::Wait)
     }
 
-    fn enqueue(self: &Arc<Self>, state: &mut State, channel: Arc<str>, gap: bool) -> Waiter {
+    /// Puts a waiter on `channel`, within `--max-subscribers`.
+    fn enqueue(
+        self: &Arc<Self>,
+        state: &mut State,
+        channel: Arc<str>,
+        gap: bool,
+    ) -> Result<Waiter, Error> {
+        let max = self.config.max_subscribers;
+        if max > 0 && state.waiting >= max {
+            state.free_if_idle(&channel);
+            return Err(Error::Busy("subscribers"));
+        }
         let (tx, rx) = oneshot::channel();
         let key = state.next_waiter;
         state.next_waiter += 1;
@@ -419,13 +432,13 @@ impl Hub {
             ch.waiters.insert(key, tx);
             ch.visited = Instant::now();
         }
-        Waiter {
+        Ok(Waiter {
             rx,
             hub: self.clone(),
             channel,
             key,
             gap,
-        }
+        })
     }
 
     /// Cluster mode: a long-poll answered from this instance's copy of the
@@ -462,14 +475,10 @@ impl Hub {
                 after,
             )));
         }
-        let max = self.config.max_subscribers;
-        if max > 0 && state.waiting >= max {
-            return Some(Err(Error::Busy("subscribers")));
-        }
-        Some(Ok((
-            Poll::Wait(self.enqueue(&mut state, name, false)),
-            after,
-        )))
+        Some(
+            self.enqueue(&mut state, name, false)
+                .map(|waiter| (Poll::Wait(waiter), after)),
+        )
     }
 
     /// Cluster mode: this instance follows `channel` and has every message after
@@ -540,10 +549,9 @@ impl Hub {
             at: now,
             answers: Default::default(),
         });
-        let ch = state.channel(channel, &self.config)?;
-        ch.last_seq = seq;
-        ch.history.push_back(message.clone());
-        let freed = ch.trim(&self.config, now);
+        let freed = state
+            .channel(channel, &self.config)?
+            .append(&message, &self.config);
         state.seq = seq;
         state.history_bytes = state.history_bytes + len - freed;
         let delivered = self.fan_out(state, channel, &message);
@@ -560,9 +568,7 @@ impl Hub {
             return 0;
         };
         if message.seq > ch.last_seq {
-            ch.last_seq = message.seq;
-            ch.history.push_back(message.clone());
-            let freed = ch.trim(&self.config, message.at);
+            let freed = ch.append(message, &self.config);
             state.history_bytes = state.history_bytes + message.data.len() - freed;
         }
         self.fan_out(state, channel, message)
@@ -603,10 +609,12 @@ impl Hub {
     /// Registers a waiter on `channel` for the next message, whatever the history
     /// holds (cluster mode reads the history from Redis).
     pub fn wait(self: &Arc<Self>, channel: &str) -> Result<Waiter, Error> {
-        match self.poll(channel, Since::Id(u64::MAX), 0)? {
-            Poll::Wait(waiter) => Ok(waiter),
-            Poll::Ready { .. } => Err(Error::ShuttingDown),
+        let mut state = self.state();
+        if state.closed {
+            return Err(Error::ShuttingDown);
         }
+        let name = state.channel(channel, &self.config)?.name.clone();
+        self.enqueue(&mut state, name, false)
     }
 
     /// Whether `channel` has waiting subscribers or streams here.
@@ -637,8 +645,7 @@ impl Hub {
             None => state.watermarks[State::bucket(channel)],
         };
         drop(state);
-        HeaderValue::from_str(&self.ids.format(seq))
-            .unwrap_or_else(|_| HeaderValue::from_static("0-0"))
+        self.ids.header(seq)
     }
 
     /// Subscribers, retained messages and last id of a channel.
@@ -695,27 +702,29 @@ impl Hub {
     /// is woken with [`Outcome::Reset`] and every stream ends, so that each
     /// client reads what it missed from Redis; new requests are served.
     pub fn reset(&self) {
-        let mut state = self.state();
-        let mut waiters = Vec::new();
-        for ch in state.channels.values_mut() {
-            waiters.extend(std::mem::take(&mut ch.waiters).into_values());
-            ch.live = None;
-            ch.mirror = None;
-            ch.history.clear();
-        }
-        state.waiting = 0;
-        state.history_bytes = 0;
-        drop(state);
-        for tx in waiters {
-            let _ = tx.send(Wake::Reset);
-        }
+        self.wake_all(
+            || Wake::Reset,
+            |state| {
+                for ch in state.channels.values_mut() {
+                    ch.mirror = None;
+                    ch.history.clear();
+                }
+                state.history_bytes = 0;
+            },
+        );
     }
 
     /// Shuts the hub: every waiting subscriber is woken with
     /// [`Outcome::Shutdown`], every stream ends, and new requests are refused.
     pub fn close(&self) {
+        self.wake_all(|| Wake::Shutdown, |state| state.closed = true);
+    }
+
+    /// Wakes every waiter with `wake` and ends every stream, after `also` has
+    /// changed the state under the same lock.
+    fn wake_all(&self, wake: fn() -> Wake, also: impl FnOnce(&mut State)) {
         let mut state = self.state();
-        state.closed = true;
+        also(&mut state);
         let mut waiters = Vec::new();
         for ch in state.channels.values_mut() {
             waiters.extend(std::mem::take(&mut ch.waiters).into_values());
@@ -724,7 +733,7 @@ impl Hub {
         state.waiting = 0;
         drop(state);
         for tx in waiters {
-            let _ = tx.send(Wake::Shutdown);
+            let _ = tx.send(wake());
         }
     }
 

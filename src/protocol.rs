@@ -128,19 +128,17 @@ pub enum Ids {
 impl Ids {
     /// The text of the id packed in `seq`.
     pub fn format(&self, seq: u64) -> String {
-        match self {
-            Ids::Epoch(epoch) => message_id(epoch, seq),
-            Ids::Stream => format!(
-                "{}-{}",
-                seq >> STREAM_SEQ_BITS,
-                seq & ((1 << STREAM_SEQ_BITS) - 1)
-            ),
-        }
+        String::from_utf8_lossy(&self.encode(seq)).into_owned()
     }
 
-    /// The id packed in `seq`, as a header value, without formatting machinery:
-    /// every published message makes one.
+    /// The id packed in `seq`, as a header value: every published message makes
+    /// one, so it is written without formatting machinery.
     pub fn header(&self, seq: u64) -> HeaderValue {
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(self.encode(seq)))
+            .unwrap_or(HeaderValue::from_static("0-0"))
+    }
+
+    fn encode(&self, seq: u64) -> Vec<u8> {
         let mut out = Vec::with_capacity(32);
         match self {
             Ids::Epoch(epoch) => {
@@ -154,8 +152,7 @@ impl Ids {
                 push_decimal(&mut out, seq & ((1 << STREAM_SEQ_BITS) - 1));
             }
         }
-        HeaderValue::from_maybe_shared(bytes::Bytes::from(out))
-            .unwrap_or(HeaderValue::from_static("0-0"))
+        out
     }
 
     /// Parses `since` (or `Last-Event-ID`).
@@ -417,6 +414,15 @@ mod tests {
                 assert_eq!(ids.header(seq), ids.format(seq).as_str());
             }
         }
+        assert_eq!(
+            Ids::Epoch("k3x9af".into()).format(42),
+            message_id("k3x9af", 42)
+        );
+        assert_eq!(
+            Ids::Stream.format((1764080000000 << 20) | 7),
+            "1764080000000-7"
+        );
+        assert_eq!(Ids::Stream.format(u64::MAX), "17592186044415-1048575");
     }
 
     #[test]
