@@ -110,8 +110,7 @@ pub async fn serve(
                     None => return Next::Closed,
                 }
             };
-            let (head, body) = serialize(service.finish(response));
-            respond(&head, &body, close || *stop.borrow(), http10)
+            answer(service, response, close || *stop.borrow(), http10)
         } else {
             // Free the head before waiting; keep only pipelined bytes, if any.
             buf.drain(..end);
@@ -398,30 +397,33 @@ fn render(
     close: bool,
     http10: bool,
 ) -> Vec<u8> {
-    let shared;
-    let own;
-    let (head, body) = match &result {
-        Ok(poll) => match &poll.polled {
-            Polled::Messages {
-                messages,
-                gap: false,
-            } if messages.len() == 1 => {
-                let slot = usize::from(poll.format == Format::Json);
-                shared = messages[0].answers[slot]
-                    .get_or_init(|| serialize(service.finish(Ok(poll.render()))));
-                (&shared.0, &shared.1)
-            }
-            _ => {
-                own = serialize(service.finish(Ok(poll.render())));
-                (&own.0, &own.1)
-            }
-        },
-        Err(err) => {
-            own = serialize(service.finish(Err(err.clone())));
-            (&own.0, &own.1)
-        }
+    let poll = match result {
+        Ok(poll) => poll,
+        Err(err) => return answer(service, Err(err), close, http10),
     };
-    respond(head, body, close, http10)
+    match &poll.polled {
+        Polled::Messages {
+            messages,
+            gap: false,
+        } if messages.len() == 1 => {
+            let slot = usize::from(poll.format == Format::Json);
+            let (head, body) = messages[0].answers[slot]
+                .get_or_init(|| serialize(service.finish(Ok(poll.render()))));
+            respond(head, body, close, http10)
+        }
+        _ => answer(service, Ok(poll.render()), close, http10),
+    }
+}
+
+/// A handler's result as the bytes of its answer.
+fn answer(
+    service: &Service,
+    result: Result<Response<Body>, Error>,
+    close: bool,
+    http10: bool,
+) -> Vec<u8> {
+    let (head, body) = serialize(service.finish(result));
+    respond(&head, &body, close, http10)
 }
 
 /// An answer's bytes: its head, the date and connection lines, its body.
