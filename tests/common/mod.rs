@@ -108,6 +108,15 @@ impl Server {
         self.rss_kib()
     }
 
+    /// Waits for the resident memory to give back all but `1/share` of what
+    /// went from `start` to `held` (KiB), and fails if it does not.
+    pub async fn assert_rss_returns(&self, start: u64, held: u64, share: u64) {
+        let target = start + (held - start) / share;
+        let end = self.wait_for_rss_below(target).await;
+        eprintln!("rss: start {start} KiB, held {held} KiB, after {end} KiB");
+        assert!(end <= target, "rss {end} KiB stayed above {target} KiB");
+    }
+
     /// Polls `/stats` until `field` equals `value`, or panics after `STEP`.
     pub async fn wait_for_stat(&self, field: &str, value: u64) {
         let deadline = tokio::time::Instant::now() + STEP;
