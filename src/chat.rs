@@ -4,19 +4,18 @@
 //! long-poll with `format=json` and `since` by default, Server-Sent Events on demand.
 
 use bytes::Bytes;
-use hyper::header::HeaderValue;
-use hyper::{Response, StatusCode};
+use http::StatusCode;
 
-use crate::service::{Body, full};
+use crate::answer::Answer;
 
 /// The page's HTML.
 pub const PAGE: &str = include_str!("../static/chat.html");
 
-/// The chat page as a response.
-pub fn page() -> Response<Body> {
-    full(
+/// The chat page as an answer.
+pub fn page() -> Answer {
+    Answer::full(
         StatusCode::OK,
-        HeaderValue::from_static("text/html; charset=utf-8"),
+        Bytes::from_static(b"text/html; charset=utf-8"),
         Bytes::from_static(PAGE.as_bytes()),
     )
 }

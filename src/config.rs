@@ -113,6 +113,22 @@ impl Config {
         Duration::from_secs(self.history_age)
     }
 
+    /// The connection limit: the flag, or the open-files limit minus a margin.
+    pub fn max_connections(&self) -> usize {
+        match self.max_connections {
+            0 => crate::os::connections_for(crate::os::raise_nofile().unwrap_or(1024)),
+            n => n,
+        }
+    }
+
+    /// `--cors-origin` if it can be a header value, `*` otherwise.
+    pub fn cors_origin(&self) -> String {
+        match http::HeaderValue::from_str(&self.cors_origin) {
+            Ok(_) => self.cors_origin.clone(),
+            Err(_) => "*".to_owned(),
+        }
+    }
+
     /// The header-read timeout as a duration.
     pub fn header_timeout(&self) -> Duration {
         Duration::from_secs(self.header_timeout.max(1))

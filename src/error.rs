@@ -1,8 +1,11 @@
-//! Every refusal the server answers, with its HTTP status and one-line message.
+//! Every refusal the server answers, with its HTTP status, one-line message and
+//! the reason it is counted under in `/metrics`.
 
 use std::fmt;
 
-use hyper::StatusCode;
+use http::StatusCode;
+
+use crate::hub::Refused;
 
 /// A request the server refuses. Each maps to one status and a short message
 /// that goes out as `{"error":"…"}`.
@@ -32,8 +35,10 @@ pub enum Error {
     BodyTimeout,
     /// The body could not be read (the client broke off).
     BodyRead,
-    /// A limit on subscribers, channels or connections was reached.
+    /// A limit on subscribers or channels was reached.
     Busy(&'static str),
+    /// `--max-connections` was reached; the connection is answered and closed.
+    ConnectionLimit,
     /// The server is shutting down.
     ShuttingDown,
     /// The channel was deleted while the subscriber waited.
@@ -58,32 +63,134 @@ impl Error {
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Error::Busy(_) | Error::ShuttingDown | Error::StoreUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Error::Busy(_)
+            | Error::ConnectionLimit
+            | Error::ShuttingDown
+            | Error::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Error::Gone => StatusCode::GONE,
         }
     }
 
-    /// A short name for the refusal, used as the `reason` label in metrics.
-    pub fn reason(&self) -> &'static str {
+    /// The reason it is counted under.
+    pub fn reason(&self) -> Reason {
         match self {
-            Error::BadChannel => "bad_channel",
-            Error::BadSince => "bad_since",
-            Error::BadTimeout => "bad_timeout",
-            Error::BadFormat => "bad_format",
-            Error::BadQuery(_) => "bad_query",
-            Error::MissingMessage => "missing_message",
-            Error::Unauthorized => "unauthorized",
-            Error::NotFound => "not_found",
-            Error::MethodNotAllowed(_) => "method_not_allowed",
-            Error::TooLarge(_) => "too_large",
-            Error::BodyTimeout => "body_timeout",
-            Error::BodyRead => "body_read",
-            Error::Busy(_) => "busy",
-            Error::ShuttingDown => "shutting_down",
-            Error::Gone => "gone",
-            Error::StoreUnavailable => "store_unavailable",
+            Error::BadChannel => Reason::BadChannel,
+            Error::BadSince => Reason::BadSince,
+            Error::BadTimeout => Reason::BadTimeout,
+            Error::BadFormat => Reason::BadFormat,
+            Error::BadQuery(_) => Reason::BadQuery,
+            Error::MissingMessage => Reason::MissingMessage,
+            Error::Unauthorized => Reason::Unauthorized,
+            Error::NotFound => Reason::NotFound,
+            Error::MethodNotAllowed(_) => Reason::MethodNotAllowed,
+            Error::TooLarge(_) => Reason::TooLarge,
+            Error::BodyTimeout => Reason::BodyTimeout,
+            Error::BodyRead => Reason::BodyRead,
+            Error::Busy(_) => Reason::Busy,
+            Error::ConnectionLimit => Reason::ConnectionLimit,
+            Error::ShuttingDown => Reason::ShuttingDown,
+            Error::Gone => Reason::Gone,
+            Error::StoreUnavailable => Reason::StoreUnavailable,
+        }
+    }
+
+    /// Whether it says "try again shortly" (`Retry-After`).
+    pub fn retry_later(&self) -> bool {
+        self.status() == StatusCode::SERVICE_UNAVAILABLE
+    }
+}
+
+impl From<Refused> for Error {
+    fn from(refused: Refused) -> Error {
+        match refused {
+            Refused::Channels => Error::Busy("channels"),
+            Refused::Subscribers => Error::Busy("subscribers"),
+            Refused::Closed => Error::ShuttingDown,
+        }
+    }
+}
+
+/// What a refusal is counted under, the `reason` label in `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// See [`Error::BadChannel`].
+    BadChannel,
+    /// See [`Error::BadSince`].
+    BadSince,
+    /// See [`Error::BadTimeout`].
+    BadTimeout,
+    /// See [`Error::BadFormat`].
+    BadFormat,
+    /// See [`Error::BadQuery`].
+    BadQuery,
+    /// See [`Error::MissingMessage`].
+    MissingMessage,
+    /// See [`Error::Unauthorized`].
+    Unauthorized,
+    /// See [`Error::NotFound`].
+    NotFound,
+    /// See [`Error::MethodNotAllowed`].
+    MethodNotAllowed,
+    /// See [`Error::TooLarge`].
+    TooLarge,
+    /// See [`Error::BodyTimeout`].
+    BodyTimeout,
+    /// See [`Error::BodyRead`].
+    BodyRead,
+    /// See [`Error::Busy`].
+    Busy,
+    /// See [`Error::ShuttingDown`].
+    ShuttingDown,
+    /// See [`Error::ConnectionLimit`].
+    ConnectionLimit,
+    /// See [`Error::Gone`].
+    Gone,
+    /// See [`Error::StoreUnavailable`].
+    StoreUnavailable,
+}
+
+impl Reason {
+    /// Every reason, in the order of their counters.
+    pub const ALL: [Reason; 17] = [
+        Reason::BadChannel,
+        Reason::BadSince,
+        Reason::BadTimeout,
+        Reason::BadFormat,
+        Reason::BadQuery,
+        Reason::MissingMessage,
+        Reason::Unauthorized,
+        Reason::NotFound,
+        Reason::MethodNotAllowed,
+        Reason::TooLarge,
+        Reason::BodyTimeout,
+        Reason::BodyRead,
+        Reason::Busy,
+        Reason::ShuttingDown,
+        Reason::ConnectionLimit,
+        Reason::Gone,
+        Reason::StoreUnavailable,
+    ];
+
+    /// Its label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::BadChannel => "bad_channel",
+            Reason::BadSince => "bad_since",
+            Reason::BadTimeout => "bad_timeout",
+            Reason::BadFormat => "bad_format",
+            Reason::BadQuery => "bad_query",
+            Reason::MissingMessage => "missing_message",
+            Reason::Unauthorized => "unauthorized",
+            Reason::NotFound => "not_found",
+            Reason::MethodNotAllowed => "method_not_allowed",
+            Reason::TooLarge => "too_large",
+            Reason::BodyTimeout => "body_timeout",
+            Reason::BodyRead => "body_read",
+            Reason::Busy => "busy",
+            Reason::ShuttingDown => "shutting_down",
+            Reason::ConnectionLimit => "connection_limit",
+            Reason::Gone => "gone",
+            Reason::StoreUnavailable => "store_unavailable",
         }
     }
 }
@@ -106,6 +213,7 @@ impl fmt::Display for Error {
             Error::BodyTimeout => f.write_str("request body too slow"),
             Error::BodyRead => f.write_str("request body could not be read"),
             Error::Busy(what) => write!(f, "too many {what}: try again later"),
+            Error::ConnectionLimit => f.write_str("too many connections: try again later"),
             Error::ShuttingDown => f.write_str("server is shutting down"),
             Error::Gone => f.write_str("channel deleted"),
             Error::StoreUnavailable => {

@@ -1,59 +1,120 @@
-//! The hub: the seed's ClientManager, done right.
+//! The hub: the seed's ClientManager, done right, and nothing else.
 //!
 //! Per channel it keeps a bounded history and the waiting long-poll subscribers'
 //! oneshot senders. A publish appends to the history and drains the waiters, so
 //! every subscriber that was waiting gets the message, and one that polls a moment
 //! later with `since` finds it in the history: nothing published between two polls
-//! is lost. A waiter removes itself when its request goes away (the client hung up,
-//! timed out, or the server shut down), so no dead subscriber is ever kept.
+//! is lost. A waiter removes itself when its request goes away, so no dead
+//! subscriber is ever kept.
+//!
+//! It is pure: channels, waiters, history, sequence numbers and time. What a
+//! message carries is the caller's type ([`Payload`]); no HTTP, no Redis, no
+//! flags. In [`Mode::Source`] it is where messages live; in [`Mode::Cache`] it is
+//! one instance's copy of channels that live elsewhere, filled by [`Hub::deliver`].
 //!
 //! One std `Mutex` guards all channels; it is never held across an `.await`, and a
-//! publish hands the waiters their message after releasing it.
+//! publish hands the waiters their message after releasing it. Expiry is driven by
+//! a queue of due times, so a sweep touches only the channels that are due.
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use bytes::Bytes;
-use hyper::header::HeaderValue;
 use tokio::sync::{broadcast, oneshot};
 use tokio::time::Instant;
 
-use crate::error::Error;
-use crate::protocol::{Ids, Since};
-use crate::stats::{Counters, Snapshot};
-
-/// Slots of the table that remembers, for channels that were freed, the last
-/// message id they had; see [`Hub::poll`] on gaps.
-const WATERMARK_SLOTS: usize = 4096;
-/// Cluster mode: how long a channel's copy is kept after its last subscriber.
-const MIRROR_IDLE: Duration = Duration::from_secs(10);
 /// Messages an event stream may fall behind before it is dropped.
 pub const STREAM_BACKLOG: usize = 256;
+/// Freed channels whose last sequence is remembered exactly; older ones fold
+/// into one floor (see [`Hub::poll`] on gaps).
+pub const FREED_RECORDS: usize = 65_536;
 
-/// A published message. Shared by every subscriber it is handed to.
-#[derive(Debug)]
-pub struct Message {
-    /// Position in the hub's sequence; strictly increasing within a channel.
-    pub seq: u64,
-    /// The id clients see: `EPOCH-SEQ`, or the Redis stream id in cluster mode.
-    pub id: HeaderValue,
-    /// The data, byte for byte as published.
-    pub data: Bytes,
-    /// The publisher's Content-Type.
-    pub content_type: HeaderValue,
-    /// When it was published.
-    pub at: Instant,
-    /// The answer (head, body) to a waiter it wakes, raw and JSON, serialized
-    /// once for all of them by [`crate::lean`].
-    pub answers: [std::sync::OnceLock<(Bytes, Bytes)>; 2],
+/// What a message carries; the hub only needs its size.
+pub trait Payload: Send + Sync + 'static {
+    /// Bytes this payload holds, counted in [`Snapshot::history_bytes`].
+    fn size(&self) -> usize;
 }
 
-/// Limits the hub enforces.
+/// A published message, shared by every subscriber it is handed to.
+#[derive(Debug)]
+pub struct Message<P> {
+    /// Position in the sequence; strictly increasing within a channel.
+    pub seq: u64,
+    /// When it was published (or, in a cache, received).
+    pub at: Instant,
+    /// What it carries.
+    pub payload: P,
+}
+
+impl<P> Message<P> {
+    /// A message stamped now.
+    pub fn new(seq: u64, payload: P) -> Arc<Message<P>> {
+        Arc::new(Message {
+            seq,
+            at: Instant::now(),
+            payload,
+        })
+    }
+}
+
+/// Where a reader wants to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    /// The next message published after the request arrived.
+    Next,
+    /// The oldest retained message.
+    Oldest,
+    /// After this sequence.
+    Id(u64),
+    /// After an id that is not this hub's (another run, another server).
+    Foreign,
+}
+
+impl Since {
+    /// Where a reader starting here begins, and whether it missed messages: the
+    /// channel's last sequence is `last`, messages up to `evicted` are gone, and
+    /// no id above `newest` was ever given out. The one place this is decided,
+    /// for the hub and for the Redis store alike.
+    pub fn start(self, last: u64, evicted: u64, newest: u64) -> (u64, bool) {
+        match self {
+            Since::Next => (last, false),
+            Since::Oldest => (0, false),
+            Since::Id(seq) if seq <= newest => (seq, seq < evicted),
+            Since::Id(_) | Since::Foreign => (0, true),
+        }
+    }
+}
+
+/// Why the hub refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// `max_channels` reached.
+    Channels,
+    /// `max_subscribers` reached.
+    Subscribers,
+    /// The hub is closed (shutting down).
+    Closed,
+}
+
+/// What the hub is to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Messages are published here; the history is the truth.
+    Source,
+    /// A copy of channels kept elsewhere: messages arrive by [`Hub::deliver`],
+    /// a channel's copy answers only from where it was known complete
+    /// ([`Hub::cover_from`]), and is dropped after `idle` without a subscriber.
+    Cache {
+        /// How long a copy is kept after the last poll that used it.
+        idle: Duration,
+    },
+}
+
+/// Limits and mode.
 #[derive(Debug, Clone)]
-pub struct HubConfig {
+pub struct Config {
     /// Messages a channel keeps.
     pub history: usize,
     /// Age after which a message leaves the history.
@@ -62,87 +123,141 @@ pub struct HubConfig {
     pub max_channels: usize,
     /// Most waiting subscribers at once (0: no limit).
     pub max_subscribers: usize,
-}
-
-impl From<&crate::Config> for HubConfig {
-    fn from(c: &crate::Config) -> Self {
-        HubConfig {
-            history: c.history,
-            history_age: c.history_age(),
-            max_channels: c.max_channels,
-            max_subscribers: c.max_subscribers,
-        }
-    }
+    /// Source or cache.
+    pub mode: Mode,
 }
 
 /// What wakes a waiting subscriber.
 #[derive(Debug)]
-enum Wake {
-    Message(Arc<Message>),
+enum Wake<P> {
+    Message(Arc<Message<P>>),
     Deleted,
     Shutdown,
     Reset,
 }
 
-/// The channels and everything the server counts.
+/// Channels, waiters and histories.
 #[derive(Debug)]
-pub struct Hub {
-    ids: Ids,
-    config: HubConfig,
-    state: Mutex<State>,
-    /// Event counters shared with the HTTP layer.
-    pub counters: Counters,
-    started: Instant,
+pub struct Hub<P> {
+    config: Config,
+    state: Mutex<State<P>>,
+    delivered: AtomicU64,
 }
 
 #[derive(Debug)]
-struct State {
-    channels: HashMap<Arc<str>, Channel>,
+struct State<P> {
+    channels: HashMap<Arc<str>, Channel<P>>,
     seq: u64,
     next_waiter: u64,
     waiting: usize,
+    streams: usize,
     history_bytes: usize,
-    watermarks: Vec<u64>,
+    freed: Freed,
+    due: BinaryHeap<Reverse<(Instant, Arc<str>)>>,
     closed: bool,
 }
 
+/// The last sequence of channels that were freed, so that a client resuming one
+/// later learns whether it missed something: exact for the last
+/// [`FREED_RECORDS`], then one conservative floor.
+#[derive(Debug, Default)]
+struct Freed {
+    last: HashMap<Arc<str>, (u64, u64)>,
+    order: VecDeque<(Arc<str>, u64)>,
+    generation: u64,
+    forgotten: u64,
+}
+
+impl Freed {
+    fn record(&mut self, name: Arc<str>, last: u64) {
+        if last <= self.forgotten {
+            return;
+        }
+        self.generation += 1;
+        self.last.insert(name.clone(), (last, self.generation));
+        self.order.push_back((name, self.generation));
+        while self.last.len() > FREED_RECORDS {
+            let Some((name, generation)) = self.order.pop_front() else {
+                break;
+            };
+            if self.last.get(&name).is_some_and(|(_, g)| *g == generation)
+                && let Some((last, _)) = self.last.remove(&name)
+            {
+                self.forgotten = self.forgotten.max(last);
+            }
+        }
+        if self.order.len() > 2 * FREED_RECORDS {
+            let last = &self.last;
+            self.order
+                .retain(|(n, g)| last.get(n).is_some_and(|(_, h)| h == g));
+        }
+    }
+
+    /// The floor of a channel made anew, and forgets its record.
+    fn take(&mut self, name: &str) -> u64 {
+        self.last
+            .remove(name)
+            .map_or(self.forgotten, |(last, _)| last.max(self.forgotten))
+    }
+
+    fn peek(&self, name: &str) -> u64 {
+        self.last
+            .get(name)
+            .map_or(self.forgotten, |(last, _)| (*last).max(self.forgotten))
+    }
+}
+
 #[derive(Debug)]
-struct Channel {
+struct Channel<P> {
     name: Arc<str>,
-    history: VecDeque<Arc<Message>>,
+    history: VecDeque<Arc<Message<P>>>,
     /// Sequence of the last message, or the channel's floor if it has none.
     last_seq: u64,
     /// Highest sequence that has left the history (or that an earlier life of
     /// this channel may have had): a `since` below it has missed something.
     evicted: u64,
-    waiters: HashMap<u64, oneshot::Sender<Wake>>,
-    live: Option<broadcast::Sender<Arc<Message>>>,
-    /// Cluster mode: the history holds every message after this id (the
-    /// channel's last id when this instance began to follow it), so polls from
-    /// there on are answered here without asking Redis.
-    mirror: Option<u64>,
-    /// When a subscriber last came (cluster mode keeps a history only for
-    /// channels with recent subscribers).
+    waiters: HashMap<u64, oneshot::Sender<Wake<P>>>,
+    live: Option<broadcast::Sender<Arc<Message<P>>>>,
+    /// Cache mode: the history holds every message after this sequence.
+    covered: Option<u64>,
+    /// When a subscriber last used this channel.
     visited: Instant,
+    /// When the sweep queue will look at this channel next.
+    scheduled: Option<Instant>,
 }
 
-impl Channel {
-    fn is_idle(&self) -> bool {
-        self.history.is_empty()
-            && self.waiters.is_empty()
-            && self.live.as_ref().is_none_or(|tx| tx.receiver_count() == 0)
+impl<P: Payload> Channel<P> {
+    fn new(name: Arc<str>, floor: u64) -> Self {
+        Channel {
+            name,
+            history: VecDeque::new(),
+            last_seq: floor,
+            evicted: floor,
+            waiters: HashMap::new(),
+            live: None,
+            covered: None,
+            visited: Instant::now(),
+            scheduled: None,
+        }
     }
 
-    /// Adds `message` as the channel's newest; returns the bytes trimmed to make
-    /// room.
-    fn append(&mut self, message: &Arc<Message>, config: &HubConfig) -> usize {
+    fn listened(&self) -> bool {
+        !self.waiters.is_empty() || self.live.as_ref().is_some_and(|tx| tx.receiver_count() > 0)
+    }
+
+    fn is_idle(&self) -> bool {
+        self.history.is_empty() && !self.listened()
+    }
+
+    /// Adds `message` as the newest; returns the bytes trimmed to make room.
+    fn append(&mut self, message: &Arc<Message<P>>, config: &Config) -> usize {
         self.last_seq = message.seq;
         self.history.push_back(message.clone());
         self.trim(config, message.at)
     }
 
     /// Drops messages past the count or age limit; returns the bytes freed.
-    fn trim(&mut self, config: &HubConfig, now: Instant) -> usize {
+    fn trim(&mut self, config: &Config, now: Instant) -> usize {
         let mut freed = 0;
         while let Some(front) = self.history.front() {
             let too_many = self.history.len() > config.history;
@@ -151,96 +266,93 @@ impl Channel {
                 break;
             }
             self.evicted = self.evicted.max(front.seq);
-            freed += front.data.len();
+            freed += front.payload.size();
             self.history.pop_front();
         }
         freed
     }
 
     /// Retained messages after `after`, at most `limit`.
-    fn after(&self, after: u64, limit: usize) -> Vec<Arc<Message>> {
+    fn after(&self, after: u64, limit: usize) -> Vec<Arc<Message<P>>> {
         let start = self.history.partition_point(|m| m.seq <= after);
         self.history.range(start..).take(limit).cloned().collect()
     }
+
+    /// When the sweep must next look at this channel, if ever.
+    fn next_due(&self, config: &Config) -> Option<Instant> {
+        let expiry = self.history.front().map(|m| m.at + config.history_age);
+        let idle = match (config.mode, self.covered) {
+            (Mode::Cache { idle }, Some(_)) => Some(self.visited + idle),
+            _ => None,
+        };
+        match (expiry, idle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
-/// What a long-poll gets at once: messages, or a place in the queue.
+/// What a long-poll gets at once.
 #[derive(Debug)]
-pub enum Poll {
+pub enum Poll<P: Payload> {
     /// Messages after `since` were in the history.
     Ready {
         /// The messages, oldest first.
-        messages: Vec<Arc<Message>>,
+        messages: Vec<Arc<Message<P>>>,
         /// Some messages after `since` were no longer retained.
         gap: bool,
     },
     /// Nothing yet: wait on this.
-    Wait(Waiter),
-}
-
-/// What a long-poll got.
-#[derive(Debug)]
-pub enum Polled {
-    /// Messages after `since`, oldest first.
-    Messages {
-        /// The messages.
-        messages: Vec<Arc<Message>>,
-        /// Some messages after `since` were no longer retained.
-        gap: bool,
-    },
-    /// Nothing before the timeout (or shutdown, or a link reset).
-    Empty {
-        /// The id to poll from next.
-        last_id: HeaderValue,
-        /// Some messages after `since` were no longer retained.
-        gap: bool,
-    },
+    Wait(Waiter<P>),
+    /// Cache mode: the copy does not cover `since`; ask the source.
+    Miss,
 }
 
 /// How a wait ended.
 #[derive(Debug)]
-pub enum Outcome {
+pub enum Outcome<P> {
     /// A message was published.
-    Message(Arc<Message>),
-    /// The timeout passed; carries the channel's current last id.
-    Timeout(HeaderValue),
+    Message(Arc<Message<P>>),
+    /// The timeout passed; carries the channel's last sequence.
+    Timeout(u64),
     /// The channel was deleted.
     Deleted,
-    /// The server is shutting down; carries the channel's current last id.
-    Shutdown(HeaderValue),
-    /// Cluster mode: the link to Redis was re-established and messages may have
-    /// been missed meanwhile; the subscriber should poll again.
+    /// The hub is closing; carries the channel's last sequence.
+    Shutdown(u64),
+    /// Cache mode: the copy was dropped ([`Hub::reset`]); read from the source.
     Reset,
 }
 
 /// A subscriber waiting for the next message on a channel. Dropping it removes it
 /// from the channel at once.
 #[derive(Debug)]
-pub struct Waiter {
-    rx: oneshot::Receiver<Wake>,
-    hub: Arc<Hub>,
+pub struct Waiter<P: Payload> {
+    rx: oneshot::Receiver<Wake<P>>,
+    hub: Arc<Hub<P>>,
     channel: Arc<str>,
     key: u64,
+    /// Where the wait reads after.
+    pub after: u64,
     /// Messages after `since` were no longer retained when the wait began.
     pub gap: bool,
 }
 
-impl Waiter {
-    /// Waits for a message, the timeout, deletion or shutdown.
-    pub async fn wait(mut self, timeout: Duration) -> Outcome {
+impl<P: Payload> Waiter<P> {
+    /// Waits for a message, the timeout, deletion, a reset or shutdown.
+    pub async fn wait(mut self, timeout: Duration) -> Outcome<P> {
         match tokio::time::timeout(timeout, &mut self.rx).await {
             Ok(Ok(Wake::Message(m))) => Outcome::Message(m),
             Ok(Ok(Wake::Deleted)) => Outcome::Deleted,
             Ok(Ok(Wake::Reset)) => Outcome::Reset,
             Ok(Ok(Wake::Shutdown)) | Ok(Err(_)) => {
-                Outcome::Shutdown(self.hub.last_id(&self.channel))
+                Outcome::Shutdown(self.hub.last_seq(&self.channel))
             }
-            Err(_) => Outcome::Timeout(self.hub.last_id(&self.channel)),
+            Err(_) => Outcome::Timeout(self.hub.last_seq(&self.channel)),
         }
     }
 }
 
-impl Drop for Waiter {
+impl<P: Payload> Drop for Waiter<P> {
     fn drop(&mut self) {
         let mut state = self.hub.state();
         let Some(ch) = state.channels.get_mut(&self.channel) else {
@@ -255,74 +367,73 @@ impl Drop for Waiter {
 
 /// An open event stream: the missed history, then every new message.
 #[derive(Debug)]
-pub struct Stream {
+pub struct Stream<P: Payload> {
     /// Messages after `since` that were in the history, oldest first.
-    pub backlog: Vec<Arc<Message>>,
+    pub backlog: Vec<Arc<Message<P>>>,
     /// Some messages after `since` were no longer retained.
     pub gap: bool,
-    /// New messages as they are published; closed when the channel is deleted
-    /// or the server shuts down, lagged when the reader falls too far behind.
-    pub live: broadcast::Receiver<Arc<Message>>,
-    /// Live messages up to this sequence were already read (cluster mode reads
-    /// the backlog after subscribing, so the two can overlap).
+    /// New messages as they come; closed when the channel is deleted or the hub
+    /// closes or resets, lagged when the reader falls too far behind.
+    pub live: broadcast::Receiver<Arc<Message<P>>>,
+    /// Live messages up to this sequence were already read (a backlog read
+    /// from elsewhere after subscribing can overlap them).
     pub after: u64,
-    guard: StreamGuard,
-}
-
-impl Stream {
-    /// The channel this stream reads.
-    pub fn channel(&self) -> &str {
-        &self.guard.channel
-    }
+    _guard: StreamGuard<P>,
 }
 
 #[derive(Debug)]
-struct StreamGuard {
-    hub: Arc<Hub>,
+struct StreamGuard<P: Payload> {
+    hub: Arc<Hub<P>>,
     channel: Arc<str>,
 }
 
-impl Drop for StreamGuard {
+impl<P: Payload> Drop for StreamGuard<P> {
     fn drop(&mut self) {
-        self.hub
-            .counters
-            .streams
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        // Fields drop in order, so the receiver is already gone; a receiver
-        // moved out elsewhere leaves the channel to the next sweep.
-        self.hub.state().free_if_idle(&self.channel);
+        let mut state = self.hub.state();
+        state.streams -= 1;
+        // Fields drop in order, so the receiver is already gone.
+        state.free_if_idle(&self.channel);
     }
 }
 
-impl State {
-    fn bucket(name: &str) -> usize {
-        let mut h = DefaultHasher::new();
-        name.hash(&mut h);
-        (h.finish() as usize) % WATERMARK_SLOTS
-    }
+/// A channel's state, for `/channels/C`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Info {
+    /// Waiting subscribers plus open streams.
+    pub subscribers: usize,
+    /// Retained messages.
+    pub messages: usize,
+    /// The last sequence (0: none known).
+    pub last_seq: u64,
+}
 
-    fn channel(&mut self, name: &str, config: &HubConfig) -> Result<&mut Channel, Error> {
+/// The hub's gauges and counters.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Long-poll subscribers waiting.
+    pub waiting: usize,
+    /// Open event streams.
+    pub streams: usize,
+    /// Channels held.
+    pub channels: usize,
+    /// Bytes of payload held in histories.
+    pub history_bytes: usize,
+    /// Deliveries (one per subscriber per message).
+    pub delivered: u64,
+}
+
+impl<P: Payload> State<P> {
+    fn channel(&mut self, name: &str, config: &Config) -> Result<&mut Channel<P>, Refused> {
         if !self.channels.contains_key(name) {
             if config.max_channels > 0 && self.channels.len() >= config.max_channels {
-                return Err(Error::Busy("channels"));
+                return Err(Refused::Channels);
             }
-            let floor = self.watermarks[Self::bucket(name)];
             let name: Arc<str> = name.into();
-            self.channels.insert(
-                name.clone(),
-                Channel {
-                    name,
-                    history: VecDeque::new(),
-                    last_seq: floor,
-                    evicted: floor,
-                    waiters: HashMap::new(),
-                    live: None,
-                    mirror: None,
-                    visited: Instant::now(),
-                },
-            );
+            let floor = self.freed.take(&name);
+            self.channels
+                .insert(name.clone(), Channel::new(name, floor));
         }
-        self.channels.get_mut(name).ok_or(Error::BadChannel)
+        self.channels.get_mut(name).ok_or(Refused::Channels)
     }
 
     fn free_if_idle(&mut self, name: &str) {
@@ -331,98 +442,150 @@ impl State {
         }
     }
 
-    /// Forgets a channel, remembering its last id for clients that resume later.
-    fn remove(&mut self, name: &str) -> Option<Channel> {
+    /// Forgets a channel, remembering its last sequence for clients that resume later.
+    fn remove(&mut self, name: &str) -> Option<Channel<P>> {
         let ch = self.channels.remove(name)?;
-        let slot = &mut self.watermarks[Self::bucket(name)];
-        *slot = (*slot).max(ch.last_seq);
+        self.freed.record(ch.name.clone(), ch.last_seq);
         self.waiting -= ch.waiters.len();
-        self.history_bytes -= ch.history.iter().map(|m| m.data.len()).sum::<usize>();
+        self.history_bytes -= ch.history.iter().map(|m| m.payload.size()).sum::<usize>();
         Some(ch)
+    }
+
+    /// Puts `name` in the sweep queue for `at`, unless it is already due sooner.
+    fn schedule(&mut self, name: &Arc<str>, at: Option<Instant>) {
+        let Some(at) = at else { return };
+        let Some(ch) = self.channels.get_mut(name) else {
+            return;
+        };
+        if ch.scheduled.is_some_and(|s| s <= at) {
+            return;
+        }
+        ch.scheduled = Some(at);
+        self.due.push(Reverse((at, name.clone())));
+        // Entries of channels removed before they were due are skipped when
+        // popped; rebuild if they ever outnumber the live ones.
+        if self.due.len() > 2 * self.channels.len() + 1024 {
+            self.due = self
+                .channels
+                .values()
+                .filter_map(|c| Some(Reverse((c.scheduled?, c.name.clone()))))
+                .collect();
+        }
+    }
+
+    /// Trims `name` and schedules its next look, after a change that may have
+    /// given it its first message.
+    fn trim(&mut self, name: &Arc<str>, config: &Config, now: Instant) {
+        let Some(ch) = self.channels.get_mut(name) else {
+            return;
+        };
+        let freed = ch.trim(config, now);
+        let due = ch.next_due(config);
+        self.history_bytes -= freed;
+        self.schedule(name, due);
     }
 }
 
-impl Hub {
-    /// An in-memory hub with a fresh epoch.
-    pub fn new(config: HubConfig) -> Arc<Hub> {
-        Hub::with_ids(config, Ids::Epoch(crate::protocol::new_epoch()))
-    }
-
-    /// A hub whose message ids are made by `ids`.
-    pub fn with_ids(config: HubConfig, ids: Ids) -> Arc<Hub> {
+impl<P: Payload> Hub<P> {
+    /// An empty hub.
+    pub fn new(config: Config) -> Arc<Hub<P>> {
         Arc::new(Hub {
-            ids,
             config,
             state: Mutex::new(State {
                 channels: HashMap::new(),
                 seq: 0,
                 next_waiter: 0,
                 waiting: 0,
+                streams: 0,
                 history_bytes: 0,
-                watermarks: vec![0; WATERMARK_SLOTS],
+                freed: Freed::default(),
+                due: BinaryHeap::new(),
                 closed: false,
             }),
-            counters: Counters::default(),
-            started: Instant::now(),
+            delivered: AtomicU64::new(0),
         })
     }
 
-    /// How this hub's message ids are made and read.
-    pub fn ids(&self) -> &Ids {
-        &self.ids
+    /// The limits and mode it was made with.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    fn state(&self) -> MutexGuard<'_, State<P>> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Where a reader starting at `since` begins, and whether it missed messages.
-    fn start(state: &State, ch: &Channel, since: Since) -> (u64, bool) {
-        match since {
-            Since::Next => (ch.last_seq, false),
-            Since::Oldest => (0, false),
-            Since::Id(seq) if seq <= state.seq => (seq, seq < ch.evicted),
-            Since::Id(_) | Since::Foreign => (0, true),
+    fn open(&self) -> Result<MutexGuard<'_, State<P>>, Refused> {
+        let state = self.state();
+        if state.closed {
+            return Err(Refused::Closed);
         }
+        Ok(state)
     }
 
-    /// Starts a long-poll on `channel` from `since`: returns at most `limit`
-    /// retained messages at once, or a [`Waiter`] for the next one.
+    /// Starts a long-poll on `channel` from `since`: at most `limit` retained
+    /// messages at once, or a [`Waiter`] for the next one.
+    ///
+    /// A `since` below what the channel still holds (trimmed, or from before the
+    /// channel was freed) or not of this hub is a gap: the answer starts at the
+    /// oldest retained message and says so. In cache mode a `since` the copy does
+    /// not cover is a [`Poll::Miss`] instead.
     pub fn poll(
         self: &Arc<Self>,
         channel: &str,
         since: Since,
         limit: usize,
-    ) -> Result<Poll, Error> {
-        let mut state = self.state();
-        if state.closed {
-            return Err(Error::ShuttingDown);
-        }
+    ) -> Result<Poll<P>, Refused> {
+        let mut state = self.open()?;
         let now = Instant::now();
-        let ch = state.channel(channel, &self.config)?;
-        let freed = ch.trim(&self.config, now);
-        let name = ch.name.clone();
-        state.history_bytes -= freed;
-        let ch = &state.channels[channel];
-        let (after, gap) = Self::start(&state, ch, since);
+        let name = match self.config.mode {
+            Mode::Source => state.channel(channel, &self.config)?.name.clone(),
+            Mode::Cache { .. } => match state.channels.get(channel) {
+                Some(ch) if ch.covered.is_some() => ch.name.clone(),
+                _ => return Ok(Poll::Miss),
+            },
+        };
+        state.trim(&name, &self.config, now);
+        let newest = state.seq;
+        let ch = state.channels.get_mut(&name).ok_or(Refused::Channels)?;
+        let (after, gap) = match (self.config.mode, ch.covered) {
+            (Mode::Cache { .. }, Some(covered)) => match since {
+                Since::Next => (ch.last_seq, false),
+                Since::Id(x) if x >= covered && x >= ch.evicted && x <= ch.last_seq => (x, false),
+                _ => return Ok(Poll::Miss),
+            },
+            _ => since.start(ch.last_seq, ch.evicted, newest),
+        };
+        ch.visited = now;
         let messages = ch.after(after, limit);
         if !messages.is_empty() {
             return Ok(Poll::Ready { messages, gap });
         }
-        self.enqueue(&mut state, name, gap).map(Poll::Wait)
+        self.enqueue(&mut state, name, after, gap).map(Poll::Wait)
     }
 
-    /// Puts a waiter on `channel`, within `--max-subscribers`.
+    /// Registers a waiter on `channel` for the next message, whatever the
+    /// history holds (a cache's caller reads the history from the source).
+    pub fn wait(self: &Arc<Self>, channel: &str) -> Result<Waiter<P>, Refused> {
+        let mut state = self.open()?;
+        let ch = state.channel(channel, &self.config)?;
+        ch.visited = Instant::now();
+        let (name, after) = (ch.name.clone(), ch.last_seq);
+        self.enqueue(&mut state, name, after, false)
+    }
+
+    /// Puts a waiter on `channel`, within `max_subscribers`.
     fn enqueue(
         self: &Arc<Self>,
-        state: &mut State,
+        state: &mut State<P>,
         channel: Arc<str>,
+        after: u64,
         gap: bool,
-    ) -> Result<Waiter, Error> {
+    ) -> Result<Waiter<P>, Refused> {
         let max = self.config.max_subscribers;
         if max > 0 && state.waiting >= max {
             state.free_if_idle(&channel);
-            return Err(Error::Busy("subscribers"));
+            return Err(Refused::Subscribers);
         }
         let (tx, rx) = oneshot::channel();
         let key = state.next_waiter;
@@ -430,159 +593,106 @@ impl Hub {
         state.waiting += 1;
         if let Some(ch) = state.channels.get_mut(&channel) {
             ch.waiters.insert(key, tx);
-            ch.visited = Instant::now();
         }
         Ok(Waiter {
             rx,
             hub: self.clone(),
             channel,
             key,
+            after,
             gap,
         })
     }
 
-    /// Cluster mode: a long-poll answered from this instance's copy of the
-    /// channel, when the copy covers `since`. Returns the poll and the position
-    /// it reads after, or `None` when only Redis can answer.
-    pub fn poll_mirror(
-        self: &Arc<Self>,
-        channel: &str,
-        since: Since,
-        limit: usize,
-    ) -> Option<Result<(Poll, u64), Error>> {
+    /// Cache mode: this instance has every message of `channel` after `last`
+    /// (or will get it by [`Hub::deliver`]); polls after it are answered here.
+    pub fn cover_from(&self, channel: &str, last: u64) {
         let mut state = self.state();
-        if state.closed {
-            return Some(Err(Error::ShuttingDown));
-        }
-        let ch = state.channels.get_mut(channel)?;
-        let mirror = ch.mirror?;
-        let freed = ch.trim(&self.config, Instant::now());
-        let after = match since {
-            Since::Next => Some(ch.last_seq),
-            Since::Id(x) if x >= mirror && x >= ch.evicted && x <= ch.last_seq => Some(x),
-            _ => None,
+        let Some(ch) = state.channels.get_mut(channel) else {
+            return;
         };
-        let name = ch.name.clone();
-        let messages = after.map(|after| ch.after(after, limit));
-        state.history_bytes -= freed;
-        let after = after?;
-        if let Some(messages) = messages.filter(|m| !m.is_empty()) {
-            return Some(Ok((
-                Poll::Ready {
-                    messages,
-                    gap: false,
-                },
-                after,
-            )));
-        }
-        Some(
-            self.enqueue(&mut state, name, false)
-                .map(|waiter| (Poll::Wait(waiter), after)),
-        )
-    }
-
-    /// Cluster mode: this instance follows `channel` and has every message after
-    /// `last` (or will get it as it is announced); polls after it are answered
-    /// here from now on.
-    pub fn mirror_from(&self, channel: &str, last: u64) {
-        let mut state = self.state();
-        if let Some(ch) = state.channels.get_mut(channel)
-            && ch.mirror.is_none()
-        {
-            ch.mirror = Some(last);
+        if ch.covered.is_none() {
+            ch.covered = Some(last);
             ch.last_seq = ch.last_seq.max(last);
+            ch.visited = Instant::now();
+            let (name, due) = (ch.name.clone(), ch.next_due(&self.config));
+            state.schedule(&name, due);
         }
     }
 
     /// Opens an event stream on `channel` from `since`.
-    pub fn stream(self: &Arc<Self>, channel: &str, since: Since) -> Result<Stream, Error> {
-        let mut state = self.state();
-        if state.closed {
-            return Err(Error::ShuttingDown);
-        }
+    pub fn stream(self: &Arc<Self>, channel: &str, since: Since) -> Result<Stream<P>, Refused> {
+        let mut state = self.open()?;
         let now = Instant::now();
-        let ch = state.channel(channel, &self.config)?;
-        let freed = ch.trim(&self.config, now);
-        let name = ch.name.clone();
+        let name = state.channel(channel, &self.config)?.name.clone();
+        state.trim(&name, &self.config, now);
+        let newest = state.seq;
+        let ch = state.channels.get_mut(&name).ok_or(Refused::Channels)?;
+        ch.visited = now;
         let live = ch
             .live
             .get_or_insert_with(|| broadcast::channel(STREAM_BACKLOG).0)
             .subscribe();
-        state.history_bytes -= freed;
-        let ch = &state.channels[channel];
-        let (after, gap) = Self::start(&state, ch, since);
+        let (after, gap) = since.start(ch.last_seq, ch.evicted, newest);
         let backlog = ch.after(after, usize::MAX);
-        Counters::bump(&self.counters.streams);
+        state.streams += 1;
         Ok(Stream {
             after: backlog.last().map_or(after, |m| m.seq),
             backlog,
             gap,
             live,
-            guard: StreamGuard {
+            _guard: StreamGuard {
                 hub: self.clone(),
                 channel: name,
             },
         })
     }
 
-    /// Publishes a message: appends it to the history and hands it to every
-    /// waiting subscriber and open stream. Returns it and how many got it.
+    /// Publishes on `channel` the payload `make` builds for the new sequence:
+    /// appends it to the history and hands it to every waiter and stream.
+    /// Returns it and how many got it.
     pub fn publish(
         &self,
         channel: &str,
-        data: Bytes,
-        content_type: HeaderValue,
-    ) -> Result<(Arc<Message>, usize), Error> {
-        let mut state = self.state();
-        if state.closed {
-            return Err(Error::ShuttingDown);
-        }
+        make: impl FnOnce(u64) -> P,
+    ) -> Result<(Arc<Message<P>>, usize), Refused> {
+        let mut state = self.open()?;
         let seq = state.seq + 1;
-        let now = Instant::now();
-        let id = self.ids.header(seq);
-        let len = data.len();
-        let message = Arc::new(Message {
-            seq,
-            id,
-            data,
-            content_type,
-            at: now,
-            answers: Default::default(),
-        });
-        let freed = state
-            .channel(channel, &self.config)?
-            .append(&message, &self.config);
+        state.channel(channel, &self.config)?;
+        let message = Message::new(seq, make(seq));
         state.seq = seq;
-        state.history_bytes = state.history_bytes + len - freed;
-        let delivered = self.fan_out(state, channel, &message);
-        Counters::bump(&self.counters.published);
-        Ok((message, delivered))
+        Ok(self.append(state, channel, message))
     }
 
-    /// Cluster mode: hands a message that came from Redis to this instance's
-    /// waiting subscribers and streams on `channel`, and keeps it in the
-    /// channel's copy of the history. Returns how many got it.
-    pub fn deliver(&self, channel: &str, message: &Arc<Message>) -> usize {
-        let mut state = self.state();
-        let Some(ch) = state.channels.get_mut(channel) else {
+    /// Cache mode: hands a message that came from the source to the waiters and
+    /// streams on `channel`, and keeps it in the channel's copy. Returns how many
+    /// got it.
+    pub fn deliver(&self, channel: &str, message: Arc<Message<P>>) -> usize {
+        let state = self.state();
+        if !state.channels.contains_key(channel) {
             return 0;
-        };
-        if message.seq > ch.last_seq {
-            let freed = ch.append(message, &self.config);
-            state.history_bytes = state.history_bytes + message.data.len() - freed;
         }
-        self.fan_out(state, channel, message)
+        self.append(state, channel, message).1
     }
 
-    /// Wakes `channel`'s waiters and streams with `message`, after releasing the lock.
-    fn fan_out(
+    fn append(
         &self,
-        mut state: MutexGuard<'_, State>,
+        mut state: MutexGuard<'_, State<P>>,
         channel: &str,
-        message: &Arc<Message>,
-    ) -> usize {
+        message: Arc<Message<P>>,
+    ) -> (Arc<Message<P>>, usize) {
         let Some(ch) = state.channels.get_mut(channel) else {
-            return 0;
+            return (message, 0);
+        };
+        let name = ch.name.clone();
+        if message.seq > ch.last_seq {
+            let freed = ch.append(&message, &self.config);
+            let due = ch.next_due(&self.config);
+            state.history_bytes = state.history_bytes + message.payload.size() - freed;
+            state.schedule(&name, due);
+        }
+        let Some(ch) = state.channels.get_mut(channel) else {
+            return (message, 0);
         };
         let waiters = std::mem::take(&mut ch.waiters);
         let streams = ch
@@ -600,36 +710,23 @@ impl Hub {
                 delivered += 1;
             }
         }
-        self.counters
-            .delivered
-            .fetch_add(delivered as u64, std::sync::atomic::Ordering::Relaxed);
-        delivered
+        self.delivered.fetch_add(delivered as u64, Relaxed);
+        (message, delivered)
     }
 
-    /// Registers a waiter on `channel` for the next message, whatever the history
-    /// holds (cluster mode reads the history from Redis).
-    pub fn wait(self: &Arc<Self>, channel: &str) -> Result<Waiter, Error> {
-        let mut state = self.state();
-        if state.closed {
-            return Err(Error::ShuttingDown);
-        }
-        let name = state.channel(channel, &self.config)?.name.clone();
-        self.enqueue(&mut state, name, false)
-    }
-
-    /// Whether `channel` has waiting subscribers or streams here.
+    /// Whether `channel` is held here.
     pub fn has_channel(&self, channel: &str) -> bool {
         self.state().channels.contains_key(channel)
     }
 
-    /// Drops a channel and its history; its waiters get [`Outcome::Deleted`] and its
-    /// streams end. Returns whether the channel existed.
+    /// Drops a channel and its history; its waiters get [`Outcome::Deleted`] and
+    /// its streams end. A later reader from before it learns of a gap. Returns
+    /// whether the channel was held.
     pub fn delete(&self, channel: &str) -> bool {
         let mut state = self.state();
-        let Some(mut ch) = state.remove(channel) else {
+        let Some(ch) = state.remove(channel) else {
             return false;
         };
-        ch.evicted = ch.last_seq;
         drop(state);
         for tx in ch.waiters.into_values() {
             let _ = tx.send(Wake::Deleted);
@@ -637,22 +734,20 @@ impl Hub {
         true
     }
 
-    /// The id to echo as `since` to read what comes after everything so far.
-    pub fn last_id(&self, channel: &str) -> HeaderValue {
+    /// The channel's last sequence: what to read after to get only new messages.
+    pub fn last_seq(&self, channel: &str) -> u64 {
         let state = self.state();
-        let seq = match state.channels.get(channel) {
+        match state.channels.get(channel) {
             Some(ch) => ch.last_seq,
-            None => state.watermarks[State::bucket(channel)],
-        };
-        drop(state);
-        self.ids.header(seq)
+            None => state.freed.peek(channel),
+        }
     }
 
-    /// Subscribers, retained messages and last id of a channel.
-    pub fn channel_info(&self, channel: &str) -> crate::protocol::ChannelInfo {
+    /// Subscribers, retained messages and last sequence of a channel.
+    pub fn info(&self, channel: &str) -> Info {
         let state = self.state();
         let now = Instant::now();
-        let (subscribers, messages, last) = match state.channels.get(channel) {
+        match state.channels.get(channel) {
             Some(ch) => {
                 let streams = ch.live.as_ref().map_or(0, |tx| tx.receiver_count());
                 let fresh = ch
@@ -660,53 +755,71 @@ impl Hub {
                     .iter()
                     .filter(|m| now.saturating_duration_since(m.at) < self.config.history_age)
                     .count();
-                (ch.waiters.len() + streams, fresh, ch.last_seq)
+                Info {
+                    subscribers: ch.waiters.len() + streams,
+                    messages: fresh,
+                    last_seq: ch.last_seq,
+                }
             }
-            None => (0, 0, state.watermarks[State::bucket(channel)]),
-        };
-        crate::protocol::ChannelInfo {
-            channel: channel.to_owned(),
-            subscribers,
-            messages,
-            last_id: (last > 0).then(|| self.ids.format(last)),
+            None => Info {
+                subscribers: 0,
+                messages: 0,
+                last_seq: state.freed.peek(channel),
+            },
         }
     }
 
-    /// Drops expired messages everywhere and frees the channels left idle.
-    pub fn sweep(&self) {
+    /// Drops expired messages (and, in cache mode, copies nobody has used for a
+    /// while) from the channels that are due, and frees those left idle.
+    /// Returns how many channels it looked at.
+    pub fn sweep(&self) -> usize {
         let mut state = self.state();
         let now = Instant::now();
-        let mut freed = 0;
-        let mut idle = Vec::new();
-        let cluster = self.ids == Ids::Stream;
-        for (name, ch) in state.channels.iter_mut() {
-            freed += ch.trim(&self.config, now);
-            let listened = !ch.waiters.is_empty()
-                || ch.live.as_ref().is_some_and(|tx| tx.receiver_count() > 0);
-            if cluster && !listened && now.duration_since(ch.visited) >= MIRROR_IDLE {
-                // Nobody here polls it any more: stop copying it.
-                freed += ch.history.drain(..).map(|m| m.data.len()).sum::<usize>();
-                ch.mirror = None;
+        let mut looked = 0;
+        while let Some(Reverse((at, _))) = state.due.peek() {
+            if *at > now {
+                break;
             }
-            if ch.is_idle() {
-                idle.push(name.clone());
+            let Some(Reverse((at, name))) = state.due.pop() else {
+                break;
+            };
+            let Some(ch) = state.channels.get_mut(&name) else {
+                continue;
+            };
+            if ch.scheduled != Some(at) {
+                continue;
             }
+            looked += 1;
+            ch.scheduled = None;
+            let mut freed = ch.trim(&self.config, now);
+            if let Mode::Cache { idle } = self.config.mode
+                && !ch.listened()
+                && now.saturating_duration_since(ch.visited) >= idle
+            {
+                freed += ch
+                    .history
+                    .drain(..)
+                    .map(|m| m.payload.size())
+                    .sum::<usize>();
+                ch.covered = None;
+            }
+            let due = ch.next_due(&self.config);
+            state.history_bytes -= freed;
+            state.schedule(&name, due);
+            state.free_if_idle(&name);
         }
-        state.history_bytes -= freed;
-        for name in idle {
-            state.remove(&name);
-        }
+        looked
     }
 
-    /// Cluster mode, after the link to Redis came back: every waiting subscriber
-    /// is woken with [`Outcome::Reset`] and every stream ends, so that each
-    /// client reads what it missed from Redis; new requests are served.
+    /// Cache mode, after the link to the source came back: every waiter is woken
+    /// with [`Outcome::Reset`], every stream ends and every copy is dropped, so
+    /// each client reads what it missed from the source.
     pub fn reset(&self) {
         self.wake_all(
             || Wake::Reset,
             |state| {
                 for ch in state.channels.values_mut() {
-                    ch.mirror = None;
+                    ch.covered = None;
                     ch.history.clear();
                 }
                 state.history_bytes = 0;
@@ -714,15 +827,13 @@ impl Hub {
         );
     }
 
-    /// Shuts the hub: every waiting subscriber is woken with
-    /// [`Outcome::Shutdown`], every stream ends, and new requests are refused.
+    /// Closes the hub: every waiter is woken with [`Outcome::Shutdown`], every
+    /// stream ends, and new requests are refused.
     pub fn close(&self) {
         self.wake_all(|| Wake::Shutdown, |state| state.closed = true);
     }
 
-    /// Wakes every waiter with `wake` and ends every stream, after `also` has
-    /// changed the state under the same lock.
-    fn wake_all(&self, wake: fn() -> Wake, also: impl FnOnce(&mut State)) {
+    fn wake_all(&self, wake: fn() -> Wake<P>, also: impl FnOnce(&mut State<P>)) {
         let mut state = self.state();
         also(&mut state);
         let mut waiters = Vec::new();
@@ -731,31 +842,337 @@ impl Hub {
             ch.live = None;
         }
         state.waiting = 0;
+        let idle: Vec<Arc<str>> = state
+            .channels
+            .values()
+            .filter(|c| c.is_idle())
+            .map(|c| c.name.clone())
+            .collect();
+        for name in idle {
+            state.remove(&name);
+        }
         drop(state);
         for tx in waiters {
             let _ = tx.send(wake());
         }
     }
 
-    /// A snapshot for `/stats` and `/metrics`.
+    /// Gauges and counters for `/stats`.
     pub fn snapshot(&self) -> Snapshot {
-        use std::sync::atomic::Ordering::Relaxed;
         let state = self.state();
-        let (waiting, channels, history_bytes) =
-            (state.waiting, state.channels.len(), state.history_bytes);
-        drop(state);
-        let c = &self.counters;
         Snapshot {
-            connections: c.connections.load(Relaxed),
-            waiting,
-            streams: c.streams.load(Relaxed),
-            channels,
-            published: c.published.load(Relaxed),
-            delivered: c.delivered.load(Relaxed),
-            history_bytes,
-            uptime_seconds: self.started.elapsed().as_secs(),
-            refused: c.refusals().into_iter().collect(),
-            redis: None,
+            waiting: state.waiting,
+            streams: state.streams,
+            channels: state.channels.len(),
+            history_bytes: state.history_bytes,
+            delivered: self.delivered.load(Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    impl Payload for &'static str {
+        fn size(&self) -> usize {
+            self.len()
+        }
+    }
+
+    fn hub(history: usize, age: u64) -> Arc<Hub<&'static str>> {
+        Hub::new(Config {
+            history,
+            history_age: Duration::from_secs(age),
+            max_channels: 0,
+            max_subscribers: 0,
+            mode: Mode::Source,
+        })
+    }
+
+    fn cache(idle: u64) -> Arc<Hub<&'static str>> {
+        Hub::new(Config {
+            history: 100,
+            history_age: Duration::from_secs(300),
+            max_channels: 0,
+            max_subscribers: 0,
+            mode: Mode::Cache {
+                idle: Duration::from_secs(idle),
+            },
+        })
+    }
+
+    fn ready(poll: Poll<&'static str>) -> (Vec<&'static str>, bool) {
+        match poll {
+            Poll::Ready { messages, gap } => (messages.iter().map(|m| m.payload).collect(), gap),
+            other => panic!("not ready: {other:?}"),
+        }
+    }
+
+    fn publish(hub: &Hub<&'static str>, channel: &str, data: &'static str) -> u64 {
+        hub.publish(channel, |_| data).unwrap().0.seq
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_gets_the_next_message_and_a_late_poll_finds_it_in_the_history() {
+        let hub = hub(10, 60);
+        let Poll::Wait(waiter) = hub.poll("c", Since::Next, 1).unwrap() else {
+            panic!("nothing to read yet");
+        };
+        assert_eq!(hub.snapshot().waiting, 1);
+        let (_, n) = hub.publish("c", |_| "one").unwrap();
+        assert_eq!(n, 1);
+        let Outcome::Message(m) = waiter.wait(Duration::from_secs(1)).await else {
+            panic!("woken by the message");
+        };
+        assert_eq!(m.payload, "one");
+        // Published between two polls: found by the next one.
+        publish(&hub, "c", "two");
+        assert_eq!(
+            ready(hub.poll("c", Since::Id(m.seq), 10).unwrap()),
+            (vec!["two"], false)
+        );
+        assert_eq!(hub.snapshot().waiting, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_waiter_leaves_nothing_behind() {
+        let hub = hub(10, 60);
+        let waiters: Vec<_> = (0..3)
+            .map(|_| hub.poll("c", Since::Next, 1).unwrap())
+            .collect();
+        assert_eq!(hub.snapshot().waiting, 3);
+        assert_eq!(hub.snapshot().channels, 1);
+        drop(waiters);
+        let s = hub.snapshot();
+        assert_eq!((s.waiting, s.channels), (0, 0));
+        assert_eq!(hub.publish("c", |_| "x").unwrap().1, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_times_out_with_the_channel_last_sequence() {
+        let hub = hub(10, 60);
+        let seq = publish(&hub, "c", "a");
+        let Poll::Wait(w) = hub.poll("c", Since::Id(seq), 1).unwrap() else {
+            panic!("waits")
+        };
+        let start = Instant::now();
+        assert!(matches!(w.wait(Duration::from_secs(5)).await, Outcome::Timeout(s) if s == seq));
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn trimmed_history_is_a_gap_and_foreign_or_future_ids_start_from_the_oldest() {
+        let hub = hub(2, 60);
+        let first = publish(&hub, "c", "a");
+        publish(&hub, "c", "b");
+        publish(&hub, "c", "c");
+        // The reader of "a" missed nothing; one from before it missed "a".
+        assert_eq!(
+            ready(hub.poll("c", Since::Id(first), 10).unwrap()),
+            (vec!["b", "c"], false)
+        );
+        assert_eq!(
+            ready(hub.poll("c", Since::Id(first - 1), 10).unwrap()),
+            (vec!["b", "c"], true)
+        );
+        assert_eq!(
+            ready(hub.poll("c", Since::Foreign, 10).unwrap()),
+            (vec!["b", "c"], true)
+        );
+        assert_eq!(
+            ready(hub.poll("c", Since::Id(999), 10).unwrap()),
+            (vec!["b", "c"], true)
+        );
+        assert_eq!(
+            ready(hub.poll("c", Since::Oldest, 1).unwrap()),
+            (vec!["b"], false)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn messages_expire_by_age_and_the_channel_is_freed_with_its_last_sequence() {
+        let hub = hub(10, 5);
+        let seq = publish(&hub, "c", "abc");
+        assert_eq!(hub.snapshot().history_bytes, 3);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(hub.sweep(), 0, "nothing due yet");
+        assert_eq!(hub.snapshot().channels, 1);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(hub.sweep(), 1);
+        let s = hub.snapshot();
+        assert_eq!((s.channels, s.history_bytes), (0, 0));
+        // A reader that had it resumes without a gap; one from before it has one.
+        let Poll::Wait(w) = hub.poll("c", Since::Id(seq), 1).unwrap() else {
+            panic!("waits")
+        };
+        assert!(!w.gap);
+        drop(w);
+        let Poll::Wait(w) = hub.poll("c", Since::Id(seq - 1), 1).unwrap() else {
+            panic!("waits")
+        };
+        assert!(w.gap);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unrelated_freed_channel_never_makes_a_false_gap() {
+        let hub = hub(10, 1);
+        let seq = publish(&hub, "mine", "x");
+        for _ in 0..5000 {
+            publish(&hub, "other", "y");
+            hub.delete("other");
+        }
+        for i in 0..300 {
+            let name: &'static str = Box::leak(format!("o{i}").into_boxed_str());
+            publish(&hub, name, "z");
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+        hub.sweep();
+        assert_eq!(hub.snapshot().channels, 0);
+        let Poll::Wait(w) = hub.poll("mine", Since::Id(seq), 1).unwrap() else {
+            panic!("waits")
+        };
+        assert!(!w.gap, "nothing was published on this channel after its id");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sweep_looks_only_at_channels_that_are_due() {
+        let hub = hub(10, 10);
+        for i in 0..10_000 {
+            let name: &'static str = Box::leak(format!("c{i}").into_boxed_str());
+            publish(&hub, name, "m");
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+        publish(&hub, "late", "m");
+        assert_eq!(hub.sweep(), 0);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(hub.sweep(), 10_000);
+        assert_eq!(hub.snapshot().channels, 1);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(hub.sweep(), 1);
+        assert_eq!(hub.snapshot().channels, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delete_wakes_waiters_and_a_reader_from_before_sees_a_gap() {
+        let hub = hub(10, 60);
+        let seq = publish(&hub, "c", "a");
+        publish(&hub, "c", "b");
+        let Poll::Wait(w) = hub.poll("c", Since::Next, 1).unwrap() else {
+            panic!("waits")
+        };
+        assert!(hub.delete("c"));
+        assert!(matches!(
+            w.wait(Duration::from_secs(1)).await,
+            Outcome::Deleted
+        ));
+        assert!(!hub.delete("c"));
+        let Poll::Wait(w) = hub.poll("c", Since::Id(seq), 1).unwrap() else {
+            panic!("waits")
+        };
+        assert!(w.gap, "b was deleted unread");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn limits_refuse_and_leave_nothing_behind() {
+        let hub: Arc<Hub<&'static str>> = Hub::new(Config {
+            history: 10,
+            history_age: Duration::from_secs(60),
+            max_channels: 1,
+            max_subscribers: 1,
+            mode: Mode::Source,
+        });
+        let _w = hub.poll("a", Since::Next, 1).unwrap();
+        assert_eq!(
+            hub.poll("a", Since::Next, 1).err(),
+            Some(Refused::Subscribers)
+        );
+        assert_eq!(hub.publish("b", |_| "x").err(), Some(Refused::Channels));
+        let s = hub.snapshot();
+        assert_eq!((s.waiting, s.channels), (1, 1));
+        hub.close();
+        assert_eq!(hub.publish("a", |_| "x").err(), Some(Refused::Closed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_wakes_everyone_with_their_position() {
+        let hub = hub(10, 60);
+        let seq = publish(&hub, "c", "a");
+        let Poll::Wait(w) = hub.poll("c", Since::Next, 1).unwrap() else {
+            panic!("waits")
+        };
+        let mut stream = hub.stream("c", Since::Next).unwrap();
+        hub.close();
+        assert!(matches!(w.wait(Duration::from_secs(1)).await, Outcome::Shutdown(s) if s == seq));
+        assert!(stream.live.recv().await.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_gets_its_backlog_then_live_messages() {
+        let hub = hub(10, 60);
+        let first = publish(&hub, "c", "a");
+        publish(&hub, "c", "b");
+        let mut stream = hub.stream("c", Since::Id(first)).unwrap();
+        assert_eq!(stream.backlog.len(), 1);
+        assert_eq!(hub.snapshot().streams, 1);
+        publish(&hub, "c", "c");
+        assert_eq!(stream.live.recv().await.unwrap().payload, "c");
+        drop(stream);
+        assert_eq!(hub.snapshot().streams, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cache_answers_only_what_it_covers() {
+        let hub = cache(10);
+        assert!(matches!(hub.poll("c", Since::Next, 1).unwrap(), Poll::Miss));
+        let w = hub.wait("c").unwrap();
+        hub.cover_from("c", 100);
+        assert_eq!(hub.deliver("c", Message::new(101, "a")), 1);
+        assert!(
+            matches!(w.wait(Duration::from_secs(1)).await, Outcome::Message(m) if m.seq == 101)
+        );
+        assert_eq!(
+            ready(hub.poll("c", Since::Id(100), 10).unwrap()),
+            (vec!["a"], false)
+        );
+        assert!(matches!(
+            hub.poll("c", Since::Id(99), 10).unwrap(),
+            Poll::Miss
+        ));
+        assert!(matches!(
+            hub.poll("c", Since::Oldest, 10).unwrap(),
+            Poll::Miss
+        ));
+        hub.reset();
+        assert!(matches!(
+            hub.poll("c", Since::Id(100), 10).unwrap(),
+            Poll::Miss
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cache_copy_in_use_is_kept_and_an_unused_one_dropped() {
+        let hub = cache(10);
+        drop(hub.wait("c").unwrap());
+        let w = hub.wait("c").unwrap();
+        hub.cover_from("c", 1);
+        hub.deliver("c", Message::new(2, "a"));
+        drop(w);
+        // Answered from the copy every 3 s for 30 s, with no waiter ever queued.
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_secs(3)).await;
+            hub.sweep();
+            assert_eq!(
+                ready(hub.poll("c", Since::Id(1), 10).unwrap()),
+                (vec!["a"], false)
+            );
+        }
+        tokio::time::advance(Duration::from_secs(11)).await;
+        hub.sweep();
+        assert!(matches!(
+            hub.poll("c", Since::Id(1), 10).unwrap(),
+            Poll::Miss
+        ));
+        assert_eq!(hub.snapshot().channels, 0);
     }
 }

@@ -3,36 +3,41 @@
 //! Browsers and curl wait on `/subscribe`; `/publish` answers all of them at once.
 //! The wire protocol is described in `docs/protocol.md`.
 //!
-//! # Layout
-//! - [`config`]: command-line flags and their defaults.
-//! - [`server`]: binds the listener, accepts connections, serves HTTP/1 and shuts down.
-//! - [`lean`]: answers plain long-polls and publishes without hyper; hands the rest to it.
-//! - [`service`]: the router: which request goes to which handler.
-//! - [`sse`]: `/events`, the Server-Sent Events stream.
-//! - [`chat`]: `/`, the chat page.
-//! - [`protocol`]: request parameters, message ids and JSON answers.
-//! - [`hub`]: the channels, their history and their waiting subscribers.
-//! - [`cluster`]: `--redis`: the history on Redis Streams, shared by several instances.
-//! - [`stats`]: counters behind `/stats` and `/metrics`.
-//! - [`error`]: every refusal the server can answer, with its status.
-//! - [`os`]: the open-files limit, and handing freed memory back.
-//! - [`shutdown`]: SIGINT/SIGTERM as a future.
+//! # Layers
+//! Each layer uses only the ones below it; a decision is made in one of them.
+//!
+//! 1. The binary (`main.rs`) and [`config`]: flags, logging, the runtime.
+//! 2. [`server`]: the listener, the reactors, the connections' lifecycle, shutdown.
+//! 3. [`http`]: the lean HTTP/1.1 parser and writer ([`http::lean`]) and the hyper
+//!    adapter ([`http::adapter`]), both from bytes to the routes' request model and
+//!    from their answer model back to bytes.
+//! 4. [`routes`]: the route table, one handler per endpoint, the request model;
+//!    [`answer`], the answer model; [`sse`] and [`chat`], two of the handlers'
+//!    bodies.
+//! 5. [`protocol`] (parameters, ids and cursors, encodings) and [`store`] (the
+//!    memory hub or Redis, behind one interface).
+//! 6. [`hub`]: channels, waiters, history, sequence numbers and time; pure.
+//!
+//! Beside them, used from any layer: [`error`] (every refusal and its status),
+//! [`stats`] (counters), [`os`] (the open-files limit, handing memory back) and
+//! [`shutdown`] (SIGINT/SIGTERM as a future). Only [`store::redis`] speaks to
+//! Redis; nothing below the routes knows hyper.
 
+pub mod answer;
 pub mod chat;
-pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod hub;
-pub mod lean;
 pub mod os;
 pub mod protocol;
+pub mod routes;
 pub mod server;
-pub mod service;
 pub mod shutdown;
 pub mod sse;
 pub mod stats;
+pub mod store;
 
 pub use config::Config;
 pub use error::Error;
-pub use hub::Hub;
 pub use server::run;

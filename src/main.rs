@@ -21,7 +21,7 @@ fn main() -> ExitCode {
     }
 
     if let Some(url) = &config.redis
-        && let Err(err) = comethub::cluster::Cluster::client(url)
+        && let Err(err) = comethub::store::redis::client(url)
     {
         error!(%err, "cannot start");
         return ExitCode::from(2);
@@ -33,9 +33,7 @@ fn main() -> ExitCode {
             1024
         }
     };
-    if config.max_connections == 0 {
-        config.max_connections = os::connections_for(nofile);
-    }
+    config.max_connections = config.max_connections();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -1,14 +1,20 @@
-//! The wire protocol's vocabulary: request parameters, message ids and JSON answers.
+//! The wire protocol's vocabulary: request parameters, message ids and cursors,
+//! and how a message is encoded.
 //!
-//! Everything a client sends is checked here before it reaches the hub, so the hub
-//! only ever sees valid channel names and cursors.
+//! Everything a client sends is checked here before it reaches a store, so the
+//! stores only ever see valid channel names and cursors. A message's encodings (its
+//! JSON item, its SSE frame) are made at most once and shared by every subscriber
+//! it goes to.
 
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hyper::header::HeaderValue;
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+pub use crate::hub::Since;
 
 /// The channel used when a request names none.
 pub const DEFAULT_CHANNEL: &str = "default";
@@ -71,43 +77,28 @@ pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&digits[i..]);
 }
 
-/// Where a subscriber wants to start reading a channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Since {
-    /// No `since`: the next message published after the request arrived.
-    Next,
-    /// `since=oldest`: from the oldest retained message.
-    Oldest,
-    /// `since=ID` with an id of this server's epoch.
-    Id(u64),
-    /// `since=ID` with a well-formed id from another epoch or server.
-    Foreign,
-}
-
-impl Since {
-    /// Parses `since` (or `Last-Event-ID`) against this server's epoch.
-    pub fn parse(value: Option<&str>, epoch: &str) -> Result<Since, Error> {
-        let Some(value) = value else {
-            return Ok(Since::Next);
-        };
-        if value == "oldest" {
-            return Ok(Since::Oldest);
-        }
-        let (prefix, seq) = value.rsplit_once('-').ok_or(Error::BadSince)?;
-        let prefix_ok = !prefix.is_empty()
-            && prefix.len() <= 32
-            && prefix.bytes().all(|b| b.is_ascii_alphanumeric());
-        let seq_ok = !seq.is_empty() && seq.len() <= 20 && seq.bytes().all(|b| b.is_ascii_digit());
-        if !prefix_ok || !seq_ok {
-            return Err(Error::BadSince);
-        }
-        let seq: u64 = seq.parse().map_err(|_| Error::BadSince)?;
-        Ok(if prefix == epoch {
-            Since::Id(seq)
-        } else {
-            Since::Foreign
-        })
+/// Parses `since` (or `Last-Event-ID`) against an in-memory epoch.
+fn parse_epoch_since(value: Option<&str>, epoch: &str) -> Result<Since, Error> {
+    let Some(value) = value else {
+        return Ok(Since::Next);
+    };
+    if value == "oldest" {
+        return Ok(Since::Oldest);
     }
+    let (prefix, seq) = value.rsplit_once('-').ok_or(Error::BadSince)?;
+    let prefix_ok = !prefix.is_empty()
+        && prefix.len() <= 32
+        && prefix.bytes().all(|b| b.is_ascii_alphanumeric());
+    let seq_ok = !seq.is_empty() && seq.len() <= 20 && seq.bytes().all(|b| b.is_ascii_digit());
+    if !prefix_ok || !seq_ok {
+        return Err(Error::BadSince);
+    }
+    let seq: u64 = seq.parse().map_err(|_| Error::BadSince)?;
+    Ok(if prefix == epoch {
+        Since::Id(seq)
+    } else {
+        Since::Foreign
+    })
 }
 
 /// Bits of a packed stream id that hold the sequence within a millisecond.
@@ -131,11 +122,10 @@ impl Ids {
         String::from_utf8_lossy(&self.encode(seq)).into_owned()
     }
 
-    /// The id packed in `seq`, as a header value: every published message makes
-    /// one, so it is written without formatting machinery.
-    pub fn header(&self, seq: u64) -> HeaderValue {
-        HeaderValue::from_maybe_shared(bytes::Bytes::from(self.encode(seq)))
-            .unwrap_or(HeaderValue::from_static("0-0"))
+    /// The id packed in `seq`, as bytes: every published message makes one, so
+    /// it is written without formatting machinery.
+    pub fn id(&self, seq: u64) -> Bytes {
+        Bytes::from(self.encode(seq))
     }
 
     fn encode(&self, seq: u64) -> Vec<u8> {
@@ -158,14 +148,14 @@ impl Ids {
     /// Parses `since` (or `Last-Event-ID`).
     pub fn parse_since(&self, value: Option<&str>) -> Result<Since, Error> {
         match self {
-            Ids::Epoch(epoch) => Since::parse(value, epoch),
+            Ids::Epoch(epoch) => parse_epoch_since(value, epoch),
             Ids::Stream => match value {
                 None => Ok(Since::Next),
                 Some("oldest") => Ok(Since::Oldest),
                 Some(v) => match Ids::parse_stream(v) {
                     Some(seq) => Ok(Since::Id(seq)),
                     // Well formed but not a stream id: another server's.
-                    None => Since::parse(value, "").map(|_| Since::Foreign),
+                    None => parse_epoch_since(value, "").map(|_| Since::Foreign),
                 },
             },
         }
@@ -284,19 +274,6 @@ impl<'a> JsonMessage<'a> {
     }
 }
 
-/// The body of a `format=json` long-poll answer.
-#[derive(Debug, Serialize)]
-pub struct JsonBatch<'a> {
-    /// The channel.
-    pub channel: &'a str,
-    /// The messages, oldest first.
-    pub messages: Vec<JsonMessage<'a>>,
-    /// The id to echo as the next `since`.
-    pub last_id: &'a str,
-    /// True when messages after `since` are no longer retained.
-    pub gap: bool,
-}
-
 /// The body of a publish answer.
 #[derive(Debug, Serialize)]
 pub struct PublishAnswer<'a> {
@@ -319,6 +296,242 @@ pub struct ChannelInfo {
     pub messages: usize,
     /// The id of the last message, if any is known.
     pub last_id: Option<String>,
+}
+
+/// One message as stored: its id, data and type, and its encodings, each made
+/// once on first use and shared by every subscriber.
+#[derive(Debug)]
+pub struct Content {
+    /// The id clients see.
+    pub id: Bytes,
+    /// The data, byte for byte as published.
+    pub data: Bytes,
+    /// The publisher's Content-Type.
+    pub content_type: Bytes,
+    json: OnceLock<Bytes>,
+    sse: OnceLock<Bytes>,
+    meter: Meter,
+}
+
+/// Bytes held by messages' encodings, for `history_bytes`.
+#[derive(Debug, Clone, Default)]
+pub struct Meter(Arc<AtomicUsize>);
+
+impl Meter {
+    /// Bytes held now.
+    pub fn bytes(&self) -> usize {
+        self.0.load(Relaxed)
+    }
+}
+
+impl crate::hub::Payload for Content {
+    fn size(&self) -> usize {
+        self.data.len()
+    }
+}
+
+impl Drop for Content {
+    fn drop(&mut self) {
+        let held = self.json.get().map_or(0, Bytes::len) + self.sse.get().map_or(0, Bytes::len);
+        self.meter.0.fetch_sub(held, Relaxed);
+    }
+}
+
+impl Content {
+    /// A message's content; its encodings are counted on `meter`.
+    pub fn new(id: Bytes, data: Bytes, content_type: Bytes, meter: &Meter) -> Content {
+        Content {
+            id,
+            data,
+            content_type,
+            json: OnceLock::new(),
+            sse: OnceLock::new(),
+            meter: meter.clone(),
+        }
+    }
+
+    fn encoded(&self, slot: &OnceLock<Bytes>, make: impl FnOnce() -> Bytes) -> Bytes {
+        slot.get_or_init(|| {
+            let bytes = make();
+            self.meter.0.fetch_add(bytes.len(), Relaxed);
+            bytes
+        })
+        .clone()
+    }
+
+    /// The message as one item of a JSON batch:
+    /// `{"id":…,"data":…,"type":…}` (data base64 with `"encoding":"base64"` when
+    /// it is not UTF-8).
+    pub fn json(&self) -> Bytes {
+        self.encoded(&self.json, || {
+            let id = std::str::from_utf8(&self.id).unwrap_or_default();
+            let ct = std::str::from_utf8(&self.content_type).unwrap_or_default();
+            serde_json::to_vec(&JsonMessage::new(id, &self.data, ct))
+                .unwrap_or_default()
+                .into()
+        })
+    }
+
+    /// The message as a Server-Sent Event: `id:` then a `data:` line per line.
+    pub fn sse(&self) -> Bytes {
+        self.encoded(&self.sse, || {
+            let text = String::from_utf8_lossy(&self.data);
+            let mut out = BytesMut::with_capacity(text.len() + 32);
+            out.put_slice(b"id: ");
+            out.put_slice(&self.id);
+            out.put_u8(b'\n');
+            for line in text.split("\r\n").flat_map(|l| l.split(['\n', '\r'])) {
+                out.put_slice(b"data: ");
+                out.put_slice(line.as_bytes());
+                out.put_u8(b'\n');
+            }
+            out.put_u8(b'\n');
+            out.freeze()
+        })
+    }
+}
+
+/// The parts of a `format=json` answer, around the shared items of its messages:
+/// `{"channel":C,"messages":[` item `,` item `],"last_id":ID,"gap":G}`.
+pub fn json_batch<'a>(
+    channel: &str,
+    items: impl ExactSizeIterator<Item = &'a Content>,
+    last_id: &[u8],
+    gap: bool,
+) -> Vec<Bytes> {
+    let mut parts = Vec::with_capacity(items.len() * 2 + 1);
+    // Channel names and ids need no JSON escaping: both are checked to be plain.
+    parts.push(Bytes::from(format!(
+        "{{\"channel\":\"{channel}\",\"messages\":["
+    )));
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            parts.push(Bytes::from_static(b","));
+        }
+        parts.push(item.json());
+    }
+    let mut tail = Vec::with_capacity(48 + last_id.len());
+    tail.extend_from_slice(b"],\"last_id\":\"");
+    tail.extend_from_slice(last_id);
+    tail.extend_from_slice(if gap {
+        b"\",\"gap\":true}\n"
+    } else {
+        b"\",\"gap\":false}\n"
+    });
+    parts.push(tail.into());
+    parts
+}
+
+/// `GET /subscribe`'s parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribe {
+    /// The channel.
+    pub channel: String,
+    /// Where to start.
+    pub since: Since,
+    /// How long to wait.
+    pub timeout: Duration,
+    /// How to answer.
+    pub format: Format,
+}
+
+impl Subscribe {
+    /// Most messages one answer carries.
+    pub fn limit(&self) -> usize {
+        match self.format {
+            Format::Raw => 1,
+            Format::Json => usize::MAX,
+        }
+    }
+}
+
+/// `GET /events`' parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Events {
+    /// The channel.
+    pub channel: String,
+    /// Where to start.
+    pub since: Since,
+}
+
+/// Reads `since`, or the `Last-Event-ID` header when the query has none.
+pub fn since(query: &Query, last_event_id: Option<&[u8]>, ids: &Ids) -> Result<Since, Error> {
+    let header = match last_event_id {
+        Some(v) => Some(std::str::from_utf8(v).map_err(|_| Error::BadSince)?),
+        None => None,
+    };
+    ids.parse_since(query.since.as_deref().or(header))
+}
+
+impl Query {
+    /// The channel named, checked.
+    pub fn channel(&self) -> Result<String, Error> {
+        channel_name(self.channel.as_deref()).map(str::to_owned)
+    }
+
+    /// The query as `/subscribe` parameters.
+    pub fn subscribe(
+        &self,
+        last_event_id: Option<&[u8]>,
+        ids: &Ids,
+        max_timeout: Duration,
+    ) -> Result<Subscribe, Error> {
+        Ok(Subscribe {
+            channel: self.channel()?,
+            since: since(self, last_event_id, ids)?,
+            timeout: timeout(self.timeout.as_deref(), max_timeout)?,
+            format: Format::parse(self.format.as_deref())?,
+        })
+    }
+
+    /// The query as `/events` parameters.
+    pub fn events(&self, last_event_id: Option<&[u8]>, ids: &Ids) -> Result<Events, Error> {
+        Ok(Events {
+            channel: self.channel()?,
+            since: since(self, last_event_id, ids)?,
+        })
+    }
+}
+
+/// The largest form body a publish of `max_message` bytes may take: a form
+/// encodes each byte in up to three.
+pub fn form_limit(max_message: usize) -> usize {
+    max_message * 3 + 1024
+}
+
+/// Whether a Content-Type is a URL-encoded form.
+pub fn is_form(content_type: Option<&[u8]>) -> bool {
+    content_type.is_some_and(|ct| {
+        ct.len() >= 33 && ct[..33].eq_ignore_ascii_case(b"application/x-www-form-urlencoded")
+    })
+}
+
+/// Content-Type of a published body that came without one.
+pub const OCTET_STREAM: &str = "application/octet-stream";
+
+/// The message a publish carries, from its query, form or body, with its type.
+pub fn published_message(
+    query_message: Option<String>,
+    content_type: Option<Bytes>,
+    body: Bytes,
+    max_message: usize,
+) -> Result<(Bytes, Bytes), Error> {
+    let text = || Bytes::from_static(TEXT_PLAIN.as_bytes());
+    let from_query = |m: Option<String>| m.map(Bytes::from).ok_or(Error::MissingMessage);
+    let (data, content_type) = if is_form(content_type.as_deref()) {
+        let form: PublishForm =
+            serde_urlencoded::from_bytes(&body).map_err(|e| Error::BadQuery(e.to_string()))?;
+        (from_query(form.message.or(query_message))?, text())
+    } else if body.is_empty() {
+        (from_query(query_message)?, text())
+    } else {
+        let ct = content_type.unwrap_or(Bytes::from_static(OCTET_STREAM.as_bytes()));
+        (body, ct)
+    };
+    if data.len() > max_message {
+        return Err(Error::TooLarge(max_message));
+    }
+    Ok((data, content_type))
 }
 
 /// Standard base64 with padding, for message data that is not UTF-8.
@@ -360,10 +573,10 @@ mod tests {
 
     #[test]
     fn since_values() {
-        assert_eq!(Since::parse(None, "abc"), Ok(Since::Next));
-        assert_eq!(Since::parse(Some("oldest"), "abc"), Ok(Since::Oldest));
-        assert_eq!(Since::parse(Some("abc-42"), "abc"), Ok(Since::Id(42)));
-        assert_eq!(Since::parse(Some("zzz-42"), "abc"), Ok(Since::Foreign));
+        assert_eq!(parse_epoch_since(None, "abc"), Ok(Since::Next));
+        assert_eq!(parse_epoch_since(Some("oldest"), "abc"), Ok(Since::Oldest));
+        assert_eq!(parse_epoch_since(Some("abc-42"), "abc"), Ok(Since::Id(42)));
+        assert_eq!(parse_epoch_since(Some("zzz-42"), "abc"), Ok(Since::Foreign));
         for bad in [
             "",
             "42",
@@ -375,7 +588,7 @@ mod tests {
             "abc-99999999999999999999",
         ] {
             assert_eq!(
-                Since::parse(Some(bad), "abc"),
+                parse_epoch_since(Some(bad), "abc"),
                 Err(Error::BadSince),
                 "{bad}"
             );
@@ -411,7 +624,7 @@ mod tests {
                 (1764080000000 << 20) | 7,
                 u64::MAX,
             ] {
-                assert_eq!(ids.header(seq), ids.format(seq).as_str());
+                assert_eq!(ids.id(seq), ids.format(seq).as_bytes());
             }
         }
         assert_eq!(
@@ -443,7 +656,7 @@ mod tests {
         assert_eq!(e.len(), 6);
         assert!(e.as_bytes()[0].is_ascii_lowercase());
         assert!(matches!(
-            Since::parse(Some(&message_id(&e, 7)), &e),
+            parse_epoch_since(Some(&message_id(&e, 7)), &e),
             Ok(Since::Id(7))
         ));
     }

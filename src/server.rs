@@ -1,42 +1,45 @@
-//! Binds the listener, accepts connections, serves HTTP/1 on each, and shuts down.
+//! The server: binds the listener, accepts connections, deals them out to the
+//! reactors, and shuts down.
 //!
 //! [`run`] takes an already-bound listener and a shutdown future, so the binary
-//! passes SIGINT/SIGTERM and tests pass a channel. On shutdown it stops
-//! accepting, answers every waiting subscriber (204 with its `X-Message-Id`),
-//! lets the answers go out and closes the connections, within [`GRACE`].
+//! passes SIGINT/SIGTERM and tests pass a channel. It owns every task it starts
+//! (the reactors and their connections, the store's background work, the memory
+//! trimmer) and waits for each without polling. On shutdown it stops accepting,
+//! answers every waiting subscriber (204 with its `X-Message-Id`), lets the
+//! answers go out and closes the connections within [`GRACE`], then ends the rest.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::task::AbortHandle;
 use tracing::{debug, error, info, warn};
 
-use crate::cluster::Cluster;
 use crate::config::Config;
-use crate::hub::{Hub, HubConfig};
-use crate::lean::{self, Next};
-use crate::protocol::Ids;
-use crate::service::Service;
+use crate::error::Error;
+use crate::http::{adapter, lean};
+use crate::routes::{self, Routes};
 use crate::stats::Counters;
+use crate::store::{self, Store};
 
 /// Longest time shutdown waits for connections to finish.
 pub const GRACE: Duration = Duration::from_millis(1500);
 /// Connections that must close before freed memory is handed back.
 const TRIM_AFTER_CLOSED: u64 = 256;
-/// How long start-up waits for the link to Redis before serving anyway.
-const CLUSTER_START: Duration = Duration::from_secs(3);
-/// How often expired history is swept.
-pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the trimmer looks at closed connections.
+const TRIM_INTERVAL: Duration = Duration::from_secs(1);
+/// How long start-up waits for the store (Redis) before serving anyway.
+const STORE_START: Duration = Duration::from_secs(3);
 
 /// Binds a listener with SO_REUSEADDR and a deep accept backlog.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -50,75 +53,77 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(4096)
 }
 
+/// The store `config` asks for.
+pub fn store(config: &Config) -> Result<Store, String> {
+    let settings = store::Settings {
+        history: config.history,
+        history_age: config.history_age(),
+        max_channels: config.max_channels,
+        max_subscribers: config.max_subscribers,
+    };
+    match &config.redis {
+        None => Ok(Store::memory(&settings)),
+        Some(url) => Store::redis(&settings, url),
+    }
+}
+
 /// Serves `listener` until `shutdown` completes, then shuts down gracefully.
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) {
-    let (hub, cluster) = match &config.redis {
-        None => (Hub::new(HubConfig::from(&config)), None),
-        Some(url) => {
-            let hub = Hub::with_ids(HubConfig::from(&config), Ids::Stream);
-            match Cluster::start(hub.clone(), url, &config) {
-                Ok(cluster) => {
-                    if !cluster.wait_up(CLUSTER_START).await {
-                        warn!("redis not reachable yet; answering 503 until it is");
-                    }
-                    (hub, Some(cluster))
-                }
-                Err(err) => {
-                    error!(%err, "cluster mode not started");
-                    return;
-                }
-            }
+    let store = match store(&config) {
+        Ok(store) => store,
+        Err(err) => {
+            error!(%err, "cannot start");
+            return;
         }
     };
-    let service = Arc::new(Service::new(hub.clone(), cluster, &config));
-    let max_connections = match config.max_connections {
-        0 => crate::os::connections_for(crate::os::raise_nofile().unwrap_or(1024)),
-        n => n,
-    };
+    let counters = Arc::new(Counters::default());
+    let routes = Arc::new(Routes::new(
+        store,
+        counters.clone(),
+        routes::Settings {
+            timeout: config.timeout(),
+            ping: Duration::from_secs(config.ping),
+            body_timeout: config.header_timeout(),
+            max_message: config.max_message,
+            cors_origin: Bytes::from(config.cors_origin()),
+            publish_token: config.publish_token.clone(),
+        },
+    ));
+
+    let (store_stop, store_stopped) = watch::channel(false);
+    let store_task = tokio::spawn({
+        let routes = routes.clone();
+        async move { routes.store().run(store_stopped).await }
+    });
+    if !routes.store().ready(STORE_START).await {
+        warn!("redis not reachable yet; answering 503 until it is");
+    }
+    let trimmer = tokio::spawn(trim_memory(counters.clone()));
+
+    let max_connections = config.max_connections();
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_timeout())
         .max_buf_size(config.max_header_bytes as usize);
-    let builder = Arc::new(builder);
-    let limits = lean::Limits {
-        header_timeout: config.header_timeout(),
-        max_head: config.max_header_bytes as usize,
-        max_body: crate::service::form_limit(config.max_message),
-    };
     let graceful = GracefulShutdown::new();
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let (closing_tx, closing) = watch::channel(false);
+    let tracker = Arc::new(Tracker::default());
     let connections = Connections {
-        service,
-        builder,
-        limits,
-        stop,
+        routes: routes.clone(),
+        builder: Arc::new(builder),
+        limits: lean::Limits {
+            header_timeout: config.header_timeout(),
+            max_head: config.max_header_bytes as usize,
+            max_body: crate::protocol::form_limit(config.max_message),
+        },
+        closing,
+        tracker: tracker.clone(),
     };
-    let others: Vec<_> = (1..usize::from(config.threads))
+    let reactors: Vec<Reactor> = (1..usize::from(config.threads))
         .filter_map(|i| connections.clone().reactor(i))
         .collect();
     let mut next_reactor = 0;
-
-    let sweeper = tokio::spawn({
-        let hub = hub.clone();
-        async move {
-            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-            let mut closed_at_trim = 0;
-            loop {
-                tick.tick().await;
-                hub.sweep();
-                let c = &hub.counters;
-                // Open first: a connection accepted between the two loads then
-                // only makes `accepted` larger, never the difference negative.
-                let open = c.connections.load(Relaxed);
-                let closed = c.accepted.load(Relaxed).saturating_sub(open);
-                if closed >= closed_at_trim + TRIM_AFTER_CLOSED {
-                    crate::os::release_free_memory();
-                    closed_at_trim = closed;
-                }
-            }
-        }
-    });
 
     tokio::pin!(shutdown);
     loop {
@@ -132,23 +137,24 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             },
             _ = &mut shutdown => break,
         };
-        if hub.counters.connections.load(Relaxed) as usize >= max_connections {
-            hub.counters.refused("connection_limit");
-            warn!(limit = max_connections, "connection limit reached");
-            tokio::spawn(refuse_connection(stream));
+        if counters.connections.load(Relaxed) as usize >= max_connections {
+            let answer = routes.finish(Err(Error::ConnectionLimit));
+            tracker.spawn(lean::refuse(stream, answer));
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let open = OpenConnection::new(hub.clone());
+        let open = OpenConnection::new(counters.clone());
         let watcher = graceful.watcher();
         // Round robin over this reactor (slot 0) and the others.
-        next_reactor = (next_reactor + 1) % (others.len() + 1);
+        next_reactor = (next_reactor + 1) % (reactors.len() + 1);
         if next_reactor == 0 {
             connections.spawn(stream, watcher, open);
         } else {
             match stream.into_std() {
                 Ok(stream) => {
-                    let _ = others[next_reactor - 1].send((stream, watcher, open));
+                    let _ = reactors[next_reactor - 1]
+                        .handover
+                        .send((stream, watcher, open));
                 }
                 Err(err) => debug!(cause = %err, "connection lost in hand-over"),
             }
@@ -156,56 +162,158 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     }
 
     drop(listener);
-    sweeper.abort();
-    let _ = stop_tx.send(true);
-    hub.close();
+    let _ = closing_tx.send(true);
+    routes.store().close();
     let all_closed = async {
         graceful.shutdown().await;
-        while hub.counters.connections.load(Relaxed) > 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        tracker.wait_empty().await;
     };
     tokio::select! {
         _ = all_closed => info!("all connections closed"),
         _ = tokio::time::sleep(GRACE) => warn!("grace period over; closing the rest"),
+    }
+    tracker.abort_all();
+    for reactor in reactors {
+        drop(reactor.handover);
+        let _ = reactor.ended.await;
+    }
+    let _ = store_stop.send(true);
+    let _ = store_task.await;
+    trimmer.abort();
+    let _ = trimmer.await;
+}
+
+/// Hands freed heap pages back after many connections have closed, so the
+/// resident size falls again once a crowd of subscribers has left.
+async fn trim_memory(counters: Arc<Counters>) {
+    let mut tick = tokio::time::interval(TRIM_INTERVAL);
+    let mut closed_at_trim = 0;
+    loop {
+        tick.tick().await;
+        // Open first: a connection accepted between the two loads then only
+        // makes `accepted` larger, never the difference negative.
+        let open = counters.connections.load(Relaxed);
+        let closed = counters.accepted.load(Relaxed).saturating_sub(open);
+        if closed >= closed_at_trim + TRIM_AFTER_CLOSED {
+            crate::os::release_free_memory();
+            closed_at_trim = closed;
+        }
+    }
+}
+
+/// The connection tasks of every reactor: ended all at once after the grace
+/// period, and awaited (without polling) until none is left.
+#[derive(Debug, Default)]
+struct Tracker {
+    tasks: Mutex<Tasks>,
+    empty: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Tasks {
+    next: u64,
+    running: HashMap<u64, AbortHandle>,
+}
+
+/// Takes a finished task off the tracker.
+#[derive(Debug)]
+struct Tracked(Arc<Tracker>, u64);
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        let mut tasks = self.0.tasks();
+        tasks.running.remove(&self.1);
+        if tasks.running.is_empty() {
+            self.0.empty.notify_waiters();
+        }
+    }
+}
+
+impl Tracker {
+    fn tasks(&self) -> std::sync::MutexGuard<'_, Tasks> {
+        self.tasks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Spawns `task` on the current reactor.
+    fn spawn(self: &Arc<Self>, task: impl Future<Output = ()> + Send + 'static) {
+        // Locked across the spawn: the task cannot finish (and untrack itself)
+        // before it is tracked.
+        let mut tasks = self.tasks();
+        let key = tasks.next;
+        tasks.next += 1;
+        let tracked = Tracked(self.clone(), key);
+        let handle = tokio::spawn(async move {
+            let _tracked = tracked;
+            task.await;
+        });
+        tasks.running.insert(key, handle.abort_handle());
+    }
+
+    async fn wait_empty(&self) {
+        loop {
+            let empty = self.empty.notified();
+            tokio::pin!(empty);
+            empty.as_mut().enable();
+            if self.tasks().running.is_empty() {
+                return;
+            }
+            empty.await;
+        }
+    }
+
+    fn abort_all(&self) {
+        for handle in self.tasks().running.values() {
+            handle.abort();
+        }
     }
 }
 
 /// A new connection, handed to the reactor that will serve it.
 type HandOver = (std::net::TcpStream, Watcher, OpenConnection);
 
-/// What every connection task needs; one per reactor.
+/// Another reactor: where to send it connections, and how to know it ended.
+#[derive(Debug)]
+struct Reactor {
+    handover: mpsc::UnboundedSender<HandOver>,
+    ended: oneshot::Receiver<()>,
+}
+
+/// What every connection task needs.
 #[derive(Debug, Clone)]
 struct Connections {
-    service: Arc<Service>,
+    routes: Arc<Routes>,
     builder: Arc<http1::Builder>,
     limits: lean::Limits,
-    stop: watch::Receiver<bool>,
+    closing: watch::Receiver<bool>,
+    tracker: Arc<Tracker>,
 }
 
 impl Connections {
-    /// Serves `stream` on the current reactor: the lean long-poll path first,
-    /// hyper for the rest.
+    /// Serves `stream` on the current reactor: the lean path first, hyper for
+    /// what it hands over.
     fn spawn(&self, stream: TcpStream, watcher: Watcher, open: OpenConnection) {
         let this = self.clone();
-        tokio::spawn(async move {
+        self.tracker.spawn(async move {
             let Connections {
-                service,
+                routes,
                 builder,
                 limits,
-                stop,
+                closing,
+                ..
             } = this;
-            if let Next::Hyper(io) = lean::serve(stream, &service, &limits, stop).await {
-                Box::pin(serve_hyper(io, service, &builder, watcher)).await;
+            if let lean::Next::Hyper(io) = lean::serve(stream, &routes, &limits, closing).await {
+                Box::pin(adapter::serve(io, routes, &builder, watcher)).await;
             }
             drop(open);
         });
     }
 
     /// Starts another single-threaded reactor on its own thread (`--threads`); it
-    /// serves the connections sent to it, sharing the hub with all the others.
-    fn reactor(self, index: usize) -> Option<mpsc::UnboundedSender<HandOver>> {
-        let (tx, mut rx) = mpsc::unbounded_channel::<HandOver>();
+    /// serves the connections sent to it, sharing the store with all the others,
+    /// until the acceptor drops its sender.
+    fn reactor(self, index: usize) -> Option<Reactor> {
+        let (handover, mut rx) = mpsc::unbounded_channel::<HandOver>();
+        let (ended_tx, ended) = oneshot::channel();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -221,12 +329,13 @@ impl Connections {
                             Err(err) => debug!(cause = %err, "connection lost in hand-over"),
                         }
                     }
-                    // The acceptor is gone: keep serving until the process ends.
-                    std::future::pending::<()>().await;
                 });
+                // Dropping the runtime ends what is left of its tasks.
+                drop(runtime);
+                let _ = ended_tx.send(());
             });
         match started {
-            Ok(_) => Some(tx),
+            Ok(_) => Some(Reactor { handover, ended }),
             Err(err) => {
                 error!(cause = %err, "cannot start a reactor thread");
                 None
@@ -235,37 +344,21 @@ impl Connections {
     }
 }
 
-/// Serves the rest of a connection with hyper.
-async fn serve_hyper(
-    io: lean::Rewind,
-    service: Arc<Service>,
-    builder: &http1::Builder,
-    watcher: Watcher,
-) {
-    let conn = builder.serve_connection(
-        TokioIo::new(io),
-        service_fn(move |req| service.clone().handle(req)),
-    );
-    if let Err(err) = watcher.watch(conn).await {
-        debug!(cause = %err, "connection ended with an error");
-    }
-}
-
 /// Counts a connection as open for as long as it lives.
 #[derive(Debug)]
-struct OpenConnection(Arc<Hub>);
+struct OpenConnection(Arc<Counters>);
 
 impl OpenConnection {
-    fn new(hub: Arc<Hub>) -> Self {
-        Counters::bump(&hub.counters.accepted);
-        Counters::bump(&hub.counters.connections);
-        OpenConnection(hub)
+    fn new(counters: Arc<Counters>) -> Self {
+        Counters::bump(&counters.accepted);
+        Counters::bump(&counters.connections);
+        OpenConnection(counters)
     }
 }
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.counters.connections.fetch_sub(1, Relaxed);
+        self.0.connections.fetch_sub(1, Relaxed);
     }
 }
 
@@ -281,19 +374,4 @@ async fn accept_failed(err: io::Error) {
     }
     error!(cause = %err, "accept failed; pausing");
     tokio::time::sleep(Duration::from_millis(100)).await;
-}
-
-/// Past the connection limit: a plain 503 and a close, without parsing anything.
-async fn refuse_connection(mut stream: TcpStream) {
-    const BODY: &str = "{\"error\":\"too many connections: try again later\"}\n";
-    let answer = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
-         access-control-allow-origin: *\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
-        BODY.len()
-    );
-    let write = async {
-        stream.write_all(answer.as_bytes()).await?;
-        stream.shutdown().await
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }

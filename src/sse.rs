@@ -1,30 +1,24 @@
 //! `GET /events`: Server-Sent Events.
 //!
 //! A stream first sends the history after `since` (or `Last-Event-ID`), then every
-//! new message as it is published, each as `id:` and `data:` lines, and a `: ping`
-//! comment after 15 s (`--ping`) of silence. One small task per stream copies messages from the
-//! channel's broadcast into a bounded queue that the response body drains: a
-//! client that stops reading falls behind the broadcast and is dropped, and the
-//! others are not held up. When the client goes away hyper drops the body, the
-//! task sees its queue closed and ends, and the hub forgets the stream.
+//! new message as it is published, each as its shared SSE frame, and a `: ping`
+//! comment after 15 s (`--ping`) of silence. One small task per stream copies
+//! frames from the channel's broadcast into a bounded queue that the answer's
+//! body drains: a client that stops reading falls behind the broadcast and is
+//! dropped, and the others are not held up. When the client goes away the body
+//! is dropped, the task sees its queue closed and ends, and the store forgets
+//! the stream.
 
-use std::convert::Infallible;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use http_body_util::BodyExt;
-use hyper::body::{Body as HttpBody, Frame};
-use hyper::header::{self, HeaderValue};
-use hyper::{Request, Response, StatusCode};
+use bytes::Bytes;
+use http::StatusCode;
+use http::header::HeaderName;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::error::Error;
-use crate::hub::{Hub, Message, STREAM_BACKLOG, Stream};
-use crate::protocol::{self, Query, Since};
-use crate::service::Body;
+use crate::answer::{Answer, Body};
+use crate::hub::STREAM_BACKLOG;
+use crate::store::{Message, Stream};
 
 /// How long a browser waits before reconnecting, sent as `retry:`.
 pub const RETRY_MS: u32 = 2000;
@@ -33,16 +27,8 @@ const QUEUE: usize = 16;
 /// How often a blocked stream checks whether its reader has fallen too far behind.
 const LAG_CHECK: Duration = Duration::from_millis(250);
 
-/// The channel and starting point an `/events` request asks for.
-pub fn request<B>(req: &Request<B>, hub: &Hub) -> Result<(String, Since), Error> {
-    let query = Query::parse(req.uri().query())?;
-    let channel = protocol::channel_name(query.channel.as_deref())?;
-    let since = crate::service::since(&query, req, hub.ids())?;
-    Ok((channel.to_owned(), since))
-}
-
 /// Answers an `/events` request with `stream`: its backlog, then live messages.
-pub fn respond(mut stream: Stream, ping: Duration) -> Response<Body> {
+pub fn answer(mut stream: Stream, ping: Duration) -> Answer {
     let (tx, rx) = mpsc::channel(QUEUE);
     let mut head = format!("retry: {RETRY_MS}\n\n");
     if stream.gap {
@@ -50,14 +36,13 @@ pub fn respond(mut stream: Stream, ping: Duration) -> Response<Body> {
     }
     let backlog = std::mem::take(&mut stream.backlog);
     tokio::spawn(async move {
-        // Own the whole stream (not just the field used below), so that its
-        // guard lives as long as this task.
+        // Own the whole stream, so that its guard lives as long as this task.
         let mut stream = stream;
         if tx.send(Bytes::from(head)).await.is_err() {
             return;
         }
         for message in &backlog {
-            if !deliver(&tx, encode(message), &stream.live).await {
+            if !deliver(&tx, message.payload.sse(), &stream.live).await {
                 return;
             }
         }
@@ -67,7 +52,7 @@ pub fn respond(mut stream: Stream, ping: Duration) -> Response<Body> {
             let frame = tokio::select! {
                 received = stream.live.recv() => match received {
                     Ok(message) if message.seq <= stream.after => continue,
-                    Ok(message) => encode(&message),
+                    Ok(message) => message.payload.sse(),
                     // Fell too far behind, or the channel was deleted or the server
                     // is stopping: end the stream; the browser reconnects with its
                     // Last-Event-ID and resumes from the history.
@@ -83,16 +68,15 @@ pub fn respond(mut stream: Stream, ping: Duration) -> Response<Body> {
             ping.reset();
         }
     });
-
-    let mut response = Response::new(Queue(rx).boxed());
-    *response.status_mut() = StatusCode::OK;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
+    Answer::full(
+        StatusCode::OK,
+        Bytes::from_static(b"text/event-stream"),
+        Body::Stream(rx),
+    )
+    .with(
+        HeaderName::from_static("x-accel-buffering"),
+        Bytes::from_static(b"no"),
+    )
 }
 
 /// Queues a frame for the connection. While the queue is full (the client is not
@@ -101,7 +85,7 @@ pub fn respond(mut stream: Stream, ping: Duration) -> Response<Body> {
 async fn deliver(
     tx: &mpsc::Sender<Bytes>,
     frame: Bytes,
-    live: &broadcast::Receiver<Arc<Message>>,
+    live: &broadcast::Receiver<Message>,
 ) -> bool {
     // The usual case: there is room, and no timer is needed.
     let frame = match tx.try_send(frame) {
@@ -123,39 +107,5 @@ async fn deliver(
                 }
             }
         }
-    }
-}
-
-/// One message as an SSE event: `id:` then a `data:` line per line of data.
-pub fn encode(message: &Message) -> Bytes {
-    let text = String::from_utf8_lossy(&message.data);
-    let mut out = BytesMut::with_capacity(text.len() + 32);
-    out.put_slice(b"id: ");
-    out.put_slice(message.id.as_bytes());
-    out.put_u8(b'\n');
-    for line in text.split("\r\n").flat_map(|l| l.split(['\n', '\r'])) {
-        out.put_slice(b"data: ");
-        out.put_slice(line.as_bytes());
-        out.put_u8(b'\n');
-    }
-    out.put_u8(b'\n');
-    out.freeze()
-}
-
-/// The response body: frames from the stream task's queue.
-#[derive(Debug)]
-struct Queue(mpsc::Receiver<Bytes>);
-
-impl HttpBody for Queue {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|frame| frame.map(|b| Ok(Frame::data(b))))
     }
 }

@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use serde::Serialize;
 
+use crate::error::Reason;
+
 /// Server-wide event counters.
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -14,36 +16,11 @@ pub struct Counters {
     pub connections: AtomicU64,
     /// Connections accepted since start.
     pub accepted: AtomicU64,
-    /// Open event streams (`/events`).
-    pub streams: AtomicU64,
     /// Messages published.
     pub published: AtomicU64,
-    /// Messages handed to subscribers (one per subscriber per message).
-    pub delivered: AtomicU64,
     /// Requests refused with a 4xx/5xx, by reason.
-    refused: [AtomicU64; REFUSAL_REASONS.len()],
+    refused: [AtomicU64; Reason::ALL.len()],
 }
-
-/// The `reason` labels of refused requests, in the order of [`Counters`]' slots.
-pub const REFUSAL_REASONS: [&str; 17] = [
-    "bad_channel",
-    "bad_since",
-    "bad_timeout",
-    "bad_format",
-    "bad_query",
-    "missing_message",
-    "unauthorized",
-    "not_found",
-    "method_not_allowed",
-    "too_large",
-    "body_timeout",
-    "body_read",
-    "busy",
-    "shutting_down",
-    "connection_limit",
-    "gone",
-    "store_unavailable",
-];
 
 impl Counters {
     /// Adds one to a counter.
@@ -52,18 +29,16 @@ impl Counters {
     }
 
     /// Counts a refused request under its reason.
-    pub fn refused(&self, reason: &str) {
-        if let Some(i) = REFUSAL_REASONS.iter().position(|r| *r == reason) {
-            self.refused[i].fetch_add(1, Relaxed);
-        }
+    pub fn refused(&self, reason: Reason) {
+        self.refused[reason as usize].fetch_add(1, Relaxed);
     }
 
     /// Refusals so far, by reason (only the non-zero ones).
     pub fn refusals(&self) -> Vec<(&'static str, u64)> {
-        REFUSAL_REASONS
+        Reason::ALL
             .iter()
             .zip(&self.refused)
-            .map(|(r, n)| (*r, n.load(Relaxed)))
+            .map(|(r, n)| (r.name(), n.load(Relaxed)))
             .filter(|(_, n)| *n > 0)
             .collect()
     }
@@ -77,14 +52,14 @@ pub struct Snapshot {
     /// Long-poll subscribers waiting for a message.
     pub waiting: usize,
     /// Open event streams.
-    pub streams: u64,
+    pub streams: usize,
     /// Channels held (with history or subscribers).
     pub channels: usize,
     /// Messages published since start.
     pub published: u64,
     /// Deliveries since start (one per subscriber per message).
     pub delivered: u64,
-    /// Bytes of message data held in histories.
+    /// Bytes of message data held in histories, and of their encodings.
     pub history_bytes: usize,
     /// Seconds since start.
     pub uptime_seconds: u64,
@@ -131,7 +106,12 @@ impl Snapshot {
             "Long-poll subscribers waiting.",
             self.waiting as u64,
         );
-        metric("streams", "gauge", "Open event streams.", self.streams);
+        metric(
+            "streams",
+            "gauge",
+            "Open event streams.",
+            self.streams as u64,
+        );
         metric("channels", "gauge", "Channels held.", self.channels as u64);
         metric(
             "published_total",
@@ -185,7 +165,7 @@ impl Snapshot {
         }
         out.push_str("# HELP comethub_refused_total Requests refused, by reason.\n");
         out.push_str("# TYPE comethub_refused_total counter\n");
-        for reason in REFUSAL_REASONS {
+        for reason in Reason::ALL.map(Reason::name) {
             let n = self.refused.get(reason).copied().unwrap_or(0);
             let _ = writeln!(out, "comethub_refused_total{{reason=\"{reason}\"}} {n}");
         }

@@ -1,5 +1,4 @@
-//! Cluster mode (`--redis URL`): several instances share one set of channels
-//! through Redis.
+//! The Redis store (`--redis URL`): several instances share one set of channels.
 //!
 //! Each channel's history is a Redis Stream, so message ids are stream ids, valid
 //! on every instance and after any restart. A publish runs one Lua script that
@@ -8,40 +7,42 @@
 //! channel's Pub/Sub topic; being one script, announcements go out in stream
 //! order. Each instance keeps a single RESP3 connection on which it follows the
 //! topics of the channels it has subscribers for, and hands what arrives to its
-//! local [`Hub`]: to the waiters, and into a copy of the channel's history.
+//! hub, kept in cache mode: to the waiters, and into its copy of the channel.
 //!
-//! A long-poll registers its local waiter, makes sure the channel is followed,
-//! then reads the stream after its `since`: a message published at any moment is
+//! A long-poll registers its waiter, makes sure the channel is followed, then
+//! reads the stream after its `since`: a message published at any moment is
 //! either in that read or reaches the waiter. From then on the copy holds every
 //! message after the id that read saw, so later polls from there are answered
-//! without asking Redis. When the link drops, publishes get
-//! `503`; waiters keep waiting. Once it is back, every waiter is answered `204`
-//! with its own position, every event stream ends and the copies are dropped,
-//! so each client reads what it missed from the stream.
+//! without asking Redis. When the link drops, new requests get `503`; waiters
+//! keep waiting. Once it is back, every waiter is answered `204` with its own
+//! position, every event stream ends and the copies are dropped, so each client
+//! reads what it missed from the stream.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::header::HeaderValue;
 use redis::aio::MultiplexedConnection;
 use redis::{
     AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value,
 };
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Mutex as AsyncMutex, Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use super::{ChannelState, Message, Polled, Published, Settings, Stream};
 use crate::error::Error;
-use crate::hub::{Hub, Message, Outcome, Poll, Polled, Stream, Waiter};
-use crate::protocol::{ChannelInfo, Ids, Since};
-use crate::stats::{Counters, RedisLink};
+use crate::hub::{self, Hub, Outcome, Poll, Since, Waiter};
+use crate::protocol::{Content, Ids, Meter};
+use crate::stats::RedisLink;
 
 /// Prefix of every key and topic comethub uses in Redis.
 const PREFIX: &str = "comethub:";
+/// How long this instance keeps its copy of a channel nobody here uses.
+const COPY_IDLE: Duration = Duration::from_secs(10);
 /// How long a connection attempt or a command may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -123,17 +124,19 @@ redis.call('PUBLISH', ARGV[1], 'x')
 return existed
 "#;
 
-/// The link to Redis and the scripts run on it.
+/// Channels in Redis, and this instance's link to it.
 #[derive(Debug)]
-pub struct Cluster {
-    hub: Arc<Hub>,
+pub struct Redis {
+    hub: Arc<Hub<Content>>,
+    meter: Meter,
     client: redis::Client,
     link: Mutex<Option<Link>>,
     follow: mpsc::UnboundedSender<Follow>,
+    requests: AsyncMutex<mpsc::UnboundedReceiver<Follow>>,
     history: usize,
     age_ms: u64,
     scripts: Scripts,
-    up: AtomicBool,
+    up: watch::Sender<bool>,
     reconnects: AtomicU64,
     followed: AtomicUsize,
     errors: AtomicU64,
@@ -168,7 +171,7 @@ struct Read {
     /// The channel's last id when it was read.
     last: u64,
     gap: bool,
-    messages: Vec<Arc<Message>>,
+    messages: Vec<Message>,
     length: usize,
 }
 
@@ -190,38 +193,38 @@ fn channel_of_topic(topic: &[u8]) -> Option<&str> {
     std::str::from_utf8(name).ok()
 }
 
-fn message(id: &str, content_type: &[u8], data: Bytes) -> Option<Arc<Message>> {
-    Some(Arc::new(Message {
-        seq: Ids::parse_stream(id)?,
-        id: HeaderValue::from_str(id).ok()?,
-        content_type: HeaderValue::from_bytes(content_type)
-            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
-        data,
-        at: Instant::now(),
-        answers: Default::default(),
-    }))
+fn message(id: &str, content_type: Bytes, data: Bytes, meter: &Meter) -> Option<Message> {
+    let seq = Ids::parse_stream(id)?;
+    Some(hub::Message::new(
+        seq,
+        Content::new(
+            Bytes::copy_from_slice(id.as_bytes()),
+            data,
+            content_type,
+            meter,
+        ),
+    ))
 }
 
 /// Parses a topic announcement: `m` ID `\n` TYPE `\n` DATA, or `x` (deleted).
-fn announcement(payload: &[u8]) -> Option<Result<Arc<Message>, ()>> {
+fn announcement(payload: &[u8], meter: &Meter) -> Option<Result<Message, ()>> {
     match payload.split_first()? {
         (b'x', _) => Some(Err(())),
         (b'm', rest) => {
             let mut parts = rest.splitn(3, |&b| b == b'\n');
             let id = std::str::from_utf8(parts.next()?).ok()?;
-            let content_type = parts.next()?;
+            let content_type = Bytes::copy_from_slice(parts.next()?);
             let data = Bytes::copy_from_slice(parts.next()?);
-            message(id, content_type, data).map(Ok)
+            message(id, content_type, data, meter).map(Ok)
         }
         _ => None,
     }
 }
 
 /// Waits until `deadline` for the message after `position`. `None` when the one
-/// that came was already covered (announced before the read that saw it), so
-/// the caller reads again.
+/// that came may not follow `position` directly, so the caller reads again.
 async fn wait_after(
-    waiter: Waiter,
+    waiter: Waiter<Content>,
     position: u64,
     deadline: Instant,
     gap: bool,
@@ -234,7 +237,7 @@ async fn wait_after(
         }),
         Outcome::Message(_) => return None,
         Outcome::Timeout(_) | Outcome::Shutdown(_) | Outcome::Reset => Ok(Polled::Empty {
-            last_id: Ids::Stream.header(position),
+            last_id: Ids::Stream.id(position),
             gap,
         }),
         Outcome::Deleted => Err(Error::Gone),
@@ -249,57 +252,63 @@ fn bulk(value: &Value) -> Option<&[u8]> {
     }
 }
 
-impl Cluster {
-    /// A client for `url`, speaking RESP3 (for Pub/Sub on a shared connection).
-    pub fn client(url: &str) -> Result<redis::Client, String> {
-        let bad = |e: redis::RedisError| format!("bad --redis URL: {e}");
-        let info = url.into_connection_info().map_err(bad)?;
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        redis::Client::open(info.set_redis_settings(settings)).map_err(bad)
-    }
+/// A client for `url`, speaking RESP3 (for Pub/Sub on a shared connection).
+pub fn client(url: &str) -> Result<redis::Client, String> {
+    let bad = |e: redis::RedisError| format!("bad --redis URL: {e}");
+    let info = url.into_connection_info().map_err(bad)?;
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    redis::Client::open(info.set_redis_settings(settings)).map_err(bad)
+}
 
-    /// Checks `url` and starts the link task; the link comes up in the background.
-    pub fn start(hub: Arc<Hub>, url: &str, config: &crate::Config) -> Result<Arc<Cluster>, String> {
-        let client = Cluster::client(url)?;
+impl Redis {
+    /// A store on the Redis at `url`; the link comes up in [`Redis::run_link`].
+    pub fn new(settings: &Settings, url: &str) -> Result<Redis, String> {
+        let client = client(url)?;
         let (follow, requests) = mpsc::unbounded_channel();
         let lib = |body: &str| redis::Script::new(&format!("{TRIM_AGE}{body}"));
-        let cluster = Arc::new(Cluster {
-            hub,
+        Ok(Redis {
+            hub: Hub::new(settings.hub(hub::Mode::Cache { idle: COPY_IDLE })),
+            meter: Meter::default(),
             client,
             link: Mutex::new(None),
             follow,
-            history: config.history,
-            age_ms: config.history_age().as_millis() as u64,
+            requests: AsyncMutex::new(requests),
+            history: settings.history,
+            age_ms: settings.history_age.as_millis() as u64,
             scripts: Scripts {
                 publish: lib(PUBLISH),
                 read: lib(READ),
                 delete: redis::Script::new(DELETE),
             },
-            up: AtomicBool::new(false),
+            up: watch::Sender::new(false),
             reconnects: AtomicU64::new(0),
             followed: AtomicUsize::new(0),
             errors: AtomicU64::new(0),
-        });
-        tokio::spawn(cluster.clone().run_link(requests));
-        Ok(cluster)
+        })
+    }
+
+    pub(super) fn hub(&self) -> &Arc<Hub<Content>> {
+        &self.hub
+    }
+
+    pub(super) fn meter(&self) -> &Meter {
+        &self.meter
     }
 
     /// Waits until the link is up, or `limit` has passed; returns whether it is.
     pub async fn wait_up(&self, limit: Duration) -> bool {
-        let until = Instant::now() + limit;
-        while !self.up.load(Relaxed) && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        self.up.load(Relaxed)
+        let mut up = self.up.subscribe();
+        let _ = tokio::time::timeout(limit, up.wait_for(|&u| u)).await;
+        *self.up.borrow()
     }
 
     /// The link's state for `/stats` and `/metrics`.
     pub fn link_state(&self) -> RedisLink {
         RedisLink {
-            up: self.up.load(Relaxed),
+            up: *self.up.borrow(),
             reconnects: self.reconnects.load(Relaxed),
             followed: self.followed.load(Relaxed),
             errors: self.errors.load(Relaxed),
@@ -325,15 +334,14 @@ impl Cluster {
         Error::StoreUnavailable
     }
 
-    /// Publishes a message; returns its id and how many instances follow the channel.
-    pub async fn publish(
+    pub(super) async fn publish(
         &self,
         channel: &str,
         data: Bytes,
-        content_type: HeaderValue,
-    ) -> Result<(HeaderValue, usize), Error> {
+        content_type: Bytes,
+    ) -> Result<Published, Error> {
         let mut link = self.link()?;
-        let (id, instances): (String, usize) = self
+        let (id, instances): (Vec<u8>, usize) = self
             .scripts
             .publish
             .key(stream_key(channel))
@@ -342,20 +350,21 @@ impl Cluster {
             .arg(self.history)
             .arg(self.age_ms)
             .arg(META_TTL.as_millis() as u64)
-            .arg(content_type.as_bytes())
+            .arg(content_type.as_ref())
             .arg(data.as_ref())
             .invoke_async(&mut link.con)
             .await
             .map_err(|e| self.failed(&link, &e))?;
-        Counters::bump(&self.hub.counters.published);
-        let id = HeaderValue::from_str(&id).map_err(|_| Error::StoreUnavailable)?;
-        Ok((id, instances))
+        Ok(Published {
+            id: id.into(),
+            subscribers: instances,
+        })
     }
 
     /// Reads the stream of `channel` after `since`, at most `limit` messages.
     async fn read(&self, channel: &str, since: Since, limit: usize) -> Result<Read, Error> {
         let mut link = self.link()?;
-        let after = match since {
+        let from = match since {
             Since::Next => "+".to_owned(),
             Since::Oldest | Since::Foreign => "-".to_owned(),
             Since::Id(seq) => Ids::Stream.format(seq),
@@ -366,7 +375,7 @@ impl Cluster {
             .read
             .key(stream_key(channel))
             .key(meta_key(channel))
-            .arg(after)
+            .arg(from)
             .arg(limit.min(self.history))
             .arg(self.age_ms)
             .invoke_async(&mut link.con)
@@ -379,25 +388,20 @@ impl Cluster {
             .filter_map(|(id, fields)| {
                 let mut content_type = None;
                 let mut data = None;
-                for pair in fields.chunks(2) {
-                    if let [name, value] = pair {
-                        match name.as_slice() {
-                            b"t" => content_type = Some(value.as_slice()),
-                            b"d" => data = Some(Bytes::copy_from_slice(value)),
-                            _ => {}
-                        }
+                let mut fields = fields.into_iter();
+                while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+                    match name.as_slice() {
+                        b"t" => content_type = Some(Bytes::from(value)),
+                        b"d" => data = Some(Bytes::from(value)),
+                        _ => {}
                     }
                 }
-                message(&id, content_type?, data?)
+                message(&id, content_type?, data?, &self.meter)
             })
             .collect();
-        let (position, gap) = match since {
-            Since::Next | Since::Oldest => (last, false),
-            Since::Foreign => (last, true),
-            Since::Id(seq) => (seq, seq < dropped),
-        };
+        let (after, gap) = since.start(last, dropped, u64::MAX);
         Ok(Read {
-            position,
+            position: if after == 0 { last } else { after },
             last,
             gap,
             messages,
@@ -418,28 +422,59 @@ impl Cluster {
         Ok(())
     }
 
-    /// A long-poll: messages after `since`, or the next one, or nothing by `timeout`.
-    pub async fn poll(
-        self: &Arc<Self>,
+    pub(super) async fn poll(
+        &self,
         channel: &str,
-        mut since: Since,
+        since: Since,
         limit: usize,
         timeout: Duration,
     ) -> Result<Polled, Error> {
         let deadline = Instant::now() + timeout;
         self.link()?;
-        if let Some(polled) = self.poll_mirror(channel, since, limit, deadline).await {
-            return polled;
+        match self.hub.poll(channel, since, limit)? {
+            Poll::Ready { messages, gap } => return Ok(Polled::Messages { messages, gap }),
+            Poll::Wait(waiter) => {
+                let after = waiter.after;
+                if let Some(polled) = wait_after(waiter, after, deadline, false).await {
+                    return polled;
+                }
+            }
+            Poll::Miss => {}
         }
-        since = self.pin_next(channel, since).await?;
+        let mut since = self.pin_next(channel, since).await?;
         let mut gap = false;
         loop {
             // Waiter first, then follow, then read: a message published at any
             // point is in the read or reaches the waiter.
             let waiter = self.hub.wait(channel)?;
-            self.follow(channel).await?;
-            let read = self.read(channel, since, limit).await?;
-            self.hub.mirror_from(channel, read.last);
+            let read = match self.follow(channel).await {
+                Ok(()) => self.read(channel, since, limit).await,
+                Err(err) => Err(err),
+            };
+            let read = match read {
+                Ok(read) => read,
+                // Redis went away while this subscriber was already waiting:
+                // it goes on waiting, and once the link is back it is answered
+                // with its own position (or it times out there).
+                Err(Error::StoreUnavailable) => {
+                    let position = match since {
+                        Since::Id(seq) => seq,
+                        _ => 0,
+                    };
+                    match wait_after(waiter, u64::MAX, deadline, gap).await {
+                        Some(Ok(Polled::Empty { gap, .. })) => {
+                            return Ok(Polled::Empty {
+                                last_id: Ids::Stream.id(position),
+                                gap,
+                            });
+                        }
+                        Some(other) => return other,
+                        None => continue,
+                    }
+                }
+                Err(err) => return Err(err),
+            };
+            self.hub.cover_from(channel, read.last);
             gap |= read.gap;
             if !read.messages.is_empty() {
                 return Ok(Polled::Messages {
@@ -454,26 +489,6 @@ impl Cluster {
         }
     }
 
-    /// A long-poll answered from this instance's copy of the channel, if it
-    /// covers `since`.
-    async fn poll_mirror(
-        &self,
-        channel: &str,
-        since: Since,
-        limit: usize,
-        deadline: Instant,
-    ) -> Option<Result<Polled, Error>> {
-        let (poll, after) = match self.hub.poll_mirror(channel, since, limit)? {
-            Ok(found) => found,
-            Err(err) => return Some(Err(err)),
-        };
-        let waiter = match poll {
-            Poll::Ready { messages, gap } => return Some(Ok(Polled::Messages { messages, gap })),
-            Poll::Wait(waiter) => waiter,
-        };
-        wait_after(waiter, after, deadline, false).await
-    }
-
     /// Turns "the next message" into "after the channel's last id now", read
     /// before the subscriber is counted as waiting: a message published once it
     /// is counted is after that id, so it is either read or reaches the waiter.
@@ -484,8 +499,7 @@ impl Cluster {
         })
     }
 
-    /// Opens an event stream: the stream's messages after `since`, then live ones.
-    pub async fn stream(self: &Arc<Self>, channel: &str, since: Since) -> Result<Stream, Error> {
+    pub(super) async fn stream(&self, channel: &str, since: Since) -> Result<Stream, Error> {
         self.link()?;
         let since = self.pin_next(channel, since).await?;
         let mut stream = self.hub.stream(channel, Since::Next)?;
@@ -497,8 +511,7 @@ impl Cluster {
         Ok(stream)
     }
 
-    /// Deletes a channel everywhere: its stream, and every instance's waiters get 410.
-    pub async fn delete(&self, channel: &str) -> Result<bool, Error> {
+    pub(super) async fn delete(&self, channel: &str) -> Result<bool, Error> {
         let mut link = self.link()?;
         let existed: i64 = self
             .scripts
@@ -512,17 +525,17 @@ impl Cluster {
         Ok(existed > 0)
     }
 
-    /// Local subscribers, retained messages and last id of a channel.
-    pub async fn channel_info(&self, channel: &str) -> Result<ChannelInfo, Error> {
+    pub(super) async fn channel(&self, channel: &str) -> Result<ChannelState, Error> {
         let read = self.read(channel, Since::Next, 0).await?;
-        let mut info = self.hub.channel_info(channel);
-        info.messages = read.length;
-        info.last_id = (read.position > 0).then(|| Ids::Stream.format(read.position));
-        Ok(info)
+        Ok(ChannelState {
+            subscribers: self.hub.info(channel).subscribers,
+            messages: read.length,
+            last_id: (read.position > 0).then(|| Ids::Stream.id(read.position)),
+        })
     }
 
     /// Hands an announcement from Redis to the hub. Runs on the connection's reader.
-    fn on_push(hub: &Hub, down: &Notify, push: PushInfo) {
+    fn on_push(hub: &Hub<Content>, meter: &Meter, down: &Notify, push: PushInfo) {
         match push.kind {
             PushKind::Message => {
                 let (Some(topic), Some(payload)) = (
@@ -534,9 +547,9 @@ impl Cluster {
                 let Some(channel) = channel_of_topic(topic) else {
                     return;
                 };
-                match announcement(payload) {
+                match announcement(payload, meter) {
                     Some(Ok(message)) => {
-                        hub.deliver(channel, &message);
+                        hub.deliver(channel, message);
                     }
                     Some(Err(())) => {
                         hub.delete(channel);
@@ -556,9 +569,10 @@ impl Cluster {
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_push_sender({
                 let hub = self.hub.clone();
+                let meter = self.meter.clone();
                 let down = down.clone();
                 move |push: PushInfo| {
-                    Cluster::on_push(&hub, &down, push);
+                    Redis::on_push(&hub, &meter, &down, push);
                     Ok::<(), std::convert::Infallible>(())
                 }
             });
@@ -570,8 +584,11 @@ impl Cluster {
     }
 
     /// Keeps the link up: connects with backoff, follows the channels asked for,
-    /// unfollows those nobody here waits on, and starts over when the link drops.
-    async fn run_link(self: Arc<Self>, mut requests: mpsc::UnboundedReceiver<Follow>) {
+    /// unfollows those nobody here uses, and starts over when the link drops.
+    /// Runs until the future is dropped.
+    pub(super) async fn run_link(&self) {
+        let mut requests = self.requests.lock().await;
+        let requests = &mut *requests;
         let mut backoff = MIN_BACKOFF;
         let mut ever_up = false;
         loop {
@@ -606,13 +623,13 @@ impl Cluster {
                 let _ = request.done.send(false);
             }
             *self.link.lock().unwrap_or_else(PoisonError::into_inner) = Some(link.clone());
-            self.up.store(true, Relaxed);
+            self.up.send_replace(true);
             info!("redis link up");
 
-            self.serve_link(link, &mut requests).await;
+            self.serve_link(link, requests).await;
 
             *self.link.lock().unwrap_or_else(PoisonError::into_inner) = None;
-            self.up.store(false, Relaxed);
+            self.up.send_replace(false);
             self.followed.store(0, Relaxed);
             warn!("redis link down");
         }
@@ -696,14 +713,16 @@ mod tests {
 
     #[test]
     fn announcements() {
-        let Some(Ok(m)) = announcement(b"m5-1\ntext/plain\na\nb") else {
+        let meter = Meter::default();
+        let Some(Ok(m)) = announcement(b"m5-1\ntext/plain\na\nb", &meter) else {
             panic!("not a message");
         };
-        assert_eq!(m.id, "5-1");
-        assert_eq!(m.content_type, "text/plain");
-        assert_eq!(&m.data[..], b"a\nb");
-        assert!(matches!(announcement(b"x"), Some(Err(()))));
-        assert!(announcement(b"mnot-an-id\nt\nd").is_none());
-        assert!(announcement(b"").is_none());
+        assert_eq!(&m.payload.id[..], b"5-1");
+        assert_eq!(m.seq, Ids::parse_stream("5-1").unwrap());
+        assert_eq!(&m.payload.content_type[..], b"text/plain");
+        assert_eq!(&m.payload.data[..], b"a\nb");
+        assert!(matches!(announcement(b"x", &meter), Some(Err(()))));
+        assert!(announcement(b"mnot-an-id\nt\nd", &meter).is_none());
+        assert!(announcement(b"", &meter).is_none());
     }
 }

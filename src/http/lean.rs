@@ -1,38 +1,33 @@
-//! A lean HTTP/1.1 path for the hot requests: long-polls and publishes.
+//! The lean HTTP/1.1 path: parses request heads and writes answers without hyper.
 //!
 //! Waiting long-polls are most of what the server holds, and hyper keeps an 8 KiB
 //! read buffer and its connection state for every connection it serves. So each
 //! connection starts here: a request head is read into a buffer that is freed
-//! before waiting, and a plain `GET /subscribe`, `GET /publish` or
-//! `POST /publish` (with a Content-Length) is answered directly; a long-poll holds
-//! only the socket and the hub's waiter while it waits. The answer to the waiters
-//! a message wakes is serialized once for all of them. Any other request, or
-//! anything unusual in one, hands the connection (with the bytes already read) to
-//! hyper for the rest of its life, so every other corner of HTTP stays hyper's.
+//! before waiting, turned into the routes' [`Request`], routed, and answered with
+//! the [`Answer`] its handler returns, written vectored (head, then the body's
+//! shared buffers, never copied per subscriber). A long-poll holds only the
+//! socket and the store's wait while it waits. An event stream, or anything
+//! unusual in a head (chunked bodies, `Expect`, `Upgrade`, other versions, a bare
+//! LF), hands the connection, with the bytes already read, to hyper for the rest
+//! of its life, so every other corner of HTTP stays hyper's.
 
 use std::cell::RefCell;
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes};
-use http_body_util::Full;
-use hyper::body::Body as _;
-use hyper::header::{self, HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode, Uri};
+use http::Method;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::answer::{Answer, Body};
 use crate::error::Error;
-use crate::hub::Polled;
-use crate::protocol::Format;
-use crate::service::{Body, LongPoll, Service};
+use crate::routes::{Request, Route, Routes};
 
-/// `Last-Event-ID`, the SSE resume header, also read by long-polls.
-const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 /// Most header lines a request may have on this path (hyper's default too).
 const MAX_HEADERS: usize = 100;
 /// How long, and how many bytes, a closing connection reads and discards.
@@ -41,14 +36,15 @@ const LINGER_BYTES: usize = 16 << 20;
 /// Longest an answer may take to be written to a client that does not read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Limits for reading request heads.
+/// Limits for reading requests.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Time a client has to send a head (from the connection or its last answer).
     pub header_timeout: Duration,
     /// Largest head; a larger one goes to hyper, which answers `431`.
     pub max_head: usize,
-    /// Largest publish body read; a larger one is refused from its length.
+    /// Largest body read and discarded after a refusal; past it the
+    /// connection closes instead.
     pub max_body: usize,
 }
 
@@ -61,11 +57,10 @@ pub enum Next {
     Closed,
 }
 
-/// Serves long-polls and publishes on `stream` until it closes or a request
-/// needs hyper.
+/// Serves requests on `stream` until it closes or a request needs hyper.
 pub async fn serve(
     mut stream: TcpStream,
-    service: &Service,
+    routes: &Routes,
     limits: &Limits,
     mut stop: watch::Receiver<bool>,
 ) -> Next {
@@ -78,55 +73,55 @@ pub async fn serve(
             request,
             mut close,
             http10,
-            body,
         }) = (end <= limits.max_head)
             .then(|| parse(&buf[..end]))
             .flatten()
         else {
             return Next::Hyper(Rewind::new(buf, stream));
         };
-        let answer = if let Some(length) = body {
-            // A publish: its body follows the head.
-            let response = if length > limits.max_body {
-                // Refused from its Content-Length; the body is never read.
-                close = true;
-                buf.clear();
-                let mut request = request.map(|()| Full::new(Bytes::new()));
-                request
-                    .headers_mut()
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
-                Box::pin(service.publish(request)).await
-            } else {
-                match read_body(&mut stream, &mut buf, end + length, limits).await {
-                    Some(true) => {
-                        let data = Bytes::copy_from_slice(&buf[end..end + length]);
-                        buf.drain(..end + length);
-                        Box::pin(service.publish(request.map(|()| Full::new(data)))).await
-                    }
-                    Some(false) => {
+        let length = request.content_length.unwrap_or(0) as usize;
+        let answer = match routes.route(&request) {
+            Ok(Route::Events(_)) => return Next::Hyper(Rewind::new(buf, stream)),
+            Ok(Route::Subscribe(params)) => {
+                // Free the head before waiting; keep only pipelined bytes, if any.
+                buf.drain(..end);
+                buf.shrink_to_fit();
+                let poll = std::pin::pin!(routes.subscribe(params));
+                match wait(&mut stream, poll, &mut buf, limits).await {
+                    Some(answer) => answer,
+                    None => return Next::Closed,
+                }
+            }
+            Ok(route) => {
+                let limit = match &route {
+                    Route::Publish(p) if p.has_body => p.body_limit,
+                    _ => 0,
+                };
+                match read_body(&mut stream, &mut buf, end, length.min(limit), routes).await {
+                    Some(Ok(body)) => Box::pin(routes.serve(route, body)).await,
+                    Some(Err(err)) => {
                         close = true;
-                        Err(Error::BodyTimeout)
+                        routes.finish(Err(err))
                     }
                     None => return Next::Closed,
                 }
-            };
-            answer(service, response, close || *stop.borrow(), http10)
-        } else {
-            // Free the head before waiting; keep only pipelined bytes, if any.
-            buf.drain(..end);
-            buf.shrink_to_fit();
-            let result = match service.long_poll(request) {
-                Ok(poll) => match wait(&mut stream, std::pin::pin!(poll), &mut buf, limits).await {
-                    Some(result) => result,
-                    None => return Next::Closed,
-                },
-                Err(err) => Err(err),
-            };
-            close |= *stop.borrow();
-            render(service, result, close, http10)
+            }
+            Err(err) => {
+                // Read and drop a refused request's body, or close after the answer.
+                if length > limits.max_body {
+                    close = true;
+                    buf.clear();
+                } else if read_body(&mut stream, &mut buf, end, length, routes)
+                    .await
+                    .is_none_or(|body| body.is_err())
+                {
+                    close = true;
+                }
+                routes.finish(Err(err))
+            }
         };
-        let written = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&answer)).await;
-        if !matches!(written, Ok(Ok(()))) {
+        close |= *stop.borrow();
+        if !matches!(write(&mut stream, &answer, close, http10).await, Ok(())) {
             return Next::Closed;
         }
         if close {
@@ -134,6 +129,38 @@ pub async fn serve(
             return Next::Closed;
         }
     }
+}
+
+/// Writes `answer` (a refusal made before any request was read, such as the
+/// connection limit's) and closes.
+pub async fn refuse(mut stream: TcpStream, answer: Answer) {
+    if write(&mut stream, &answer, true, false).await.is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+    }
+}
+
+/// Reads the `length` body bytes after the head that ends at `end`, then
+/// removes head and body from `buf`. `None`: the client left.
+async fn read_body(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    end: usize,
+    length: usize,
+    routes: &Routes,
+) -> Option<Result<Bytes, Error>> {
+    let deadline = Instant::now() + routes.body_timeout();
+    let want = end + length;
+    buf.reserve(want.saturating_sub(buf.len()));
+    while buf.len() < want {
+        match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
+            Err(_) => return Some(Err(Error::BodyTimeout)),
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return None,
+        }
+    }
+    let body = Bytes::copy_from_slice(&buf[end..want]);
+    buf.drain(..want);
+    Some(Ok(body))
 }
 
 /// Closes after an answer: the write side first, then reads what the client
@@ -193,38 +220,16 @@ async fn stopping(stop: &mut watch::Receiver<bool>) {
     }
 }
 
-/// Reads until `buf` holds `want` bytes: `Some(true)` once it does, `Some(false)`
-/// if the body is too slow, `None` if the client left.
-async fn read_body(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    want: usize,
-    limits: &Limits,
-) -> Option<bool> {
-    let deadline = Instant::now() + limits.header_timeout;
-    buf.reserve(want.saturating_sub(buf.len()));
-    while buf.len() < want {
-        match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
-            Err(_) => return Some(false),
-            Ok(Ok(n)) if n > 0 => {}
-            Ok(_) => return None,
-        }
-    }
-    Some(true)
-}
-
 fn head_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
 }
 
-/// A request this path answers.
+/// A request head this path answers.
 #[derive(Debug)]
 struct Head {
-    request: Request<()>,
+    request: Request,
     close: bool,
     http10: bool,
-    /// For a publish, the length of the body that follows.
-    body: Option<usize>,
 }
 
 fn is_token(name: &str) -> bool {
@@ -251,22 +256,22 @@ fn is_token(name: &str) -> bool {
         })
 }
 
-/// Parses a plain `GET /subscribe` or `GET|POST /publish` head; `None` for
-/// anything else or anything unusual, which hyper then handles.
+/// Parses a request head with plain framing; `None` for anything unusual,
+/// which hyper then handles.
 fn parse(head: &[u8]) -> Option<Head> {
     let text = std::str::from_utf8(head).ok()?;
     // Every line ends in CRLF; a bare LF is unusual, and left to hyper.
     let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').ok_or(l));
     let mut parts = lines.next()?.ok()?.split(' ');
     let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
-    let path = target.split('?').next()?;
-    let publish = path == "/publish";
-    let method = match (method, path) {
-        ("GET", "/subscribe" | "/publish") => Method::GET,
-        ("POST", "/publish") => Method::POST,
+    let method = match method {
+        "GET" => Method::GET,
+        "POST" => Method::POST,
+        "DELETE" => Method::DELETE,
+        "OPTIONS" => Method::OPTIONS,
         _ => return None,
     };
-    if parts.next().is_some() {
+    if parts.next().is_some() || !target.starts_with('/') {
         return None;
     }
     let http10 = match version {
@@ -274,14 +279,13 @@ fn parse(head: &[u8]) -> Option<Head> {
         "HTTP/1.0" => true,
         _ => return None,
     };
-    let uri: Uri = target.parse().ok()?;
-    if uri.path() != path {
+    // The same target hyper would accept, and nothing it would read otherwise.
+    let uri: http::Uri = target.parse().ok()?;
+    if uri.path_and_query().map(|pq| pq.as_str()) != Some(target) {
         return None;
     }
-    let mut request = Request::new(());
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    let mut length = None;
+    let mut request = Request::new(method, target);
+    let publish = request.path == "/publish";
     let mut close = http10;
     let mut count = 0;
     for line in lines {
@@ -300,10 +304,8 @@ fn parse(head: &[u8]) -> Option<Head> {
         if count > MAX_HEADERS || !is_token(name) || value.bytes().any(bad_byte) {
             return None;
         }
-        let is = |n: &HeaderName| {
-            name.len() == n.as_str().len() && name.eq_ignore_ascii_case(n.as_str())
-        };
-        if is(&header::CONNECTION) {
+        let is = |n: &str| name.eq_ignore_ascii_case(n);
+        if is("connection") {
             for token in value.split(',').map(str::trim) {
                 if token.eq_ignore_ascii_case("close") {
                     close = true;
@@ -313,65 +315,38 @@ fn parse(head: &[u8]) -> Option<Head> {
                     return None;
                 }
             }
-        } else if is(&header::CONTENT_LENGTH) {
+        } else if is("content-length") {
             let digits =
                 !value.is_empty() && value.len() <= 12 && value.bytes().all(|b| b.is_ascii_digit());
-            if length.is_some() || !digits || (!publish && value != "0") {
+            if request.content_length.is_some() || !digits || (!publish && value != "0") {
                 return None;
             }
-            length = value.parse::<usize>().ok();
-        } else if is(&header::TRANSFER_ENCODING) || is(&header::EXPECT) || is(&header::UPGRADE) {
+            request.content_length = value.parse().ok();
+        } else if is("transfer-encoding") || is("expect") || is("upgrade") {
             return None;
         } else {
-            let keep: &[HeaderName] = if publish {
-                &[header::CONTENT_TYPE, header::AUTHORIZATION]
-            } else {
-                &[LAST_EVENT_ID]
-            };
-            if let Some(name) = keep.iter().find(|n| is(n))
-                && !request.headers().contains_key(name)
-            {
-                request
-                    .headers_mut()
-                    .insert(name.clone(), header_value(value)?);
-            }
+            request.header(name, value.as_bytes());
         }
     }
     Some(Head {
         request,
         close,
         http10,
-        body: publish.then_some(length.unwrap_or(0)),
     })
-}
-
-/// A header value; the common content types without an allocation.
-fn header_value(value: &str) -> Option<HeaderValue> {
-    const COMMON: [&str; 5] = [
-        "text/plain",
-        "text/plain; charset=utf-8",
-        "application/json",
-        "application/octet-stream",
-        "application/x-www-form-urlencoded",
-    ];
-    match COMMON.iter().find(|c| c.eq_ignore_ascii_case(value)) {
-        Some(common) if *common == value => Some(HeaderValue::from_static(common)),
-        _ => HeaderValue::from_str(value).ok(),
-    }
 }
 
 /// Waits for the long-poll while watching the socket: a client that hangs up is
 /// forgotten at once; bytes it pipelines are kept in `pending`.
 async fn wait(
     stream: &mut TcpStream,
-    mut poll: Pin<&mut impl Future<Output = Result<LongPoll, Error>>>,
+    mut poll: Pin<&mut impl Future<Output = Answer>>,
     pending: &mut Vec<u8>,
     limits: &Limits,
-) -> Option<Result<LongPoll, Error>> {
+) -> Option<Answer> {
     loop {
         tokio::select! {
             biased;
-            result = poll.as_mut() => return Some(result),
+            answer = poll.as_mut() => return Some(answer),
             ready = stream.readable() => {
                 ready.ok()?;
                 let mut chunk = [0u8; 512];
@@ -389,101 +364,76 @@ async fn wait(
     }
 }
 
-/// The answer's bytes. One message woken without a gap (the usual case) uses the
-/// head and body serialized once for every waiter it wakes.
-fn render(
-    service: &Service,
-    result: Result<LongPoll, Error>,
+/// Writes an answer: its head, then its body's buffers as they are, in one
+/// vectored write when the socket takes it all.
+async fn write(
+    stream: &mut TcpStream,
+    answer: &Answer,
     close: bool,
     http10: bool,
-) -> Vec<u8> {
-    let poll = match result {
-        Ok(poll) => poll,
-        Err(err) => return answer(service, Err(err), close, http10),
+) -> io::Result<()> {
+    let head = head(answer, close, http10);
+    let parts: &[Bytes] = match &answer.body {
+        Body::Full(b) => std::slice::from_ref(b),
+        Body::Parts(parts) => parts,
+        Body::Empty | Body::Stream(_) => &[],
     };
-    match &poll.polled {
-        Polled::Messages {
-            messages,
-            gap: false,
-        } if messages.len() == 1 => {
-            let slot = usize::from(poll.format == Format::Json);
-            let (head, body) = messages[0].answers[slot]
-                .get_or_init(|| serialize(service.finish(Ok(poll.render()))));
-            respond(head, body, close, http10)
+    let mut bufs: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
+    bufs.push(&head);
+    bufs.extend(parts.iter().map(|p| &p[..]).filter(|p| !p.is_empty()));
+    let all = async {
+        let (mut i, mut offset) = (0, 0);
+        while i < bufs.len() {
+            let slices: Vec<IoSlice<'_>> = std::iter::once(&bufs[i][offset..])
+                .chain(bufs[i + 1..].iter().copied())
+                .take(64)
+                .map(IoSlice::new)
+                .collect();
+            let mut n = stream.write_vectored(&slices).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            while i < bufs.len() && n >= bufs[i].len() - offset {
+                n -= bufs[i].len() - offset;
+                (i, offset) = (i + 1, 0);
+            }
+            offset += n;
         }
-        _ => answer(service, Ok(poll.render()), close, http10),
-    }
+        Ok(())
+    };
+    tokio::time::timeout(WRITE_TIMEOUT, all)
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
 }
 
-/// A handler's result as the bytes of its answer.
-fn answer(
-    service: &Service,
-    result: Result<Response<Body>, Error>,
-    close: bool,
-    http10: bool,
-) -> Vec<u8> {
-    let (head, body) = serialize(service.finish(result));
-    respond(&head, &body, close, http10)
-}
-
-/// An answer's bytes: its head, the date and connection lines, its body.
-fn respond(head: &[u8], body: &[u8], close: bool, http10: bool) -> Vec<u8> {
-    let mut out = Vec::with_capacity(head.len() + body.len() + 64);
-    out.extend_from_slice(head);
-    DATE.with(|d| out.extend_from_slice(&d.borrow_mut().line()));
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    } else if http10 {
-        out.extend_from_slice(b"connection: keep-alive\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body);
-    out
-}
-
-/// A response as (status line and headers, without the blank line; body).
-fn serialize(response: Response<Body>) -> (Bytes, Bytes) {
-    let (parts, body) = response.into_parts();
-    let body = body_bytes(body);
-    let mut head = Vec::with_capacity(256);
+/// An answer's head: status line, its headers, length, date, connection.
+fn head(answer: &Answer, close: bool, http10: bool) -> Vec<u8> {
+    let mut head = Vec::with_capacity(320);
     head.extend_from_slice(b"HTTP/1.1 ");
-    head.extend_from_slice(parts.status.as_str().as_bytes());
+    head.extend_from_slice(answer.status.as_str().as_bytes());
     head.push(b' ');
-    head.extend_from_slice(
-        parts
-            .status
-            .canonical_reason()
-            .unwrap_or_default()
-            .as_bytes(),
-    );
+    let reason = answer.status.canonical_reason().unwrap_or_default();
+    head.extend_from_slice(reason.as_bytes());
     head.extend_from_slice(b"\r\n");
-    for (name, value) in &parts.headers {
+    for (name, value) in &answer.headers {
         head.extend_from_slice(name.as_str().as_bytes());
         head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(value);
         head.extend_from_slice(b"\r\n");
     }
-    if parts.status != StatusCode::NO_CONTENT && parts.status != StatusCode::NOT_MODIFIED {
+    if answer.has_body() {
         head.extend_from_slice(b"content-length: ");
-        crate::protocol::push_decimal(&mut head, body.len() as u64);
+        crate::protocol::push_decimal(&mut head, answer.body.len().unwrap_or(0) as u64);
         head.extend_from_slice(b"\r\n");
     }
-    (head.into(), body)
-}
-
-/// The bytes of a complete body (every answer on this path has one).
-fn body_bytes(mut body: Body) -> Bytes {
-    let mut cx = Context::from_waker(Waker::noop());
-    let mut out = Vec::new();
-    while let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut body).poll_frame(&mut cx) {
-        if let Ok(data) = frame.into_data() {
-            if out.is_empty() && body.is_end_stream() {
-                return data;
-            }
-            out.extend_from_slice(&data);
-        }
+    DATE.with(|d| head.extend_from_slice(&d.borrow_mut().line()));
+    if close {
+        head.extend_from_slice(b"connection: close\r\n");
+    } else if http10 {
+        head.extend_from_slice(b"connection: keep-alive\r\n");
     }
-    out.into()
+    head.extend_from_slice(b"\r\n");
+    head
 }
 
 thread_local! {
@@ -574,12 +524,14 @@ impl AsyncWrite for Rewind {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::StatusCode;
 
     #[test]
-    fn plain_long_polls_are_taken_and_the_rest_left_to_hyper() {
+    fn plain_heads_are_taken_and_the_rest_left_to_hyper() {
         let head = parse(b"GET /subscribe?channel=a&since=x-1 HTTP/1.1\r\nHost: h\r\nLast-Event-ID: x-2\r\nLast-Event-ID: x-3\r\n\r\n").unwrap();
-        assert_eq!(head.request.uri().query(), Some("channel=a&since=x-1"));
-        assert_eq!(head.request.headers()["last-event-id"], "x-2");
+        assert_eq!(head.request.path, "/subscribe");
+        assert_eq!(head.request.query.as_deref(), Some("channel=a&since=x-1"));
+        assert_eq!(head.request.last_event_id.as_deref(), Some(&b"x-2"[..]));
         assert!(!head.close && !head.http10);
         assert!(
             parse(b"GET /subscribe HTTP/1.1\r\nConnection: Close\r\n\r\n")
@@ -592,38 +544,44 @@ mod tests {
                 .unwrap()
                 .close
         );
+        let publish = parse(b"POST /publish HTTP/1.1\r\nContent-Length: 12\r\n\r\n").unwrap();
+        assert_eq!(publish.request.content_length, Some(12));
         for other in [
-            &b"POST /subscribe HTTP/1.1\r\n\r\n"[..],
-            b"DELETE /publish HTTP/1.1\r\n\r\n",
-            b"GET /events HTTP/1.1\r\n\r\n",
+            &b"PUT /subscribe HTTP/1.1\r\n\r\n"[..],
+            b"HEAD /stats HTTP/1.1\r\n\r\n",
             b"POST /publish HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
             b"POST /publish HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
-            b"GET /subscribex HTTP/1.1\r\n\r\n",
             b"GET /subscribe HTTP/2.0\r\n\r\n",
             b"GET /subscribe HTTP/1.1\r\nContent-Length: 5\r\n\r\n",
             b"GET /subscribe HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST /publish HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
             b"GET /subscribe HTTP/1.1\r\nX: a\x01b\r\n\r\n",
             b"GET /subscribe HTTP/1.1\r\n folded\r\n\r\n",
             b"GET /subscribe HTTP/1.1\r\nbad name: v\r\n\r\n",
             b"GET  /subscribe HTTP/1.1\r\n\r\n",
+            b"GET /subscribe HTTP/1.1\nHost: x\n\n",
             b"GET /subscribe HTTP/1.1\r\nX: \xff\r\n\r\n",
+            b"GET http://h/subscribe HTTP/1.1\r\n\r\n",
         ] {
             assert!(parse(other).is_none(), "{}", String::from_utf8_lossy(other));
         }
     }
 
     #[test]
-    fn serialized_answers_carry_status_headers_and_length() {
-        let response = crate::service::full(
+    fn heads_carry_status_headers_length_date_and_connection() {
+        let answer = Answer::full(
             StatusCode::OK,
-            HeaderValue::from_static("text/plain"),
-            Bytes::from_static(b"hello"),
+            Bytes::from_static(b"text/plain"),
+            vec![Bytes::from_static(b"hel"), Bytes::from_static(b"lo")],
         );
-        let (head, body) = serialize(response);
-        assert_eq!(
-            &head[..],
-            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n"
-        );
-        assert_eq!(&body[..], b"hello");
+        let text = String::from_utf8(head(&answer, true, false)).unwrap();
+        assert!(text.starts_with(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\ndate: "
+        ));
+        assert!(text.ends_with("\r\nconnection: close\r\n\r\n"));
+        let empty = Answer::status(StatusCode::NO_CONTENT);
+        let text = String::from_utf8(head(&empty, false, true)).unwrap();
+        assert!(!text.contains("content-length"));
+        assert!(text.ends_with("connection: keep-alive\r\n\r\n"));
     }
 }

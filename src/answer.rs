@@ -1,0 +1,151 @@
+//! The answer model: what every handler returns, whichever HTTP path serves it.
+//!
+//! An answer is a status, a few headers and a body of shared [`Bytes`]: whole, in
+//! parts (a JSON batch around the messages' shared items), or a stream of
+//! frames (`/events`). The lean HTTP/1.1 writer and the hyper adapter each turn
+//! it into bytes on the wire; neither builds answers of its own.
+
+use bytes::Bytes;
+use http::StatusCode;
+use http::header::{self, HeaderName};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::error::Error;
+
+/// `X-Message-Id`: the id to echo as the next `since`.
+pub const X_MESSAGE_ID: HeaderName = HeaderName::from_static("x-message-id");
+/// `X-Gap: 1`: messages after `since` are no longer retained.
+pub const X_GAP: HeaderName = HeaderName::from_static("x-gap");
+/// Content-Type of JSON answers.
+pub const JSON: &str = "application/json";
+
+/// A body.
+#[derive(Debug)]
+pub enum Body {
+    /// No body.
+    Empty,
+    /// One buffer.
+    Full(Bytes),
+    /// Buffers sent one after another (written vectored on the lean path).
+    Parts(Vec<Bytes>),
+    /// Frames as they come, until the sender is dropped (`/events`).
+    Stream(mpsc::Receiver<Bytes>),
+}
+
+impl Body {
+    /// Its length, unless it is a stream.
+    pub fn len(&self) -> Option<usize> {
+        match self {
+            Body::Empty => Some(0),
+            Body::Full(b) => Some(b.len()),
+            Body::Parts(parts) => Some(parts.iter().map(Bytes::len).sum()),
+            Body::Stream(_) => None,
+        }
+    }
+
+    /// Whether it is known to be empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == Some(0)
+    }
+}
+
+/// A handler's answer.
+#[derive(Debug)]
+pub struct Answer {
+    /// The status.
+    pub status: StatusCode,
+    /// Headers, in order; values are checked where they come from.
+    pub headers: Vec<(HeaderName, Bytes)>,
+    /// The body.
+    pub body: Body,
+}
+
+impl Answer {
+    /// An answer with a status and nothing else.
+    pub fn status(status: StatusCode) -> Answer {
+        Answer {
+            status,
+            headers: Vec::with_capacity(8),
+            body: Body::Empty,
+        }
+    }
+
+    /// A whole body with its Content-Type.
+    pub fn full(status: StatusCode, content_type: Bytes, body: impl Into<Body>) -> Answer {
+        Answer::status(status)
+            .with(header::CONTENT_TYPE, content_type)
+            .body(body)
+    }
+
+    /// A one-line JSON body.
+    pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Answer {
+        let mut body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+        body.push(b'\n');
+        Answer::full(
+            status,
+            Bytes::from_static(JSON.as_bytes()),
+            Bytes::from(body),
+        )
+    }
+
+    /// A refusal: its status, `{"error":"…"}`, and the headers it calls for.
+    pub fn refusal(err: &Error) -> Answer {
+        #[derive(Serialize)]
+        struct Refusal {
+            error: String,
+        }
+        let answer = Answer::json(
+            err.status(),
+            &Refusal {
+                error: err.to_string(),
+            },
+        );
+        match err {
+            Error::MethodNotAllowed(allow) => {
+                answer.with(header::ALLOW, Bytes::from_static(allow.as_bytes()))
+            }
+            Error::Unauthorized => {
+                answer.with(header::WWW_AUTHENTICATE, Bytes::from_static(b"Bearer"))
+            }
+            err if err.retry_later() => answer.with(header::RETRY_AFTER, Bytes::from_static(b"1")),
+            _ => answer,
+        }
+    }
+
+    /// Adds a header.
+    pub fn with(mut self, name: HeaderName, value: Bytes) -> Answer {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// Sets the body.
+    pub fn body(mut self, body: impl Into<Body>) -> Answer {
+        self.body = body.into();
+        self
+    }
+
+    /// Whether it has a header.
+    pub fn has(&self, name: &HeaderName) -> bool {
+        self.headers.iter().any(|(n, _)| n == name)
+    }
+
+    /// Whether the status allows a body (and so a Content-Length).
+    pub fn has_body(&self) -> bool {
+        !(self.status == StatusCode::NO_CONTENT
+            || self.status == StatusCode::NOT_MODIFIED
+            || self.status.is_informational())
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(b: Bytes) -> Body {
+        Body::Full(b)
+    }
+}
+
+impl From<Vec<Bytes>> for Body {
+    fn from(parts: Vec<Bytes>) -> Body {
+        Body::Parts(parts)
+    }
+}

@@ -1,0 +1,470 @@
+//! The routes: one request model, one route table, one handler per endpoint.
+//!
+//! Both HTTP paths (the lean HTTP/1.1 one and hyper's) fill the same
+//! [`Request`], ask [`Routes::route`] what it is, read a publish's body within
+//! the limit and time the route gives, and get an [`Answer`] from the same
+//! handler. Every answer passes [`Routes::finish`], which counts and logs
+//! refusals and adds the headers every answer carries (CORS,
+//! `Cache-Control: no-store`).
+//!
+//! | path            | methods            | handler                  |
+//! |-----------------|--------------------|--------------------------|
+//! | `/subscribe`    | GET                | [`Routes::subscribe`]    |
+//! | `/publish`      | GET, POST, DELETE  | [`Routes::publish`], [`Routes::delete`] |
+//! | `/events`       | GET                | [`Routes::events`]       |
+//! | `/stats`        | GET                | JSON counters            |
+//! | `/metrics`      | GET                | Prometheus counters      |
+//! | `/channels/C`   | GET                | one channel's state      |
+//! | `/`             | GET                | the chat page            |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use http::{Method, StatusCode};
+use serde::Serialize;
+use tracing::{debug, warn};
+
+use crate::answer::{Answer, X_GAP, X_MESSAGE_ID};
+use crate::error::Error;
+use crate::protocol::{self, Events, Format, PublishAnswer, Query, Subscribe};
+use crate::stats::{Counters, Snapshot};
+use crate::store::{Polled, Store};
+
+/// `Last-Event-ID`, the SSE resume header, also read by long-polls.
+pub const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+
+/// What the routes need to know of the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Longest a long-poll waits.
+    pub timeout: Duration,
+    /// Silence after which an event stream gets a ping.
+    pub ping: Duration,
+    /// Time a publish body has to arrive.
+    pub body_timeout: Duration,
+    /// Largest message.
+    pub max_message: usize,
+    /// `Access-Control-Allow-Origin`.
+    pub cors_origin: Bytes,
+    /// The token publishing needs, if any.
+    pub publish_token: Option<String>,
+}
+
+/// A request as both HTTP paths hand it over: the parts any route reads.
+#[derive(Debug, Default)]
+pub struct Request {
+    /// The method.
+    pub method: Method,
+    /// The path.
+    pub path: String,
+    /// The query string, if any.
+    pub query: Option<String>,
+    /// The first `Last-Event-ID`.
+    pub last_event_id: Option<Bytes>,
+    /// The first `Content-Type`.
+    pub content_type: Option<Bytes>,
+    /// The first `Authorization`.
+    pub authorization: Option<Bytes>,
+    /// The declared body length, if any.
+    pub content_length: Option<u64>,
+}
+
+impl Request {
+    /// A request for `target` (path and query).
+    pub fn new(method: Method, target: &str) -> Request {
+        let (path, query) = match target.split_once('?') {
+            Some((path, query)) => (path, Some(query.to_owned())),
+            None => (target, None),
+        };
+        Request {
+            method,
+            path: path.to_owned(),
+            query,
+            ..Request::default()
+        }
+    }
+
+    /// Keeps a header if a route reads it (the first of each); returns whether
+    /// it did.
+    pub fn header(&mut self, name: &str, value: &[u8]) -> bool {
+        let is = |n: &HeaderName| name.eq_ignore_ascii_case(n.as_str());
+        let slot = if is(&LAST_EVENT_ID) {
+            &mut self.last_event_id
+        } else if is(&header::CONTENT_TYPE) {
+            &mut self.content_type
+        } else if is(&header::AUTHORIZATION) {
+            &mut self.authorization
+        } else {
+            return false;
+        };
+        if slot.is_none() {
+            *slot = Some(Bytes::copy_from_slice(value));
+        }
+        true
+    }
+}
+
+/// What a request asks for, its parameters checked.
+#[derive(Debug)]
+pub enum Route {
+    /// `OPTIONS`: a CORS preflight; carries the allowed methods.
+    Preflight(&'static str),
+    /// `GET /subscribe`.
+    Subscribe(Subscribe),
+    /// `GET /events`.
+    Events(Events),
+    /// `GET|POST /publish`.
+    Publish(Publish),
+    /// `DELETE /publish`.
+    Delete(String),
+    /// `GET /stats`.
+    Stats,
+    /// `GET /metrics`.
+    Metrics,
+    /// `GET /channels/C`.
+    Channel(String),
+    /// `GET /`.
+    Page,
+}
+
+/// A publish, before its body is read.
+#[derive(Debug)]
+pub struct Publish {
+    channel: String,
+    message: Option<String>,
+    content_type: Option<Bytes>,
+    /// Whether a body is to be read (POST).
+    pub has_body: bool,
+    /// Most body bytes to read; a larger body is [`Publish::too_large`].
+    pub body_limit: usize,
+    max_message: usize,
+}
+
+impl Publish {
+    /// The refusal of a body over [`Publish::body_limit`].
+    pub fn too_large(&self) -> Error {
+        Error::TooLarge(self.max_message)
+    }
+}
+
+/// The routes, shared by every connection.
+#[derive(Debug)]
+pub struct Routes {
+    store: Store,
+    counters: Arc<Counters>,
+    settings: Settings,
+    started: tokio::time::Instant,
+}
+
+impl Routes {
+    /// Routes over `store`.
+    pub fn new(store: Store, counters: Arc<Counters>, settings: Settings) -> Routes {
+        Routes {
+            store,
+            counters,
+            settings,
+            started: tokio::time::Instant::now(),
+        }
+    }
+
+    /// The store behind the routes.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The server's counters.
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
+    /// Time a publish body has to arrive.
+    pub fn body_timeout(&self) -> Duration {
+        self.settings.body_timeout
+    }
+
+    /// The route table: what `req` asks for, with its parameters checked.
+    pub fn route(&self, req: &Request) -> Result<Route, Error> {
+        let path = req.path.as_str();
+        let allow = match path {
+            "/subscribe" | "/events" | "/stats" | "/metrics" | "/" => "GET, OPTIONS",
+            "/publish" => "GET, POST, DELETE, OPTIONS",
+            p if p.starts_with("/channels/") => "GET, OPTIONS",
+            _ => return Err(Error::NotFound),
+        };
+        let query = || Query::parse(req.query.as_deref());
+        let ids = self.store.ids();
+        let last_event_id = req.last_event_id.as_deref();
+        Ok(match (&req.method, path) {
+            (&Method::OPTIONS, _) => Route::Preflight(allow),
+            (&Method::GET, "/subscribe") => {
+                Route::Subscribe(query()?.subscribe(last_event_id, ids, self.settings.timeout)?)
+            }
+            (&Method::GET, "/events") => Route::Events(query()?.events(last_event_id, ids)?),
+            (&Method::GET | &Method::POST, "/publish") => {
+                self.authorize(req)?;
+                let query = query()?;
+                let body_limit = if protocol::is_form(req.content_type.as_deref()) {
+                    protocol::form_limit(self.settings.max_message)
+                } else {
+                    self.settings.max_message
+                };
+                let has_body = req.method == Method::POST;
+                if has_body && req.content_length.is_some_and(|n| n > body_limit as u64) {
+                    return Err(Error::TooLarge(self.settings.max_message));
+                }
+                Route::Publish(Publish {
+                    channel: query.channel()?,
+                    message: query.message,
+                    content_type: req.content_type.clone(),
+                    has_body,
+                    body_limit,
+                    max_message: self.settings.max_message,
+                })
+            }
+            (&Method::DELETE, "/publish") => {
+                self.authorize(req)?;
+                Route::Delete(query()?.channel()?)
+            }
+            (&Method::GET, "/stats") => Route::Stats,
+            (&Method::GET, "/metrics") => Route::Metrics,
+            (&Method::GET, "/") => Route::Page,
+            (&Method::GET, p) if p.starts_with("/channels/") => {
+                Route::Channel(protocol::channel_name(Some(&p["/channels/".len()..]))?.to_owned())
+            }
+            _ => return Err(Error::MethodNotAllowed(allow)),
+        })
+    }
+
+    /// Answers a route; `body` is a publish's body, read by the HTTP path.
+    pub async fn serve(&self, route: Route, body: Bytes) -> Answer {
+        let result = match route {
+            Route::Preflight(allow) => Ok(preflight(allow)),
+            Route::Subscribe(params) => return self.subscribe(params).await,
+            Route::Events(params) => self.events(params).await,
+            // Boxed: a waiting subscriber's task is sized by the largest branch.
+            Route::Publish(publish) => Box::pin(self.publish(publish, body)).await,
+            Route::Delete(channel) => self.delete(channel).await,
+            Route::Stats => Ok(Answer::json(StatusCode::OK, &self.snapshot())),
+            Route::Metrics => Ok(Answer::full(
+                StatusCode::OK,
+                Bytes::from_static(b"text/plain; version=0.0.4; charset=utf-8"),
+                Bytes::from(self.snapshot().to_prometheus()),
+            )),
+            Route::Channel(channel) => self.channel(channel).await,
+            Route::Page => Ok(crate::chat::page()),
+        };
+        self.finish(result)
+    }
+
+    /// A refusal or an answer, with the headers every answer carries.
+    pub fn finish(&self, result: Result<Answer, Error>) -> Answer {
+        let mut answer = match result {
+            Ok(answer) => answer,
+            Err(err) => self.refuse(&err),
+        };
+        answer.headers.push((
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            self.settings.cors_origin.clone(),
+        ));
+        answer.headers.push((
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            Bytes::from_static(b"X-Message-Id, X-Gap"),
+        ));
+        if !answer.has(&header::CACHE_CONTROL) {
+            answer
+                .headers
+                .push((header::CACHE_CONTROL, Bytes::from_static(b"no-store")));
+        }
+        answer
+    }
+
+    /// Counts and logs a refusal and makes its answer.
+    fn refuse(&self, err: &Error) -> Answer {
+        let reason = err.reason().name();
+        if err.retry_later() && !matches!(err, Error::ShuttingDown) {
+            warn!(reason, %err, "limit reached");
+        } else {
+            debug!(reason, %err, "refused");
+        }
+        self.counters.refused(err.reason());
+        Answer::refusal(err)
+    }
+
+    /// `GET /subscribe`: answers at once from the history, or waits for the next
+    /// message, the timeout, deletion or shutdown. Every parked subscriber keeps
+    /// this future, so it holds only its parameters and the store's wait.
+    pub async fn subscribe(&self, params: Subscribe) -> Answer {
+        let limit = params.limit();
+        let polled = self
+            .store
+            .poll(&params.channel, params.since, limit, params.timeout)
+            .await;
+        self.finish(polled.map(|polled| long_poll_answer(&params.channel, params.format, polled)))
+    }
+
+    /// `GET /events`: an event stream.
+    pub async fn events(&self, params: Events) -> Result<Answer, Error> {
+        let stream = self.store.stream(&params.channel, params.since).await?;
+        Ok(crate::sse::answer(stream, self.settings.ping))
+    }
+
+    /// `GET|POST /publish`: publishes one message and says how many got it.
+    pub async fn publish(&self, publish: Publish, body: Bytes) -> Result<Answer, Error> {
+        let (data, content_type) = protocol::published_message(
+            publish.message,
+            publish.content_type.filter(|_| publish.has_body),
+            if publish.has_body { body } else { Bytes::new() },
+            self.settings.max_message,
+        )?;
+        let published = self
+            .store
+            .publish(&publish.channel, data, content_type)
+            .await?;
+        Counters::bump(&self.counters.published);
+        let answer = Answer::json(
+            StatusCode::OK,
+            &PublishAnswer {
+                id: std::str::from_utf8(&published.id).unwrap_or_default(),
+                channel: &publish.channel,
+                subscribers: published.subscribers,
+            },
+        );
+        Ok(answer.with(X_MESSAGE_ID, published.id))
+    }
+
+    /// `DELETE /publish`: drops a channel; its waiting subscribers get 410.
+    pub async fn delete(&self, channel: String) -> Result<Answer, Error> {
+        #[derive(Serialize)]
+        struct Deleted<'a> {
+            channel: &'a str,
+            deleted: bool,
+        }
+        let deleted = self.store.delete(&channel).await?;
+        Ok(Answer::json(
+            StatusCode::OK,
+            &Deleted {
+                channel: &channel,
+                deleted,
+            },
+        ))
+    }
+
+    /// `GET /channels/C`.
+    async fn channel(&self, channel: String) -> Result<Answer, Error> {
+        let state = self.store.channel(&channel).await?;
+        let info = protocol::ChannelInfo {
+            last_id: state
+                .last_id
+                .map(|id| String::from_utf8_lossy(&id).into_owned()),
+            channel,
+            subscribers: state.subscribers,
+            messages: state.messages,
+        };
+        Ok(Answer::json(StatusCode::OK, &info))
+    }
+
+    /// `/stats` and `/metrics`.
+    fn snapshot(&self) -> Snapshot {
+        use std::sync::atomic::Ordering::Relaxed;
+        let gauges = self.store.gauges();
+        let c = &self.counters;
+        Snapshot {
+            connections: c.connections.load(Relaxed),
+            waiting: gauges.hub.waiting,
+            streams: gauges.hub.streams,
+            channels: gauges.hub.channels,
+            published: c.published.load(Relaxed),
+            delivered: gauges.hub.delivered,
+            history_bytes: gauges.hub.history_bytes,
+            uptime_seconds: self.started.elapsed().as_secs(),
+            refused: c.refusals().into_iter().collect(),
+            redis: gauges.redis,
+        }
+    }
+
+    fn authorize(&self, req: &Request) -> Result<(), Error> {
+        let Some(token) = &self.settings.publish_token else {
+            return Ok(());
+        };
+        let given = req
+            .authorization
+            .as_deref()
+            .and_then(|v| v.strip_prefix(b"Bearer "))
+            .unwrap_or_default();
+        if constant_time_eq(given, token.as_bytes()) {
+            Ok(())
+        } else {
+            Err(Error::Unauthorized)
+        }
+    }
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A long-poll's answer: the first message raw, every message as a JSON batch,
+/// or `204` with the position to resume from.
+fn long_poll_answer(channel: &str, format: Format, polled: Polled) -> Answer {
+    let gap_header = |answer: Answer, gap: bool| {
+        if gap {
+            answer.with(X_GAP, Bytes::from_static(b"1"))
+        } else {
+            answer
+        }
+    };
+    match polled {
+        Polled::Empty { last_id, gap } => gap_header(
+            Answer::status(StatusCode::NO_CONTENT).with(X_MESSAGE_ID, last_id),
+            gap,
+        ),
+        Polled::Messages { messages, gap } => {
+            let (Some(first), Some(last)) = (messages.first(), messages.last()) else {
+                return Answer::refusal(&Error::NotFound);
+            };
+            let answer = match format {
+                Format::Raw => Answer::full(
+                    StatusCode::OK,
+                    first.payload.content_type.clone(),
+                    first.payload.data.clone(),
+                )
+                .with(X_MESSAGE_ID, first.payload.id.clone()),
+                Format::Json => {
+                    let last_id = &last.payload.id;
+                    let parts = protocol::json_batch(
+                        channel,
+                        messages.iter().map(|m| &m.payload),
+                        last_id,
+                        gap,
+                    );
+                    Answer::full(
+                        StatusCode::OK,
+                        Bytes::from_static(crate::answer::JSON.as_bytes()),
+                        parts,
+                    )
+                    .with(X_MESSAGE_ID, last_id.clone())
+                }
+            };
+            gap_header(answer, gap)
+        }
+    }
+}
+
+fn preflight(allow: &'static str) -> Answer {
+    Answer::status(StatusCode::NO_CONTENT)
+        .with(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            Bytes::from_static(allow.as_bytes()),
+        )
+        .with(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            Bytes::from_static(b"Authorization, Content-Type, Last-Event-ID, Cache-Control"),
+        )
+        .with(header::ACCESS_CONTROL_MAX_AGE, Bytes::from_static(b"86400"))
+}

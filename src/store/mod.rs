@@ -1,0 +1,243 @@
+//! The store: where channels live, behind one interface.
+//!
+//! [`Store::Memory`] keeps them in this process's [`Hub`]; [`Store::Redis`] keeps
+//! them in Redis Streams shared by every instance, with a hub in cache mode as
+//! this instance's copy. The routes call the same methods on either and never
+//! learn which one they talk to; this module is the only place that tells them
+//! apart.
+
+pub mod memory;
+pub mod redis;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::error::Error;
+use crate::hub::{self, Hub};
+use crate::protocol::{Content, Ids, Meter, Since};
+use crate::stats::RedisLink;
+
+/// A message as the store hands it out.
+pub type Message = Arc<hub::Message<Content>>;
+/// An open event stream.
+pub type Stream = hub::Stream<Content>;
+
+/// What a long-poll got.
+#[derive(Debug)]
+pub enum Polled {
+    /// Messages after `since`, oldest first.
+    Messages {
+        /// The messages.
+        messages: Vec<Message>,
+        /// Some messages after `since` were no longer retained.
+        gap: bool,
+    },
+    /// Nothing before the timeout (or shutdown, or a link reset).
+    Empty {
+        /// The id to poll from next.
+        last_id: Bytes,
+        /// Some messages after `since` were no longer retained.
+        gap: bool,
+    },
+}
+
+/// What a publish did.
+#[derive(Debug)]
+pub struct Published {
+    /// The new message's id.
+    pub id: Bytes,
+    /// Subscribers (in memory) or instances (on Redis) it was handed to.
+    pub subscribers: usize,
+}
+
+/// A channel's state, for `/channels/C`.
+#[derive(Debug)]
+pub struct ChannelState {
+    /// This instance's waiting subscribers and streams.
+    pub subscribers: usize,
+    /// Retained messages.
+    pub messages: usize,
+    /// The last message's id, if any is known.
+    pub last_id: Option<Bytes>,
+}
+
+/// The store's gauges, for `/stats`.
+#[derive(Debug)]
+pub struct Gauges {
+    /// The hub's (or the cache's) gauges, with encodings in `history_bytes`.
+    pub hub: hub::Snapshot,
+    /// On Redis: the link.
+    pub redis: Option<RedisLink>,
+}
+
+/// Limits every store keeps.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Messages a channel keeps.
+    pub history: usize,
+    /// Age after which a message leaves the history.
+    pub history_age: Duration,
+    /// Most channels held at once (0: no limit).
+    pub max_channels: usize,
+    /// Most waiting subscribers at once (0: no limit).
+    pub max_subscribers: usize,
+}
+
+impl Settings {
+    fn hub(&self, mode: hub::Mode) -> hub::Config {
+        hub::Config {
+            history: self.history,
+            history_age: self.history_age,
+            max_channels: self.max_channels,
+            max_subscribers: self.max_subscribers,
+            mode,
+        }
+    }
+}
+
+/// How often expired history is swept.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Where channels live.
+#[derive(Debug)]
+pub enum Store {
+    /// In this process.
+    Memory(memory::Memory),
+    /// In Redis, shared by several instances.
+    Redis(Arc<redis::Redis>),
+}
+
+impl Store {
+    /// An in-memory store.
+    pub fn memory(settings: &Settings) -> Store {
+        Store::Memory(memory::Memory::new(settings))
+    }
+
+    /// A store on the Redis at `url` (checked now; connected by [`Store::run`]).
+    pub fn redis(settings: &Settings, url: &str) -> Result<Store, String> {
+        redis::Redis::new(settings, url).map(|r| Store::Redis(Arc::new(r)))
+    }
+
+    /// How message ids are made and read.
+    pub fn ids(&self) -> &Ids {
+        match self {
+            Store::Memory(m) => m.ids(),
+            Store::Redis(_) => &Ids::Stream,
+        }
+    }
+
+    /// A long-poll: up to `limit` messages after `since`, or the next one, or
+    /// nothing by `timeout`.
+    pub async fn poll(
+        &self,
+        channel: &str,
+        since: Since,
+        limit: usize,
+        timeout: Duration,
+    ) -> Result<Polled, Error> {
+        match self {
+            Store::Memory(m) => m.poll(channel, since, limit, timeout).await,
+            // Boxed: its Redis calls would otherwise size every waiting task.
+            Store::Redis(r) => Box::pin(r.poll(channel, since, limit, timeout)).await,
+        }
+    }
+
+    /// An event stream: the messages after `since`, then live ones.
+    pub async fn stream(&self, channel: &str, since: Since) -> Result<Stream, Error> {
+        match self {
+            Store::Memory(m) => m.stream(channel, since),
+            Store::Redis(r) => r.stream(channel, since).await,
+        }
+    }
+
+    /// Publishes a message.
+    pub async fn publish(
+        &self,
+        channel: &str,
+        data: Bytes,
+        content_type: Bytes,
+    ) -> Result<Published, Error> {
+        match self {
+            Store::Memory(m) => m.publish(channel, data, content_type),
+            Store::Redis(r) => r.publish(channel, data, content_type).await,
+        }
+    }
+
+    /// Deletes a channel; returns whether it existed.
+    pub async fn delete(&self, channel: &str) -> Result<bool, Error> {
+        match self {
+            Store::Memory(m) => Ok(m.delete(channel)),
+            Store::Redis(r) => r.delete(channel).await,
+        }
+    }
+
+    /// A channel's state.
+    pub async fn channel(&self, channel: &str) -> Result<ChannelState, Error> {
+        match self {
+            Store::Memory(m) => Ok(m.channel(channel)),
+            Store::Redis(r) => r.channel(channel).await,
+        }
+    }
+
+    /// Gauges for `/stats`.
+    pub fn gauges(&self) -> Gauges {
+        let (hub, meter) = self.hub();
+        let mut gauges = hub.snapshot();
+        gauges.history_bytes += meter.bytes();
+        Gauges {
+            hub: gauges,
+            redis: match self {
+                Store::Memory(_) => None,
+                Store::Redis(r) => Some(r.link_state()),
+            },
+        }
+    }
+
+    fn hub(&self) -> (&Arc<Hub<Content>>, &Meter) {
+        match self {
+            Store::Memory(m) => (m.hub(), m.meter()),
+            Store::Redis(r) => (r.hub(), r.meter()),
+        }
+    }
+
+    /// Closes the store: every waiting subscriber is answered, every stream
+    /// ends, new requests are refused.
+    pub fn close(&self) {
+        self.hub().0.close();
+    }
+
+    /// Waits until the store can serve, or `limit` has passed; returns whether it can.
+    pub async fn ready(&self, limit: Duration) -> bool {
+        match self {
+            Store::Memory(_) => true,
+            Store::Redis(r) => r.wait_up(limit).await,
+        }
+    }
+
+    /// The store's background work (expiry, and the link to Redis) until `stop`
+    /// turns true.
+    pub async fn run(&self, mut stop: watch::Receiver<bool>) {
+        let hub = self.hub().0.clone();
+        let sweep = async move {
+            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+            loop {
+                tick.tick().await;
+                hub.sweep();
+            }
+        };
+        let link = async {
+            match self {
+                Store::Memory(_) => std::future::pending().await,
+                Store::Redis(r) => r.run_link().await,
+            }
+        };
+        tokio::select! {
+            _ = sweep => {}
+            _ = link => {}
+            _ = stop.wait_for(|&s| s) => {}
+        }
+    }
+}
