@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # comethub vs Nchan, same workloads, one run: both servers pinned to core 0, the
 # load generator and wrk to core 1. Loopback only; every step is bounded.
-#   benches/compare.sh            (SUBSCRIBERS=10000 ROUNDS=5 CYCLE_SUBSCRIBERS=100 CYCLE_MESSAGES=20000)
+#   benches/compare.sh            (SUBSCRIBERS=10000 ROUNDS=5 CYCLE_SUBSCRIBERS=100 CYCLE_MESSAGES=20000
+#                                  STORM_PUBLISHERS=8 COMETHUB_BIN=target/release/comethub)
+# COMETHUB_BIN runs another build of comethub (an older one, for a before/after
+# table) against the same Nchan and load generator.
 # Needs nginx, libnginx-mod-nchan and wrk (Debian packages); run as root for sysctl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +12,7 @@ N=${SUBSCRIBERS:-10000}
 ROUNDS=${ROUNDS:-5}
 K=${CYCLE_SUBSCRIBERS:-100}
 M=${CYCLE_MESSAGES:-20000}
+P=${STORM_PUBLISHERS:-8}
 CPORT=${COMETHUB_PORT:-18000}
 NPORT=${NCHAN_PORT:-18001}
 work=$(mktemp -d /tmp/comethub-bench.XXXXXX)
@@ -30,7 +34,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-taskset -c 0 target/release/comethub --listen 127.0.0.1:$CPORT --history 30000 --timeout 120 \
+BIN=${COMETHUB_BIN:-target/release/comethub}
+taskset -c 0 "$BIN" --listen 127.0.0.1:$CPORT --history 30000 --timeout 120 \
   --max-message 1024 2>"$work/comethub.log" &
 CPID=$!
 sed -e "s#__DIR__#$work#g" -e "s#__PORT__#$NPORT#g" benches/nchan.conf > "$work/nginx.conf"
@@ -57,6 +62,9 @@ echo "== cycle ($K subscribers re-polling, $M messages)"
 c_cyc=$(run cycle --addr 127.0.0.1:$CPORT --pid $CPID --subscribers "$K" --messages "$M" --channel cyc)
 c_cycj=$(run cycle --addr 127.0.0.1:$CPORT --pid $CPID --subscribers "$K" --messages "$M" --channel cycj --json)
 n_cyc=$(run cycle --addr 127.0.0.1:$NPORT --pid "$NPID" --subscribers "$K" --messages "$M" --channel cyc --server nchan)
+echo "== publish storm ($K subscribers re-polling, $M messages from $P publisher connections)"
+c_storm=$(run cycle --addr 127.0.0.1:$CPORT --pid $CPID --subscribers "$K" --messages "$M" --publishers "$P" --channel storm --json)
+n_storm=$(run cycle --addr 127.0.0.1:$NPORT --pid "$NPID" --subscribers "$K" --messages "$M" --publishers "$P" --channel storm --server nchan-multipart)
 echo "== publish throughput, no subscribers (wrk)"
 c_pub=$(publish_rps "http://127.0.0.1:$CPORT/publish?channel=wrk")
 n_pub=$(publish_rps "http://127.0.0.1:$NPORT/pub/wrk")
@@ -69,6 +77,8 @@ row "cycle raw: deliveries/s" "$(val "$c_cyc" deliveries_per_s)" "$(val "$n_cyc"
 row "cycle json: deliveries/s (vs Nchan raw)" "$(val "$c_cycj" deliveries_per_s)" "$(val "$n_cyc" deliveries_per_s)"
 row "cycle: lost + duplicated (raw)" "$(lost "$c_cyc")" "$(lost "$n_cyc")"
 row "cycle: lost + duplicated (json)" "$(lost "$c_cycj")" "-"
+row "storm json vs Nchan multipart: deliveries/s" "$(val "$c_storm" deliveries_per_s)" "$(val "$n_storm" deliveries_per_s)"
+row "storm: lost + duplicated + disordered" "$(( $(lost "$c_storm") + $(val "$c_storm" disordered) ))" "$(( $(lost "$n_storm") + $(val "$n_storm" disordered) ))"
 row "publish, no subscribers: requests/s (wrk)" "$c_pub" "$n_pub"
 echo
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"

@@ -13,14 +13,18 @@
 //! cargo bench --bench loadgen -- fanout --addr A --addr B --pid PA --pid PB --pid PREDIS ...
 //! ```
 //! `--server nchan` switches paths and resume headers to an Nchan long-poll
-//! location (`/sub/CHANNEL`, `/pub/CHANNEL`). Every run is bounded in count and
+//! location (`/sub/CHANNEL`, `/pub/CHANNEL`); `--server nchan-multipart` to its
+//! batching location (`/subm/CHANNEL`, `nchan_longpoll_multipart_response on`),
+//! whose answers carry every waiting message as parts of one multipart body. Every run is bounded in count and
 //! time and talks only to the address given (use loopback).
 //!
 //! - fanout: N subscribers wait on one channel; one 32-byte message is published;
 //!   reports the time until each has it (p50, p99, all), the server's CPU time for
 //!   the round (from /proc/PID/stat) and its RSS growth per waiting subscriber.
 //! - cycle: K subscribers re-poll with their last id while M messages are
-//!   published; reports deliveries per second, messages lost and duplicated.
+//!   published (`--publishers P` connections at once, each in its own order);
+//!   reports deliveries per second, messages lost, duplicated and out of their
+//!   publisher's order.
 //! - latency: M publishes one after another on one connection, no subscribers;
 //!   reports the round trip of each (p50, p99).
 
@@ -40,6 +44,7 @@ const DEADLINE: Duration = Duration::from_secs(120);
 enum Kind {
     Comethub,
     Nchan,
+    NchanMultipart,
 }
 
 #[derive(Clone, Debug)]
@@ -51,6 +56,7 @@ struct Opts {
     subscribers: usize,
     rounds: usize,
     messages: usize,
+    publishers: usize,
     json: bool,
     kind: Kind,
     channel: String,
@@ -66,6 +72,7 @@ fn parse_args() -> Opts {
         subscribers: 1000,
         rounds: 5,
         messages: 10_000,
+        publishers: 1,
         json: false,
         kind: Kind::Comethub,
         channel: "bench".into(),
@@ -81,11 +88,13 @@ fn parse_args() -> Opts {
             "--subscribers" => o.subscribers = value().parse().expect("--subscribers N"),
             "--rounds" => o.rounds = value().parse().expect("--rounds N"),
             "--messages" => o.messages = value().parse().expect("--messages N"),
+            "--publishers" => o.publishers = value().parse().expect("--publishers N"),
             "--channel" => o.channel = value(),
             "--json" => o.json = true,
             "--server" => {
                 o.kind = match value().as_str() {
                     "nchan" => Kind::Nchan,
+                    "nchan-multipart" => Kind::NchanMultipart,
                     _ => Kind::Comethub,
                 }
             }
@@ -225,7 +234,7 @@ fn subscribe_request(o: &Opts, cursor: &Cursor) -> String {
                 o.channel
             )
         }
-        Kind::Nchan => {
+        Kind::Nchan | Kind::NchanMultipart => {
             let mut extra = String::new();
             if let Some(v) = &cursor.last_modified {
                 extra.push_str(&format!("If-Modified-Since: {v}\r\n"));
@@ -233,7 +242,11 @@ fn subscribe_request(o: &Opts, cursor: &Cursor) -> String {
             if let Some(v) = &cursor.etag {
                 extra.push_str(&format!("If-None-Match: {v}\r\n"));
             }
-            format!("GET /sub/{} HTTP/1.1\r\nHost: x\r\n{extra}\r\n", o.channel)
+            let location = if o.kind == Kind::Nchan { "sub" } else { "subm" };
+            format!(
+                "GET /{location}/{} HTTP/1.1\r\nHost: x\r\n{extra}\r\n",
+                o.channel
+            )
         }
     }
 }
@@ -243,7 +256,7 @@ fn publish_request(o: &Opts, seq: usize) -> Vec<u8> {
     body.resize(MESSAGE_LEN, b'.');
     let path = match o.kind {
         Kind::Comethub => format!("/publish?channel={}", o.channel),
-        Kind::Nchan => format!("/pub/{}", o.channel),
+        Kind::Nchan | Kind::NchanMultipart => format!("/pub/{}", o.channel),
     };
     let mut req = format!(
         "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
@@ -270,9 +283,38 @@ fn sequences(o: &Opts, r: &Resp) -> Vec<usize> {
                     .collect()
             })
             .unwrap_or_default()
+    } else if o.kind == Kind::NchanMultipart {
+        multipart(r).iter().filter_map(|part| parse(part)).collect()
     } else {
         parse(&r.body).into_iter().collect()
     }
+}
+
+/// The parts' bodies of a `multipart/mixed` answer (a plain answer is one part).
+fn multipart(r: &Resp) -> Vec<&[u8]> {
+    let boundary = r
+        .headers
+        .get("content-type")
+        .and_then(|ct| ct.split("boundary=").nth(1))
+        .map(|b| format!("--{}", b.trim_matches('"')));
+    let Some(boundary) = boundary else {
+        return vec![&r.body];
+    };
+    let mut parts = Vec::new();
+    let mut rest = &r.body[..];
+    while let Some(at) = find(rest, boundary.as_bytes()) {
+        rest = &rest[at + boundary.len()..];
+        if rest.starts_with(b"--") {
+            break;
+        }
+        let Some(head_end) = find(rest, b"\r\n\r\n") else {
+            break;
+        };
+        let body = &rest[head_end + 4..];
+        let end = find(body, boundary.as_bytes()).unwrap_or(body.len());
+        parts.push(body[..end].strip_suffix(b"\r\n").unwrap_or(&body[..end]));
+    }
+    parts
 }
 
 /// CPU time (user + system) of a process, in clock ticks converted to ms.
@@ -459,7 +501,7 @@ async fn cycle(o: Opts) {
                 if r.status == 200 {
                     got.extend(sequences(&o, &r));
                     last_at = Instant::now();
-                    if got.last() == Some(&(o.messages - 1)) {
+                    if got.len() >= o.messages {
                         return (got, last_at);
                     }
                 } else if r.status == 204 || r.status == 304 || r.status == 408 {
@@ -475,11 +517,20 @@ async fn cycle(o: Opts) {
     tokio::time::sleep(Duration::from_millis(500 + o.subscribers as u64)).await;
     let t0 = Instant::now();
     let cpu0 = cpu_ms(&o.pids);
-    let mut s = TcpStream::connect(o.addr).await.expect("publisher connect");
-    s.set_nodelay(true).ok();
-    let mut buf = Vec::new();
-    for seq in 0..o.messages {
-        publish_on(&o, &mut s, &mut buf, seq).await;
+    let mut publishers = tokio::task::JoinSet::new();
+    for p in 0..o.publishers.max(1) {
+        let o = o.clone();
+        publishers.spawn(async move {
+            let mut s = TcpStream::connect(o.addr).await.expect("publisher connect");
+            s.set_nodelay(true).ok();
+            let mut buf = Vec::new();
+            for seq in (p..o.messages).step_by(o.publishers.max(1)) {
+                publish_on(&o, &mut s, &mut buf, seq).await;
+            }
+        });
+    }
+    while let Some(done) = publishers.join_next().await {
+        done.expect("publisher");
     }
     stop.store(true, Ordering::SeqCst);
     let mut delivered = 0usize;
@@ -495,8 +546,13 @@ async fn cycle(o: Opts) {
         end = end.max(last_at);
         delivered += got.len();
         let mut seen = vec![false; o.messages];
-        for w in got.windows(2) {
-            disordered += usize::from(w[0] >= w[1]);
+        // Each publisher's messages must arrive in its order.
+        let p = o.publishers.max(1);
+        let mut last = vec![None; p];
+        for &seq in &got {
+            let slot = &mut last[seq % p];
+            disordered += usize::from(slot.is_some_and(|l| l >= seq));
+            *slot = Some(seq);
         }
         for &seq in &got {
             if seq < o.messages {
@@ -509,9 +565,10 @@ async fn cycle(o: Opts) {
     let secs = end.duration_since(t0).as_secs_f64();
     let cpu = cpu_ms(&o.pids).zip(cpu0).map(|(b, a)| b - a);
     println!(
-        "RESULT cycle subscribers={} messages={} json={} deliveries_per_s={:.0} lost={lost} duplicates={dups} disordered={disordered} seconds={secs:.2} server_cpu_ms={}",
+        "RESULT cycle subscribers={} messages={} publishers={} json={} deliveries_per_s={:.0} lost={lost} duplicates={dups} disordered={disordered} seconds={secs:.2} server_cpu_ms={}",
         o.subscribers,
         o.messages,
+        o.publishers,
         o.json,
         delivered as f64 / secs,
         cpu.map_or("n/a".into(), |c| format!("{c:.0}"))

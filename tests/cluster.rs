@@ -200,10 +200,9 @@ async fn waiters_survive_a_redis_restart_and_nothing_retained_is_lost() {
             )
         })
         .collect();
+    // Once counted as waiting, a subscriber waits on whatever happens to Redis,
+    // even if it is killed before the subscriber's first read of the stream.
     a.wait_for_stat("waiting", 20).await;
-    // Counted as waiting, each still reads the stream once before it parks.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
     redis.kill();
     wait_link(&a, false).await;
     let refused = c
@@ -262,6 +261,7 @@ async fn clients_of_a_killed_instance_continue_on_another_without_loss() {
             tokio::time::sleep(Duration::from_millis(3)).await;
         }
     });
+    let (progress, mut read_so_far) = tokio::sync::watch::channel(0usize);
     let reader = tokio::spawn(async move {
         let mut since = String::from("oldest");
         let mut got: Vec<String> = Vec::new();
@@ -309,12 +309,16 @@ async fn clients_of_a_killed_instance_continue_on_another_without_loss() {
                 for m in batch["messages"].as_array().unwrap() {
                     got.push(m["data"].as_str().unwrap().to_owned());
                 }
+                progress.send_replace(got.len());
             }
         }
         (got, switched_at)
     });
     // Kill A while the reader is in the middle of the stream.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::timeout(STEP, read_so_far.wait_for(|&n| n >= 30))
+        .await
+        .unwrap()
+        .unwrap();
     let mut a = a;
     a.child.kill().unwrap();
     a.child.wait().unwrap();

@@ -200,7 +200,8 @@ async fn the_channel_limit_answers_503() {
 
 #[tokio::test]
 async fn the_connection_limit_answers_503_and_closes() {
-    let server = Server::start(&["--max-connections", "4"]);
+    let origin = "https://app.example";
+    let server = Server::start(&["--max-connections", "4", "--cors-origin", origin]);
     let mut held: Vec<_> = (0..3)
         .map(|_| spawn_get(server.addr, "/subscribe?channel=k&timeout=60"))
         .collect();
@@ -225,6 +226,11 @@ async fn the_connection_limit_answers_503_and_closes() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(answer.contains("retry-after: 1"));
+    // A browser on the configured origin can read why it was turned away.
+    assert!(
+        answer.contains(&format!("access-control-allow-origin: {origin}\r\n")),
+        "{answer}"
+    );
     assert!(answer.ends_with("{\"error\":\"too many connections: try again later\"}\n"));
     for h in held {
         h.abort();

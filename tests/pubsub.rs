@@ -422,3 +422,67 @@ async fn stats_and_channel_info_describe_the_server() {
         (Some(0), Some(0))
     );
 }
+
+#[tokio::test]
+async fn history_bytes_count_the_encodings_kept_with_each_message() {
+    let server = Server::start(&[]);
+    let mut client = server.client().await;
+    // Not UTF-8: its JSON item carries it in base64, a third larger.
+    let data: Vec<u8> = (0..1000u32).map(|i| (i % 7) as u8 | 0x80).collect();
+    for _ in 0..50 {
+        let resp = client
+            .request(
+                Method::POST,
+                "/publish?channel=bin",
+                &[("content-type", "application/octet-stream")],
+                data.clone(),
+            )
+            .await;
+        assert_eq!(resp.status, 200);
+    }
+    assert_eq!(server.stats().await["history_bytes"], 50 * 1000);
+    let batch = client
+        .get("/subscribe?channel=bin&since=oldest&format=json")
+        .await
+        .json();
+    assert_eq!(batch["messages"].as_array().unwrap().len(), 50);
+    let held = server.stats().await["history_bytes"].as_u64().unwrap();
+    let base64 = 1000u64.div_ceil(3) * 4;
+    assert!(
+        held >= 50 * (1000 + base64),
+        "history_bytes {held} leaves out the JSON kept for 50 messages"
+    );
+    // Deleting the channel gives every byte back.
+    let deleted = client
+        .request(Method::DELETE, "/publish?channel=bin", &[], "")
+        .await;
+    assert_eq!(deleted.status, 200);
+    server.wait_for_stat("history_bytes", 0).await;
+}
+
+#[tokio::test]
+async fn a_channel_freed_among_thousands_resumes_without_a_false_gap() {
+    let server = Server::start(&["--history-age", "1"]);
+    let mut client = server.client().await;
+    let mine = client.publish("mine", "only").await;
+    // Thousands of other channels get later messages, and all are freed.
+    for i in 0..20_000 {
+        client.publish(&format!("other{i}"), "x").await;
+    }
+    server.wait_for_stat("channels", 0).await;
+    let resumed = client
+        .get(&format!("/subscribe?channel=mine&since={mine}&timeout=0"))
+        .await;
+    assert_eq!(resumed.status, 204);
+    assert!(
+        !resumed.gap(),
+        "nothing was published on 'mine' after {mine}"
+    );
+    assert_eq!(resumed.id(), mine);
+    // While a reader from before "only" did miss it.
+    let before = mine.replace("-1", "-0");
+    let missed = client
+        .get(&format!("/subscribe?channel=mine&since={before}&timeout=0"))
+        .await;
+    assert!(missed.gap());
+}
