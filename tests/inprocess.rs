@@ -14,10 +14,12 @@ use tokio::task::JoinHandle;
 async fn start(threads: u16) -> (SocketAddr, oneshot::Sender<()>, JoinHandle<()>) {
     let listener = comethub::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
-    let mut config = comethub::Config::default();
-    config.threads = threads;
-    config.redis = None;
-    config.publish_token = None;
+    let config = comethub::Config {
+        threads,
+        redis: None,
+        publish_token: None,
+        ..Default::default()
+    };
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(comethub::run(listener, config, async {
         let _ = stopped.await;
