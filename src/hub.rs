@@ -18,8 +18,11 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll as TaskPoll};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, oneshot};
@@ -339,16 +342,43 @@ pub struct Waiter<P: Payload> {
 
 impl<P: Payload> Waiter<P> {
     /// Waits for a message, the timeout, deletion, a reset or shutdown.
-    pub async fn wait(mut self, timeout: Duration) -> Outcome<P> {
-        match tokio::time::timeout(timeout, &mut self.rx).await {
-            Ok(Ok(Wake::Message(m))) => Outcome::Message(m),
-            Ok(Ok(Wake::Deleted)) => Outcome::Deleted,
-            Ok(Ok(Wake::Reset)) => Outcome::Reset,
-            Ok(Ok(Wake::Shutdown)) | Ok(Err(_)) => {
-                Outcome::Shutdown(self.hub.last_seq(&self.channel))
-            }
-            Err(_) => Outcome::Timeout(self.hub.last_seq(&self.channel)),
+    pub fn wait(self, timeout: Duration) -> Wait<P> {
+        Wait {
+            waiter: self,
+            sleep: tokio::time::sleep(timeout),
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A [`Waiter`] waiting, with its timeout. Written out by hand rather than
+    /// as an `async fn`: every parked subscriber holds one, and this is as small
+    /// as it gets.
+    #[derive(Debug)]
+    pub struct Wait<P: Payload> {
+        waiter: Waiter<P>,
+        #[pin]
+        sleep: tokio::time::Sleep,
+    }
+}
+
+impl<P: Payload> Future for Wait<P> {
+    type Output = Outcome<P>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> TaskPoll<Outcome<P>> {
+        let this = self.project();
+        let waiter = this.waiter;
+        let last = |w: &Waiter<P>| w.hub.last_seq(&w.channel);
+        match Pin::new(&mut waiter.rx).poll(cx) {
+            TaskPoll::Ready(Ok(Wake::Message(m))) => return TaskPoll::Ready(Outcome::Message(m)),
+            TaskPoll::Ready(Ok(Wake::Deleted)) => return TaskPoll::Ready(Outcome::Deleted),
+            TaskPoll::Ready(Ok(Wake::Reset)) => return TaskPoll::Ready(Outcome::Reset),
+            TaskPoll::Ready(Ok(Wake::Shutdown) | Err(_)) => {
+                return TaskPoll::Ready(Outcome::Shutdown(last(waiter)));
+            }
+            TaskPoll::Pending => {}
+        }
+        this.sleep.poll(cx).map(|()| Outcome::Timeout(last(waiter)))
     }
 }
 

@@ -109,9 +109,9 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let graceful = GracefulShutdown::new();
     let (closing_tx, closing) = watch::channel(false);
     let tracker = Arc::new(Tracker::default());
-    let connections = Connections {
+    let connections = Arc::new(Connections {
         routes: routes.clone(),
-        builder: Arc::new(builder),
+        builder,
         limits: lean::Limits {
             header_timeout: config.header_timeout(),
             max_head: config.max_header_bytes as usize,
@@ -119,7 +119,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         },
         closing,
         tracker: tracker.clone(),
-    };
+    });
     let reactors: Vec<Reactor> = (1..usize::from(config.threads))
         .filter_map(|i| connections.clone().reactor(i))
         .collect();
@@ -139,7 +139,10 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         };
         if counters.connections.load(Relaxed) as usize >= max_connections {
             let answer = routes.finish(Err(Error::ConnectionLimit));
-            tracker.spawn(lean::refuse(stream, answer));
+            tracker.spawn(|tracked| async move {
+                lean::refuse(stream, answer).await;
+                drop(tracked);
+            });
             continue;
         }
         let _ = stream.set_nodelay(true);
@@ -234,18 +237,20 @@ impl Tracker {
         self.tasks.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Spawns `task` on the current reactor.
-    fn spawn(self: &Arc<Self>, task: impl Future<Output = ()> + Send + 'static) {
+    /// Spawns on the current reactor the task `make` builds around the guard
+    /// that untracks it. (The guard goes inside the task rather than the task
+    /// inside a wrapper: a future moved into an `async` block and awaited there
+    /// is held twice, and a connection's task is most of what it costs.)
+    fn spawn<F>(self: &Arc<Self>, make: impl FnOnce(Tracked) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
         // Locked across the spawn: the task cannot finish (and untrack itself)
         // before it is tracked.
         let mut tasks = self.tasks();
         let key = tasks.next;
         tasks.next += 1;
-        let tracked = Tracked(self.clone(), key);
-        let handle = tokio::spawn(async move {
-            let _tracked = tracked;
-            task.await;
-        });
+        let handle = tokio::spawn(make(Tracked(self.clone(), key)));
         tasks.running.insert(key, handle.abort_handle());
     }
 
@@ -278,11 +283,11 @@ struct Reactor {
     ended: oneshot::Receiver<()>,
 }
 
-/// What every connection task needs.
-#[derive(Debug, Clone)]
+/// What every connection task needs, shared by all of them.
+#[derive(Debug)]
 struct Connections {
     routes: Arc<Routes>,
-    builder: Arc<http1::Builder>,
+    builder: http1::Builder,
     limits: lean::Limits,
     closing: watch::Receiver<bool>,
     tracker: Arc<Tracker>,
@@ -291,27 +296,22 @@ struct Connections {
 impl Connections {
     /// Serves `stream` on the current reactor: the lean path first, hyper for
     /// what it hands over.
-    fn spawn(&self, stream: TcpStream, watcher: Watcher, open: OpenConnection) {
+    fn spawn(self: &Arc<Self>, stream: TcpStream, watcher: Watcher, open: OpenConnection) {
         let this = self.clone();
-        self.tracker.spawn(async move {
-            let Connections {
-                routes,
-                builder,
-                limits,
-                closing,
-                ..
-            } = this;
-            if let lean::Next::Hyper(io) = lean::serve(stream, &routes, &limits, closing).await {
-                Box::pin(adapter::serve(io, routes, &builder, watcher)).await;
+        self.tracker.spawn(|tracked| async move {
+            let next = lean::serve(stream, &this.routes, &this.limits, &this.closing).await;
+            if let lean::Next::Hyper(io) = next {
+                let routes = this.routes.clone();
+                Box::pin(adapter::serve(io, routes, &this.builder, watcher)).await;
             }
-            drop(open);
+            drop((open, tracked));
         });
     }
 
     /// Starts another single-threaded reactor on its own thread (`--threads`); it
     /// serves the connections sent to it, sharing the store with all the others,
     /// until the acceptor drops its sender.
-    fn reactor(self, index: usize) -> Option<Reactor> {
+    fn reactor(self: Arc<Self>, index: usize) -> Option<Reactor> {
         let (handover, mut rx) = mpsc::unbounded_channel::<HandOver>();
         let (ended_tx, ended) = oneshot::channel();
         let runtime = tokio::runtime::Builder::new_current_thread()

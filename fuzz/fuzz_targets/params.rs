@@ -1,54 +1,71 @@
 //! Fuzzes what a client controls in a request: the query string (channel, since,
-//! timeout, format, message), a form body, and message data, through the same
-//! parsing and hub calls the server makes. Input: `QUERY\nBODY`.
+//! timeout, format, message), a publish body, and message data, through the same
+//! parsing, encoding and hub calls the server makes. Input: `QUERY\nBODY`.
 #![no_main]
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use comethub::hub::{Hub, HubConfig, Poll};
-use comethub::protocol::{self, Format, JsonMessage, PublishForm, Query};
-use hyper::header::HeaderValue;
+use comethub::hub::{Config, Hub, Mode, Poll};
+use comethub::protocol::{self, Content, Ids, Meter, Query};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let split = data.iter().position(|&b| b == b'\n').unwrap_or(data.len());
     let (query, body) = (&data[..split], data.get(split + 1..).unwrap_or_default());
-
-    let form: Result<PublishForm, _> = serde_urlencoded::from_bytes(body);
-    let json = serde_json::to_string(&JsonMessage::new("a-1", body, "text/plain")).expect("json");
-    if let Ok(text) = std::str::from_utf8(body) {
-        let back: serde_json::Value = serde_json::from_str(&json).expect("valid json");
-        assert_eq!(back["data"].as_str(), Some(text), "UTF-8 data round-trips");
-    }
-
     let Ok(query) = std::str::from_utf8(query) else { return };
     let Ok(q) = Query::parse(Some(query)) else { return };
-    let hub = Hub::new(HubConfig {
+
+    // The message a POST with this body would publish, as a form and as raw bytes.
+    let ids = Ids::Epoch("fuzz01".into());
+    let meter = Meter::default();
+    let body = Bytes::copy_from_slice(body);
+    let form = Some(Bytes::from_static(b"application/x-www-form-urlencoded"));
+    let _ = protocol::published_message(q.message.clone(), form, body.clone(), 1 << 16);
+    let raw = Some(Bytes::from_static(b"application/octet-stream"));
+    let Ok((message, content_type)) = protocol::published_message(None, raw, body, 1 << 16) else {
+        return;
+    };
+
+    // Its encodings: JSON that parses and gives the text back, SSE lines only.
+    let content = Content::new(ids.id(1), message.clone(), content_type.clone(), &meter);
+    let item: serde_json::Value = serde_json::from_slice(&content.json()).expect("valid json");
+    if let Ok(text) = std::str::from_utf8(&message) {
+        assert_eq!(item["data"].as_str(), Some(text), "UTF-8 data round-trips");
+    }
+    let sse = content.sse();
+    let frame = std::str::from_utf8(&sse).expect("SSE frames are text");
+    assert!(frame.ends_with("\n\n"));
+    assert!(frame.trim_end().lines().all(|l| l.starts_with("id: ") || l.starts_with("data: ")));
+    drop(content);
+    assert_eq!(meter.bytes(), 0, "encodings given back");
+
+    let Ok(params) = q.subscribe(None, &ids, Duration::from_secs(30)) else { return };
+    let hub = Hub::new(Config {
         history: 4,
         history_age: Duration::from_secs(300),
         max_channels: 8,
         max_subscribers: 8,
+        mode: Mode::Source,
     });
-    let _ = protocol::timeout(q.timeout.as_deref(), Duration::from_secs(30));
-    let _ = Format::parse(q.format.as_deref());
-    let Ok(channel) = protocol::channel_name(q.channel.as_deref()) else { return };
-    let Ok(since) = hub.ids().parse_since(q.since.as_deref()) else { return };
-    let message = form.ok().and_then(|f| f.message).map(Bytes::from).unwrap_or_else(|| Bytes::copy_from_slice(body));
     for _ in 0..3 {
-        hub.publish(channel, message.clone(), HeaderValue::from_static("text/plain")).expect("publish");
+        hub.publish(&params.channel, |seq| {
+            Content::new(ids.id(seq), message.clone(), content_type.clone(), &meter)
+        })
+        .expect("publish");
     }
-    match hub.poll(channel, since, usize::MAX).expect("poll") {
+    match hub.poll(&params.channel, params.since, params.limit()).expect("poll") {
         Poll::Ready { messages, .. } => {
-            assert!(!messages.is_empty());
+            assert!(!messages.is_empty() && messages.len() <= params.limit());
             assert!(messages.windows(2).all(|w| w[0].seq < w[1].seq), "ordered");
         }
         Poll::Wait(waiter) => {
             assert_eq!(hub.snapshot().waiting, 1);
             drop(waiter);
         }
+        Poll::Miss => panic!("a source hub never misses"),
     }
     assert_eq!(hub.snapshot().waiting, 0, "no waiter leaked");
-    assert!(hub.delete(channel));
+    assert!(hub.delete(&params.channel));
     assert_eq!(hub.snapshot().channels, 0);
 });

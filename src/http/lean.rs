@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::answer::{Answer, Body};
 use crate::error::Error;
+use crate::protocol::Subscribe;
 use crate::routes::{Request, Route, Routes};
 
 /// Most header lines a request may have on this path (hyper's default too).
@@ -58,77 +59,132 @@ pub enum Next {
 }
 
 /// Serves requests on `stream` until it closes or a request needs hyper.
+///
+/// Every waiting long-poll keeps this future, so it holds little besides the
+/// wait: reading and answering the other requests happens in a boxed future
+/// that is freed once it is done.
 pub async fn serve(
     mut stream: TcpStream,
     routes: &Routes,
     limits: &Limits,
-    mut stop: watch::Receiver<bool>,
+    stop: &watch::Receiver<bool>,
 ) -> Next {
     let mut buf = Vec::new();
     loop {
-        let Some(end) = read_head(&mut stream, &mut buf, limits, &mut stop).await else {
+        // An idle connection holds no buffer and no boxed state: it gets them
+        // once bytes arrive.
+        let deadline = Instant::now() + limits.header_timeout;
+        if buf.is_empty() && !idle(&stream, deadline, stop).await {
             return Next::Closed;
-        };
-        let Some(Head {
-            request,
-            mut close,
-            http10,
-        }) = (end <= limits.max_head)
-            .then(|| parse(&buf[..end]))
-            .flatten()
-        else {
-            return Next::Hyper(Rewind::new(buf, stream));
-        };
-        let length = request.content_length.unwrap_or(0) as usize;
-        let answer = match routes.route(&request) {
-            Ok(Route::Events(_)) => return Next::Hyper(Rewind::new(buf, stream)),
-            Ok(Route::Subscribe(params)) => {
-                // Free the head before waiting; keep only pipelined bytes, if any.
-                buf.drain(..end);
-                buf.shrink_to_fit();
+        }
+        let step = Box::pin(next(&mut stream, &mut buf, routes, limits, deadline)).await;
+        let (answer, close, http10) = match step {
+            Step::Closed => return Next::Closed,
+            Step::Hyper => return Next::Hyper(Rewind::new(buf, stream)),
+            Step::Answer(answer, close, http10) => (answer, close, http10),
+            Step::Wait(params, close, http10) => {
                 let poll = std::pin::pin!(routes.subscribe(params));
                 match wait(&mut stream, poll, &mut buf, limits).await {
-                    Some(answer) => answer,
+                    Some(answer) => (answer, close, http10),
                     None => return Next::Closed,
                 }
-            }
-            Ok(route) => {
-                let limit = match &route {
-                    Route::Publish(p) if p.has_body => p.body_limit,
-                    _ => 0,
-                };
-                match read_body(&mut stream, &mut buf, end, length.min(limit), routes).await {
-                    Some(Ok(body)) => Box::pin(routes.serve(route, body)).await,
-                    Some(Err(err)) => {
-                        close = true;
-                        routes.finish(Err(err))
-                    }
-                    None => return Next::Closed,
-                }
-            }
-            Err(err) => {
-                // Read and drop a refused request's body, or close after the answer.
-                if length > limits.max_body {
-                    close = true;
-                    buf.clear();
-                } else if read_body(&mut stream, &mut buf, end, length, routes)
-                    .await
-                    .is_none_or(|body| body.is_err())
-                {
-                    close = true;
-                }
-                routes.finish(Err(err))
             }
         };
-        close |= *stop.borrow();
-        if !matches!(write(&mut stream, &answer, close, http10).await, Ok(())) {
+        let close = close || *stop.borrow();
+        if Box::pin(write(&mut stream, &answer, close, http10))
+            .await
+            .is_err()
+        {
             return Next::Closed;
         }
         if close {
-            linger(stream).await;
+            Box::pin(linger(stream)).await;
             return Next::Closed;
         }
     }
+}
+
+/// What the next request on a connection comes to.
+#[derive(Debug)]
+enum Step {
+    /// A long-poll to wait for; then close? HTTP/1.0?
+    Wait(Subscribe, bool, bool),
+    /// An answer to write; then close? HTTP/1.0?
+    Answer(Answer, bool, bool),
+    /// Left to hyper; `buf` holds what was read.
+    Hyper,
+    /// The client left or was too slow.
+    Closed,
+}
+
+/// Reads the next request and answers it, unless it is a long-poll (which the
+/// caller waits for) or needs hyper.
+async fn next(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    routes: &Routes,
+    limits: &Limits,
+    deadline: Instant,
+) -> Step {
+    let Some(end) = read_head(stream, buf, limits, deadline).await else {
+        return Step::Closed;
+    };
+    let Some((routed, length, mut close, http10)) = route(routes, buf, end, limits) else {
+        return Step::Hyper;
+    };
+    let answer = match routed {
+        Ok(Route::Events(_)) => return Step::Hyper,
+        Ok(Route::Subscribe(params)) => {
+            // Free the head before waiting; keep only pipelined bytes, if any.
+            buf.drain(..end);
+            buf.shrink_to_fit();
+            return Step::Wait(params, close, http10);
+        }
+        Ok(route) => {
+            let limit = match &route {
+                Route::Publish(p) if p.has_body => p.body_limit,
+                _ => 0,
+            };
+            match read_body(stream, buf, end, length.min(limit), routes).await {
+                Some(Ok(body)) => Box::pin(routes.serve(route, body)).await,
+                Some(Err(err)) => {
+                    close = true;
+                    routes.finish(Err(err))
+                }
+                None => return Step::Closed,
+            }
+        }
+        Err(err) => {
+            // Read and drop a refused request's body, or close after the answer.
+            if length > limits.max_body {
+                close = true;
+                buf.clear();
+            } else if read_body(stream, buf, end, length, routes)
+                .await
+                .is_none_or(|body| body.is_err())
+            {
+                close = true;
+            }
+            routes.finish(Err(err))
+        }
+    };
+    Step::Answer(answer, close, http10)
+}
+
+/// The head in `buf[..end]`, routed, with its body length and whether to close
+/// after it and answer as HTTP/1.0; `None` when it is hyper's.
+fn route(
+    routes: &Routes,
+    buf: &[u8],
+    end: usize,
+    limits: &Limits,
+) -> Option<(Result<Route, Error>, usize, bool, bool)> {
+    if end > limits.max_head {
+        return None;
+    }
+    let head = parse(&buf[..end])?;
+    let length = head.request.content_length.unwrap_or(0) as usize;
+    Some((routes.route(&head.request), length, head.close, head.http10))
 }
 
 /// Writes `answer` (a refusal made before any request was read, such as the
@@ -184,37 +240,49 @@ async fn linger(mut stream: TcpStream) {
     let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
-/// Reads until `buf` holds a whole head; returns its length. `None`: the client
-/// left, was too slow, or the server is stopping while it is idle.
+/// Waits for the first bytes of a request: `false` if the client leaves or is
+/// silent past `deadline`, or the server stops first.
+async fn idle(stream: &TcpStream, deadline: Instant, stop: &watch::Receiver<bool>) -> bool {
+    // A peek, not readiness: a new socket is reported readable before any byte
+    // has come.
+    let mut byte = [0u8; 1];
+    let arrived = std::future::poll_fn(|cx| stream.poll_peek(cx, &mut ReadBuf::new(&mut byte)));
+    tokio::select! {
+        peeked = tokio::time::timeout_at(deadline, arrived) => matches!(peeked, Ok(Ok(n)) if n > 0),
+        _ = stopping(stop.clone()) => false,
+    }
+}
+
+/// Reads until `buf` holds a whole head, by `deadline`; returns its length.
+/// `None`: the client left or was too slow.
 async fn read_head(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     limits: &Limits,
-    stop: &mut watch::Receiver<bool>,
+    deadline: Instant,
 ) -> Option<usize> {
-    let deadline = Instant::now() + limits.header_timeout;
-    loop {
-        if let Some(end) = head_end(buf) {
-            return Some(end);
-        }
-        if buf.len() > limits.max_head {
-            return Some(buf.len());
-        }
-        if buf.capacity() - buf.len() < 256 {
-            buf.reserve(1024);
-        }
-        tokio::select! {
-            read = tokio::time::timeout_at(deadline, stream.read_buf(buf)) => match read {
-                Ok(Ok(n)) if n > 0 => {}
+    let read = async {
+        loop {
+            if let Some(end) = head_end(buf) {
+                return Some(end);
+            }
+            if buf.len() > limits.max_head {
+                return Some(buf.len());
+            }
+            if buf.capacity() - buf.len() < 256 {
+                buf.reserve(1024);
+            }
+            match stream.read_buf(buf).await {
+                Ok(n) if n > 0 => {}
                 _ => return None,
-            },
-            _ = stopping(stop), if buf.is_empty() => return None,
+            }
         }
-    }
+    };
+    tokio::time::timeout_at(deadline, read).await.ok().flatten()
 }
 
 /// Resolves once the server is stopping (never, if it cannot tell).
-async fn stopping(stop: &mut watch::Receiver<bool>) {
+async fn stopping(mut stop: watch::Receiver<bool>) {
     if stop.wait_for(|&s| s).await.is_err() {
         std::future::pending::<()>().await;
     }
@@ -337,31 +405,35 @@ fn parse(head: &[u8]) -> Option<Head> {
 
 /// Waits for the long-poll while watching the socket: a client that hangs up is
 /// forgotten at once; bytes it pipelines are kept in `pending`.
-async fn wait(
-    stream: &mut TcpStream,
-    mut poll: Pin<&mut impl Future<Output = Answer>>,
-    pending: &mut Vec<u8>,
-    limits: &Limits,
-) -> Option<Answer> {
-    loop {
-        tokio::select! {
-            biased;
-            answer = poll.as_mut() => return Some(answer),
-            ready = stream.readable() => {
-                ready.ok()?;
-                let mut chunk = [0u8; 512];
-                match stream.try_read(&mut chunk) {
-                    Ok(0) => return None,
-                    Ok(n) if pending.len() + n <= limits.max_head => {
-                        pending.extend_from_slice(&chunk[..n]);
-                    }
-                    Ok(_) => return None,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(_) => return None,
+fn wait<'a>(
+    stream: &'a mut TcpStream,
+    mut poll: Pin<&'a mut impl Future<Output = Answer>>,
+    pending: &'a mut Vec<u8>,
+    limits: &'a Limits,
+) -> impl Future<Output = Option<Answer>> + 'a {
+    // Polled by hand: a `readable()` future would add its size to every
+    // waiting subscriber's task.
+    std::future::poll_fn(move |cx| {
+        if let Poll::Ready(answer) = poll.as_mut().poll(cx) {
+            return Poll::Ready(Some(answer));
+        }
+        loop {
+            match stream.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(None),
+                Poll::Ready(Ok(())) => {}
+            }
+            let mut chunk = [0u8; 512];
+            match stream.try_read(&mut chunk) {
+                Ok(n) if n > 0 && pending.len() + n <= limits.max_head => {
+                    pending.extend_from_slice(&chunk[..n]);
                 }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                // The client hung up, or sent more than a head while waiting.
+                _ => return Poll::Ready(None),
             }
         }
-    }
+    })
 }
 
 /// Writes an answer: its head, then its body's buffers as they are, in one

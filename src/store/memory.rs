@@ -1,7 +1,10 @@
 //! The in-memory store: the hub as the source of every message, with ids of
 //! this run's epoch.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll as TaskPoll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,6 +13,52 @@ use super::{ChannelState, Polled, Published, Settings, Stream};
 use crate::error::Error;
 use crate::hub::{self, Hub, Outcome, Poll, Since};
 use crate::protocol::{Content, Ids, Meter};
+
+/// How a long-poll on the memory store starts.
+#[derive(Debug)]
+pub enum Started<'a> {
+    /// Answered from the history.
+    Ready(Polled),
+    /// Waiting for the next message.
+    Wait(MemoryWait<'a>),
+}
+
+pin_project_lite::pin_project! {
+    /// A long-poll waiting on the memory store: the hub's wait, and what turns
+    /// its outcome into an answer.
+    #[derive(Debug)]
+    pub struct MemoryWait<'a> {
+        memory: &'a Memory,
+        gap: bool,
+        after: u64,
+        #[pin]
+        wait: hub::Wait<Content>,
+    }
+}
+
+impl Future for MemoryWait<'_> {
+    type Output = Result<Polled, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> TaskPoll<Self::Output> {
+        let this = self.project();
+        let gap = *this.gap;
+        let last = match std::task::ready!(this.wait.poll(cx)) {
+            Outcome::Message(m) => {
+                return TaskPoll::Ready(Ok(Polled::Messages {
+                    messages: vec![m],
+                    gap,
+                }));
+            }
+            Outcome::Deleted => return TaskPoll::Ready(Err(Error::Gone)),
+            Outcome::Timeout(last) | Outcome::Shutdown(last) => last,
+            Outcome::Reset => *this.after,
+        };
+        TaskPoll::Ready(Ok(Polled::Empty {
+            last_id: this.memory.ids.id(last),
+            gap,
+        }))
+    }
+}
 
 /// Channels in this process.
 #[derive(Debug)]
@@ -41,34 +90,24 @@ impl Memory {
         &self.meter
     }
 
-    pub(super) async fn poll(
+    /// A long-poll: answered at once, or a wait to await.
+    pub(super) fn poll(
         &self,
         channel: &str,
         since: Since,
         limit: usize,
         timeout: Duration,
-    ) -> Result<Polled, Error> {
-        let waiter = match self.hub.poll(channel, since, limit)? {
-            Poll::Ready { messages, gap } => return Ok(Polled::Messages { messages, gap }),
-            Poll::Wait(waiter) => waiter,
-            Poll::Miss => return Err(Error::StoreUnavailable),
-        };
-        let gap = waiter.gap;
-        let last = match waiter.wait(timeout).await {
-            Outcome::Message(m) => {
-                return Ok(Polled::Messages {
-                    messages: vec![m],
-                    gap,
-                });
-            }
-            Outcome::Deleted => return Err(Error::Gone),
-            Outcome::Timeout(last) | Outcome::Shutdown(last) => last,
-            Outcome::Reset => self.hub.last_seq(channel),
-        };
-        Ok(Polled::Empty {
-            last_id: self.ids.id(last),
-            gap,
-        })
+    ) -> Result<Started<'_>, Error> {
+        match self.hub.poll(channel, since, limit)? {
+            Poll::Ready { messages, gap } => Ok(Started::Ready(Polled::Messages { messages, gap })),
+            Poll::Wait(waiter) => Ok(Started::Wait(MemoryWait {
+                memory: self,
+                gap: waiter.gap,
+                after: waiter.after,
+                wait: waiter.wait(timeout),
+            })),
+            Poll::Miss => Err(Error::StoreUnavailable),
+        }
     }
 
     pub(super) fn stream(&self, channel: &str, since: Since) -> Result<Stream, Error> {

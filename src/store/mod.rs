@@ -9,7 +9,10 @@
 pub mod memory;
 pub mod redis;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll as TaskPoll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -98,6 +101,62 @@ impl Settings {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A long-poll under way on either store.
+    pub struct StorePoll<'a> {
+        #[pin]
+        state: PollState<'a>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = PollStateProjection]
+    enum PollState<'a> {
+        // Answered (or refused) at once; taken when polled.
+        Done { result: Option<Result<Polled, Error>> },
+        Memory { #[pin] wait: memory::MemoryWait<'a> },
+        Redis { poll: BoxedPoll<'a> },
+    }
+}
+
+/// The Redis store's long-poll.
+pub type BoxedPoll<'a> = Pin<Box<dyn Future<Output = Result<Polled, Error>> + Send + 'a>>;
+
+impl std::fmt::Debug for StorePoll<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.state {
+            PollState::Done { .. } => "StorePoll::Done",
+            PollState::Memory { .. } => "StorePoll::Memory",
+            PollState::Redis { .. } => "StorePoll::Redis",
+        })
+    }
+}
+
+impl<'a> StorePoll<'a> {
+    fn done(result: Result<Polled, Error>) -> StorePoll<'a> {
+        StorePoll {
+            state: PollState::Done {
+                result: Some(result),
+            },
+        }
+    }
+}
+
+impl Future for StorePoll<'_> {
+    type Output = Result<Polled, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> TaskPoll<Self::Output> {
+        match self.project().state.project() {
+            PollStateProjection::Done { result } => match result.take() {
+                Some(result) => TaskPoll::Ready(result),
+                None => TaskPoll::Pending,
+            },
+            PollStateProjection::Memory { wait } => wait.poll(cx),
+            PollStateProjection::Redis { poll } => poll.as_mut().poll(cx),
+        }
+    }
+}
+
 /// How often expired history is swept.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -130,18 +189,28 @@ impl Store {
     }
 
     /// A long-poll: up to `limit` messages after `since`, or the next one, or
-    /// nothing by `timeout`.
-    pub async fn poll(
-        &self,
-        channel: &str,
+    /// nothing by `timeout`. Every parked subscriber holds the future, so it is
+    /// only as large as the memory store's wait; Redis's is boxed.
+    pub fn poll<'a>(
+        &'a self,
+        channel: &'a str,
         since: Since,
         limit: usize,
         timeout: Duration,
-    ) -> Result<Polled, Error> {
+    ) -> StorePoll<'a> {
         match self {
-            Store::Memory(m) => m.poll(channel, since, limit, timeout).await,
-            // Boxed: its Redis calls would otherwise size every waiting task.
-            Store::Redis(r) => Box::pin(r.poll(channel, since, limit, timeout)).await,
+            Store::Memory(m) => match m.poll(channel, since, limit, timeout) {
+                Ok(memory::Started::Wait(wait)) => StorePoll {
+                    state: PollState::Memory { wait },
+                },
+                Ok(memory::Started::Ready(polled)) => StorePoll::done(Ok(polled)),
+                Err(err) => StorePoll::done(Err(err)),
+            },
+            Store::Redis(r) => StorePoll {
+                state: PollState::Redis {
+                    poll: Box::pin(r.poll(channel, since, limit, timeout)),
+                },
+            },
         }
     }
 
