@@ -74,7 +74,7 @@ pub async fn serve(
         // An idle connection holds no buffer and no boxed state: it gets them
         // once bytes arrive.
         let deadline = Instant::now() + limits.header_timeout;
-        if buf.is_empty() && !idle(&stream, deadline, stop).await {
+        if buf.is_empty() && !idle(&mut stream, &mut buf, deadline, stop).await {
             return Next::Closed;
         }
         let step = Box::pin(next(&mut stream, &mut buf, routes, limits, deadline)).await;
@@ -240,15 +240,26 @@ async fn linger(mut stream: TcpStream) {
     let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
-/// Waits for the first bytes of a request: `false` if the client leaves or is
-/// silent past `deadline`, or the server stops first.
-async fn idle(stream: &TcpStream, deadline: Instant, stop: &watch::Receiver<bool>) -> bool {
-    // A peek, not readiness: a new socket is reported readable before any byte
-    // has come.
-    let mut byte = [0u8; 1];
-    let arrived = std::future::poll_fn(|cx| stream.poll_peek(cx, &mut ReadBuf::new(&mut byte)));
+/// Waits for the first bytes of a request and puts them in `buf`: `false` if
+/// the client leaves or is silent past `deadline`, or the server stops first.
+async fn idle(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+    stop: &watch::Receiver<bool>,
+) -> bool {
+    // Read by hand into a stack buffer: a new socket is reported readable
+    // before any byte has come, and a buffer on the heap would then be held by
+    // every idle connection.
+    let arrived = std::future::poll_fn(|cx| {
+        let mut chunk = [0u8; 2048];
+        let mut read = ReadBuf::new(&mut chunk);
+        std::task::ready!(Pin::new(&mut *stream).poll_read(cx, &mut read))?;
+        buf.extend_from_slice(read.filled());
+        Poll::Ready(Ok::<_, io::Error>(read.filled().len()))
+    });
     tokio::select! {
-        peeked = tokio::time::timeout_at(deadline, arrived) => matches!(peeked, Ok(Ok(n)) if n > 0),
+        read = tokio::time::timeout_at(deadline, arrived) => matches!(read, Ok(Ok(n)) if n > 0),
         _ = stopping(stop.clone()) => false,
     }
 }
