@@ -19,6 +19,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -87,6 +88,31 @@ impl Since {
             Since::Id(seq) if seq <= newest => (seq, seq < evicted),
             Since::Id(_) | Since::Foreign => (0, true),
         }
+    }
+}
+
+/// A channel's waiting subscribers, by the hub's own waiter number.
+type Waiters<P> = HashMap<u64, oneshot::Sender<Wake<P>>, BuildHasherDefault<WaiterHasher>>;
+
+/// Hashes waiter numbers: the hub hands them out in sequence and no client
+/// chooses them, so a multiply spreads them well enough (channel names, which
+/// clients do choose, keep the default keyed hash).
+#[derive(Debug, Default, Clone, Copy)]
+struct WaiterHasher(u64);
+
+impl Hasher for WaiterHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 
@@ -219,7 +245,7 @@ struct Channel<P> {
     /// Highest sequence that has left the history (or that an earlier life of
     /// this channel may have had): a `since` below it has missed something.
     evicted: u64,
-    waiters: HashMap<u64, oneshot::Sender<Wake<P>>>,
+    waiters: Waiters<P>,
     live: Option<broadcast::Sender<Arc<Message<P>>>>,
     /// Cache mode: the history holds every message after this sequence.
     covered: Option<u64>,
@@ -236,7 +262,7 @@ impl<P: Payload> Channel<P> {
             history: VecDeque::new(),
             last_seq: floor,
             evicted: floor,
-            waiters: HashMap::new(),
+            waiters: Waiters::default(),
             live: None,
             covered: None,
             visited: Instant::now(),

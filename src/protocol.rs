@@ -6,6 +6,7 @@
 //! JSON item, its SSE frame) are made at most once and shared by every subscriber
 //! it goes to.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -207,24 +208,30 @@ impl Format {
     }
 }
 
-/// The query string of `/subscribe`, `/events`, `/publish` and `/channels`.
+/// The query string of `/subscribe`, `/events`, `/publish` and `/channels`,
+/// borrowed from the request where nothing needed decoding.
 #[derive(Debug, Default, Deserialize)]
-pub struct Query {
+pub struct Query<'a> {
     /// `channel=`.
-    pub channel: Option<String>,
+    #[serde(borrow)]
+    pub channel: Option<Cow<'a, str>>,
     /// `since=`.
-    pub since: Option<String>,
+    #[serde(borrow)]
+    pub since: Option<Cow<'a, str>>,
     /// `timeout=`.
-    pub timeout: Option<String>,
+    #[serde(borrow)]
+    pub timeout: Option<Cow<'a, str>>,
     /// `format=`.
-    pub format: Option<String>,
+    #[serde(borrow)]
+    pub format: Option<Cow<'a, str>>,
     /// `message=` (publish only).
-    pub message: Option<String>,
+    #[serde(borrow)]
+    pub message: Option<Cow<'a, str>>,
 }
 
-impl Query {
+impl<'a> Query<'a> {
     /// Decodes a query string; unknown parameters (cache busters) are ignored.
-    pub fn parse(query: Option<&str>) -> Result<Query, Error> {
+    pub fn parse(query: Option<&'a str>) -> Result<Query<'a>, Error> {
         match query {
             None | Some("") => Ok(Query::default()),
             Some(q) => serde_urlencoded::from_str(q).map_err(|e| Error::BadQuery(e.to_string())),
@@ -463,7 +470,7 @@ pub fn since(query: &Query, last_event_id: Option<&[u8]>, ids: &Ids) -> Result<S
     ids.parse_since(query.since.as_deref().or(header))
 }
 
-impl Query {
+impl Query<'_> {
     /// The channel named, checked.
     pub fn channel(&self) -> Result<String, Error> {
         channel_name(self.channel.as_deref()).map(str::to_owned)

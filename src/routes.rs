@@ -17,6 +17,7 @@
 //! | `/channels/C`   | GET                | one channel's state      |
 //! | `/`             | GET                | the chat page            |
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,35 +53,36 @@ pub struct Settings {
     pub publish_token: Option<String>,
 }
 
-/// A request as both HTTP paths hand it over: the parts any route reads.
+/// A request as both HTTP paths hand it over: the parts any route reads,
+/// borrowed from the bytes the path read (routing copies what it keeps).
 #[derive(Debug, Default)]
-pub struct Request {
+pub struct Request<'a> {
     /// The method.
     pub method: Method,
     /// The path.
-    pub path: String,
+    pub path: &'a str,
     /// The query string, if any.
-    pub query: Option<String>,
+    pub query: Option<&'a str>,
     /// The first `Last-Event-ID`.
-    pub last_event_id: Option<Bytes>,
+    pub last_event_id: Option<&'a [u8]>,
     /// The first `Content-Type`.
-    pub content_type: Option<Bytes>,
+    pub content_type: Option<&'a [u8]>,
     /// The first `Authorization`.
-    pub authorization: Option<Bytes>,
+    pub authorization: Option<&'a [u8]>,
     /// The declared body length, if any.
     pub content_length: Option<u64>,
 }
 
-impl Request {
+impl<'a> Request<'a> {
     /// A request for `target` (path and query).
-    pub fn new(method: Method, target: &str) -> Request {
+    pub fn new(method: Method, target: &'a str) -> Request<'a> {
         let (path, query) = match target.split_once('?') {
-            Some((path, query)) => (path, Some(query.to_owned())),
+            Some((path, query)) => (path, Some(query)),
             None => (target, None),
         };
         Request {
             method,
-            path: path.to_owned(),
+            path,
             query,
             ..Request::default()
         }
@@ -88,7 +90,7 @@ impl Request {
 
     /// Keeps a header if a route reads it (the first of each); returns whether
     /// it did.
-    pub fn header(&mut self, name: &str, value: &[u8]) -> bool {
+    pub fn header(&mut self, name: &str, value: &'a [u8]) -> bool {
         let is = |n: &HeaderName| name.eq_ignore_ascii_case(n.as_str());
         let slot = if is(&LAST_EVENT_ID) {
             &mut self.last_event_id
@@ -100,7 +102,7 @@ impl Request {
             return false;
         };
         if slot.is_none() {
-            *slot = Some(Bytes::copy_from_slice(value));
+            *slot = Some(value);
         }
         true
     }
@@ -186,16 +188,16 @@ impl Routes {
 
     /// The route table: what `req` asks for, with its parameters checked.
     pub fn route(&self, req: &Request) -> Result<Route, Error> {
-        let path = req.path.as_str();
+        let path = req.path;
         let allow = match path {
             "/subscribe" | "/events" | "/stats" | "/metrics" | "/" => "GET, OPTIONS",
             "/publish" => "GET, POST, DELETE, OPTIONS",
             p if p.starts_with("/channels/") => "GET, OPTIONS",
             _ => return Err(Error::NotFound),
         };
-        let query = || Query::parse(req.query.as_deref());
+        let query = || Query::parse(req.query);
         let ids = self.store.ids();
-        let last_event_id = req.last_event_id.as_deref();
+        let last_event_id = req.last_event_id;
         Ok(match (&req.method, path) {
             (&Method::OPTIONS, _) => Route::Preflight(allow),
             (&Method::GET, "/subscribe") => {
@@ -205,7 +207,7 @@ impl Routes {
             (&Method::GET | &Method::POST, "/publish") => {
                 self.authorize(req)?;
                 let query = query()?;
-                let body_limit = if protocol::is_form(req.content_type.as_deref()) {
+                let body_limit = if protocol::is_form(req.content_type) {
                     protocol::form_limit(self.settings.max_message)
                 } else {
                     self.settings.max_message
@@ -216,8 +218,8 @@ impl Routes {
                 }
                 Route::Publish(Publish {
                     channel: query.channel()?,
-                    message: query.message,
-                    content_type: req.content_type.clone(),
+                    message: query.message.map(Cow::into_owned),
+                    content_type: req.content_type.map(content_type),
                     has_body,
                     body_limit,
                     max_message: self.settings.max_message,
@@ -390,7 +392,6 @@ impl Routes {
         };
         let given = req
             .authorization
-            .as_deref()
             .and_then(|v| v.strip_prefix(b"Bearer "))
             .unwrap_or_default();
         if constant_time_eq(given, token.as_bytes()) {
@@ -398,6 +399,22 @@ impl Routes {
         } else {
             Err(Error::Unauthorized)
         }
+    }
+}
+
+/// A publisher's Content-Type, kept with its message; the common ones without
+/// an allocation.
+fn content_type(value: &[u8]) -> Bytes {
+    const COMMON: [&str; 5] = [
+        "text/plain",
+        "text/plain; charset=utf-8",
+        "application/json",
+        "application/octet-stream",
+        "application/x-www-form-urlencoded",
+    ];
+    match COMMON.iter().find(|c| c.as_bytes() == value) {
+        Some(common) => Bytes::from_static(common.as_bytes()),
+        None => Bytes::copy_from_slice(value),
     }
 }
 

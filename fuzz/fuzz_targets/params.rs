@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     let meter = Meter::default();
     let body = Bytes::copy_from_slice(body);
     let form = Some(Bytes::from_static(b"application/x-www-form-urlencoded"));
-    let _ = protocol::published_message(q.message.clone(), form, body.clone(), 1 << 16);
+    let _ = protocol::published_message(q.message.clone().map(|m| m.into_owned()), form, body.clone(), 1 << 16);
     let raw = Some(Bytes::from_static(b"application/octet-stream"));
     let Ok((message, content_type)) = protocol::published_message(None, raw, body, 1 << 16) else {
         return;

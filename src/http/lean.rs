@@ -305,8 +305,8 @@ fn head_end(buf: &[u8]) -> Option<usize> {
 
 /// A request head this path answers.
 #[derive(Debug)]
-struct Head {
-    request: Request,
+struct Head<'a> {
+    request: Request<'a>,
     close: bool,
     http10: bool,
 }
@@ -337,7 +337,7 @@ fn is_token(name: &str) -> bool {
 
 /// Parses a request head with plain framing; `None` for anything unusual,
 /// which hyper then handles.
-fn parse(head: &[u8]) -> Option<Head> {
+fn parse(head: &[u8]) -> Option<Head<'_>> {
     let text = std::str::from_utf8(head).ok()?;
     // Every line ends in CRLF; a bare LF is unusual, and left to hyper.
     let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').ok_or(l));
@@ -447,51 +447,65 @@ fn wait<'a>(
     })
 }
 
-/// Writes an answer: its head, then its body's buffers as they are, in one
-/// vectored write when the socket takes it all.
+/// Writes an answer: its head, then its body's buffers as they are. Usually
+/// one vectored write takes it all, with the head serialized in a scratch
+/// buffer of this thread and nothing allocated; what the socket does not take
+/// at once is copied out and written as the client reads.
 async fn write(
     stream: &mut TcpStream,
     answer: &Answer,
     close: bool,
     http10: bool,
 ) -> io::Result<()> {
-    let head = head(answer, close, http10);
     let parts: &[Bytes] = match &answer.body {
         Body::Full(b) => std::slice::from_ref(b),
         Body::Parts(parts) => parts,
         Body::Empty | Body::Stream(_) => &[],
     };
-    let mut bufs: Vec<&[u8]> = Vec::with_capacity(parts.len() + 1);
-    bufs.push(&head);
-    bufs.extend(parts.iter().map(|p| &p[..]).filter(|p| !p.is_empty()));
-    let all = async {
-        let (mut i, mut offset) = (0, 0);
-        while i < bufs.len() {
-            let slices: Vec<IoSlice<'_>> = std::iter::once(&bufs[i][offset..])
-                .chain(bufs[i + 1..].iter().copied())
-                .take(64)
-                .map(IoSlice::new)
-                .collect();
-            let mut n = stream.write_vectored(&slices).await?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
+    let rest = SCRATCH.with(|scratch| {
+        let mut head = scratch.borrow_mut();
+        head.clear();
+        write_head(&mut head, answer, close, http10);
+        let total = head.len() + parts.iter().map(Bytes::len).sum::<usize>();
+        let mut slices = [IoSlice::new(&[]); FAST_SLICES];
+        let written = if parts.len() < FAST_SLICES {
+            slices[0] = IoSlice::new(&head);
+            for (slot, part) in slices[1..].iter_mut().zip(parts) {
+                *slot = IoSlice::new(part);
             }
-            while i < bufs.len() && n >= bufs[i].len() - offset {
-                n -= bufs[i].len() - offset;
-                (i, offset) = (i + 1, 0);
+            match stream.try_write_vectored(&slices[..=parts.len()]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(e) => return Err(e),
             }
-            offset += n;
+        } else {
+            0
+        };
+        if written == total {
+            return Ok(Vec::new());
         }
-        Ok(())
-    };
-    tokio::time::timeout(WRITE_TIMEOUT, all)
+        let mut rest = Vec::with_capacity(total - written);
+        let mut skip = written;
+        for piece in std::iter::once(&head[..]).chain(parts.iter().map(|p| &p[..])) {
+            let from = skip.min(piece.len());
+            rest.extend_from_slice(&piece[from..]);
+            skip -= from;
+        }
+        Ok(rest)
+    })?;
+    if rest.is_empty() {
+        return Ok(());
+    }
+    tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&rest))
         .await
         .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
 }
 
+/// Buffers one vectored write may take before the writer copies instead.
+const FAST_SLICES: usize = 32;
+
 /// An answer's head: status line, its headers, length, date, connection.
-fn head(answer: &Answer, close: bool, http10: bool) -> Vec<u8> {
-    let mut head = Vec::with_capacity(320);
+fn write_head(head: &mut Vec<u8>, answer: &Answer, close: bool, http10: bool) {
     head.extend_from_slice(b"HTTP/1.1 ");
     head.extend_from_slice(answer.status.as_str().as_bytes());
     head.push(b' ');
@@ -506,7 +520,7 @@ fn head(answer: &Answer, close: bool, http10: bool) -> Vec<u8> {
     }
     if answer.has_body() {
         head.extend_from_slice(b"content-length: ");
-        crate::protocol::push_decimal(&mut head, answer.body.len().unwrap_or(0) as u64);
+        crate::protocol::push_decimal(head, answer.body.len().unwrap_or(0) as u64);
         head.extend_from_slice(b"\r\n");
     }
     DATE.with(|d| head.extend_from_slice(&d.borrow_mut().line()));
@@ -516,11 +530,11 @@ fn head(answer: &Answer, close: bool, http10: bool) -> Vec<u8> {
         head.extend_from_slice(b"connection: keep-alive\r\n");
     }
     head.extend_from_slice(b"\r\n");
-    head
 }
 
 thread_local! {
     static DATE: RefCell<Date> = const { RefCell::new(Date { second: 0, line: Bytes::new() }) };
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The `date:` header line, made once a second.
@@ -613,8 +627,8 @@ mod tests {
     fn plain_heads_are_taken_and_the_rest_left_to_hyper() {
         let head = parse(b"GET /subscribe?channel=a&since=x-1 HTTP/1.1\r\nHost: h\r\nLast-Event-ID: x-2\r\nLast-Event-ID: x-3\r\n\r\n").unwrap();
         assert_eq!(head.request.path, "/subscribe");
-        assert_eq!(head.request.query.as_deref(), Some("channel=a&since=x-1"));
-        assert_eq!(head.request.last_event_id.as_deref(), Some(&b"x-2"[..]));
+        assert_eq!(head.request.query, Some("channel=a&since=x-1"));
+        assert_eq!(head.request.last_event_id, Some(&b"x-2"[..]));
         assert!(!head.close && !head.http10);
         assert!(
             parse(b"GET /subscribe HTTP/1.1\r\nConnection: Close\r\n\r\n")
@@ -657,13 +671,17 @@ mod tests {
             Bytes::from_static(b"text/plain"),
             vec![Bytes::from_static(b"hel"), Bytes::from_static(b"lo")],
         );
-        let text = String::from_utf8(head(&answer, true, false)).unwrap();
+        let mut head = Vec::new();
+        write_head(&mut head, &answer, true, false);
+        let text = String::from_utf8(head).unwrap();
         assert!(text.starts_with(
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\ndate: "
         ));
         assert!(text.ends_with("\r\nconnection: close\r\n\r\n"));
         let empty = Answer::status(StatusCode::NO_CONTENT);
-        let text = String::from_utf8(head(&empty, false, true)).unwrap();
+        let mut head = Vec::new();
+        write_head(&mut head, &empty, false, true);
+        let text = String::from_utf8(head).unwrap();
         assert!(!text.contains("content-length"));
         assert!(text.ends_with("connection: keep-alive\r\n\r\n"));
     }
