@@ -182,9 +182,12 @@ struct State<P> {
     streams: usize,
     history_bytes: usize,
     freed: Freed,
-    due: BinaryHeap<Reverse<(Instant, Arc<str>)>>,
+    due: Due,
     closed: bool,
 }
+
+/// The sweep queue: channels by the time they are next due.
+type Due = BinaryHeap<Reverse<(Instant, Arc<str>)>>;
 
 /// The last sequence of channels that were freed, so that a client resuming one
 /// later learns whether it missed something: exact for the last
@@ -307,6 +310,25 @@ impl<P: Payload> Channel<P> {
         self.history.range(start..).take(limit).cloned().collect()
     }
 
+    /// Puts the channel in the sweep queue for `at`, unless it is already due
+    /// sooner.
+    fn schedule(&mut self, due: &mut Due, at: Option<Instant>) {
+        let Some(at) = at else { return };
+        if self.scheduled.is_some_and(|s| s <= at) {
+            return;
+        }
+        self.scheduled = Some(at);
+        due.push(Reverse((at, self.name.clone())));
+    }
+
+    /// Trims the channel and schedules its next look; returns the bytes freed.
+    fn refresh(&mut self, due: &mut Due, config: &Config, now: Instant) -> usize {
+        let freed = self.trim(config, now);
+        let at = self.next_due(config);
+        self.schedule(due, at);
+        freed
+    }
+
     /// When the sweep must next look at this channel, if ever.
     fn next_due(&self, config: &Config) -> Option<Instant> {
         let expiry = self.history.front().map(|m| m.at + config.history_age);
@@ -414,10 +436,14 @@ impl<P: Payload> Drop for Waiter<P> {
         let Some(ch) = state.channels.get_mut(&self.channel) else {
             return;
         };
-        if ch.waiters.remove(&self.key).is_some() {
+        let removed = ch.waiters.remove(&self.key).is_some();
+        let idle = ch.is_idle();
+        if removed {
             state.waiting -= 1;
         }
-        state.free_if_idle(&self.channel);
+        if idle {
+            state.remove(&self.channel);
+        }
     }
 }
 
@@ -478,20 +504,26 @@ pub struct Snapshot {
     pub delivered: u64,
 }
 
-impl<P: Payload> State<P> {
-    fn channel(&mut self, name: &str, config: &Config) -> Result<&mut Channel<P>, Refused> {
-        if !self.channels.contains_key(name) {
-            if config.max_channels > 0 && self.channels.len() >= config.max_channels {
-                return Err(Refused::Channels);
-            }
-            let name: Arc<str> = name.into();
-            let floor = self.freed.take(&name);
-            self.channels
-                .insert(name.clone(), Channel::new(name, floor));
+/// The channel `name`, made if it is not held (within `max_channels`).
+fn channel_in<'a, P: Payload>(
+    channels: &'a mut HashMap<Arc<str>, Channel<P>>,
+    freed: &mut Freed,
+    name: &str,
+    config: &Config,
+) -> Result<&'a mut Channel<P>, Refused> {
+    if !channels.contains_key(name) {
+        if config.max_channels > 0 && channels.len() >= config.max_channels {
+            return Err(Refused::Channels);
         }
-        self.channels.get_mut(name).ok_or(Refused::Channels)
+        let name: Arc<str> = name.into();
+        let floor = freed.take(&name);
+        channels.insert(name.clone(), Channel::new(name, floor));
     }
+    channels.get_mut(name).ok_or(Refused::Channels)
+}
 
+impl<P: Payload> State<P> {
+    /// Removes `name` if it holds nothing; the caller looked it up as `ch`.
     fn free_if_idle(&mut self, name: &str) {
         if self.channels.get(name).is_some_and(Channel::is_idle) {
             self.remove(name);
@@ -505,40 +537,6 @@ impl<P: Payload> State<P> {
         self.waiting -= ch.waiters.len();
         self.history_bytes -= ch.history.iter().map(|m| m.payload.size()).sum::<usize>();
         Some(ch)
-    }
-
-    /// Puts `name` in the sweep queue for `at`, unless it is already due sooner.
-    fn schedule(&mut self, name: &Arc<str>, at: Option<Instant>) {
-        let Some(at) = at else { return };
-        let Some(ch) = self.channels.get_mut(name) else {
-            return;
-        };
-        if ch.scheduled.is_some_and(|s| s <= at) {
-            return;
-        }
-        ch.scheduled = Some(at);
-        self.due.push(Reverse((at, name.clone())));
-        // Entries of channels removed before they were due are skipped when
-        // popped; rebuild if they ever outnumber the live ones.
-        if self.due.len() > 2 * self.channels.len() + 1024 {
-            self.due = self
-                .channels
-                .values()
-                .filter_map(|c| Some(Reverse((c.scheduled?, c.name.clone()))))
-                .collect();
-        }
-    }
-
-    /// Trims `name` and schedules its next look, after a change that may have
-    /// given it its first message.
-    fn trim(&mut self, name: &Arc<str>, config: &Config, now: Instant) {
-        let Some(ch) = self.channels.get_mut(name) else {
-            return;
-        };
-        let freed = ch.trim(config, now);
-        let due = ch.next_due(config);
-        self.history_bytes -= freed;
-        self.schedule(name, due);
     }
 }
 
@@ -592,18 +590,20 @@ impl<P: Payload> Hub<P> {
         since: Since,
         limit: usize,
     ) -> Result<Poll<P>, Refused> {
-        let mut state = self.open()?;
+        let mut guard = self.open()?;
+        let state = &mut *guard;
         let now = Instant::now();
-        let name = match self.config.mode {
-            Mode::Source => state.channel(channel, &self.config)?.name.clone(),
-            Mode::Cache { .. } => match state.channels.get(channel) {
-                Some(ch) if ch.covered.is_some() => ch.name.clone(),
+        let newest = state.seq;
+        let ch = match self.config.mode {
+            Mode::Source => {
+                channel_in(&mut state.channels, &mut state.freed, channel, &self.config)?
+            }
+            Mode::Cache { .. } => match state.channels.get_mut(channel) {
+                Some(ch) if ch.covered.is_some() => ch,
                 _ => return Ok(Poll::Miss),
             },
         };
-        state.trim(&name, &self.config, now);
-        let newest = state.seq;
-        let ch = state.channels.get_mut(&name).ok_or(Refused::Channels)?;
+        state.history_bytes -= ch.refresh(&mut state.due, &self.config, now);
         let (after, gap) = match (self.config.mode, ch.covered) {
             (Mode::Cache { .. }, Some(covered)) => match since {
                 Since::Next => (ch.last_seq, false),
@@ -617,39 +617,40 @@ impl<P: Payload> Hub<P> {
         if !messages.is_empty() {
             return Ok(Poll::Ready { messages, gap });
         }
-        self.enqueue(&mut state, name, after, gap).map(Poll::Wait)
+        self.enqueue(state, channel, after, gap).map(Poll::Wait)
     }
 
     /// Registers a waiter on `channel` for the next message, whatever the
     /// history holds (a cache's caller reads the history from the source).
     pub fn wait(self: &Arc<Self>, channel: &str) -> Result<Waiter<P>, Refused> {
-        let mut state = self.open()?;
-        let ch = state.channel(channel, &self.config)?;
+        let mut guard = self.open()?;
+        let state = &mut *guard;
+        let ch = channel_in(&mut state.channels, &mut state.freed, channel, &self.config)?;
         ch.visited = Instant::now();
-        let (name, after) = (ch.name.clone(), ch.last_seq);
-        self.enqueue(&mut state, name, after, false)
+        let after = ch.last_seq;
+        self.enqueue(state, channel, after, false)
     }
 
-    /// Puts a waiter on `channel`, within `max_subscribers`.
+    /// Puts a waiter on `channel` (held), within `max_subscribers`.
     fn enqueue(
         self: &Arc<Self>,
         state: &mut State<P>,
-        channel: Arc<str>,
+        channel: &str,
         after: u64,
         gap: bool,
     ) -> Result<Waiter<P>, Refused> {
         let max = self.config.max_subscribers;
         if max > 0 && state.waiting >= max {
-            state.free_if_idle(&channel);
+            state.free_if_idle(channel);
             return Err(Refused::Subscribers);
         }
+        let ch = state.channels.get_mut(channel).ok_or(Refused::Channels)?;
         let (tx, rx) = oneshot::channel();
         let key = state.next_waiter;
+        ch.waiters.insert(key, tx);
+        let channel = ch.name.clone();
         state.next_waiter += 1;
         state.waiting += 1;
-        if let Some(ch) = state.channels.get_mut(&channel) {
-            ch.waiters.insert(key, tx);
-        }
         Ok(Waiter {
             rx,
             hub: self.clone(),
@@ -663,7 +664,8 @@ impl<P: Payload> Hub<P> {
     /// Cache mode: this instance has every message of `channel` after `last`
     /// (or will get it by [`Hub::deliver`]); polls after it are answered here.
     pub fn cover_from(&self, channel: &str, last: u64) {
-        let mut state = self.state();
+        let mut guard = self.state();
+        let state = &mut *guard;
         let Some(ch) = state.channels.get_mut(channel) else {
             return;
         };
@@ -671,20 +673,21 @@ impl<P: Payload> Hub<P> {
             ch.covered = Some(last);
             ch.last_seq = ch.last_seq.max(last);
             ch.visited = Instant::now();
-            let (name, due) = (ch.name.clone(), ch.next_due(&self.config));
-            state.schedule(&name, due);
+            let at = ch.next_due(&self.config);
+            ch.schedule(&mut state.due, at);
         }
     }
 
     /// Opens an event stream on `channel` from `since`.
     pub fn stream(self: &Arc<Self>, channel: &str, since: Since) -> Result<Stream<P>, Refused> {
-        let mut state = self.open()?;
+        let mut guard = self.open()?;
+        let state = &mut *guard;
         let now = Instant::now();
-        let name = state.channel(channel, &self.config)?.name.clone();
-        state.trim(&name, &self.config, now);
         let newest = state.seq;
-        let ch = state.channels.get_mut(&name).ok_or(Refused::Channels)?;
+        let ch = channel_in(&mut state.channels, &mut state.freed, channel, &self.config)?;
+        state.history_bytes -= ch.refresh(&mut state.due, &self.config, now);
         ch.visited = now;
+        let name = ch.name.clone();
         let live = ch
             .live
             .get_or_insert_with(|| broadcast::channel(STREAM_BACKLOG).0)
@@ -714,7 +717,13 @@ impl<P: Payload> Hub<P> {
     ) -> Result<(Arc<Message<P>>, usize), Refused> {
         let mut state = self.open()?;
         let seq = state.seq + 1;
-        state.channel(channel, &self.config)?;
+        let state_ref = &mut *state;
+        channel_in(
+            &mut state_ref.channels,
+            &mut state_ref.freed,
+            channel,
+            &self.config,
+        )?;
         let message = Message::new(seq, make(seq));
         state.seq = seq;
         Ok(self.append(state, channel, message))
@@ -737,27 +746,27 @@ impl<P: Payload> Hub<P> {
         channel: &str,
         message: Arc<Message<P>>,
     ) -> (Arc<Message<P>>, usize) {
-        let Some(ch) = state.channels.get_mut(channel) else {
+        let fields = &mut *state;
+        let Some(ch) = fields.channels.get_mut(channel) else {
             return (message, 0);
         };
-        let name = ch.name.clone();
         if message.seq > ch.last_seq {
             let freed = ch.append(&message, &self.config);
-            let due = ch.next_due(&self.config);
-            state.history_bytes = state.history_bytes + message.payload.size() - freed;
-            state.schedule(&name, due);
+            let at = ch.next_due(&self.config);
+            ch.schedule(&mut fields.due, at);
+            fields.history_bytes = fields.history_bytes + message.payload.size() - freed;
         }
-        let Some(ch) = state.channels.get_mut(channel) else {
-            return (message, 0);
-        };
         let waiters = std::mem::take(&mut ch.waiters);
         let streams = ch
             .live
             .as_ref()
             .and_then(|tx| tx.send(message.clone()).ok())
             .unwrap_or(0);
-        state.waiting -= waiters.len();
-        state.free_if_idle(channel);
+        let idle = ch.is_idle();
+        fields.waiting -= waiters.len();
+        if idle {
+            state.remove(channel);
+        }
         drop(state);
 
         let mut delivered = streams;
@@ -859,10 +868,26 @@ impl<P: Payload> Hub<P> {
                     .sum::<usize>();
                 ch.covered = None;
             }
-            let due = ch.next_due(&self.config);
-            state.history_bytes -= freed;
-            state.schedule(&name, due);
-            state.free_if_idle(&name);
+            let at = ch.next_due(&self.config);
+            let idle = ch.is_idle();
+            let fields = &mut *state;
+            if let Some(ch) = fields.channels.get_mut(&name) {
+                ch.schedule(&mut fields.due, at);
+            }
+            fields.history_bytes -= freed;
+            if idle {
+                state.remove(&name);
+            }
+        }
+        // Entries of channels removed before they were due are skipped when
+        // popped; rebuild the queue if they ever outnumber the live ones.
+        if state.due.len() > 2 * state.channels.len() + 1024 {
+            let due = state
+                .channels
+                .values()
+                .filter_map(|c| Some(Reverse((c.scheduled?, c.name.clone()))))
+                .collect();
+            state.due = due;
         }
         looked
     }

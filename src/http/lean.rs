@@ -252,8 +252,8 @@ async fn idle(
     // before any byte has come, and a buffer on the heap would then be held by
     // every idle connection.
     let arrived = std::future::poll_fn(|cx| {
-        let mut chunk = [0u8; 2048];
-        let mut read = ReadBuf::new(&mut chunk);
+        let mut chunk = [const { std::mem::MaybeUninit::<u8>::uninit() }; 2048];
+        let mut read = ReadBuf::uninit(&mut chunk);
         std::task::ready!(Pin::new(&mut *stream).poll_read(cx, &mut read))?;
         buf.extend_from_slice(read.filled());
         Poll::Ready(Ok::<_, io::Error>(read.filled().len()))
