@@ -224,3 +224,22 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_its_own_counter_slot_and_label() {
+        for (i, reason) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i, "{}", reason.name());
+        }
+        let mut names: Vec<_> = Reason::ALL.iter().map(|r| r.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), Reason::ALL.len());
+        assert_eq!(Error::ConnectionLimit.reason(), Reason::ConnectionLimit);
+        assert!(Error::ConnectionLimit.retry_later());
+        assert_eq!(Error::from(Refused::Closed), Error::ShuttingDown);
+    }
+}
