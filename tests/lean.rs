@@ -151,3 +151,26 @@ async fn a_client_sending_a_body_far_over_the_limit_still_reads_its_413() {
     assert_eq!(statuses(&answer), ["413"], "{answer}");
     assert!(answer.contains("connection: close"), "{answer}");
 }
+
+#[tokio::test]
+async fn a_body_a_route_does_not_read_is_skipped_and_the_connection_goes_on() {
+    let server = Server::start(&[]);
+    let id = server.client().await.publish("skip", "kept").await;
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(
+        b"GET /publish?channel=skip&message=q HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\nGET /nope\
+          DELETE /publish?channel=other HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody\
+          GET /stats HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let answer = read_answers(&mut s, 3).await;
+    assert_eq!(statuses(&answer), ["200", "200", "200"], "{answer}");
+    assert!(answer.contains("\"deleted\":false"), "{answer}");
+    assert!(answer.contains("\"published\":2"), "{answer}");
+    // The query's message was published; the body was not read as a request.
+    let got = server
+        .get(&format!("/subscribe?channel=skip&since={id}&timeout=0"))
+        .await;
+    assert_eq!(got.text(), "q");
+}

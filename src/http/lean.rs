@@ -141,12 +141,18 @@ async fn next(
             return Step::Wait(params, close, http10);
         }
         Ok(route) => {
-            let limit = match &route {
-                Route::Publish(p) if p.has_body => p.body_limit,
-                _ => 0,
+            // A body the route does not read (on GET or DELETE /publish) is read
+            // and dropped, or, past the limit, left to the close.
+            let takes_body = matches!(&route, Route::Publish(p) if p.has_body);
+            let length = if length > limits.max_body && !takes_body {
+                close = true;
+                0
+            } else {
+                length
             };
-            match read_body(stream, buf, end, length.min(limit), routes).await {
-                Some(Ok(body)) => Box::pin(routes.serve(route, body)).await,
+            match read_body(stream, buf, end, length, routes).await {
+                Some(Ok(body)) if takes_body => Box::pin(routes.serve(route, body)).await,
+                Some(Ok(_)) => Box::pin(routes.serve(route, Bytes::new())).await,
                 Some(Err(err)) => {
                     close = true;
                     routes.finish(Err(err))
