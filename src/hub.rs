@@ -523,7 +523,7 @@ fn channel_in<'a, P: Payload>(
 }
 
 impl<P: Payload> State<P> {
-    /// Removes `name` if it holds nothing; the caller looked it up as `ch`.
+    /// Removes `name` if it holds no message, waiter or stream.
     fn free_if_idle(&mut self, name: &str) {
         if self.channels.get(name).is_some_and(Channel::is_idle) {
             self.remove(name);
