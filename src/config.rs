@@ -121,12 +121,28 @@ impl Config {
         }
     }
 
-    /// `--cors-origin` if it can be a header value, `*` otherwise.
-    pub fn cors_origin(&self) -> String {
-        match http::HeaderValue::from_str(&self.cors_origin) {
-            Ok(_) => self.cors_origin.clone(),
-            Err(_) => "*".to_owned(),
+    /// Refuses a configuration that would quietly serve something other than
+    /// what was asked: the server does not start on it (exit code 2).
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(token) = &self.publish_token
+            && token.trim().is_empty()
+        {
+            return Err(
+                "--publish-token (or COMETHUB_PUBLISH_TOKEN) is empty: it would \
+                        leave publishing open; give a token, or leave both out"
+                    .to_owned(),
+            );
         }
+        let origin = &self.cors_origin;
+        if origin.is_empty() || http::HeaderValue::from_str(origin).is_err() {
+            return Err(format!(
+                "--cors-origin {origin:?} cannot be sent as a header: use '*' or an origin such as https://example.com"
+            ));
+        }
+        if self.max_message == 0 {
+            return Err("--max-message 0 would refuse every message".to_owned());
+        }
+        Ok(())
     }
 
     /// The header-read timeout as a duration.

@@ -20,6 +20,10 @@ fn main() -> ExitCode {
         logs.init();
     }
 
+    if let Err(err) = config.check() {
+        error!(%err, "cannot start");
+        return ExitCode::from(2);
+    }
     if let Some(url) = &config.redis
         && let Err(err) = comethub::store::redis::client(url)
     {

@@ -69,6 +69,10 @@ pub fn store(config: &Config) -> Result<Store, String> {
 
 /// Serves `listener` until `shutdown` completes, then shuts down gracefully.
 pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) {
+    if let Err(err) = config.check() {
+        error!(%err, "cannot start");
+        return;
+    }
     let store = match store(&config) {
         Ok(store) => store,
         Err(err) => {
@@ -85,7 +89,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             ping: Duration::from_secs(config.ping),
             body_timeout: config.header_timeout(),
             max_message: config.max_message,
-            cors_origin: Bytes::from(config.cors_origin()),
+            cors_origin: Bytes::from(config.cors_origin.clone()),
             publish_token: config.publish_token.clone(),
         },
     ));

@@ -300,3 +300,45 @@ async fn a_refusal_does_not_disturb_the_keep_alive_connection() {
         (Some(1), Some(1))
     );
 }
+
+#[test]
+fn a_configuration_that_would_fail_open_stops_the_server_at_start() {
+    use std::io::{BufRead, BufReader};
+    // The exit code and the log; a server that starts listening is stopped
+    // and shows as no exit code.
+    let start = |args: &[&str], env: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_comethub"));
+        cmd.args(["--listen", "127.0.0.1:0"]).args(args);
+        cmd.env_remove("COMETHUB_PUBLISH_TOKEN");
+        if let Some(token) = env {
+            cmd.env("COMETHUB_PUBLISH_TOKEN", token);
+        }
+        cmd.stdout(std::process::Stdio::null());
+        cmd.stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let mut log = String::new();
+        for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+            let line = line.unwrap();
+            log.push_str(&line);
+            log.push('\n');
+            if line.contains("listening") {
+                child.kill().unwrap();
+                break;
+            }
+        }
+        (child.wait().unwrap().code(), log)
+    };
+    // An empty token would have left publishing open while the log said it was guarded.
+    let (code, log) = start(&["--publish-token", ""], None);
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("--publish-token"), "{log}");
+    let (code, log) = start(&[], Some(""));
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("COMETHUB_PUBLISH_TOKEN"), "{log}");
+    // A CORS origin with a control character used to become '*'.
+    let (code, log) = start(&["--cors-origin", "https://a.example\u{1}"], None);
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("--cors-origin"), "{log}");
+    let (code, log) = start(&["--max-message", "0"], None);
+    assert_eq!(code, Some(2), "{log}");
+}
