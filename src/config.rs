@@ -65,7 +65,7 @@ pub struct Config {
     #[arg(long, default_value_t = 0)]
     pub max_connections: usize,
 
-    /// Most waiting subscribers in all; past it /subscribe answers 503 (0: no limit but connections).
+    /// Most waiting subscribers and event streams in all; past it /subscribe and /events answer 503 (0: no limit but connections).
     #[arg(long, default_value_t = 0)]
     pub max_subscribers: usize,
 

@@ -150,7 +150,7 @@ pub struct Config {
     pub history_age: Duration,
     /// Most channels at once (0: no limit).
     pub max_channels: usize,
-    /// Most waiting subscribers at once (0: no limit).
+    /// Most waiting subscribers and open streams at once (0: no limit).
     pub max_subscribers: usize,
     /// Source or cache.
     pub mode: Mode,
@@ -640,7 +640,7 @@ impl<P: Payload> Hub<P> {
         gap: bool,
     ) -> Result<Waiter<P>, Refused> {
         let max = self.config.max_subscribers;
-        if max > 0 && state.waiting >= max {
+        if max > 0 && state.waiting + state.streams >= max {
             state.free_if_idle(channel);
             return Err(Refused::Subscribers);
         }
@@ -682,6 +682,10 @@ impl<P: Payload> Hub<P> {
     pub fn stream(self: &Arc<Self>, channel: &str, since: Since) -> Result<Stream<P>, Refused> {
         let mut guard = self.open()?;
         let state = &mut *guard;
+        let max = self.config.max_subscribers;
+        if max > 0 && state.waiting + state.streams >= max {
+            return Err(Refused::Subscribers);
+        }
         let now = Instant::now();
         let newest = state.seq;
         let ch = channel_in(&mut state.channels, &mut state.freed, channel, &self.config)?;

@@ -184,6 +184,21 @@ async fn the_subscriber_limit_answers_503_with_retry_after() {
 }
 
 #[tokio::test]
+async fn event_streams_count_against_the_subscriber_limit() {
+    let server = Server::start(&["--max-subscribers", "2"]);
+    let _one = common::Events::open(&server, "/events?channel=s", None).await;
+    let waiting = spawn_get(server.addr, "/subscribe?channel=s");
+    server.wait_for_stat("waiting", 1).await;
+    server.wait_for_stat("streams", 1).await;
+    // A third of either kind is refused.
+    server.get("/events?channel=s").await.assert_refused(503);
+    server.get("/subscribe?channel=s").await.assert_refused(503);
+    let resp = server.get("/publish?channel=s&message=m").await;
+    assert_eq!(resp.json()["subscribers"], 2);
+    assert_eq!(join(waiting).await.text(), "m");
+}
+
+#[tokio::test]
 async fn the_channel_limit_answers_503() {
     let server = Server::start(&["--max-channels", "2"]);
     let mut c = server.client().await;

@@ -85,7 +85,7 @@ pub struct Settings {
     pub history_age: Duration,
     /// Most channels held at once (0: no limit).
     pub max_channels: usize,
-    /// Most waiting subscribers at once (0: no limit).
+    /// Most waiting subscribers and open streams at once (0: no limit).
     pub max_subscribers: usize,
 }
 
