@@ -17,6 +17,14 @@ use crate::error::Error;
 pub const X_MESSAGE_ID: HeaderName = HeaderName::from_static("x-message-id");
 /// `X-Gap: 1`: messages after `since` are no longer retained.
 pub const X_GAP: HeaderName = HeaderName::from_static("x-gap");
+/// `X-Content-Type-Options: nosniff`, on every answer that carries published
+/// data: a browser takes its declared type as it is.
+pub const NOSNIFF: (HeaderName, &str) = (header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+/// The policy of a raw answer: a document that runs nothing and loads nothing.
+pub const SANDBOX: (HeaderName, &str) = (
+    header::CONTENT_SECURITY_POLICY,
+    "sandbox; default-src 'none'",
+);
 /// Content-Type of JSON answers.
 pub const JSON: &str = "application/json";
 
@@ -117,6 +125,11 @@ impl Answer {
     pub fn with(mut self, name: HeaderName, value: Bytes) -> Answer {
         self.headers.push((name, value));
         self
+    }
+
+    /// Adds a header whose value is fixed.
+    pub fn with_static(self, (name, value): (HeaderName, &'static str)) -> Answer {
+        self.with(name, Bytes::from_static(value.as_bytes()))
     }
 
     /// Sets the body.

@@ -513,6 +513,31 @@ pub fn is_form(content_type: Option<&[u8]>) -> bool {
     })
 }
 
+/// Whether a browser may show a published message of this Content-Type in
+/// place. Anything else (HTML, SVG, XML, scripts, unknown types) is served as
+/// an attachment, so a publisher can never put a page on the server's origin.
+pub fn shown_inline(content_type: &[u8]) -> bool {
+    let essence = content_type
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii()
+        .to_ascii_lowercase();
+    matches!(
+        essence.as_slice(),
+        b"text/plain"
+            | b"text/csv"
+            | b"application/json"
+            | b"application/octet-stream"
+            | b"image/png"
+            | b"image/jpeg"
+            | b"image/gif"
+            | b"image/webp"
+            | b"image/avif"
+    ) || essence.starts_with(b"audio/")
+        || essence.starts_with(b"video/")
+}
+
 /// Content-Type of a published body that came without one.
 pub const OCTET_STREAM: &str = "application/octet-stream";
 
@@ -666,6 +691,31 @@ mod tests {
             parse_epoch_since(Some(&message_id(&e, 7)), &e),
             Ok(Since::Id(7))
         ));
+    }
+
+    #[test]
+    fn only_passive_types_are_shown_inline() {
+        for inline in [
+            &b"text/plain"[..],
+            b"text/plain; charset=utf-8",
+            b"Application/JSON",
+            b"image/png",
+            b"video/mp4",
+        ] {
+            assert!(shown_inline(inline), "{}", String::from_utf8_lossy(inline));
+        }
+        for active in [
+            &b"text/html"[..],
+            b"TEXT/HTML; charset=utf-8",
+            b"image/svg+xml",
+            b"application/xhtml+xml",
+            b"text/xml",
+            b"application/javascript",
+            b"",
+            b"text/plainx",
+        ] {
+            assert!(!shown_inline(active), "{}", String::from_utf8_lossy(active));
+        }
     }
 
     #[test]

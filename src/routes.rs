@@ -27,7 +27,7 @@ use http::{Method, StatusCode};
 use serde::Serialize;
 use tracing::{debug, warn};
 
-use crate::answer::{Answer, X_GAP, X_MESSAGE_ID};
+use crate::answer::{Answer, NOSNIFF, SANDBOX, X_GAP, X_MESSAGE_ID};
 use crate::error::Error;
 use crate::protocol::{self, Events, Format, PublishAnswer, Query, Subscribe};
 use crate::stats::{Counters, Snapshot};
@@ -446,12 +446,24 @@ fn long_poll_answer(channel: &str, format: Format, polled: Polled) -> Answer {
                 return Answer::refusal(&Error::NotFound);
             };
             let answer = match format {
-                Format::Raw => Answer::full(
-                    StatusCode::OK,
-                    first.payload.content_type.clone(),
-                    first.payload.data.clone(),
-                )
-                .with(X_MESSAGE_ID, first.payload.id.clone()),
+                Format::Raw => {
+                    let content_type = &first.payload.content_type;
+                    let answer = Answer::full(
+                        StatusCode::OK,
+                        content_type.clone(),
+                        first.payload.data.clone(),
+                    )
+                    .with(X_MESSAGE_ID, first.payload.id.clone())
+                    .with_static(SANDBOX);
+                    if protocol::shown_inline(content_type) {
+                        answer
+                    } else {
+                        answer.with(
+                            header::CONTENT_DISPOSITION,
+                            Bytes::from_static(b"attachment"),
+                        )
+                    }
+                }
                 Format::Json => {
                     let last_id = &last.payload.id;
                     let parts = protocol::json_batch(
@@ -468,7 +480,7 @@ fn long_poll_answer(channel: &str, format: Format, polled: Polled) -> Answer {
                     .with(X_MESSAGE_ID, last_id.clone())
                 }
             };
-            gap_header(answer, gap)
+            gap_header(answer.with_static(NOSNIFF), gap)
         }
     }
 }

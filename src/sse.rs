@@ -16,7 +16,7 @@ use http::StatusCode;
 use http::header::HeaderName;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::answer::{Answer, Body};
+use crate::answer::{Answer, Body, NOSNIFF};
 use crate::hub::STREAM_BACKLOG;
 use crate::store::{Message, Stream};
 
@@ -77,6 +77,7 @@ pub fn answer(mut stream: Stream, ping: Duration) -> Answer {
         HeaderName::from_static("x-accel-buffering"),
         Bytes::from_static(b"no"),
     )
+    .with_static(NOSNIFF)
 }
 
 /// Queues a frame for the connection. While the queue is full (the client is not

@@ -189,6 +189,35 @@ test("HTML in a message is shown as text and runs nothing", async () => {
   }
 });
 
+test("a published page opened on the server's origin runs nothing", async () => {
+  const server = await startServer();
+  const ctx = await browser.newContext({ acceptDownloads: false });
+  try {
+    const page = await ctx.newPage();
+    page.setDefaultTimeout(STEP);
+    let dialogs = 0;
+    page.on("dialog", (d) => { dialogs += 1; d.dismiss(); });
+    const script = "<script>fetch('/publish?channel=ran&message=1');alert(1)</script>";
+    for (const type of ["text/html", "image/svg+xml", "application/xhtml+xml"]) {
+      const room = "page" + type.replace(/\W/g, "");
+      await publish(server, room, type === "text/html" ? script
+        : `<svg xmlns="http://www.w3.org/2000/svg"><script>fetch('/publish?channel=ran&message=1')</script></svg>`, type);
+      // Served as an attachment: the browser does not render it (goto reports
+      // the aborted navigation or the download).
+      await page.goto(`${server.url}/subscribe?channel=${room}&since=oldest`).catch(() => {});
+    }
+    // Back on a page of the origin: nothing published from the documents above.
+    await page.goto(`${server.url}/channels/ran`);
+    await page.waitForTimeout(300);
+    const ran = await (await fetch(`${server.url}/channels/ran`)).json();
+    assert.equal(ran.messages, 0, "no published script ran");
+    assert.equal(dialogs, 0, "no dialog");
+  } finally {
+    await ctx.close();
+    await server.stop();
+  }
+});
+
 test("a page on another origin long-polls comethub (CORS)", async () => {
   const server = await startServer();
   const html = await (await fetch(`${server.url}/`)).text();
