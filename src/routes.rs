@@ -190,9 +190,12 @@ impl Routes {
     pub fn route(&self, req: &Request) -> Result<Route, Error> {
         let path = req.path;
         let allow = match path {
-            "/subscribe" | "/events" | "/stats" | "/metrics" | "/" => "GET, OPTIONS",
+            // A long-poll or a stream answered without its body would be a wait
+            // for nothing; the other reads answer HEAD as GET, without the body.
+            "/subscribe" | "/events" => "GET, OPTIONS",
+            "/stats" | "/metrics" | "/" => "GET, HEAD, OPTIONS",
             "/publish" => "GET, POST, DELETE, OPTIONS",
-            p if p.starts_with("/channels/") => "GET, OPTIONS",
+            p if p.starts_with("/channels/") => "GET, HEAD, OPTIONS",
             _ => return Err(Error::NotFound),
         };
         let query = || Query::parse(req.query);
@@ -229,10 +232,10 @@ impl Routes {
                 self.authorize(req)?;
                 Route::Delete(query()?.channel()?)
             }
-            (&Method::GET, "/stats") => Route::Stats,
-            (&Method::GET, "/metrics") => Route::Metrics,
-            (&Method::GET, "/") => Route::Page,
-            (&Method::GET, p) if p.starts_with("/channels/") => {
+            (&Method::GET | &Method::HEAD, "/stats") => Route::Stats,
+            (&Method::GET | &Method::HEAD, "/metrics") => Route::Metrics,
+            (&Method::GET | &Method::HEAD, "/") => Route::Page,
+            (&Method::GET | &Method::HEAD, p) if p.starts_with("/channels/") => {
                 Route::Channel(protocol::channel_name(Some(&p["/channels/".len()..]))?.to_owned())
             }
             _ => return Err(Error::MethodNotAllowed(allow)),

@@ -85,6 +85,31 @@ async fn unknown_paths_get_404_and_wrong_methods_405() {
 }
 
 #[tokio::test]
+async fn head_answers_as_get_without_a_body_where_it_makes_sense() {
+    let server = Server::start(&[]);
+    let mut c = server.client().await;
+    for path in ["/stats", "/metrics", "/", "/channels/x"] {
+        let get = c.get(path).await;
+        let head = c.request(Method::HEAD, path, &[], "").await;
+        assert_eq!(head.status, 200, "{path}");
+        assert!(head.body.is_empty(), "{path}");
+        assert_eq!(
+            head.header("content-type"),
+            get.header("content-type"),
+            "{path}"
+        );
+    }
+    // A long-poll or a stream without its body would be a wait for nothing.
+    for path in ["/subscribe", "/events", "/publish"] {
+        let head = c.request(Method::HEAD, path, &[], "").await;
+        assert_eq!(head.status, 405, "{path}");
+        assert_eq!(head.header("content-type"), Some("application/json"));
+        assert!(!head.header("allow").unwrap().contains("HEAD"), "{path}");
+    }
+    still_serving(&server).await;
+}
+
+#[tokio::test]
 async fn oversized_messages_get_413() {
     let server = Server::start(&["--max-message", "100"]);
     let mut c = server.client().await;
