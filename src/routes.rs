@@ -19,6 +19,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -28,7 +29,7 @@ use serde::Serialize;
 use tracing::{debug, warn};
 
 use crate::answer::{Answer, NOSNIFF, SANDBOX, X_GAP, X_MESSAGE_ID};
-use crate::error::Error;
+use crate::error::{Error, Reason};
 use crate::protocol::{self, Events, Format, PublishAnswer, Query, Subscribe};
 use crate::stats::{Counters, Snapshot};
 use crate::store::{Polled, Store};
@@ -158,6 +159,35 @@ pub struct Routes {
     counters: Arc<Counters>,
     settings: Settings,
     started: tokio::time::Instant,
+    warnings: Throttle,
+}
+
+/// Lets one warning a second through per refusal reason, and counts the rest.
+#[derive(Debug, Default)]
+struct Throttle {
+    /// Per reason: the second from which the next line may go out.
+    next: [AtomicU64; Reason::ALL.len()],
+    /// Per reason: lines held back since the last one.
+    held: [AtomicU64; Reason::ALL.len()],
+}
+
+impl Throttle {
+    /// Whether a line for `reason` may go out at `now` (time since start);
+    /// if so, how many were held back before it.
+    fn allow(&self, reason: Reason, now: Duration) -> Option<u64> {
+        let (next, held) = (&self.next[reason as usize], &self.held[reason as usize]);
+        let second = now.as_secs();
+        let due = next.load(Relaxed);
+        if second >= due
+            && next
+                .compare_exchange(due, second + 1, Relaxed, Relaxed)
+                .is_ok()
+        {
+            return Some(held.swap(0, Relaxed));
+        }
+        held.fetch_add(1, Relaxed);
+        None
+    }
 }
 
 impl Routes {
@@ -168,6 +198,7 @@ impl Routes {
             counters,
             settings,
             started: tokio::time::Instant::now(),
+            warnings: Throttle::default(),
         }
     }
 
@@ -289,7 +320,11 @@ impl Routes {
     fn refuse(&self, err: &Error) -> Answer {
         let reason = err.reason().name();
         if err.retry_later() && !matches!(err, Error::ShuttingDown) {
-            warn!(reason, %err, "limit reached");
+            // At most one line a second per reason: a flood of refusals must
+            // not become a flood of log lines.
+            if let Some(suppressed) = self.warnings.allow(err.reason(), self.started.elapsed()) {
+                warn!(reason, %err, suppressed, "limit reached");
+            }
         } else {
             debug!(reason, %err, "refused");
         }
@@ -499,4 +534,24 @@ fn preflight(allow: &'static str) -> Answer {
             Bytes::from_static(b"Authorization, Content-Type, Last-Event-ID, Cache-Control"),
         )
         .with(header::ACCESS_CONTROL_MAX_AGE, Bytes::from_static(b"86400"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_go_out_once_a_second_per_reason_with_the_count_held_back() {
+        let throttle = Throttle::default();
+        let at = Duration::from_millis;
+        assert_eq!(throttle.allow(Reason::Busy, at(10)), Some(0));
+        for ms in [20, 500, 999] {
+            assert_eq!(throttle.allow(Reason::Busy, at(ms)), None);
+        }
+        // Another reason has its own allowance.
+        assert_eq!(throttle.allow(Reason::ConnectionLimit, at(30)), Some(0));
+        assert_eq!(throttle.allow(Reason::Busy, at(1000)), Some(3));
+        assert_eq!(throttle.allow(Reason::Busy, at(1001)), None);
+        assert_eq!(throttle.allow(Reason::Busy, at(5000)), Some(1));
+    }
 }

@@ -224,6 +224,32 @@ async fn event_streams_count_against_the_subscriber_limit() {
 }
 
 #[tokio::test]
+async fn a_flood_of_refusals_is_not_a_flood_of_log_lines() {
+    let server = Server::start(&["--max-subscribers", "1"]);
+    let _held = spawn_get(server.addr, "/subscribe?channel=f");
+    server.wait_for_stat("waiting", 1).await;
+    let mut c = server.client().await;
+    for _ in 0..500 {
+        c.get("/subscribe?channel=f").await.assert_refused(503);
+    }
+    // Every refusal is counted, but a second gets one warning line per reason;
+    // the next line says how many were held back.
+    assert_eq!(server.stats().await["refused"]["busy"], 500);
+    let deadline = tokio::time::Instant::now() + common::STEP;
+    let last = loop {
+        c.get("/subscribe?channel=f").await.assert_refused(503);
+        let lines = server.log_lines("limit reached");
+        if let Some(held) = lines.iter().find(|l| !l.contains("suppressed=0")) {
+            assert!(lines.len() <= 1 + 500usize.div_ceil(100), "{lines:?}");
+            break held.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{lines:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(last.contains("suppressed="), "{last}");
+}
+
+#[tokio::test]
 async fn the_channel_limit_answers_503() {
     let server = Server::start(&["--max-channels", "2"]);
     let mut c = server.client().await;

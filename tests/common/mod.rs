@@ -20,6 +20,8 @@ pub const STEP: Duration = Duration::from_secs(20);
 pub struct Server {
     pub addr: SocketAddr,
     pub child: Child,
+    /// Every log line the server has written since it listened.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -58,8 +60,20 @@ impl Server {
             }
         };
         // Keep draining the log so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Server { addr, child }
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                kept.lock().unwrap().push(line);
+            }
+        });
+        Server { addr, child, log }
+    }
+
+    /// Log lines so far that contain `text`.
+    pub fn log_lines(&self, text: &str) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        log.iter().filter(|l| l.contains(text)).cloned().collect()
     }
 
     /// Sends SIGTERM.
