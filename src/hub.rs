@@ -560,11 +560,6 @@ impl<P: Payload> Hub<P> {
         })
     }
 
-    /// The limits and mode it was made with.
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     fn state(&self) -> MutexGuard<'_, State<P>> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -89,9 +89,8 @@ impl<'a> Request<'a> {
         }
     }
 
-    /// Keeps a header if a route reads it (the first of each); returns whether
-    /// it did.
-    pub fn header(&mut self, name: &str, value: &'a [u8]) -> bool {
+    /// Keeps a header if a route reads it (the first of each).
+    pub fn header(&mut self, name: &str, value: &'a [u8]) {
         let is = |n: &HeaderName| name.eq_ignore_ascii_case(n.as_str());
         let slot = if is(&LAST_EVENT_ID) {
             &mut self.last_event_id
@@ -100,12 +99,11 @@ impl<'a> Request<'a> {
         } else if is(&header::AUTHORIZATION) {
             &mut self.authorization
         } else {
-            return false;
+            return;
         };
         if slot.is_none() {
             *slot = Some(value);
         }
-        true
     }
 }
 
@@ -207,14 +205,15 @@ impl Routes {
         &self.store
     }
 
-    /// The server's counters.
-    pub fn counters(&self) -> &Arc<Counters> {
-        &self.counters
-    }
-
     /// Time a publish body has to arrive.
     pub fn body_timeout(&self) -> Duration {
         self.settings.body_timeout
+    }
+
+    /// The largest body any route reads: a form publish of the largest
+    /// message. A larger one is never read.
+    pub fn max_body(&self) -> usize {
+        protocol::form_limit(self.settings.max_message)
     }
 
     /// The route table: what `req` asks for, with its parameters checked.
@@ -242,7 +241,7 @@ impl Routes {
                 self.authorize(req)?;
                 let query = query()?;
                 let body_limit = if protocol::is_form(req.content_type) {
-                    protocol::form_limit(self.settings.max_message)
+                    self.max_body()
                 } else {
                     self.settings.max_message
                 };
@@ -407,7 +406,6 @@ impl Routes {
 
     /// `/stats` and `/metrics`.
     fn snapshot(&self) -> Snapshot {
-        use std::sync::atomic::Ordering::Relaxed;
         let gauges = self.store.gauges();
         let c = &self.counters;
         Snapshot {

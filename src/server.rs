@@ -119,7 +119,6 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         limits: lean::Limits {
             header_timeout: config.header_timeout(),
             max_head: config.max_header_bytes as usize,
-            max_body: crate::protocol::form_limit(config.max_message),
         },
         closing,
         tracker: tracker.clone(),

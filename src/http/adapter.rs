@@ -10,11 +10,11 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
+use hyper::Response;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::header::HeaderValue;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::Watcher;
 use tokio::sync::mpsc;
@@ -87,8 +87,7 @@ fn response(answer: Answer) -> Response<AnswerBody> {
         Body::Stream(rx) => AnswerBody::Stream(rx),
     };
     let mut response = Response::new(body);
-    *response.status_mut() =
-        StatusCode::from_u16(answer.status.as_u16()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *response.status_mut() = answer.status;
     let headers = response.headers_mut();
     for (name, value) in answer.headers {
         if let Ok(value) = HeaderValue::from_maybe_shared(value) {

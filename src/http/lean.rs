@@ -44,9 +44,6 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Largest head; a larger one goes to hyper, which answers `431`.
     pub max_head: usize,
-    /// Largest body read and discarded after a refusal; past it the
-    /// connection closes instead.
-    pub max_body: usize,
 }
 
 /// How a connection left this path.
@@ -140,38 +137,28 @@ async fn next(
             buf.shrink_to_fit();
             return Step::Wait(params, close, http10);
         }
-        Ok(route) => {
-            // A body the route does not read (on GET or DELETE /publish) is read
-            // and dropped, or, past the limit, left to the close.
-            let takes_body = matches!(&route, Route::Publish(p) if p.has_body);
-            let length = if length > limits.max_body && !takes_body {
+        routed => {
+            // The body is read whole, and dropped where nothing takes it (a
+            // refusal, GET or DELETE /publish). One larger than any route reads
+            // is not read at all: the connection closes after the answer.
+            let length = if length > routes.max_body() {
                 close = true;
                 0
             } else {
                 length
             };
-            match read_body(stream, buf, end, length, routes).await {
-                Some(Ok(body)) if takes_body => Box::pin(routes.serve(route, body)).await,
-                Some(Ok(_)) => Box::pin(routes.serve(route, Bytes::new())).await,
-                Some(Err(err)) => {
+            match (routed, read_body(stream, buf, end, length, routes).await) {
+                (Ok(route), Some(Ok(body))) => Box::pin(routes.serve(route, body)).await,
+                (Ok(_), None) => return Step::Closed,
+                (Ok(_), Some(Err(err))) => {
                     close = true;
                     routes.finish(Err(err))
                 }
-                None => return Step::Closed,
+                (Err(err), body) => {
+                    close |= !matches!(body, Some(Ok(_)));
+                    routes.finish(Err(err))
+                }
             }
-        }
-        Err(err) => {
-            // Read and drop a refused request's body, or close after the answer.
-            if length > limits.max_body {
-                close = true;
-                buf.clear();
-            } else if read_body(stream, buf, end, length, routes)
-                .await
-                .is_none_or(|body| body.is_err())
-            {
-                close = true;
-            }
-            routes.finish(Err(err))
         }
     };
     Step::Answer(answer, close, http10)

@@ -461,15 +461,19 @@ impl Redis {
                         Since::Id(seq) => seq,
                         _ => 0,
                     };
-                    match wait_after(waiter, u64::MAX, deadline, gap).await {
-                        Some(Ok(Polled::Empty { gap, .. })) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match waiter.wait(left).await {
+                        // It came before this subscriber read the stream:
+                        // read from `since` again, so nothing before it is
+                        // skipped.
+                        Outcome::Message(_) => continue,
+                        Outcome::Deleted => return Err(Error::Gone),
+                        Outcome::Timeout(_) | Outcome::Shutdown(_) | Outcome::Reset => {
                             return Ok(Polled::Empty {
                                 last_id: Ids::Stream.id(position),
                                 gap,
                             });
                         }
-                        Some(other) => return other,
-                        None => continue,
                     }
                 }
                 Err(err) => return Err(err),
