@@ -20,6 +20,8 @@ pub const DEFAULT_HISTORY_AGE_SECS: u64 = 300;
 pub const DEFAULT_MAX_MESSAGE: usize = 64 * 1024;
 /// Default time a client has to send its request headers, in seconds.
 pub const DEFAULT_HEADER_TIMEOUT_SECS: u64 = 10;
+/// Default largest JSON batch, in bytes.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 1024 * 1024;
 
 /// How the server runs. Every field has a documented default.
 #[derive(Debug, Clone, Parser)]
@@ -48,6 +50,12 @@ pub struct Config {
     /// Largest message accepted by /publish, in bytes (larger ones get 413).
     #[arg(long, default_value_t = DEFAULT_MAX_MESSAGE)]
     pub max_message: usize,
+
+    /// Largest `format=json` answer, in bytes (suffixes K, M, G): a batch stops
+    /// before the message that would pass it, and its `last_id` says where the
+    /// next poll continues. A single larger message still goes out alone.
+    #[arg(long, default_value = "1M", value_parser = bytes_size)]
+    pub max_batch_bytes: usize,
 
     /// Value of Access-Control-Allow-Origin on every answer.
     #[arg(long, default_value = "*")]
@@ -96,6 +104,25 @@ pub struct Config {
     pub log_format: String,
 }
 
+/// Parses a size in bytes: digits, optionally followed by `K`, `M` or `G`
+/// (powers of 1024; a trailing `B` or `iB` is allowed).
+pub fn bytes_size(value: &str) -> Result<usize, String> {
+    let upper = value.trim().to_ascii_uppercase();
+    let number = upper.trim_end_matches("IB").trim_end_matches('B');
+    let (digits, shift) = match number.as_bytes().last() {
+        Some(b'K') => (&number[..number.len() - 1], 10),
+        Some(b'M') => (&number[..number.len() - 1], 20),
+        Some(b'G') => (&number[..number.len() - 1], 30),
+        _ => (number, 0),
+    };
+    let n: usize = digits
+        .trim()
+        .parse()
+        .map_err(|_| format!("{value:?} is not a size such as 65536, 512K, 64M or 2G"))?;
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{value:?} is too large"))
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config::parse_from(["comethub"])
@@ -142,11 +169,31 @@ impl Config {
         if self.max_message == 0 {
             return Err("--max-message 0 would refuse every message".to_owned());
         }
+        if self.max_batch_bytes == 0 {
+            return Err("--max-batch-bytes 0 would answer no batch".to_owned());
+        }
         Ok(())
     }
 
     /// The header-read timeout as a duration.
     pub fn header_timeout(&self) -> Duration {
         Duration::from_secs(self.header_timeout.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_suffixes_and_refuse_nonsense() {
+        assert_eq!(bytes_size("65536"), Ok(65536));
+        assert_eq!(bytes_size("512K"), Ok(512 << 10));
+        assert_eq!(bytes_size("64m"), Ok(64 << 20));
+        assert_eq!(bytes_size("2GiB"), Ok(2 << 30));
+        assert_eq!(bytes_size("1MB"), Ok(1 << 20));
+        for bad in ["", "M", "-1", "1.5M", "12Q", "99999999999999999999G"] {
+            assert!(bytes_size(bad).is_err(), "{bad:?}");
+        }
     }
 }

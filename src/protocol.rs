@@ -429,6 +429,25 @@ pub fn json_batch<'a>(
     parts
 }
 
+/// How many of `items` (at least one) a JSON batch of at most `max` bytes
+/// holds: the batch stops before the item that would pass the bound, and its
+/// `last_id` is that of the last item it holds, so the next poll goes on from
+/// there. Each item is encoded once and shared, so measuring costs nothing
+/// twice.
+pub fn batch_len<'a>(items: impl Iterator<Item = &'a Content>, max: usize) -> usize {
+    // The envelope: `{"channel":…,"messages":[` and `],"last_id":…,"gap":…}`.
+    let mut size = 96 + MAX_CHANNEL_LEN;
+    let mut n = 0;
+    for item in items {
+        size += item.json().len() + 1;
+        if n > 0 && size > max {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
 /// `GET /subscribe`'s parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscribe {

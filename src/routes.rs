@@ -48,6 +48,8 @@ pub struct Settings {
     pub body_timeout: Duration,
     /// Largest message.
     pub max_message: usize,
+    /// Largest JSON batch, in bytes.
+    pub max_batch: usize,
     /// `Access-Control-Allow-Origin`.
     pub cors_origin: Bytes,
     /// The token publishing needs, if any.
@@ -340,7 +342,11 @@ impl Routes {
             .store
             .poll(&params.channel, params.since, limit, params.timeout)
             .await;
-        self.finish(polled.map(|polled| long_poll_answer(&params.channel, params.format, polled)))
+        let max_batch = self.settings.max_batch;
+        self.finish(
+            polled
+                .map(|polled| long_poll_answer(&params.channel, params.format, polled, max_batch)),
+        )
     }
 
     /// `GET /events`: an event stream.
@@ -462,9 +468,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// A long-poll's answer: the first message raw, every message as a JSON batch,
-/// or `204` with the position to resume from.
-fn long_poll_answer(channel: &str, format: Format, polled: Polled) -> Answer {
+/// A long-poll's answer: the first message raw, the messages as a JSON batch of
+/// at most `max_batch` bytes, or `204` with the position to resume from.
+fn long_poll_answer(channel: &str, format: Format, polled: Polled, max_batch: usize) -> Answer {
     let gap_header = |answer: Answer, gap: bool| {
         if gap {
             answer.with(X_GAP, Bytes::from_static(b"1"))
@@ -501,6 +507,9 @@ fn long_poll_answer(channel: &str, format: Format, polled: Polled) -> Answer {
                     }
                 }
                 Format::Json => {
+                    let held = protocol::batch_len(messages.iter().map(|m| &m.payload), max_batch);
+                    let messages = &messages[..held];
+                    let last = messages.last().unwrap_or(last);
                     let last_id = &last.payload.id;
                     let parts = protocol::json_batch(
                         channel,

@@ -89,6 +89,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             ping: Duration::from_secs(config.ping),
             body_timeout: config.header_timeout(),
             max_message: config.max_message,
+            max_batch: config.max_batch_bytes,
             cors_origin: Bytes::from(config.cors_origin.clone()),
             publish_token: config.publish_token.clone(),
         },
