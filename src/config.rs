@@ -65,6 +65,12 @@ pub struct Config {
     #[arg(long, default_value_t = DEFAULT_HEADER_TIMEOUT_SECS)]
     pub header_timeout: u64,
 
+    /// Seconds a client may take no byte of an answer or stream before it is
+    /// disconnected; one that keeps reading, however slowly, takes as long as
+    /// it needs.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub write_timeout: u64,
+
     /// Largest request head (request line and headers), in bytes; larger gets 431.
     #[arg(long, default_value_t = 16 * 1024, value_parser = clap::value_parser!(u32).range(8192..))]
     pub max_header_bytes: u32,

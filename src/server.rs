@@ -120,6 +120,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
         limits: lean::Limits {
             header_timeout: config.header_timeout(),
             max_head: config.max_header_bytes as usize,
+            write_timeout: Duration::from_secs(config.write_timeout),
         },
         closing,
         tracker: tracker.clone(),

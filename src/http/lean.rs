@@ -34,8 +34,6 @@ const MAX_HEADERS: usize = 100;
 /// How long, and how many bytes, a closing connection reads and discards.
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 16 << 20;
-/// Longest an answer may take to be written to a client that does not read.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Limits for reading requests.
 #[derive(Debug, Clone)]
@@ -44,6 +42,9 @@ pub struct Limits {
     pub header_timeout: Duration,
     /// Largest head; a larger one goes to hyper, which answers `431`.
     pub max_head: usize,
+    /// Longest a write may wait for the client to take a byte; a client that
+    /// reads, however slowly, may take as long as it needs.
+    pub write_timeout: Duration,
 }
 
 /// How a connection left this path.
@@ -77,7 +78,9 @@ pub async fn serve(
         let step = Box::pin(next(&mut stream, &mut buf, routes, limits, deadline)).await;
         let (answer, close, http10) = match step {
             Step::Closed => return Next::Closed,
-            Step::Hyper => return Next::Hyper(Rewind::new(buf, stream)),
+            Step::Hyper => {
+                return Next::Hyper(Rewind::new(buf, stream, limits.write_timeout));
+            }
             Step::Answer(answer, close, http10) => (answer, close, http10),
             Step::Wait(params, close, http10) => {
                 let poll = std::pin::pin!(routes.subscribe(params));
@@ -88,9 +91,15 @@ pub async fn serve(
             }
         };
         let close = close || *stop.borrow();
-        if Box::pin(write(&mut stream, &answer, close, http10))
-            .await
-            .is_err()
+        if Box::pin(write(
+            &mut stream,
+            &answer,
+            close,
+            http10,
+            limits.write_timeout,
+        ))
+        .await
+        .is_err()
         {
             return Next::Closed;
         }
@@ -183,7 +192,10 @@ fn route(
 /// Writes `answer` (a refusal made before any request was read, such as the
 /// connection limit's) and closes.
 pub async fn refuse(mut stream: TcpStream, answer: Answer) {
-    if write(&mut stream, &answer, true, false).await.is_ok() {
+    if write(&mut stream, &answer, true, false, Duration::from_secs(1))
+        .await
+        .is_ok()
+    {
         let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
     }
 }
@@ -443,12 +455,14 @@ fn wait<'a>(
 /// Writes an answer: its head, then its body's buffers as they are. Usually
 /// one vectored write takes it all, with the head serialized in a scratch
 /// buffer of this thread and nothing allocated; what the socket does not take
-/// at once is copied out and written as the client reads.
+/// at once is copied out and written as the client reads; a client that takes
+/// nothing for `write_timeout` is given up on.
 async fn write(
     stream: &mut TcpStream,
     answer: &Answer,
     close: bool,
     http10: bool,
+    write_timeout: Duration,
 ) -> io::Result<()> {
     let parts: &[Bytes] = match &answer.body {
         Body::Full(b) => std::slice::from_ref(b),
@@ -486,12 +500,16 @@ async fn write(
         }
         Ok(rest)
     })?;
-    if rest.is_empty() {
-        return Ok(());
+    let mut rest = &rest[..];
+    while !rest.is_empty() {
+        match tokio::time::timeout(write_timeout, stream.write(rest)).await {
+            Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(Ok(n)) => rest = &rest[n..],
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+        }
     }
-    tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&rest))
-        .await
-        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+    Ok(())
 }
 
 /// Buffers one vectored write may take before the writer copies instead.
@@ -549,18 +567,47 @@ impl Date {
     }
 }
 
-/// A connection handed to hyper: the bytes already read, then the socket.
+/// A connection handed to hyper: the bytes already read, then the socket. Its
+/// writes fail once the client has taken nothing for the write timeout, which
+/// hyper has no setting for, so a reader that stopped reading (an event stream
+/// left open, a batch never read) lets go of its connection.
 #[derive(Debug)]
 pub struct Rewind {
     read: Bytes,
     inner: TcpStream,
+    write_timeout: Duration,
+    /// Set while a write is blocked: when it gives up.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Rewind {
-    fn new(read: Vec<u8>, inner: TcpStream) -> Rewind {
+    fn new(read: Vec<u8>, inner: TcpStream, write_timeout: Duration) -> Rewind {
         Rewind {
             read: read.into(),
             inner,
+            write_timeout,
+            stalled: None,
+        }
+    }
+
+    /// Passes on a write's outcome: progress clears the stall timer; no
+    /// progress starts it, or fails once it has run out.
+    fn progress<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let timeout = self.write_timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -587,7 +634,8 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.progress(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -595,7 +643,8 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.progress(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
