@@ -57,6 +57,14 @@ pub struct Config {
     #[arg(long, default_value = "1M", value_parser = bytes_size)]
     pub max_batch_bytes: usize,
 
+    /// Most memory all retained messages may take, with their type, encodings
+    /// and bookkeeping (suffixes K, M, G). Past it the oldest messages across
+    /// channels are evicted (resuming subscribers get X-Gap); a publish that
+    /// eviction cannot make room for gets 503. Default: a quarter of the
+    /// machine's (or cgroup's) memory.
+    #[arg(long, value_parser = bytes_size)]
+    pub max_memory: Option<usize>,
+
     /// Value of Access-Control-Allow-Origin on every answer.
     #[arg(long, default_value = "*")]
     pub cors_origin: String,
@@ -175,10 +183,27 @@ impl Config {
         if self.max_message == 0 {
             return Err("--max-message 0 would refuse every message".to_owned());
         }
+        if let Some(max) = self.max_memory
+            && max < 4 * self.max_message.max(256 * 1024)
+        {
+            return Err(format!(
+                "--max-memory {max} is too small: it must hold at least four of the \
+                 largest messages (--max-message {}) and 1 MiB",
+                self.max_message
+            ));
+        }
         if self.max_batch_bytes == 0 {
             return Err("--max-batch-bytes 0 would answer no batch".to_owned());
         }
         Ok(())
+    }
+
+    /// The memory bound: the flag, or a quarter of the memory available.
+    pub fn max_memory(&self) -> usize {
+        self.max_memory.unwrap_or_else(|| {
+            let available = crate::os::memory_available().unwrap_or(4 << 30);
+            usize::try_from(available / 4).unwrap_or(usize::MAX)
+        })
     }
 
     /// The header-read timeout as a duration.

@@ -105,6 +105,7 @@ impl From<Refused> for Error {
         match refused {
             Refused::Channels => Error::Busy("channels"),
             Refused::Subscribers => Error::Busy("subscribers"),
+            Refused::Memory => Error::Busy("memory"),
             Refused::Closed => Error::ShuttingDown,
         }
     }
@@ -212,6 +213,9 @@ impl fmt::Display for Error {
             Error::TooLarge(limit) => write!(f, "message too large: the limit is {limit} bytes"),
             Error::BodyTimeout => f.write_str("request body too slow"),
             Error::BodyRead => f.write_str("request body could not be read"),
+            Error::Busy("memory") => {
+                f.write_str("memory bound reached (--max-memory): try again later")
+            }
             Error::Busy(what) => write!(f, "too many {what}: try again later"),
             Error::ConnectionLimit => f.write_str("too many connections: try again later"),
             Error::ShuttingDown => f.write_str("server is shutting down"),

@@ -21,7 +21,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll as TaskPoll};
 use std::time::Duration;
@@ -37,8 +37,63 @@ pub const FREED_RECORDS: usize = 65_536;
 
 /// What a message carries; the hub only needs its size.
 pub trait Payload: Send + Sync + 'static {
-    /// Bytes this payload holds, counted in [`Snapshot::history_bytes`].
+    /// Bytes this payload holds from the start, with its bookkeeping. What it
+    /// comes to hold later (encodings made on first use) it counts on the
+    /// hub's [`Meter`].
     fn size(&self) -> usize;
+}
+
+/// Bytes that a hub's payloads hold beyond their [`Payload::size`]: added when
+/// a payload grows, taken back when it is dropped. Counted against
+/// [`Config::max_bytes`] with the history.
+#[derive(Debug, Clone, Default)]
+pub struct Meter(Arc<AtomicUsize>);
+
+impl Meter {
+    /// Bytes held now.
+    pub fn bytes(&self) -> usize {
+        self.0.load(Relaxed)
+    }
+
+    /// Counts `n` more bytes.
+    pub fn add(&self, n: usize) {
+        self.0.fetch_add(n, Relaxed);
+    }
+
+    /// Counts `n` bytes fewer.
+    pub fn sub(&self, n: usize) {
+        self.0.fetch_sub(n, Relaxed);
+    }
+}
+
+/// What the hub holds in its histories.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Held {
+    messages: usize,
+    bytes: usize,
+}
+
+impl Held {
+    fn of<P: Payload>(message: &Message<P>) -> Held {
+        Held {
+            messages: 1,
+            bytes: message.payload.size(),
+        }
+    }
+}
+
+impl std::ops::AddAssign for Held {
+    fn add_assign(&mut self, other: Held) {
+        self.messages += other.messages;
+        self.bytes += other.bytes;
+    }
+}
+
+impl std::ops::SubAssign for Held {
+    fn sub_assign(&mut self, other: Held) {
+        self.messages -= other.messages;
+        self.bytes -= other.bytes;
+    }
 }
 
 /// A published message, shared by every subscriber it is handed to.
@@ -123,6 +178,8 @@ pub enum Refused {
     Channels,
     /// `max_subscribers` reached.
     Subscribers,
+    /// `max_bytes` reached, and evicting old messages cannot make room.
+    Memory,
     /// The hub is closed (shutting down).
     Closed,
 }
@@ -152,6 +209,9 @@ pub struct Config {
     pub max_channels: usize,
     /// Most waiting subscribers and open streams at once (0: no limit).
     pub max_subscribers: usize,
+    /// Most bytes all histories may hold, with their payloads' later growth
+    /// (0: no limit). Past it the oldest messages across channels go first.
+    pub max_bytes: usize,
     /// Source or cache.
     pub mode: Mode,
 }
@@ -171,6 +231,8 @@ pub struct Hub<P> {
     config: Config,
     state: Mutex<State<P>>,
     delivered: AtomicU64,
+    evictions: AtomicU64,
+    meter: Meter,
 }
 
 #[derive(Debug)]
@@ -180,7 +242,11 @@ struct State<P> {
     next_waiter: u64,
     waiting: usize,
     streams: usize,
-    history_bytes: usize,
+    held: Held,
+    /// With `max_bytes`: every retained message by channel, oldest first, so
+    /// the oldest across channels is evicted first. Entries of messages that
+    /// left otherwise are skipped, and dropped when they pile up.
+    order: VecDeque<(Arc<str>, u64)>,
     freed: Freed,
     due: Due,
     closed: bool,
@@ -281,16 +347,16 @@ impl<P: Payload> Channel<P> {
         self.history.is_empty() && !self.listened()
     }
 
-    /// Adds `message` as the newest; returns the bytes trimmed to make room.
-    fn append(&mut self, message: &Arc<Message<P>>, config: &Config) -> usize {
+    /// Adds `message` as the newest; returns what was trimmed to make room.
+    fn append(&mut self, message: &Arc<Message<P>>, config: &Config) -> Held {
         self.last_seq = message.seq;
         self.history.push_back(message.clone());
         self.trim(config, message.at)
     }
 
-    /// Drops messages past the count or age limit; returns the bytes freed.
-    fn trim(&mut self, config: &Config, now: Instant) -> usize {
-        let mut freed = 0;
+    /// Drops messages past the count or age limit; returns what it freed.
+    fn trim(&mut self, config: &Config, now: Instant) -> Held {
+        let mut freed = Held::default();
         while let Some(front) = self.history.front() {
             let too_many = self.history.len() > config.history;
             let too_old = now.saturating_duration_since(front.at) >= config.history_age;
@@ -298,10 +364,19 @@ impl<P: Payload> Channel<P> {
                 break;
             }
             self.evicted = self.evicted.max(front.seq);
-            freed += front.payload.size();
+            freed += Held::of(front);
             self.history.pop_front();
         }
         freed
+    }
+
+    /// What the history holds.
+    fn held(&self) -> Held {
+        let mut held = Held::default();
+        for m in &self.history {
+            held += Held::of(m);
+        }
+        held
     }
 
     /// Retained messages after `after`, at most `limit`.
@@ -321,8 +396,8 @@ impl<P: Payload> Channel<P> {
         due.push(Reverse((at, self.name.clone())));
     }
 
-    /// Trims the channel and schedules its next look; returns the bytes freed.
-    fn refresh(&mut self, due: &mut Due, config: &Config, now: Instant) -> usize {
+    /// Trims the channel and schedules its next look; returns what it freed.
+    fn refresh(&mut self, due: &mut Due, config: &Config, now: Instant) -> Held {
         let freed = self.trim(config, now);
         let at = self.next_due(config);
         self.schedule(due, at);
@@ -498,11 +573,26 @@ pub struct Snapshot {
     pub streams: usize,
     /// Channels held.
     pub channels: usize,
-    /// Bytes of payload held in histories.
+    /// Bytes held by the histories' messages, with their encodings.
     pub history_bytes: usize,
+    /// Messages held in histories.
+    pub messages: usize,
+    /// Bytes counted against `max_bytes`: `history_bytes` and the channels.
+    pub memory_bytes: usize,
+    /// Messages evicted to stay within `max_bytes`.
+    pub evicted: u64,
     /// Deliveries (one per subscriber per message).
     pub delivered: u64,
 }
+
+/// What a channel costs with no message: its state, its slot in the channel
+/// map (kept at most half full) and in the sweep queue, and its name.
+fn channel_cost<P>() -> usize {
+    2 * std::mem::size_of::<(Arc<str>, Channel<P>)>() + 64 + MAX_NAME_ESTIMATE
+}
+
+/// A channel name's allocation, as counted (names are short).
+const MAX_NAME_ESTIMATE: usize = 48;
 
 /// The channel `name`, made if it is not held (within `max_channels`).
 fn channel_in<'a, P: Payload>(
@@ -535,8 +625,57 @@ impl<P: Payload> State<P> {
         let ch = self.channels.remove(name)?;
         self.freed.record(ch.name.clone(), ch.last_seq);
         self.waiting -= ch.waiters.len();
-        self.history_bytes -= ch.history.iter().map(|m| m.payload.size()).sum::<usize>();
+        self.held -= ch.held();
         Some(ch)
+    }
+
+    /// Evicts the oldest messages across channels until `incoming` more bytes
+    /// fit within `max` (with what `meter` counts); returns how many it evicted,
+    /// or `None` if no more can go and they still do not fit.
+    fn make_room(&mut self, max: usize, meter: &Meter, incoming: usize) -> Option<u64> {
+        if meter.bytes() + incoming > max {
+            // Not even an empty history would make room: evict nothing.
+            return None;
+        }
+        let mut evicted = 0;
+        while self.used(meter) + incoming > max {
+            let (name, seq) = self.order.pop_front()?;
+            let Some(ch) = self.channels.get_mut(&name) else {
+                continue;
+            };
+            if ch.history.front().is_none_or(|m| m.seq != seq) {
+                continue;
+            }
+            if let Some(oldest) = ch.history.pop_front() {
+                ch.evicted = ch.evicted.max(oldest.seq);
+                self.held -= Held::of(&oldest);
+                evicted += 1;
+            }
+            if ch.is_idle() {
+                self.remove(&name);
+            }
+        }
+        Some(evicted)
+    }
+
+    /// Bytes counted against `max_bytes`: the messages, what they grew by, and
+    /// the channels holding them.
+    fn used(&self, meter: &Meter) -> usize {
+        self.held.bytes + meter.bytes() + self.channels.len() * channel_cost::<P>()
+    }
+
+    /// Notes a message kept in `channel`'s history, in publish order.
+    fn keep_order(&mut self, channel: &Arc<str>, seq: u64) {
+        self.order.push_back((channel.clone(), seq));
+        if self.order.len() > 2 * self.held.messages + 1024 {
+            let channels = &self.channels;
+            self.order.retain(|(name, seq)| {
+                channels
+                    .get(name)
+                    .and_then(|ch| ch.history.front())
+                    .is_some_and(|front| front.seq <= *seq)
+            });
+        }
     }
 }
 
@@ -551,13 +690,26 @@ impl<P: Payload> Hub<P> {
                 next_waiter: 0,
                 waiting: 0,
                 streams: 0,
-                history_bytes: 0,
+                held: Held::default(),
+                order: VecDeque::new(),
                 freed: Freed::default(),
                 due: BinaryHeap::new(),
                 closed: false,
             }),
             delivered: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            meter: Meter::default(),
         })
+    }
+
+    /// The bound on bytes held (0: none).
+    pub fn max_bytes(&self) -> usize {
+        self.config.max_bytes
+    }
+
+    /// Where payloads count what they come to hold after they are made.
+    pub fn meter(&self) -> &Meter {
+        &self.meter
     }
 
     fn state(&self) -> MutexGuard<'_, State<P>> {
@@ -598,7 +750,7 @@ impl<P: Payload> Hub<P> {
                 _ => return Ok(Poll::Miss),
             },
         };
-        state.history_bytes -= ch.refresh(&mut state.due, &self.config, now);
+        state.held -= ch.refresh(&mut state.due, &self.config, now);
         let (after, gap) = match (self.config.mode, ch.covered) {
             (Mode::Cache { .. }, Some(covered)) => match since {
                 Since::Next => (ch.last_seq, false),
@@ -684,7 +836,7 @@ impl<P: Payload> Hub<P> {
         let now = Instant::now();
         let newest = state.seq;
         let ch = channel_in(&mut state.channels, &mut state.freed, channel, &self.config)?;
-        state.history_bytes -= ch.refresh(&mut state.due, &self.config, now);
+        state.held -= ch.refresh(&mut state.due, &self.config, now);
         ch.visited = now;
         let name = ch.name.clone();
         let live = ch
@@ -716,6 +868,20 @@ impl<P: Payload> Hub<P> {
     ) -> Result<(Arc<Message<P>>, usize), Refused> {
         let mut state = self.open()?;
         let seq = state.seq + 1;
+        let message = Message::new(seq, make(seq));
+        // Room first: evicting may free the channel itself.
+        if self.config.max_bytes > 0 {
+            let incoming = message.payload.size();
+            if incoming > self.config.max_bytes {
+                return Err(Refused::Memory);
+            }
+            let evicted = state.make_room(self.config.max_bytes, &self.meter, incoming);
+            self.evictions
+                .fetch_add(evicted.unwrap_or_default(), Relaxed);
+            if evicted.is_none() {
+                return Err(Refused::Memory);
+            }
+        }
         let state_ref = &mut *state;
         channel_in(
             &mut state_ref.channels,
@@ -723,7 +889,6 @@ impl<P: Payload> Hub<P> {
             channel,
             &self.config,
         )?;
-        let message = Message::new(seq, make(seq));
         state.seq = seq;
         Ok(self.append(state, channel, message))
     }
@@ -732,9 +897,16 @@ impl<P: Payload> Hub<P> {
     /// streams on `channel`, and keeps it in the channel's copy. Returns how many
     /// got it.
     pub fn deliver(&self, channel: &str, message: Arc<Message<P>>) -> usize {
-        let state = self.state();
+        let mut state = self.state();
         if !state.channels.contains_key(channel) {
             return 0;
+        }
+        if self.config.max_bytes > 0 {
+            // A copy: what cannot be made room for is read from the source.
+            let incoming = message.payload.size();
+            let evicted = state.make_room(self.config.max_bytes, &self.meter, incoming);
+            self.evictions
+                .fetch_add(evicted.unwrap_or_default(), Relaxed);
         }
         self.append(state, channel, message).1
     }
@@ -749,11 +921,14 @@ impl<P: Payload> Hub<P> {
         let Some(ch) = fields.channels.get_mut(channel) else {
             return (message, 0);
         };
+        let mut kept = None;
         if message.seq > ch.last_seq {
             let freed = ch.append(&message, &self.config);
             let at = ch.next_due(&self.config);
             ch.schedule(&mut fields.due, at);
-            fields.history_bytes = fields.history_bytes + message.payload.size() - freed;
+            fields.held += Held::of(&message);
+            fields.held -= freed;
+            kept = (self.config.max_bytes > 0).then(|| ch.name.clone());
         }
         let waiters = std::mem::take(&mut ch.waiters);
         let streams = ch
@@ -763,6 +938,9 @@ impl<P: Payload> Hub<P> {
             .unwrap_or(0);
         let idle = ch.is_idle();
         fields.waiting -= waiters.len();
+        if let Some(name) = kept {
+            state.keep_order(&name, message.seq);
+        }
         if idle {
             state.remove(channel);
         }
@@ -860,11 +1038,8 @@ impl<P: Payload> Hub<P> {
                 && !ch.listened()
                 && now.saturating_duration_since(ch.visited) >= idle
             {
-                freed += ch
-                    .history
-                    .drain(..)
-                    .map(|m| m.payload.size())
-                    .sum::<usize>();
+                freed += ch.held();
+                ch.history.clear();
                 ch.covered = None;
             }
             let at = ch.next_due(&self.config);
@@ -873,11 +1048,12 @@ impl<P: Payload> Hub<P> {
             if let Some(ch) = fields.channels.get_mut(&name) {
                 ch.schedule(&mut fields.due, at);
             }
-            fields.history_bytes -= freed;
+            fields.held -= freed;
             if idle {
                 state.remove(&name);
             }
         }
+        self.fit_in(&mut state);
         // Entries of channels removed before they were due are skipped when
         // popped; rebuild the queue if they ever outnumber the live ones.
         if state.due.len() > 2 * state.channels.len() + 1024 {
@@ -902,7 +1078,8 @@ impl<P: Payload> Hub<P> {
                     ch.covered = None;
                     ch.history.clear();
                 }
-                state.history_bytes = 0;
+                state.held = Held::default();
+                state.order.clear();
             },
         );
     }
@@ -937,6 +1114,22 @@ impl<P: Payload> Hub<P> {
         }
     }
 
+    /// Evicts the oldest messages until what the payloads grew by since the
+    /// last publish (encodings made on first use) fits within `max_bytes`.
+    pub fn fit(&self) {
+        if self.config.max_bytes > 0 {
+            self.fit_in(&mut self.state());
+        }
+    }
+
+    fn fit_in(&self, state: &mut State<P>) {
+        if self.config.max_bytes > 0 {
+            let evicted = state.make_room(self.config.max_bytes, &self.meter, 0);
+            self.evictions
+                .fetch_add(evicted.unwrap_or_default(), Relaxed);
+        }
+    }
+
     /// Gauges and counters for `/stats`.
     pub fn snapshot(&self) -> Snapshot {
         let state = self.state();
@@ -944,7 +1137,10 @@ impl<P: Payload> Hub<P> {
             waiting: state.waiting,
             streams: state.streams,
             channels: state.channels.len(),
-            history_bytes: state.history_bytes,
+            history_bytes: state.held.bytes + self.meter.bytes(),
+            memory_bytes: state.used(&self.meter),
+            messages: state.held.messages,
+            evicted: self.evictions.load(Relaxed),
             delivered: self.delivered.load(Relaxed),
         }
     }
@@ -966,6 +1162,19 @@ mod tests {
             history_age: Duration::from_secs(age),
             max_channels: 0,
             max_subscribers: 0,
+            max_bytes: 0,
+            mode: Mode::Source,
+        })
+    }
+
+    /// A hub bounded to `bytes` of messages held in `channels` channels.
+    fn bounded(bytes: usize, channels: usize) -> Arc<Hub<&'static str>> {
+        Hub::new(Config {
+            history: 100,
+            history_age: Duration::from_secs(300),
+            max_channels: 0,
+            max_subscribers: 0,
+            max_bytes: bytes + channels * channel_cost::<&'static str>(),
             mode: Mode::Source,
         })
     }
@@ -976,6 +1185,7 @@ mod tests {
             history_age: Duration::from_secs(300),
             max_channels: 0,
             max_subscribers: 0,
+            max_bytes: 0,
             mode: Mode::Cache {
                 idle: Duration::from_secs(idle),
             },
@@ -1160,6 +1370,7 @@ mod tests {
             history_age: Duration::from_secs(60),
             max_channels: 1,
             max_subscribers: 1,
+            max_bytes: 0,
             mode: Mode::Source,
         });
         let _w = hub.poll("a", Since::Next, 1).unwrap();
@@ -1254,5 +1465,77 @@ mod tests {
             Poll::Miss
         ));
         assert_eq!(hub.snapshot().channels, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_memory_bound_evicts_the_oldest_messages_across_channels_first() {
+        let hub = bounded(10, 2);
+        let (a1, _) = hub.publish("a", |_| "aaa").unwrap();
+        hub.publish("b", |_| "bbb").unwrap();
+        hub.publish("a", |_| "ccc").unwrap();
+        assert_eq!(hub.snapshot().history_bytes, 9);
+        // 12 bytes would not fit: a's first message, the oldest of all, goes.
+        hub.publish("b", |_| "ddd").unwrap();
+        let s = hub.snapshot();
+        assert_eq!((s.history_bytes, s.messages, s.evicted), (9, 3, 1));
+        assert_eq!(
+            ready(hub.poll("a", Since::Id(a1.seq - 1), 10).unwrap()),
+            (vec!["ccc"], true),
+            "a reader from before the evicted message learns of the gap"
+        );
+        assert_eq!(
+            ready(hub.poll("a", Since::Id(a1.seq), 10).unwrap()),
+            (vec!["ccc"], false)
+        );
+        assert_eq!(
+            ready(hub.poll("b", Since::Oldest, 10).unwrap()).0,
+            vec!["bbb", "ddd"]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_channel_evicted_whole_is_freed_and_its_readers_told_of_the_gap() {
+        let hub = bounded(6, 2);
+        let (a1, _) = hub.publish("a", |_| "aaa").unwrap();
+        hub.publish("b", |_| "bbb").unwrap();
+        hub.publish("b", |_| "ccc").unwrap();
+        assert!(!hub.has_channel("a"));
+        let Poll::Wait(w) = hub.poll("a", Since::Id(a1.seq - 1), 10).unwrap() else {
+            panic!("a is empty now")
+        };
+        assert!(w.gap);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_eviction_cannot_make_room_for_is_refused() {
+        let hub = bounded(6, 1);
+        hub.publish("a", |_| "aaa").unwrap();
+        let huge: &'static str = "x".repeat(hub.max_bytes() + 1).leak();
+        assert_eq!(
+            hub.publish("a", |_| huge).err(),
+            Some(Refused::Memory),
+            "larger than the bound"
+        );
+        assert_eq!(hub.snapshot().messages, 1, "and nothing evicted for it");
+        // Bytes held outside the history (encodings still in use) that
+        // eviction cannot free.
+        hub.meter().add(hub.max_bytes());
+        assert_eq!(hub.publish("b", |_| "bb").err(), Some(Refused::Memory));
+        assert_eq!(hub.snapshot().messages, 1, "nothing evicted in vain");
+        hub.meter().sub(hub.max_bytes());
+        hub.publish("b", |_| "bb").unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn growth_after_a_publish_is_evicted_by_the_next_sweep() {
+        let hub = bounded(10, 1);
+        hub.publish("a", |_| "aaa").unwrap();
+        hub.publish("a", |_| "bbb").unwrap();
+        // An encoding made on first use.
+        hub.meter().add(6);
+        assert_eq!(hub.snapshot().history_bytes, 12);
+        hub.sweep();
+        let s = hub.snapshot();
+        assert_eq!((s.history_bytes, s.messages, s.evicted), (9, 1, 1));
     }
 }

@@ -8,6 +8,7 @@ use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    os::tune_allocator();
     let mut config = Config::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
@@ -64,6 +65,9 @@ fn main() -> ExitCode {
             history = config.history,
             history_age = config.history_age,
             max_message = config.max_message,
+            max_memory = config.max_memory(),
+            max_batch_bytes = config.max_batch_bytes,
+            write_timeout = config.write_timeout,
             cors_origin = %config.cors_origin,
             header_timeout = config.header_timeout,
             max_connections = config.max_connections,

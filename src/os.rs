@@ -45,6 +45,54 @@ pub fn connections_for(nofile: u64) -> usize {
     usize::try_from(nofile.saturating_sub(RESERVED_FDS).max(1)).unwrap_or(usize::MAX)
 }
 
+/// The memory this process may use: the machine's, or its cgroup's limit if
+/// that is lower. `None` when neither can be read.
+pub fn memory_available() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
+    let total = meminfo.as_deref().and_then(|m| {
+        let kib = m.lines().find_map(|l| l.strip_prefix("MemTotal:"))?;
+        kib.trim().trim_end_matches("kB").trim().parse::<u64>().ok()
+    });
+    let total = total.map(|kib| kib * 1024);
+    let cgroup = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match (total, cgroup) {
+        (Some(t), Some(c)) => Some(t.min(c)),
+        (t, c) => t.or(c),
+    }
+}
+
+/// Allocations from which the allocator maps memory of their own, handed back
+/// to the kernel the moment they are freed. Large messages and their
+/// encodings come and go as the history turns over; carved from the heap,
+/// they would leave it in holes that the resident size never gives back.
+pub const OWN_MAPPING_FROM: usize = 32 * 1024;
+
+/// What an allocation of `len` bytes takes: whole pages once it has its own
+/// mapping, else the allocator's header and 16-byte rounding.
+pub fn allocated(len: usize) -> usize {
+    if len >= OWN_MAPPING_FROM {
+        (len + 16).next_multiple_of(4096)
+    } else {
+        (len + 8).next_multiple_of(16)
+    }
+}
+
+/// Has glibc give allocations of [`OWN_MAPPING_FROM`] bytes or more their own
+/// mapping (it otherwise raises that threshold as it goes, up to 32 MiB).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn tune_allocator() {
+    // SAFETY: mallopt only sets a glibc tunable; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, OWN_MAPPING_FROM as libc::c_int);
+    }
+}
+
+/// Other allocators keep their own policy.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn tune_allocator() {}
+
 /// Hands free heap pages back to the kernel (glibc keeps them otherwise).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn release_free_memory() {

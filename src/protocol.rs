@@ -7,15 +7,14 @@
 //! it goes to.
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-pub use crate::hub::Since;
+pub use crate::hub::{Meter, Since};
 
 /// The channel used when a request names none.
 pub const DEFAULT_CHANNEL: &str = "default";
@@ -320,27 +319,26 @@ pub struct Content {
     meter: Meter,
 }
 
-/// Bytes held by messages' encodings, for `history_bytes`.
-#[derive(Debug, Clone, Default)]
-pub struct Meter(Arc<AtomicUsize>);
-
-impl Meter {
-    /// Bytes held now.
-    pub fn bytes(&self) -> usize {
-        self.0.load(Relaxed)
-    }
-}
+/// What a retained message costs beyond its bytes: the shared message and its
+/// reference counts, the id's buffer, a shared handle on the data, allocator
+/// headers, and the history's and eviction order's entries. Checked against
+/// the resident size by `tests/memory.rs`.
+pub const MESSAGE_OVERHEAD: usize = 320;
 
 impl crate::hub::Payload for Content {
     fn size(&self) -> usize {
-        self.data.len()
+        use crate::os::allocated;
+        allocated(self.data.len())
+            + allocated(self.content_type.len())
+            + allocated(self.id.len())
+            + MESSAGE_OVERHEAD
     }
 }
 
 impl Drop for Content {
     fn drop(&mut self) {
-        let held = self.json.get().map_or(0, Bytes::len) + self.sse.get().map_or(0, Bytes::len);
-        self.meter.0.fetch_sub(held, Relaxed);
+        let held = |slot: &OnceLock<Bytes>| slot.get().map_or(0, |b| crate::os::allocated(b.len()));
+        self.meter.sub(held(&self.json) + held(&self.sse));
     }
 }
 
@@ -360,7 +358,7 @@ impl Content {
     fn encoded(&self, slot: &OnceLock<Bytes>, make: impl FnOnce() -> Bytes) -> Bytes {
         slot.get_or_init(|| {
             let bytes = make();
-            self.meter.0.fetch_add(bytes.len(), Relaxed);
+            self.meter.add(crate::os::allocated(bytes.len()));
             bytes
         })
         .clone()
@@ -373,9 +371,14 @@ impl Content {
         self.encoded(&self.json, || {
             let id = std::str::from_utf8(&self.id).unwrap_or_default();
             let ct = std::str::from_utf8(&self.content_type).unwrap_or_default();
-            serde_json::to_vec(&JsonMessage::new(id, &self.data, ct))
-                .unwrap_or_default()
-                .into()
+            let mut out = Vec::with_capacity(self.data.len() + id.len() + ct.len() + 64);
+            if serde_json::to_writer(&mut out, &JsonMessage::new(id, &self.data, ct)).is_err() {
+                out.clear();
+            }
+            // Escapes or base64 may have grown it past the estimate: the item
+            // keeps only its own bytes.
+            out.shrink_to_fit();
+            out.into()
         })
     }
 

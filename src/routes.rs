@@ -343,10 +343,13 @@ impl Routes {
             .poll(&params.channel, params.since, limit, params.timeout)
             .await;
         let max_batch = self.settings.max_batch;
-        self.finish(
-            polled
-                .map(|polled| long_poll_answer(&params.channel, params.format, polled, max_batch)),
-        )
+        let answer = polled
+            .map(|polled| long_poll_answer(&params.channel, params.format, polled, max_batch));
+        if params.format == Format::Json {
+            // A batch may have made encodings: they count against the bound.
+            self.store.fit();
+        }
+        self.finish(answer)
     }
 
     /// `GET /events`: an event stream.
@@ -422,6 +425,10 @@ impl Routes {
             published: c.published.load(Relaxed),
             delivered: gauges.hub.delivered,
             history_bytes: gauges.hub.history_bytes,
+            messages: gauges.hub.messages,
+            memory_bytes: gauges.hub.memory_bytes,
+            max_memory: self.store.max_bytes(),
+            evicted: gauges.hub.evicted,
             uptime_seconds: self.started.elapsed().as_secs(),
             refused: c.refusals().into_iter().collect(),
             redis: gauges.redis,

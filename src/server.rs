@@ -60,6 +60,7 @@ pub fn store(config: &Config) -> Result<Store, String> {
         history_age: config.history_age(),
         max_channels: config.max_channels,
         max_subscribers: config.max_subscribers,
+        max_bytes: config.max_memory(),
     };
     match &config.redis {
         None => Ok(Store::memory(&settings)),

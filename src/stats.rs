@@ -59,8 +59,17 @@ pub struct Snapshot {
     pub published: u64,
     /// Deliveries since start (one per subscriber per message).
     pub delivered: u64,
-    /// Bytes of message data held in histories, and of their encodings.
+    /// Bytes the retained messages take: data, type, id, encodings and
+    /// bookkeeping, as counted against `--max-memory`.
     pub history_bytes: usize,
+    /// Messages retained in histories.
+    pub messages: usize,
+    /// Bytes counted against `--max-memory`: `history_bytes` and the channels.
+    pub memory_bytes: usize,
+    /// The memory bound (`--max-memory`).
+    pub max_memory: usize,
+    /// Messages evicted, oldest first, to stay within the memory bound.
+    pub evicted: u64,
     /// Seconds since start.
     pub uptime_seconds: u64,
     /// Requests refused, by reason.
@@ -128,8 +137,32 @@ impl Snapshot {
         metric(
             "history_bytes",
             "gauge",
-            "Bytes of message data in histories.",
+            "Bytes retained messages take (data, type, encodings, bookkeeping).",
             self.history_bytes as u64,
+        );
+        metric(
+            "messages",
+            "gauge",
+            "Messages retained in histories.",
+            self.messages as u64,
+        );
+        metric(
+            "memory_bytes",
+            "gauge",
+            "Bytes counted against the memory bound: retained messages and their channels.",
+            self.memory_bytes as u64,
+        );
+        metric(
+            "max_memory_bytes",
+            "gauge",
+            "The memory bound on retained messages.",
+            self.max_memory as u64,
+        );
+        metric(
+            "evicted_total",
+            "counter",
+            "Messages evicted, oldest first, to stay within the memory bound.",
+            self.evicted,
         );
         metric(
             "uptime_seconds",

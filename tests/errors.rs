@@ -407,4 +407,20 @@ fn a_configuration_that_would_fail_open_stops_the_server_at_start() {
     assert!(log.contains("--cors-origin"), "{log}");
     let (code, log) = start(&["--max-message", "0"], None);
     assert_eq!(code, Some(2), "{log}");
+    // Bounds that cannot hold anything, or are not sizes at all.
+    for (flag, value) in [
+        ("--max-memory", "0"),
+        ("--max-memory", "100K"),
+        ("--max-memory", "lots"),
+        ("--max-batch-bytes", "0"),
+        ("--max-batch-bytes", "1T"),
+        ("--write-timeout", "0"),
+    ] {
+        let (code, log) = start(&[flag, value], None);
+        assert_eq!(code, Some(2), "{flag} {value}: {log}");
+        assert!(log.contains(flag) || log.contains(value), "{log}");
+    }
+    // A sensible bound starts.
+    let (code, log) = start(&["--max-memory", "64M"], None);
+    assert_eq!(code, None, "{log}");
 }

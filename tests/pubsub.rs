@@ -239,7 +239,9 @@ async fn old_messages_leave_the_history() {
     let server = Server::start(&["--history-age", "1"]);
     let mut client = server.client().await;
     let id = client.publish("aging", "soon gone").await;
-    assert_eq!(server.stats().await["history_bytes"], 9);
+    let stats = server.stats().await;
+    assert_eq!(stats["messages"], 1);
+    assert!(stats["history_bytes"].as_u64().unwrap() >= 9);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let got = client
         .get("/subscribe?channel=aging&since=oldest&timeout=0.2")
@@ -394,7 +396,9 @@ async fn stats_and_channel_info_describe_the_server() {
     let stats = server.stats().await;
     assert_eq!(stats["channels"], 1);
     assert_eq!(stats["published"], 1);
-    assert_eq!(stats["history_bytes"], 5);
+    assert_eq!(stats["messages"], 1);
+    // The data and what keeping it costs.
+    assert!(stats["history_bytes"].as_u64().unwrap() > 5);
     assert!(stats["connections"].as_u64().unwrap() >= 2);
     assert!(stats["uptime_seconds"].is_u64());
     client.publish("s", "x").await;
@@ -440,7 +444,8 @@ async fn history_bytes_count_the_encodings_kept_with_each_message() {
             .await;
         assert_eq!(resp.status, 200);
     }
-    assert_eq!(server.stats().await["history_bytes"], 50 * 1000);
+    let kept = server.stats().await["history_bytes"].as_u64().unwrap();
+    assert!(kept >= 50 * 1000, "{kept}");
     let batch = client
         .get("/subscribe?channel=bin&since=oldest&format=json")
         .await
@@ -449,7 +454,7 @@ async fn history_bytes_count_the_encodings_kept_with_each_message() {
     let held = server.stats().await["history_bytes"].as_u64().unwrap();
     let base64 = 1000u64.div_ceil(3) * 4;
     assert!(
-        held >= 50 * (1000 + base64),
+        held >= kept + 50 * base64,
         "history_bytes {held} leaves out the JSON kept for 50 messages"
     );
     // Deleting the channel gives every byte back.

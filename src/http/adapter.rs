@@ -63,7 +63,9 @@ async fn handle(routes: &Routes, req: hyper::Request<Incoming>) -> Answer {
             let limited = Limited::new(req.into_body(), publish.body_limit);
             match tokio::time::timeout(routes.body_timeout(), limited.collect()).await {
                 Err(_) => Err(Error::BodyTimeout),
-                Ok(Ok(collected)) => Ok(collected.to_bytes()),
+                // Its own allocation: a slice of hyper's read buffer would
+                // keep the whole buffer alive for as long as the message.
+                Ok(Ok(collected)) => Ok(Bytes::copy_from_slice(&collected.to_bytes())),
                 Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
                     Err(publish.too_large())
                 }

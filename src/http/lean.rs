@@ -35,6 +35,9 @@ const MAX_HEADERS: usize = 100;
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 16 << 20;
 
+/// Most buffer room a connection keeps after reading a body.
+const BODY_ROOM_KEPT: usize = 16 * 1024;
+
 /// Limits for reading requests.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -221,6 +224,10 @@ async fn read_body(
     }
     let body = Bytes::copy_from_slice(&buf[end..want]);
     buf.drain(..want);
+    // A connection that published a large message does not keep its room.
+    if buf.capacity() > BODY_ROOM_KEPT {
+        buf.shrink_to(buf.len().max(1024));
+    }
     Some(Ok(body))
 }
 

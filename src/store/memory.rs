@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::{ChannelState, Polled, Published, Settings, Stream};
 use crate::error::Error;
 use crate::hub::{self, Hub, Outcome, Poll, Since};
-use crate::protocol::{Content, Ids, Meter};
+use crate::protocol::{Content, Ids};
 
 /// How a long-poll on the memory store starts.
 #[derive(Debug)]
@@ -65,7 +65,6 @@ impl Future for MemoryWait<'_> {
 pub struct Memory {
     hub: Arc<Hub<Content>>,
     ids: Ids,
-    meter: Meter,
 }
 
 impl Memory {
@@ -74,7 +73,6 @@ impl Memory {
         Memory {
             hub: Hub::new(settings.hub(hub::Mode::Source)),
             ids: Ids::Epoch(crate::protocol::new_epoch()),
-            meter: Meter::default(),
         }
     }
 
@@ -84,10 +82,6 @@ impl Memory {
 
     pub(super) fn hub(&self) -> &Arc<Hub<Content>> {
         &self.hub
-    }
-
-    pub(super) fn meter(&self) -> &Meter {
-        &self.meter
     }
 
     /// A long-poll: answered at once, or a wait to await.
@@ -121,7 +115,7 @@ impl Memory {
         content_type: Bytes,
     ) -> Result<Published, Error> {
         let (message, subscribers) = self.hub.publish(channel, |seq| {
-            Content::new(self.ids.id(seq), data, content_type, &self.meter)
+            Content::new(self.ids.id(seq), data, content_type, self.hub.meter())
         })?;
         Ok(Published {
             id: message.payload.id.clone(),

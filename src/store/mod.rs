@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 use crate::error::Error;
 use crate::hub::{self, Hub};
-use crate::protocol::{Content, Ids, Meter, Since};
+use crate::protocol::{Content, Ids, Since};
 use crate::stats::RedisLink;
 
 /// A message as the store hands it out.
@@ -87,6 +87,8 @@ pub struct Settings {
     pub max_channels: usize,
     /// Most waiting subscribers and open streams at once (0: no limit).
     pub max_subscribers: usize,
+    /// Most bytes the messages held may take (0: no limit).
+    pub max_bytes: usize,
 }
 
 impl Settings {
@@ -96,6 +98,10 @@ impl Settings {
             history_age: self.history_age,
             max_channels: self.max_channels,
             max_subscribers: self.max_subscribers,
+            // Retained messages stay a little under the bound, leaving room
+            // for those in flight (bodies being read, a publish being made)
+            // and for the allocator's rounding.
+            max_bytes: self.max_bytes - self.max_bytes / 16,
             mode,
         }
     }
@@ -253,11 +259,8 @@ impl Store {
 
     /// Gauges for `/stats`.
     pub fn gauges(&self) -> Gauges {
-        let (hub, meter) = self.hub();
-        let mut gauges = hub.snapshot();
-        gauges.history_bytes += meter.bytes();
         Gauges {
-            hub: gauges,
+            hub: self.hub().snapshot(),
             redis: match self {
                 Store::Memory(_) => None,
                 Store::Redis(r) => Some(r.link_state()),
@@ -265,17 +268,28 @@ impl Store {
         }
     }
 
-    fn hub(&self) -> (&Arc<Hub<Content>>, &Meter) {
+    /// Brings what the messages hold back within the memory bound after
+    /// encodings were made for an answer.
+    pub fn fit(&self) {
+        self.hub().fit();
+    }
+
+    /// The memory bound on retained messages.
+    pub fn max_bytes(&self) -> usize {
+        self.hub().max_bytes()
+    }
+
+    fn hub(&self) -> &Arc<Hub<Content>> {
         match self {
-            Store::Memory(m) => (m.hub(), m.meter()),
-            Store::Redis(r) => (r.hub(), r.meter()),
+            Store::Memory(m) => m.hub(),
+            Store::Redis(r) => r.hub(),
         }
     }
 
     /// Closes the store: every waiting subscriber is answered, every stream
     /// ends, new requests are refused.
     pub fn close(&self) {
-        self.hub().0.close();
+        self.hub().close();
     }
 
     /// Waits until the store can serve, or `limit` has passed; returns whether it can.
@@ -289,7 +303,7 @@ impl Store {
     /// The store's background work (expiry, and the link to Redis) until `stop`
     /// turns true.
     pub async fn run(&self, mut stop: watch::Receiver<bool>) {
-        let hub = self.hub().0.clone();
+        let hub = self.hub().clone();
         let sweep = async move {
             let mut tick = tokio::time::interval(SWEEP_INTERVAL);
             loop {

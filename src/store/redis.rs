@@ -269,9 +269,10 @@ impl Redis {
         let client = client(url)?;
         let (follow, requests) = mpsc::unbounded_channel();
         let lib = |body: &str| redis::Script::new(&format!("{TRIM_AGE}{body}"));
+        let hub = Hub::new(settings.hub(hub::Mode::Cache { idle: COPY_IDLE }));
         Ok(Redis {
-            hub: Hub::new(settings.hub(hub::Mode::Cache { idle: COPY_IDLE })),
-            meter: Meter::default(),
+            meter: hub.meter().clone(),
+            hub,
             client,
             link: Mutex::new(None),
             follow,
@@ -292,10 +293,6 @@ impl Redis {
 
     pub(super) fn hub(&self) -> &Arc<Hub<Content>> {
         &self.hub
-    }
-
-    pub(super) fn meter(&self) -> &Meter {
-        &self.meter
     }
 
     /// Waits until the link is up, or `limit` has passed; returns whether it is.

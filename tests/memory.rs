@@ -1,0 +1,141 @@
+//! The global memory bound: whatever is published, the messages held stay
+//! within `--max-memory`, measured as the process's resident size, and the
+//! oldest messages go first, with a gap signal for whoever missed them.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::Server;
+
+const MIB: u64 = 1024 * 1024;
+
+/// Four publishing connections, each used once, so what a connection costs
+/// is in the resident size before the measure starts.
+async fn publishers(server: &Server) -> Vec<common::Client> {
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let mut c = server.client().await;
+        c.publish("warm-up", "x").await;
+        clients.push(c);
+    }
+    clients
+}
+
+/// Publishes `count` messages of `size` bytes round-robin over `channels`
+/// channels, from four connections at once; returns each channel's first id.
+async fn publish_many(
+    clients: Vec<common::Client>,
+    count: usize,
+    size: usize,
+    channels: usize,
+) -> Vec<String> {
+    let mut tasks = Vec::new();
+    for (worker, mut c) in clients.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let data: String = (0..size).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+            let mut first = Vec::new();
+            for i in (worker..count).step_by(4) {
+                let id = c.publish(&format!("ch{}", i % channels), &data).await;
+                if i < channels {
+                    first.push((i, id));
+                }
+            }
+            first
+        }));
+    }
+    let mut first = vec![String::new(); channels];
+    for task in tasks {
+        for (i, id) in task.await.unwrap() {
+            first[i] = id;
+        }
+    }
+    first
+}
+
+#[tokio::test]
+async fn publishing_twice_the_bound_keeps_the_resident_size_under_it() {
+    let bound = 64 * MIB;
+    let server = Server::start(&["--max-memory", "64M"]);
+    let clients = publishers(&server).await;
+    let start = server.rss_kib() * 1024;
+    // 128 MiB of 64,000-byte messages over 64 channels: without the bound all
+    // of it would stay (32 a channel is within the history of 128).
+    let first = publish_many(clients, 2 * 1024 * 1024 / 1000, 64_000, 64).await;
+    // JSON readers make each message's JSON encoding, which counts too.
+    let mut reader = server.client().await;
+    for ch in 0..64 {
+        let resp = reader
+            .get(&format!(
+                "/subscribe?channel=ch{ch}&since=oldest&format=json&timeout=0"
+            ))
+            .await;
+        // Empty if every message of the channel was evicted.
+        assert!(resp.status == 200 || resp.status == 204);
+    }
+    let grown = server.rss_kib() * 1024 - start;
+    let stats = server.stats().await;
+    let reported = stats["history_bytes"].as_u64().unwrap();
+    eprintln!(
+        "rss grew {} KiB, history_bytes {} KiB, evicted {}",
+        grown / 1024,
+        reported / 1024,
+        stats["evicted"]
+    );
+    assert!(
+        grown < bound,
+        "resident size grew {grown} bytes, past the bound"
+    );
+    assert!(reported <= bound);
+    assert!(
+        reported > bound / 2,
+        "the bound is used, not just a fraction"
+    );
+    assert!(stats["evicted"].as_u64().unwrap() > 900);
+    // The reported figure is what the process holds, give or take a tenth.
+    let ratio = reported as f64 / grown as f64;
+    assert!(
+        (0.9..1.1).contains(&ratio),
+        "reported / resident = {ratio:.3}"
+    );
+    // The oldest went first: the first channel's first message is gone, and
+    // its reader is told so (never silence).
+    let mut c = server.client().await;
+    let resp = c
+        .get(&format!(
+            "/subscribe?channel=ch0&since={}&format=json&timeout=0",
+            first[0]
+        ))
+        .await;
+    // What is left of the channel (or nothing, if all of it went), and the gap.
+    assert!(resp.status == 200 || resp.status == 204);
+    assert!(resp.gap(), "a resume across evicted messages says X-Gap");
+}
+
+#[tokio::test]
+async fn small_messages_are_counted_with_their_bookkeeping() {
+    let server = Server::start(&["--max-memory", "16M"]);
+    let clients = publishers(&server).await;
+    let start = server.rss_kib() * 1024;
+    publish_many(clients, 100_000, 10, 1000).await;
+    let grown = server.rss_kib() * 1024 - start;
+    let stats = server.stats().await;
+    let counted = stats["memory_bytes"].as_u64().unwrap();
+    eprintln!(
+        "rss grew {} KiB, memory_bytes {} KiB, messages {} evicted {}",
+        grown / 1024,
+        counted / 1024,
+        stats["messages"],
+        stats["evicted"]
+    );
+    assert!(
+        grown < 16 * MIB,
+        "resident size grew {grown} bytes, past the bound"
+    );
+    assert!(stats["evicted"].as_u64().unwrap() > 0);
+    // 100,000 messages of 10 bytes: what each costs beyond its data is counted.
+    let ratio = counted as f64 / grown as f64;
+    assert!(
+        (0.9..1.1).contains(&ratio),
+        "counted / resident = {ratio:.3}"
+    );
+}
