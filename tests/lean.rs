@@ -174,3 +174,34 @@ async fn a_body_a_route_does_not_read_is_skipped_and_the_connection_goes_on() {
         .await;
     assert_eq!(got.text(), "q");
 }
+
+#[tokio::test]
+async fn a_connection_asked_to_close_is_closed_whatever_a_later_line_says() {
+    let server = Server::start(&[]);
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    // HTTP/1.0 with `close` and then `keep-alive`: hyper closes after the
+    // first answer, and so must the lean path, or the two would disagree on
+    // whether the second request is served at all.
+    s.write_all(
+        b"GET /stats HTTP/1.0\r\nConnection: close\r\nConnection: keep-alive\r\n\r\n\
+          GET /publish?channel=smuggled&message=x HTTP/1.0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let answer = read_answers(&mut s, 2).await;
+    assert_eq!(statuses(&answer), ["200"], "{answer}");
+    let info = server.get("/channels/smuggled").await.json();
+    assert_eq!(info["last_id"], serde_json::Value::Null, "never published");
+}
+
+#[tokio::test]
+async fn heads_with_bare_line_feeds_are_read_as_hyper_reads_them() {
+    let server = Server::start(&[]);
+    let mut s = TcpStream::connect(server.addr).await.unwrap();
+    s.write_all(b"GET /publish?channel=lf&message=a HTTP/1.1\nHost: x\n\nGET /subscribe?channel=lf&since=oldest HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_answers(&mut s, 2).await;
+    assert_eq!(statuses(&answer), ["200", "200"], "{answer}");
+    assert!(answer.ends_with("\r\n\r\na"), "{answer}");
+}

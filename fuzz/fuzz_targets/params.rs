@@ -46,6 +46,7 @@ fuzz_target!(|data: &[u8]| {
         history_age: Duration::from_secs(300),
         max_channels: 8,
         max_subscribers: 8,
+        max_bytes: 0,
         mode: Mode::Source,
     });
     for _ in 0..3 {
