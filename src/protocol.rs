@@ -383,20 +383,31 @@ impl Content {
     }
 
     /// The message as a Server-Sent Event: `id:` then a `data:` line per line.
+    /// Data that is not UTF-8 (which an event stream cannot carry) goes as one
+    /// `event: binary` whose data is the bytes in base64.
     pub fn sse(&self) -> Bytes {
         self.encoded(&self.sse, || {
-            let text = String::from_utf8_lossy(&self.data);
-            let mut out = BytesMut::with_capacity(text.len() + 32);
+            let mut out = BytesMut::with_capacity(self.data.len() * 4 / 3 + 64);
             out.put_slice(b"id: ");
             out.put_slice(&self.id);
             out.put_u8(b'\n');
-            for line in text.split("\r\n").flat_map(|l| l.split(['\n', '\r'])) {
-                out.put_slice(b"data: ");
-                out.put_slice(line.as_bytes());
-                out.put_u8(b'\n');
+            match std::str::from_utf8(&self.data) {
+                Ok(text) => {
+                    for line in text.split("\r\n").flat_map(|l| l.split(['\n', '\r'])) {
+                        out.put_slice(b"data: ");
+                        out.put_slice(line.as_bytes());
+                        out.put_u8(b'\n');
+                    }
+                }
+                Err(_) => {
+                    out.put_slice(b"event: binary\ndata: ");
+                    out.put_slice(base64(&self.data).as_bytes());
+                    out.put_u8(b'\n');
+                }
             }
             out.put_u8(b'\n');
-            out.freeze()
+            // The frame keeps only its own bytes.
+            Bytes::copy_from_slice(&out)
         })
     }
 }

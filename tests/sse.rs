@@ -142,3 +142,35 @@ async fn shutdown_ends_streams() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn binary_data_goes_as_a_base64_binary_event() {
+    let server = Server::start(&[]);
+    let mut c = server.client().await;
+    let bytes: Vec<u8> = vec![0xff, 0x00, 0xfe, b'\n', 0x80, b'a'];
+    let resp = c
+        .request(
+            hyper::Method::POST,
+            "/publish?channel=bin",
+            &[("content-type", "application/octet-stream")],
+            bytes.clone(),
+        )
+        .await;
+    assert_eq!(resp.status, 200);
+    let id = resp.id();
+    c.publish("bin", "text after").await;
+    let mut events = Events::open(&server, "/events?channel=bin&since=oldest", None).await;
+    let block = loop {
+        let block = events.next().await.unwrap();
+        if block.contains("id: ") {
+            break block;
+        }
+    };
+    // Not turned into U+FFFD: the exact bytes, marked, so a client can tell.
+    assert_eq!(
+        block,
+        format!("id: {id}\nevent: binary\ndata: /wD+CoBh"),
+        "{block}"
+    );
+    assert_eq!(events.message().await.1, "text after");
+}

@@ -36,7 +36,12 @@ fuzz_target!(|data: &[u8]| {
     let sse = content.sse();
     let frame = std::str::from_utf8(&sse).expect("SSE frames are text");
     let lines = frame.strip_suffix("\n\n").expect("a frame ends with a blank line");
-    assert!(lines.split('\n').all(|l| l.starts_with("id: ") || l.starts_with("data: ")));
+    assert!(lines.split('\n').all(|l| l.starts_with("id: ") || l.starts_with("data: ")
+        || l == "event: binary"));
+    if std::str::from_utf8(&message).is_err() {
+        let data = lines.rsplit_once("data: ").map(|(_, d)| d).unwrap_or_default();
+        assert_eq!(data, protocol::base64(&message), "binary data goes in base64");
+    }
     drop(content);
     assert_eq!(meter.bytes(), 0, "encodings given back");
 
