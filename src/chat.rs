@@ -1,21 +1,56 @@
 //! `GET /`: the chat page, built into the binary.
 //!
-//! One self-contained HTML file (no external assets) that speaks the protocol:
-//! long-poll with `format=json` and `since` by default, Server-Sent Events on demand.
+//! An HTML page with its script (`/chat.js`) and style (`/chat.css`), no other
+//! assets, that speaks the protocol: long-poll with `format=json` and `since`
+//! by default, Server-Sent Events on demand. The page is served with a strict
+//! Content-Security-Policy: scripts and styles only from those two files, no
+//! inline code, connections only to this origin, no framing. So even a message
+//! that got into the page's markup could run nothing; which is why the script
+//! and style are files and not inline.
 
 use bytes::Bytes;
 use http::StatusCode;
+use http::header::{self, HeaderName};
 
-use crate::answer::Answer;
+use crate::answer::{Answer, NOSNIFF};
 
 /// The page's HTML.
 pub const PAGE: &str = include_str!("../static/chat.html");
+/// The page's script.
+pub const SCRIPT: &str = include_str!("../static/chat.js");
+/// The page's style.
+pub const STYLE: &str = include_str!("../static/chat.css");
 
-/// The chat page as an answer.
-pub fn page() -> Answer {
-    Answer::full(
+/// The policy the page is served with.
+pub const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; \
+     frame-ancestors 'none'";
+
+/// The chat page, or one of its two files, by path.
+pub fn asset(path: &str) -> Option<Answer> {
+    let (content_type, body) = match path {
+        "/" => ("text/html; charset=utf-8", PAGE),
+        "/chat.js" => ("text/javascript; charset=utf-8", SCRIPT),
+        "/chat.css" => ("text/css; charset=utf-8", STYLE),
+        _ => return None,
+    };
+    let answer = Answer::full(
         StatusCode::OK,
-        Bytes::from_static(b"text/html; charset=utf-8"),
-        Bytes::from_static(PAGE.as_bytes()),
+        Bytes::from_static(content_type.as_bytes()),
+        Bytes::from_static(body.as_bytes()),
     )
+    .with_static(NOSNIFF);
+    Some(if path == "/" {
+        answer
+            .with(
+                header::CONTENT_SECURITY_POLICY,
+                Bytes::from_static(POLICY.as_bytes()),
+            )
+            .with(
+                HeaderName::from_static("referrer-policy"),
+                Bytes::from_static(b"no-referrer"),
+            )
+    } else {
+        answer
+    })
 }

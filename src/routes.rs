@@ -16,6 +16,7 @@
 //! | `/metrics`      | GET                | Prometheus counters      |
 //! | `/channels/C`   | GET                | one channel's state      |
 //! | `/`             | GET                | the chat page            |
+//! | `/chat.js`, `/chat.css` | GET        | the chat page's files    |
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -128,8 +129,8 @@ pub enum Route {
     Metrics,
     /// `GET /channels/C`.
     Channel(String),
-    /// `GET /`.
-    Page,
+    /// `GET /` and the page's files: the path.
+    Page(&'static str),
 }
 
 /// A publish, before its body is read.
@@ -225,7 +226,7 @@ impl Routes {
             // A long-poll or a stream answered without its body would be a wait
             // for nothing; the other reads answer HEAD as GET, without the body.
             "/subscribe" | "/events" => "GET, OPTIONS",
-            "/stats" | "/metrics" | "/" => "GET, HEAD, OPTIONS",
+            "/stats" | "/metrics" | "/" | "/chat.js" | "/chat.css" => "GET, HEAD, OPTIONS",
             "/publish" => "GET, POST, DELETE, OPTIONS",
             p if p.starts_with("/channels/") => "GET, HEAD, OPTIONS",
             _ => return Err(Error::NotFound),
@@ -266,7 +267,9 @@ impl Routes {
             }
             (&Method::GET | &Method::HEAD, "/stats") => Route::Stats,
             (&Method::GET | &Method::HEAD, "/metrics") => Route::Metrics,
-            (&Method::GET | &Method::HEAD, "/") => Route::Page,
+            (&Method::GET | &Method::HEAD, "/") => Route::Page("/"),
+            (&Method::GET | &Method::HEAD, "/chat.js") => Route::Page("/chat.js"),
+            (&Method::GET | &Method::HEAD, "/chat.css") => Route::Page("/chat.css"),
             (&Method::GET | &Method::HEAD, p) if p.starts_with("/channels/") => {
                 Route::Channel(protocol::channel_name(Some(&p["/channels/".len()..]))?.to_owned())
             }
@@ -290,7 +293,7 @@ impl Routes {
                 Bytes::from(self.snapshot().to_prometheus()),
             )),
             Route::Channel(channel) => self.channel(channel).await,
-            Route::Page => Ok(crate::chat::page()),
+            Route::Page(path) => crate::chat::asset(path).ok_or(Error::NotFound),
         };
         self.finish(result)
     }

@@ -88,7 +88,14 @@ async fn unknown_paths_get_404_and_wrong_methods_405() {
 async fn head_answers_as_get_without_a_body_where_it_makes_sense() {
     let server = Server::start(&[]);
     let mut c = server.client().await;
-    for path in ["/stats", "/metrics", "/", "/channels/x"] {
+    for path in [
+        "/stats",
+        "/metrics",
+        "/",
+        "/chat.js",
+        "/chat.css",
+        "/channels/x",
+    ] {
         let get = c.get(path).await;
         let head = c.request(Method::HEAD, path, &[], "").await;
         assert_eq!(head.status, 200, "{path}");

@@ -189,6 +189,46 @@ test("HTML in a message is shown as text and runs nothing", async () => {
   }
 });
 
+test("the page runs only its own script and style (strict CSP)", async () => {
+  const server = await startServer();
+  const ctx = await browser.newContext();
+  try {
+    const page = await ctx.newPage();
+    page.setDefaultTimeout(STEP);
+    await page.addInitScript(() => {
+      window.__violations = [];
+      document.addEventListener("securitypolicyviolation",
+        (e) => window.__violations.push(e.violatedDirective));
+    });
+    const resp = await page.goto(`${server.url}/?room=csp`);
+    const policy = resp.headers()["content-security-policy"];
+    assert.match(policy, /default-src 'none'/);
+    assert.match(policy, /script-src 'self'/);
+    // The page works under its policy, and breaks none of it.
+    await page.waitForSelector("#state.live");
+    await send(page, "hello under a policy");
+    await waitForText(page, "hello under a policy");
+    assert.deepEqual(await page.evaluate(() => window.__violations), []);
+    // Script that finds its way into the page does not run.
+    const ran = await page.evaluate(() => {
+      const s = document.createElement("script");
+      s.textContent = "window.__ran = true";
+      document.head.append(s);
+      const img = document.createElement("img");
+      img.setAttribute("onerror", "window.__ran = true");
+      img.src = "data:,x";
+      document.body.append(img);
+      return window.__ran === true;
+    });
+    assert.equal(ran, false, "inline script ran");
+    await page.waitForFunction(() => window.__violations.includes("script-src-elem"));
+    assert.equal(await page.evaluate(() => window.__ran === true), false);
+  } finally {
+    await ctx.close();
+    await server.stop();
+  }
+});
+
 test("a published page opened on the server's origin runs nothing", async () => {
   const server = await startServer();
   const ctx = await browser.newContext({ acceptDownloads: false });
@@ -220,10 +260,16 @@ test("a published page opened on the server's origin runs nothing", async () => 
 
 test("a page on another origin long-polls comethub (CORS)", async () => {
   const server = await startServer();
-  const html = await (await fetch(`${server.url}/`)).text();
+  // The page and its two files, copied to another origin.
+  const files = {};
+  for (const path of ["/", "/chat.js", "/chat.css"]) {
+    const r = await fetch(`${server.url}${path}`);
+    files[path] = { type: r.headers.get("content-type"), body: await r.text() };
+  }
   const other = createServer((req, res) => {
-    res.writeHead(200, { "content-type": "text/html; charset=utf-8" });
-    res.end(html);
+    const file = files[new URL(req.url, "http://x").pathname] || files["/"];
+    res.writeHead(200, { "content-type": file.type });
+    res.end(file.body);
   });
   await new Promise((r) => other.listen(0, "127.0.0.1", r));
   const otherUrl = `http://127.0.0.1:${other.address().port}`;
