@@ -23,6 +23,8 @@ pub enum Error {
     BadQuery(String),
     /// A publish carried no message.
     MissingMessage,
+    /// A publish's Content-Type is longer than any real one.
+    BadContentType,
     /// The publish token is missing or wrong.
     Unauthorized,
     /// No such path.
@@ -57,6 +59,7 @@ impl Error {
             | Error::BadFormat
             | Error::BadQuery(_)
             | Error::MissingMessage
+            | Error::BadContentType
             | Error::BodyRead => StatusCode::BAD_REQUEST,
             Error::Unauthorized => StatusCode::UNAUTHORIZED,
             Error::NotFound => StatusCode::NOT_FOUND,
@@ -80,6 +83,7 @@ impl Error {
             Error::BadFormat => Reason::BadFormat,
             Error::BadQuery(_) => Reason::BadQuery,
             Error::MissingMessage => Reason::MissingMessage,
+            Error::BadContentType => Reason::BadContentType,
             Error::Unauthorized => Reason::Unauthorized,
             Error::NotFound => Reason::NotFound,
             Error::MethodNotAllowed(_) => Reason::MethodNotAllowed,
@@ -126,6 +130,8 @@ pub enum Reason {
     BadQuery,
     /// See [`Error::MissingMessage`].
     MissingMessage,
+    /// See [`Error::BadContentType`].
+    BadContentType,
     /// See [`Error::Unauthorized`].
     Unauthorized,
     /// See [`Error::NotFound`].
@@ -152,13 +158,14 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order of their counters.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::BadChannel,
         Reason::BadSince,
         Reason::BadTimeout,
         Reason::BadFormat,
         Reason::BadQuery,
         Reason::MissingMessage,
+        Reason::BadContentType,
         Reason::Unauthorized,
         Reason::NotFound,
         Reason::MethodNotAllowed,
@@ -181,6 +188,7 @@ impl Reason {
             Reason::BadFormat => "bad_format",
             Reason::BadQuery => "bad_query",
             Reason::MissingMessage => "missing_message",
+            Reason::BadContentType => "bad_content_type",
             Reason::Unauthorized => "unauthorized",
             Reason::NotFound => "not_found",
             Reason::MethodNotAllowed => "method_not_allowed",
@@ -207,6 +215,11 @@ impl fmt::Display for Error {
             Error::BadFormat => f.write_str("bad format: use 'json' or 'raw'"),
             Error::BadQuery(why) => write!(f, "bad query: {why}"),
             Error::MissingMessage => f.write_str("missing message"),
+            Error::BadContentType => write!(
+                f,
+                "content type too long: at most {} bytes",
+                crate::protocol::MAX_CONTENT_TYPE
+            ),
             Error::Unauthorized => f.write_str("publishing needs 'Authorization: Bearer TOKEN'"),
             Error::NotFound => f.write_str("not found"),
             Error::MethodNotAllowed(allow) => write!(f, "method not allowed: use {allow}"),

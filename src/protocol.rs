@@ -20,6 +20,10 @@ pub use crate::hub::{Meter, Since};
 pub const DEFAULT_CHANNEL: &str = "default";
 /// Longest channel name, in bytes.
 pub const MAX_CHANNEL_LEN: usize = 128;
+/// Longest Content-Type a publish may give, in bytes: real ones are far
+/// shorter (RFC 6838 allows 127 characters each for type and subtype), and
+/// the type is kept with every message and sent with every raw answer.
+pub const MAX_CONTENT_TYPE: usize = 256;
 /// Content-Type of messages published as a form field or query parameter.
 pub const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 
@@ -595,6 +599,9 @@ pub fn published_message(
     };
     if data.len() > max_message {
         return Err(Error::TooLarge(max_message));
+    }
+    if content_type.len() > MAX_CONTENT_TYPE {
+        return Err(Error::BadContentType);
     }
     Ok((data, content_type))
 }

@@ -58,6 +58,35 @@ async fn bad_parameters_get_400() {
     c.request(Method::POST, "/publish", &[], "")
         .await
         .assert_refused(400);
+    // A 16 KB Content-Type on a one-byte message would cost 16 KB a message.
+    let huge_type = format!("text/plain; x={}", "y".repeat(16_000));
+    let resp = c
+        .request(
+            Method::POST,
+            "/publish",
+            &[("content-type", &huge_type)],
+            "1",
+        )
+        .await;
+    resp.assert_refused(400);
+    assert!(
+        resp.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("content type")
+    );
+    let fine_type = format!("text/plain; x={}", "y".repeat(200));
+    let resp = c
+        .request(
+            Method::POST,
+            "/publish?channel=t",
+            &[("content-type", &fine_type)],
+            "1",
+        )
+        .await;
+    assert_eq!(resp.status, 200);
+    c.request(Method::DELETE, "/publish?channel=t", &[], "")
+        .await;
     assert_eq!(
         server.stats().await["channels"],
         0,
