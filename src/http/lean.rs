@@ -504,11 +504,12 @@ fn wait<'a>(
     })
 }
 
-/// Writes an answer: its head, then its body's buffers as they are. Usually
-/// one vectored write takes it all, with the head serialized in a scratch
-/// buffer of this thread and nothing allocated; what the socket does not take
-/// at once is copied out and written as the client reads; a client that takes
-/// nothing for `write_timeout` is given up on.
+/// Writes an answer: its head, then its body's buffers as they are, never
+/// copied. Usually one vectored write takes it all, with the head serialized
+/// in a scratch buffer of this thread and nothing allocated; what the socket
+/// does not take at once is written as the client reads, from the same shared
+/// buffers (only the rest of the head is copied). A client that takes nothing
+/// for `write_timeout` is given up on.
 async fn write(
     stream: &mut TcpStream,
     answer: &Answer,
@@ -521,51 +522,57 @@ async fn write(
         Body::Parts(parts) => parts,
         Body::Empty | Body::Stream(_) => &[],
     };
-    let rest = SCRATCH.with(|scratch| {
+    let (head, mut written) = SCRATCH.with(|scratch| {
         let mut head = scratch.borrow_mut();
         head.clear();
         write_head(&mut head, answer, close, http10);
-        let total = head.len() + parts.iter().map(Bytes::len).sum::<usize>();
-        let mut slices = [IoSlice::new(&[]); FAST_SLICES];
-        let written = if parts.len() < FAST_SLICES {
-            slices[0] = IoSlice::new(&head);
-            for (slot, part) in slices[1..].iter_mut().zip(parts) {
-                *slot = IoSlice::new(part);
-            }
-            match stream.try_write_vectored(&slices[..=parts.len()]) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-                Err(e) => return Err(e),
-            }
-        } else {
-            0
+        let mut slices = [IoSlice::new(&[]); SLICES];
+        slices[0] = IoSlice::new(&head);
+        for (slot, part) in slices[1..].iter_mut().zip(parts) {
+            *slot = IoSlice::new(part);
+        }
+        let written = match stream.try_write_vectored(&slices[..=parts.len().min(SLICES - 1)]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
         };
-        if written == total {
-            return Ok(Vec::new());
-        }
-        let mut rest = Vec::with_capacity(total - written);
-        let mut skip = written;
-        for piece in std::iter::once(&head[..]).chain(parts.iter().map(|p| &p[..])) {
-            let from = skip.min(piece.len());
-            rest.extend_from_slice(&piece[from..]);
-            skip -= from;
-        }
-        Ok(rest)
+        let head_rest = head[written.min(head.len())..].to_vec();
+        Ok((head_rest, written.saturating_sub(head.len())))
     })?;
-    let mut rest = &rest[..];
-    while !rest.is_empty() {
-        match tokio::time::timeout(write_timeout, stream.write(rest)).await {
+    let mut head = &head[..];
+    // Where the body goes on: a part and an offset in it.
+    let (mut part, mut offset) = (0, 0);
+    loop {
+        while part < parts.len() && written >= parts[part].len() - offset {
+            written -= parts[part].len() - offset;
+            (part, offset) = (part + 1, 0);
+        }
+        offset += written;
+        if head.is_empty() && part == parts.len() {
+            return Ok(());
+        }
+        let mut slices = [IoSlice::new(&[]); SLICES];
+        slices[0] = IoSlice::new(head);
+        let mut n = 1;
+        for (i, p) in parts[part..].iter().take(SLICES - 1).enumerate() {
+            slices[n] = IoSlice::new(if i == 0 { &p[offset..] } else { p });
+            n += 1;
+        }
+        let wrote = tokio::time::timeout(write_timeout, stream.write_vectored(&slices[..n]));
+        written = match wrote.await {
             Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(Ok(n)) => rest = &rest[n..],
+            Ok(Ok(n)) => n,
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(io::ErrorKind::TimedOut.into()),
-        }
+        };
+        let from_head = written.min(head.len());
+        head = &head[from_head..];
+        written -= from_head;
     }
-    Ok(())
 }
 
-/// Buffers one vectored write may take before the writer copies instead.
-const FAST_SLICES: usize = 32;
+/// Buffers one vectored write takes at most.
+const SLICES: usize = 64;
 
 /// An answer's head: status line, its headers, length, date, connection.
 fn write_head(head: &mut Vec<u8>, answer: &Answer, close: bool, http10: bool) {
