@@ -63,11 +63,9 @@ pub fn memory_available() -> Option<u64> {
     }
 }
 
-/// Allocations from which the allocator maps memory of their own, handed back
-/// to the kernel the moment they are freed. Large messages and their
-/// encodings come and go as the history turns over; carved from the heap,
-/// they would leave it in holes that the resident size never gives back.
-pub const OWN_MAPPING_FROM: usize = 32 * 1024;
+/// Allocations from which glibc maps memory of their own (its default
+/// threshold; it raises it for sizes that come and go).
+pub const OWN_MAPPING_FROM: usize = 128 * 1024;
 
 /// What an allocation of `len` bytes takes: whole pages once it has its own
 /// mapping, else the allocator's header and 16-byte rounding.
@@ -79,13 +77,15 @@ pub fn allocated(len: usize) -> usize {
     }
 }
 
-/// Has glibc give allocations of [`OWN_MAPPING_FROM`] bytes or more their own
-/// mapping (it otherwise raises that threshold as it goes, up to 32 MiB).
+/// Has every reactor thread allocate from glibc's one main heap, rather
+/// than from an arena of its own: a message is often made on one reactor and
+/// freed on another, and per-thread arenas then keep holes the resident size
+/// never gives back.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn tune_allocator() {
     // SAFETY: mallopt only sets a glibc tunable; called before any thread starts.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, OWN_MAPPING_FROM as libc::c_int);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
 

@@ -51,6 +51,8 @@ pub struct Settings {
     pub max_message: usize,
     /// Largest JSON batch, in bytes.
     pub max_batch: usize,
+    /// The memory bound (`--max-memory`), for `/stats`.
+    pub max_memory: usize,
     /// `Access-Control-Allow-Origin`.
     pub cors_origin: Bytes,
     /// The token publishing needs, if any.
@@ -430,7 +432,7 @@ impl Routes {
             history_bytes: gauges.hub.history_bytes,
             messages: gauges.hub.messages,
             memory_bytes: gauges.hub.memory_bytes,
-            max_memory: self.store.max_bytes(),
+            max_memory: self.settings.max_memory,
             evicted: gauges.hub.evicted,
             uptime_seconds: self.started.elapsed().as_secs(),
             refused: c.refusals().into_iter().collect(),

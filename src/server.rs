@@ -91,6 +91,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             body_timeout: config.header_timeout(),
             max_message: config.max_message,
             max_batch: config.max_batch_bytes,
+            max_memory: config.max_memory(),
             cors_origin: Bytes::from(config.cors_origin.clone()),
             publish_token: config.publish_token.clone(),
         },
@@ -104,7 +105,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     if !routes.store().ready(STORE_START).await {
         warn!("redis not reachable yet; answering 503 until it is");
     }
-    let trimmer = tokio::spawn(trim_memory(counters.clone()));
+    let trimmer = tokio::spawn(trim_memory(counters.clone(), routes.clone()));
 
     let max_connections = config.max_connections();
     let mut builder = http1::Builder::new();
@@ -193,19 +194,23 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
 }
 
 /// Hands freed heap pages back after many connections have closed, so the
-/// resident size falls again once a crowd of subscribers has left.
-async fn trim_memory(counters: Arc<Counters>) {
+/// resident size falls again once a crowd of subscribers has left, and while
+/// messages are being evicted, so what the memory bound frees is given back.
+async fn trim_memory(counters: Arc<Counters>, routes: Arc<Routes>) {
     let mut tick = tokio::time::interval(TRIM_INTERVAL);
     let mut closed_at_trim = 0;
+    let mut evicted_at_trim = 0;
     loop {
         tick.tick().await;
         // Open first: a connection accepted between the two loads then only
         // makes `accepted` larger, never the difference negative.
         let open = counters.connections.load(Relaxed);
         let closed = counters.accepted.load(Relaxed).saturating_sub(open);
-        if closed >= closed_at_trim + TRIM_AFTER_CLOSED {
+        let evicted = routes.store().gauges().hub.evicted;
+        if closed >= closed_at_trim + TRIM_AFTER_CLOSED || evicted > evicted_at_trim {
             crate::os::release_free_memory();
             closed_at_trim = closed;
+            evicted_at_trim = evicted;
         }
     }
 }

@@ -86,6 +86,7 @@ async fn publishing_twice_the_bound_keeps_the_resident_size_under_it() {
         "resident size grew {grown} bytes, past the bound"
     );
     assert!(reported <= bound);
+    assert_eq!(stats["max_memory"], bound);
     assert!(
         reported > bound / 2,
         "the bound is used, not just a fraction"

@@ -101,7 +101,7 @@ impl Settings {
             // Retained messages stay a little under the bound, leaving room
             // for those in flight (bodies being read, a publish being made)
             // and for the allocator's rounding.
-            max_bytes: self.max_bytes - self.max_bytes / 16,
+            max_bytes: self.max_bytes - self.max_bytes / 8,
             mode,
         }
     }
@@ -272,11 +272,6 @@ impl Store {
     /// encodings were made for an answer.
     pub fn fit(&self) {
         self.hub().fit();
-    }
-
-    /// The memory bound on retained messages.
-    pub fn max_bytes(&self) -> usize {
-        self.hub().max_bytes()
     }
 
     fn hub(&self) -> &Arc<Hub<Content>> {
