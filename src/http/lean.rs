@@ -288,11 +288,8 @@ async fn read_head(
 ) -> Option<usize> {
     let read = async {
         loop {
-            match head_end(buf) {
-                Ok(Some(end)) => return Some(end),
-                // Never a head: hyper answers it (routing sees no head).
-                Err(()) => return Some(buf.len()),
-                Ok(None) => {}
+            if let Some(end) = head_end(buf) {
+                return Some(end);
             }
             if buf.len() > limits.max_head {
                 return Some(buf.len());
@@ -316,16 +313,21 @@ async fn stopping(mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Where the head at the start of `buf` ends, read as hyper reads it (with
-/// httparse, in its default, hyper's, configuration): `Ok(None)` while it is
-/// incomplete, `Err(())` when it can never be a head (hyper then answers it).
-fn head_end(buf: &[u8]) -> Result<Option<usize>, ()> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    match httparse::Request::new(&mut headers).parse(buf) {
-        Ok(httparse::Status::Complete(end)) => Ok(Some(end)),
-        Ok(httparse::Status::Partial) => Ok(None),
-        Err(_) => Err(()),
+/// Where the head at the start of `buf` can end: after its first empty line
+/// (LF, then LF or CRLF), the only place httparse ends one. Whether it is a
+/// head at all, and one this path answers, is [`parse`]'s to say, so a head
+/// is tokenized once.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = buf[from..].iter().position(|&b| b == b'\n') {
+        let at = from + i;
+        match buf.get(at + 1) {
+            Some(b'\n') => return Some(at + 2),
+            Some(b'\r') if buf.get(at + 2) == Some(&b'\n') => return Some(at + 3),
+            _ => from = at + 1,
+        }
     }
+    None
 }
 
 /// A request head this path answers.
@@ -344,7 +346,7 @@ struct Head<'a> {
 /// checks that hyper reads the same bytes the same way.
 pub fn readings(mut bytes: &[u8], max_head: usize) -> Vec<Reading> {
     let mut out = Vec::new();
-    while let Ok(Some(end)) = head_end(bytes) {
+    while let Some(end) = head_end(bytes) {
         let Some(head) = parse(&bytes[..end]).filter(|_| end <= max_head) else {
             break;
         };
@@ -394,9 +396,10 @@ pub struct Reading {
 }
 
 /// Reads a complete request head with plain framing, tokenized by httparse as
-/// hyper does; `None` for anything this path leaves to hyper (other methods
-/// and versions, chunked bodies, `Expect`, `Upgrade`, duplicate or unusual
-/// lengths, targets that are not a path).
+/// hyper does; `None` for anything this path leaves to hyper: a head httparse
+/// does not end exactly there, other methods and versions, chunked bodies,
+/// `Expect`, `Upgrade`, duplicate or unusual lengths, targets that are not a
+/// path.
 fn parse(head: &[u8]) -> Option<Head<'_>> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
