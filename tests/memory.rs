@@ -140,3 +140,53 @@ async fn small_messages_are_counted_with_their_bookkeeping() {
         "counted / resident = {ratio:.3}"
     );
 }
+
+#[tokio::test]
+async fn a_tiny_chunked_publish_keeps_only_its_own_bytes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start(&["--max-memory", "64M"]);
+    // Chunked bodies are read by hyper; each body used to be a slice of a
+    // read buffer of several KB that the message then kept alive.
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let one = |i: usize| {
+        format!(
+            "POST /publish?channel=c{} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n\
+             Transfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n",
+            i % 100
+        )
+    };
+    s.write_all(one(0).as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut answered = 0;
+    let mut tail = String::new();
+    let mut read_answers = async |s: &mut tokio::net::TcpStream, want: usize| {
+        while answered < want {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed");
+            tail.push_str(&String::from_utf8_lossy(&buf[..n]));
+            answered += tail.matches("HTTP/1.1 200").count();
+            tail = tail.rsplit("HTTP/1.1 200").next().unwrap_or("").to_owned();
+        }
+    };
+    read_answers(&mut s, 1).await;
+    let start = server.rss_kib() * 1024;
+    // One at a time, each in its own read, as publishers send them.
+    const COUNT: usize = 5_000;
+    for i in 1..=COUNT {
+        s.write_all(one(i).as_bytes()).await.unwrap();
+        read_answers(&mut s, 1 + i).await;
+    }
+    let grown = server.rss_kib() * 1024 - start;
+    let stats = server.stats().await;
+    let counted = stats["memory_bytes"].as_u64().unwrap();
+    eprintln!(
+        "rss grew {} KiB for {COUNT} one-byte messages, counted {} KiB",
+        grown / 1024,
+        counted / 1024
+    );
+    assert_eq!(stats["messages"].as_u64().unwrap(), COUNT as u64 + 1, "{stats}");
+    assert!(
+        (grown as f64) < counted as f64 * 1.5,
+        "resident growth {grown} bytes, counted {counted}"
+    );
+}
