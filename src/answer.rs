@@ -113,7 +113,7 @@ impl Answer {
             Error::MethodNotAllowed(allow) => {
                 answer.with(header::ALLOW, Bytes::from_static(allow.as_bytes()))
             }
-            Error::Unauthorized => {
+            Error::Unauthorized(_) => {
                 answer.with(header::WWW_AUTHENTICATE, Bytes::from_static(b"Bearer"))
             }
             err if err.retry_later() => answer.with(header::RETRY_AFTER, Bytes::from_static(b"1")),

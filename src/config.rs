@@ -99,6 +99,11 @@ pub struct Config {
     #[arg(long, env = "COMETHUB_PUBLISH_TOKEN")]
     pub publish_token: Option<String>,
 
+    /// Token that /stats, /metrics, /channels/C and deleting a channel require
+    /// as `Authorization: Bearer TOKEN` (none: they are open).
+    #[arg(long, env = "COMETHUB_ADMIN_TOKEN")]
+    pub admin_token: Option<String>,
+
     /// Seconds of silence after which an event stream gets a `: ping` comment.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
     pub ping: u64,
@@ -171,6 +176,15 @@ impl Config {
             return Err(
                 "--publish-token (or COMETHUB_PUBLISH_TOKEN) is empty: it would \
                         leave publishing open; give a token, or leave both out"
+                    .to_owned(),
+            );
+        }
+        if let Some(token) = &self.admin_token
+            && token.trim().is_empty()
+        {
+            return Err(
+                "--admin-token (or COMETHUB_ADMIN_TOKEN) is empty: it would leave \
+                 /stats, /metrics, /channels and deleting open; give a token, or leave both out"
                     .to_owned(),
             );
         }

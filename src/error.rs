@@ -25,8 +25,9 @@ pub enum Error {
     MissingMessage,
     /// A publish's Content-Type is longer than any real one.
     BadContentType,
-    /// The publish token is missing or wrong.
-    Unauthorized,
+    /// A token the request needs is missing or wrong; carries what it is for
+    /// (`publishing`, `this endpoint`).
+    Unauthorized(&'static str),
     /// No such path.
     NotFound,
     /// The path exists but not for this method; carries the allowed methods.
@@ -61,7 +62,7 @@ impl Error {
             | Error::MissingMessage
             | Error::BadContentType
             | Error::BodyRead => StatusCode::BAD_REQUEST,
-            Error::Unauthorized => StatusCode::UNAUTHORIZED,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -84,7 +85,7 @@ impl Error {
             Error::BadQuery(_) => Reason::BadQuery,
             Error::MissingMessage => Reason::MissingMessage,
             Error::BadContentType => Reason::BadContentType,
-            Error::Unauthorized => Reason::Unauthorized,
+            Error::Unauthorized(_) => Reason::Unauthorized,
             Error::NotFound => Reason::NotFound,
             Error::MethodNotAllowed(_) => Reason::MethodNotAllowed,
             Error::TooLarge(_) => Reason::TooLarge,
@@ -220,7 +221,7 @@ impl fmt::Display for Error {
                 "content type too long: at most {} bytes",
                 crate::protocol::MAX_CONTENT_TYPE
             ),
-            Error::Unauthorized => f.write_str("publishing needs 'Authorization: Bearer TOKEN'"),
+            Error::Unauthorized(what) => write!(f, "{what} needs 'Authorization: Bearer TOKEN'"),
             Error::NotFound => f.write_str("not found"),
             Error::MethodNotAllowed(allow) => write!(f, "method not allowed: use {allow}"),
             Error::TooLarge(limit) => write!(f, "message too large: the limit is {limit} bytes"),

@@ -74,6 +74,7 @@ fn main() -> ExitCode {
             max_subscribers = config.max_subscribers,
             max_channels = config.max_channels,
             publish_token = config.publish_token.is_some(),
+            admin_token = config.admin_token.is_some(),
             cluster = config.redis.is_some(),
             "listening"
         );

@@ -57,6 +57,9 @@ pub struct Settings {
     pub cors_origin: Bytes,
     /// The token publishing needs, if any.
     pub publish_token: Option<String>,
+    /// The token the operator's endpoints (`/stats`, `/metrics`,
+    /// `/channels/C`, deleting) need, if any.
+    pub admin_token: Option<String>,
 }
 
 /// A request as both HTTP paths hand it over: the parts any route reads,
@@ -264,15 +267,25 @@ impl Routes {
                 })
             }
             (&Method::DELETE, "/publish") => {
-                self.authorize(req)?;
+                match &self.settings.admin_token {
+                    Some(_) => self.admin(req)?,
+                    None => self.authorize(req)?,
+                }
                 Route::Delete(query()?.channel()?)
             }
-            (&Method::GET | &Method::HEAD, "/stats") => Route::Stats,
-            (&Method::GET | &Method::HEAD, "/metrics") => Route::Metrics,
+            (&Method::GET | &Method::HEAD, "/stats") => {
+                self.admin(req)?;
+                Route::Stats
+            }
+            (&Method::GET | &Method::HEAD, "/metrics") => {
+                self.admin(req)?;
+                Route::Metrics
+            }
             (&Method::GET | &Method::HEAD, "/") => Route::Page("/"),
             (&Method::GET | &Method::HEAD, "/chat.js") => Route::Page("/chat.js"),
             (&Method::GET | &Method::HEAD, "/chat.css") => Route::Page("/chat.css"),
             (&Method::GET | &Method::HEAD, p) if p.starts_with("/channels/") => {
+                self.admin(req)?;
                 Route::Channel(protocol::channel_name(Some(&p["/channels/".len()..]))?.to_owned())
             }
             _ => return Err(Error::MethodNotAllowed(allow)),
@@ -440,19 +453,30 @@ impl Routes {
         }
     }
 
+    /// Publishing and deleting: the publish token, if one is set.
     fn authorize(&self, req: &Request) -> Result<(), Error> {
-        let Some(token) = &self.settings.publish_token else {
-            return Ok(());
-        };
-        let given = req
-            .authorization
-            .and_then(|v| v.strip_prefix(b"Bearer "))
-            .unwrap_or_default();
-        if constant_time_eq(given, token.as_bytes()) {
-            Ok(())
-        } else {
-            Err(Error::Unauthorized)
-        }
+        bearer(req, self.settings.publish_token.as_deref(), "publishing")
+    }
+
+    /// The operator's endpoints: the admin token, if one is set.
+    fn admin(&self, req: &Request) -> Result<(), Error> {
+        bearer(req, self.settings.admin_token.as_deref(), "this endpoint")
+    }
+}
+
+/// Checks `Authorization: Bearer TOKEN` against `token`, when there is one.
+fn bearer(req: &Request, token: Option<&str>, what: &'static str) -> Result<(), Error> {
+    let Some(token) = token else {
+        return Ok(());
+    };
+    let given = req
+        .authorization
+        .and_then(|v| v.strip_prefix(b"Bearer "))
+        .unwrap_or_default();
+    if constant_time_eq(given, token.as_bytes()) {
+        Ok(())
+    } else {
+        Err(Error::Unauthorized(what))
     }
 }
 

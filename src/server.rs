@@ -94,6 +94,7 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             max_memory: config.max_memory(),
             cors_origin: Bytes::from(config.cors_origin.clone()),
             publish_token: config.publish_token.clone(),
+            admin_token: config.admin_token.clone(),
         },
     ));
 

@@ -227,6 +227,46 @@ async fn a_publish_token_guards_publish_and_delete_but_not_subscribe() {
 }
 
 #[tokio::test]
+async fn an_admin_token_guards_the_operators_endpoints_and_deleting() {
+    let server = Server::start(&["--admin-token", "adm1n", "--publish-token", "pub"]);
+    let mut c = server.client().await;
+    let admin = [("authorization", "Bearer adm1n")];
+    let publisher = [("authorization", "Bearer pub")];
+    c.request(Method::GET, "/publish?channel=a&message=x", &publisher, "")
+        .await;
+    for path in ["/stats", "/metrics", "/channels/a"] {
+        for method in [Method::GET, Method::HEAD] {
+            let resp = c.request(method.clone(), path, &[], "").await;
+            assert_eq!(resp.status, 401, "{method} {path}");
+            assert_eq!(resp.header("www-authenticate"), Some("Bearer"));
+            // The publisher's token is not the operator's.
+            let resp = c.request(method.clone(), path, &publisher, "").await;
+            assert_eq!(resp.status, 401, "{method} {path}");
+            let resp = c.request(method.clone(), path, &admin, "").await;
+            assert_eq!(resp.status, 200, "{method} {path}");
+        }
+    }
+    c.get("/stats").await.assert_refused(401);
+    let resp = c
+        .request(Method::DELETE, "/publish?channel=a", &publisher, "")
+        .await;
+    resp.assert_refused(401);
+    let resp = c
+        .request(Method::DELETE, "/publish?channel=a", &admin, "")
+        .await;
+    assert_eq!(resp.json()["deleted"], true);
+    // Subscribing stays open; publishing keeps its own token.
+    let got = c.get("/subscribe?channel=b&since=oldest&timeout=0").await;
+    assert_eq!(got.status, 204);
+    c.request(Method::GET, "/publish?channel=b&message=x", &admin, "")
+        .await
+        .assert_refused(401);
+    let stats = c.request(Method::GET, "/stats", &admin, "").await.json();
+    // 3 paths x 2 methods x 2 wrong tokens, then /stats, DELETE, publish.
+    assert_eq!(stats["refused"]["unauthorized"], 12 + 3);
+}
+
+#[tokio::test]
 async fn the_subscriber_limit_answers_503_with_retry_after() {
     let server = Server::start(&["--max-subscribers", "2"]);
     let a = spawn_get(server.addr, "/subscribe?channel=l");
@@ -412,6 +452,7 @@ fn a_configuration_that_would_fail_open_stops_the_server_at_start() {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_comethub"));
         cmd.args(["--listen", "127.0.0.1:0"]).args(args);
         cmd.env_remove("COMETHUB_PUBLISH_TOKEN");
+        cmd.env_remove("COMETHUB_ADMIN_TOKEN");
         if let Some(token) = env {
             cmd.env("COMETHUB_PUBLISH_TOKEN", token);
         }
@@ -441,6 +482,9 @@ fn a_configuration_that_would_fail_open_stops_the_server_at_start() {
     let (code, log) = start(&["--cors-origin", "https://a.example\u{1}"], None);
     assert_eq!(code, Some(2), "{log}");
     assert!(log.contains("--cors-origin"), "{log}");
+    let (code, log) = start(&["--admin-token", " "], None);
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("--admin-token"), "{log}");
     let (code, log) = start(&["--max-message", "0"], None);
     assert_eq!(code, Some(2), "{log}");
     // Bounds that cannot hold anything, or are not sizes at all.

@@ -38,6 +38,7 @@ impl Server {
             .args(args)
             .env("RUST_LOG", "info")
             .env_remove("COMETHUB_PUBLISH_TOKEN")
+            .env_remove("COMETHUB_ADMIN_TOKEN")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
