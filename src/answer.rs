@@ -116,6 +116,10 @@ impl Answer {
             Error::Unauthorized(_) => {
                 answer.with(header::WWW_AUTHENTICATE, Bytes::from_static(b"Bearer"))
             }
+            Error::InvalidToken => answer.with(
+                header::WWW_AUTHENTICATE,
+                Bytes::from_static(b"Bearer error=\"invalid_token\""),
+            ),
             err if err.retry_later() => answer.with(header::RETRY_AFTER, Bytes::from_static(b"1")),
             _ => answer,
         }

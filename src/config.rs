@@ -104,6 +104,35 @@ pub struct Config {
     #[arg(long, env = "COMETHUB_ADMIN_TOKEN")]
     pub admin_token: Option<String>,
 
+    /// Key that JWTs are checked with: a PEM public key file (RSA, EC or
+    /// Ed25519), or else an HMAC secret of at least 32 bytes. With it,
+    /// publishing needs a token with publish rights on the channel (or the
+    /// publish token).
+    #[arg(long, env = "COMETHUB_JWT_KEY")]
+    pub jwt_key: Option<String>,
+
+    /// `aud` a token must carry, when set.
+    #[arg(long)]
+    pub jwt_audience: Option<String>,
+
+    /// `iss` a token must carry, when set.
+    #[arg(long)]
+    pub jwt_issuer: Option<String>,
+
+    /// Cookie a token may also come in (besides `Authorization: Bearer` and `?token=`).
+    #[arg(long)]
+    pub jwt_cookie: Option<String>,
+
+    /// Who must show a token to subscribe: `none`, or `token` (every channel
+    /// but the `--public-channels`).
+    #[arg(long, default_value = "none", value_parser = ["none", "token"])]
+    pub subscribe_auth: String,
+
+    /// Channels anyone may subscribe to under `--subscribe-auth token`
+    /// (patterns, `*` for any run of characters; repeat the flag or separate by commas).
+    #[arg(long, value_delimiter = ',')]
+    pub public_channels: Vec<String>,
+
     /// Seconds of silence after which an event stream gets a `: ping` comment.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
     pub ping: u64,
@@ -188,6 +217,17 @@ impl Config {
                     .to_owned(),
             );
         }
+        self.verifier()?;
+        if self.subscribe_auth == "token" && self.jwt_key.is_none() {
+            return Err("--subscribe-auth token needs --jwt-key to check tokens with".to_owned());
+        }
+        if self.jwt_key.is_none()
+            && (self.jwt_audience.is_some()
+                || self.jwt_issuer.is_some()
+                || self.jwt_cookie.is_some())
+        {
+            return Err("--jwt-audience, --jwt-issuer and --jwt-cookie need --jwt-key".to_owned());
+        }
         let origin = &self.cors_origin;
         if origin.is_empty() || http::HeaderValue::from_str(origin).is_err() {
             return Err(format!(
@@ -218,6 +258,19 @@ impl Config {
             let available = crate::os::memory_available().unwrap_or(4 << 30);
             usize::try_from(available / 4).unwrap_or(usize::MAX)
         })
+    }
+
+    /// The token verifier `--jwt-key` asks for, if any.
+    pub fn verifier(&self) -> Result<Option<crate::auth::Verifier>, String> {
+        let Some(key) = &self.jwt_key else {
+            return Ok(None);
+        };
+        crate::auth::Verifier::new(
+            key,
+            self.jwt_audience.as_deref(),
+            self.jwt_issuer.as_deref(),
+        )
+        .map(Some)
     }
 
     /// The header-read timeout as a duration.

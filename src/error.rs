@@ -28,6 +28,11 @@ pub enum Error {
     /// A token the request needs is missing or wrong; carries what it is for
     /// (`publishing`, `this endpoint`).
     Unauthorized(&'static str),
+    /// The request needs a valid token (JWT) and has none, or a bad or
+    /// expired one.
+    InvalidToken,
+    /// The token is valid but does not allow this on this channel.
+    Forbidden,
     /// No such path.
     NotFound,
     /// The path exists but not for this method; carries the allowed methods.
@@ -62,7 +67,8 @@ impl Error {
             | Error::MissingMessage
             | Error::BadContentType
             | Error::BodyRead => StatusCode::BAD_REQUEST,
-            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Unauthorized(_) | Error::InvalidToken => StatusCode::UNAUTHORIZED,
+            Error::Forbidden => StatusCode::FORBIDDEN,
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -86,6 +92,8 @@ impl Error {
             Error::MissingMessage => Reason::MissingMessage,
             Error::BadContentType => Reason::BadContentType,
             Error::Unauthorized(_) => Reason::Unauthorized,
+            Error::InvalidToken => Reason::InvalidToken,
+            Error::Forbidden => Reason::Forbidden,
             Error::NotFound => Reason::NotFound,
             Error::MethodNotAllowed(_) => Reason::MethodNotAllowed,
             Error::TooLarge(_) => Reason::TooLarge,
@@ -135,6 +143,10 @@ pub enum Reason {
     BadContentType,
     /// See [`Error::Unauthorized`].
     Unauthorized,
+    /// See [`Error::InvalidToken`].
+    InvalidToken,
+    /// See [`Error::Forbidden`].
+    Forbidden,
     /// See [`Error::NotFound`].
     NotFound,
     /// See [`Error::MethodNotAllowed`].
@@ -159,7 +171,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order of their counters.
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 20] = [
         Reason::BadChannel,
         Reason::BadSince,
         Reason::BadTimeout,
@@ -168,6 +180,8 @@ impl Reason {
         Reason::MissingMessage,
         Reason::BadContentType,
         Reason::Unauthorized,
+        Reason::InvalidToken,
+        Reason::Forbidden,
         Reason::NotFound,
         Reason::MethodNotAllowed,
         Reason::TooLarge,
@@ -191,6 +205,8 @@ impl Reason {
             Reason::MissingMessage => "missing_message",
             Reason::BadContentType => "bad_content_type",
             Reason::Unauthorized => "unauthorized",
+            Reason::InvalidToken => "invalid_token",
+            Reason::Forbidden => "forbidden",
             Reason::NotFound => "not_found",
             Reason::MethodNotAllowed => "method_not_allowed",
             Reason::TooLarge => "too_large",
@@ -222,6 +238,10 @@ impl fmt::Display for Error {
                 crate::protocol::MAX_CONTENT_TYPE
             ),
             Error::Unauthorized(what) => write!(f, "{what} needs 'Authorization: Bearer TOKEN'"),
+            Error::InvalidToken => f.write_str(
+                "a valid token is needed: 'Authorization: Bearer JWT', the token cookie, or ?token=",
+            ),
+            Error::Forbidden => f.write_str("the token does not allow this on this channel"),
             Error::NotFound => f.write_str("not found"),
             Error::MethodNotAllowed(allow) => write!(f, "method not allowed: use {allow}"),
             Error::TooLarge(limit) => write!(f, "message too large: the limit is {limit} bytes"),

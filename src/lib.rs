@@ -14,7 +14,8 @@
 //! 4. [`routes`]: the route table, one handler per endpoint, the request model;
 //!    [`answer`], the answer model; [`sse`] and [`chat`], two of the handlers'
 //!    bodies.
-//! 5. [`protocol`] (parameters, ids and cursors, encodings) and [`store`] (the
+//! 5. [`protocol`] (parameters, ids and cursors, encodings), [`auth`] (who may
+//!    subscribe and publish: tokens and channel patterns) and [`store`] (the
 //!    memory hub or Redis, behind one interface).
 //! 6. [`hub`]: channels, waiters, history, sequence numbers and time; pure.
 //!
@@ -24,6 +25,7 @@
 //! Redis; nothing below the routes knows hyper.
 
 pub mod answer;
+pub mod auth;
 pub mod chat;
 pub mod config;
 pub mod error;

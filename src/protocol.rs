@@ -230,6 +230,9 @@ pub struct Query<'a> {
     /// `message=` (publish only).
     #[serde(borrow)]
     pub message: Option<Cow<'a, str>>,
+    /// `token=`: a JWT, for clients that cannot send a header (`EventSource`).
+    #[serde(borrow)]
+    pub token: Option<Cow<'a, str>>,
 }
 
 impl<'a> Query<'a> {

@@ -30,6 +30,7 @@ use serde::Serialize;
 use tracing::{debug, warn};
 
 use crate::answer::{Answer, NOSNIFF, SANDBOX, X_GAP, X_MESSAGE_ID};
+use crate::auth::{Action, Patterns, Verifier};
 use crate::error::{Error, Reason};
 use crate::protocol::{self, Events, Format, PublishAnswer, Query, Subscribe};
 use crate::stats::{Counters, Snapshot};
@@ -57,6 +58,14 @@ pub struct Settings {
     pub cors_origin: Bytes,
     /// The token publishing needs, if any.
     pub publish_token: Option<String>,
+    /// Checks JWTs, when `--jwt-key` is set.
+    pub verifier: Option<Arc<Verifier>>,
+    /// Whether subscribing needs a token (but on the public channels).
+    pub subscribe_auth: bool,
+    /// Channels anyone may subscribe to.
+    pub public_channels: Patterns,
+    /// The cookie a token may come in.
+    pub jwt_cookie: Option<String>,
     /// The token the operator's endpoints (`/stats`, `/metrics`,
     /// `/channels/C`, deleting) need, if any.
     pub admin_token: Option<String>,
@@ -78,6 +87,8 @@ pub struct Request<'a> {
     pub content_type: Option<&'a [u8]>,
     /// The first `Authorization`.
     pub authorization: Option<&'a [u8]>,
+    /// The first `Cookie`.
+    pub cookie: Option<&'a [u8]>,
     /// The declared body length, if any.
     pub content_length: Option<u64>,
 }
@@ -106,6 +117,8 @@ impl<'a> Request<'a> {
             &mut self.content_type
         } else if is(&header::AUTHORIZATION) {
             &mut self.authorization
+        } else if is(&header::COOKIE) {
+            &mut self.cookie
         } else {
             return;
         };
@@ -242,12 +255,20 @@ impl Routes {
         Ok(match (&req.method, path) {
             (&Method::OPTIONS, _) => Route::Preflight(allow),
             (&Method::GET, "/subscribe") => {
-                Route::Subscribe(query()?.subscribe(last_event_id, ids, self.settings.timeout)?)
-            }
-            (&Method::GET, "/events") => Route::Events(query()?.events(last_event_id, ids)?),
-            (&Method::GET | &Method::POST, "/publish") => {
-                self.authorize(req)?;
                 let query = query()?;
+                let params = query.subscribe(last_event_id, ids, self.settings.timeout)?;
+                self.may_subscribe(req, &query, &params.channel)?;
+                Route::Subscribe(params)
+            }
+            (&Method::GET, "/events") => {
+                let query = query()?;
+                let params = query.events(last_event_id, ids)?;
+                self.may_subscribe(req, &query, &params.channel)?;
+                Route::Events(params)
+            }
+            (&Method::GET | &Method::POST, "/publish") => {
+                let query = query()?;
+                self.may_publish(req, &query, &query.channel()?)?;
                 let body_limit = if protocol::is_form(req.content_type) {
                     self.max_body()
                 } else {
@@ -267,11 +288,13 @@ impl Routes {
                 })
             }
             (&Method::DELETE, "/publish") => {
+                let query = query()?;
+                let channel = query.channel()?;
                 match &self.settings.admin_token {
                     Some(_) => self.admin(req)?,
-                    None => self.authorize(req)?,
+                    None => self.may_publish(req, &query, &channel)?,
                 }
-                Route::Delete(query()?.channel()?)
+                Route::Delete(channel)
             }
             (&Method::GET | &Method::HEAD, "/stats") => {
                 self.admin(req)?;
@@ -450,6 +473,65 @@ impl Routes {
             uptime_seconds: self.started.elapsed().as_secs(),
             refused: c.refusals().into_iter().collect(),
             redis: gauges.redis,
+        }
+    }
+
+    /// Subscribing to `channel`: open, unless `--subscribe-auth token` asks
+    /// for a token allowing it (the public channels excepted).
+    fn may_subscribe(&self, req: &Request, query: &Query, channel: &str) -> Result<(), Error> {
+        if !self.settings.subscribe_auth || self.settings.public_channels.matches(channel) {
+            return Ok(());
+        }
+        self.grant(req, query, Action::Subscribe, channel)
+    }
+
+    /// Publishing on `channel`: the publish token; with `--jwt-key`, a token
+    /// allowing it will do as well.
+    fn may_publish(&self, req: &Request, query: &Query, channel: &str) -> Result<(), Error> {
+        let by_token = self.authorize(req);
+        if self.settings.verifier.is_none()
+            || (by_token.is_ok() && self.settings.publish_token.is_some())
+        {
+            return by_token;
+        }
+        self.grant(req, query, Action::Publish, channel)
+    }
+
+    /// Whether the request's JWT allows `action` on `channel`: `401` without a
+    /// valid one, `403` when it does not allow this.
+    fn grant(
+        &self,
+        req: &Request,
+        query: &Query,
+        action: Action,
+        channel: &str,
+    ) -> Result<(), Error> {
+        let Some(verifier) = &self.settings.verifier else {
+            return Err(Error::InvalidToken);
+        };
+        let token = self.token(req, query).ok_or(Error::InvalidToken)?;
+        if verifier.grant(token)?.allows(action, channel) {
+            Ok(())
+        } else {
+            Err(Error::Forbidden)
+        }
+    }
+
+    /// The request's JWT: `Authorization: Bearer`, the token cookie, or `?token=`.
+    fn token<'r>(&self, req: &'r Request, query: &'r Query) -> Option<&'r str> {
+        let bearer = req.authorization.and_then(|v| v.strip_prefix(b"Bearer "));
+        let cookie = || {
+            let name = self.settings.jwt_cookie.as_deref()?.as_bytes();
+            req.cookie?.split(|&b| b == b';').find_map(|pair| {
+                let pair = pair.trim_ascii();
+                let value = pair.strip_prefix(name)?.strip_prefix(b"=")?;
+                Some(value)
+            })
+        };
+        let bytes = bearer.or_else(cookie);
+        match bytes {
+            Some(b) => std::str::from_utf8(b).ok(),
+            None => query.token.as_deref(),
         }
     }
 

@@ -81,6 +81,13 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             return;
         }
     };
+    let verifier = match config.verifier() {
+        Ok(verifier) => verifier.map(Arc::new),
+        Err(err) => {
+            error!(%err, "cannot start");
+            return;
+        }
+    };
     let counters = Arc::new(Counters::default());
     let routes = Arc::new(Routes::new(
         store,
@@ -95,6 +102,10 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             cors_origin: Bytes::from(config.cors_origin.clone()),
             publish_token: config.publish_token.clone(),
             admin_token: config.admin_token.clone(),
+            verifier,
+            subscribe_auth: config.subscribe_auth == "token",
+            public_channels: crate::auth::Patterns::new(config.public_channels.clone()),
+            jwt_cookie: config.jwt_cookie.clone(),
         },
     ));
 

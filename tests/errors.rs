@@ -453,6 +453,7 @@ fn a_configuration_that_would_fail_open_stops_the_server_at_start() {
         cmd.args(["--listen", "127.0.0.1:0"]).args(args);
         cmd.env_remove("COMETHUB_PUBLISH_TOKEN");
         cmd.env_remove("COMETHUB_ADMIN_TOKEN");
+        cmd.env_remove("COMETHUB_JWT_KEY");
         if let Some(token) = env {
             cmd.env("COMETHUB_PUBLISH_TOKEN", token);
         }
@@ -482,6 +483,17 @@ fn a_configuration_that_would_fail_open_stops_the_server_at_start() {
     let (code, log) = start(&["--cors-origin", "https://a.example\u{1}"], None);
     assert_eq!(code, Some(2), "{log}");
     assert!(log.contains("--cors-origin"), "{log}");
+    // Token checks that would check nothing, or with a key that is not one.
+    for args in [
+        &["--jwt-key", "short"][..],
+        &["--jwt-key", "/nonexistent/key.pem"],
+        &["--jwt-key", "/etc/hostname"],
+        &["--subscribe-auth", "token"],
+        &["--jwt-audience", "chat"],
+    ] {
+        let (code, log) = start(args, None);
+        assert_eq!(code, Some(2), "{args:?}: {log}");
+    }
     let (code, log) = start(&["--admin-token", " "], None);
     assert_eq!(code, Some(2), "{log}");
     assert!(log.contains("--admin-token"), "{log}");

@@ -39,6 +39,7 @@ impl Server {
             .env("RUST_LOG", "info")
             .env_remove("COMETHUB_PUBLISH_TOKEN")
             .env_remove("COMETHUB_ADMIN_TOKEN")
+            .env_remove("COMETHUB_JWT_KEY")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -1,0 +1,243 @@
+//! Who may subscribe and publish: JSON Web Tokens that list channel patterns.
+//!
+//! The token is checked with the `jsonwebtoken` crate against the operator's
+//! key: an HMAC secret, or a PEM public key (RSA, EC or Ed25519), with only
+//! that key's algorithms allowed, so neither `alg: none` nor an HMAC token
+//! signed with the public key passes. `exp` is required and `nbf` checked,
+//! with 5 s of leeway. A verified token is kept until it expires, so a
+//! re-poll with it costs a hash lookup, not a signature check.
+//!
+//! Its `comethub` claim says what it may do:
+//! `{"comethub": {"subscribe": ["room.*", "user.42"], "publish": ["room.*"]}}`.
+//! A pattern is a channel name in which `*` stands for any run of characters.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use crate::error::Error;
+
+/// Seconds a token's `exp` and `nbf` may be off by.
+pub const LEEWAY_SECS: u64 = 5;
+/// Verified tokens kept at most.
+const CACHED: usize = 65_536;
+
+/// What a request wants to do on a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Long-poll or stream it.
+    Subscribe,
+    /// Publish on it.
+    Publish,
+}
+
+/// Channel patterns: a name in which `*` stands for any run of characters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Patterns(Vec<String>);
+
+impl Patterns {
+    /// Patterns as given (channel-name characters and `*`).
+    pub fn new(patterns: Vec<String>) -> Patterns {
+        Patterns(patterns)
+    }
+
+    /// Whether any pattern matches `channel`.
+    pub fn matches(&self, channel: &str) -> bool {
+        self.0
+            .iter()
+            .any(|p| glob(p.as_bytes(), channel.as_bytes()))
+    }
+}
+
+/// Whether `pattern` (with `*` for any run) matches all of `name`: the usual
+/// two-cursor walk that goes back only to the last star, so it takes at most
+/// pattern × name steps however many stars there are.
+fn glob(pattern: &[u8], name: &[u8]) -> bool {
+    let (mut p, mut n) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, n));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == name[n] {
+            p += 1;
+            n += 1;
+        } else if let Some((sp, sn)) = star {
+            p = sp + 1;
+            n = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// What a verified token allows, until it expires.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grant {
+    /// Channels it may subscribe to.
+    pub subscribe: Patterns,
+    /// Channels it may publish to.
+    pub publish: Patterns,
+    /// When it expires (seconds since the epoch).
+    pub exp: u64,
+}
+
+impl Grant {
+    /// Whether it allows `action` on `channel`.
+    pub fn allows(&self, action: Action, channel: &str) -> bool {
+        match action {
+            Action::Subscribe => self.subscribe.matches(channel),
+            Action::Publish => self.publish.matches(channel),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    exp: u64,
+    #[serde(default)]
+    comethub: ChannelClaims,
+}
+
+#[derive(Deserialize, Default)]
+struct ChannelClaims {
+    #[serde(default)]
+    subscribe: Vec<String>,
+    #[serde(default)]
+    publish: Vec<String>,
+}
+
+/// The verifier: the key, what is checked, and the tokens already verified.
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+    verified: Mutex<HashMap<Box<str>, Arc<Grant>>>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("algorithms", &self.validation.algorithms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    /// A verifier for `key`: the path of a PEM public key file, or else an
+    /// HMAC secret (at least 32 bytes). `audience` and `issuer` are checked
+    /// when given.
+    pub fn new(
+        key: &str,
+        audience: Option<&str>,
+        issuer: Option<&str>,
+    ) -> Result<Verifier, String> {
+        let (key, algorithms) = match std::fs::read(key) {
+            Ok(pem) => public_key(&pem).map_err(|e| format!("--jwt-key {key}: {e}"))?,
+            Err(_) if key.starts_with('/') || key.starts_with("./") => {
+                return Err(format!("--jwt-key {key}: cannot read the key file"));
+            }
+            Err(_) if key.len() < 32 => {
+                return Err(
+                    "--jwt-key: an HMAC secret must be at least 32 bytes (or give a PEM \
+                     public key file)"
+                        .to_owned(),
+                );
+            }
+            Err(_) => (
+                DecodingKey::from_secret(key.as_bytes()),
+                vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
+            ),
+        };
+        let mut validation = Validation::new(algorithms[0]);
+        validation.algorithms = algorithms;
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
+        validation.validate_aud = audience.is_some();
+        if let Some(aud) = audience {
+            validation.set_audience(&[aud]);
+        }
+        if let Some(iss) = issuer {
+            validation.set_issuer(&[iss]);
+        }
+        Ok(Verifier {
+            key,
+            validation,
+            verified: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// What `token` allows: from the tokens already verified, or checked now.
+    pub fn grant(&self, token: &str) -> Result<Arc<Grant>, Error> {
+        let now = now();
+        let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(grant) = verified.get(token) {
+            if grant.exp + LEEWAY_SECS > now {
+                return Ok(grant.clone());
+            }
+            verified.remove(token);
+            return Err(Error::InvalidToken);
+        }
+        drop(verified);
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|_| Error::InvalidToken)?;
+        let claims = data.claims;
+        let grant = Arc::new(Grant {
+            subscribe: Patterns::new(claims.comethub.subscribe),
+            publish: Patterns::new(claims.comethub.publish),
+            exp: claims.exp,
+        });
+        let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        if verified.len() >= CACHED {
+            verified.retain(|_, g| g.exp + LEEWAY_SECS > now);
+            if verified.len() >= CACHED {
+                verified.clear();
+            }
+        }
+        verified.insert(token.into(), grant.clone());
+        Ok(grant)
+    }
+}
+
+/// A PEM public key and the algorithms it verifies.
+fn public_key(pem: &[u8]) -> Result<(DecodingKey, Vec<Algorithm>), String> {
+    use Algorithm::*;
+    if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+        return Ok((key, vec![RS256, RS384, RS512, PS256, PS384, PS512]));
+    }
+    if let Ok(key) = DecodingKey::from_ec_pem(pem) {
+        return Ok((key, vec![ES256, ES384]));
+    }
+    if let Ok(key) = DecodingKey::from_ed_pem(pem) {
+        return Ok((key, vec![EdDSA]));
+    }
+    Err("not a PEM public key (RSA, EC or Ed25519)".to_owned())
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_whole_names_with_stars_for_any_run() {
+        let p = Patterns::new(vec!["room.*".into(), "user.42".into(), "*.notices".into()]);
+        for yes in ["room.a", "room.", "room.a.b", "user.42", "team.notices"] {
+            assert!(p.matches(yes), "{yes}");
+        }
+        for no in ["room", "user.421", "user.4", "rooms.a", "notices", "x"] {
+            assert!(!p.matches(no), "{no}");
+        }
+        assert!(Patterns::new(vec!["*".into()]).matches("anything"));
+        assert!(!Patterns::default().matches("anything"));
+    }
+}

@@ -1,0 +1,266 @@
+//! Who may subscribe and publish: JWTs with channel patterns, checked with the
+//! same crate the tests mint them with, from every place a token may come.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::Server;
+use hyper::Method;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+
+const SECRET: &str = "a-test-secret-of-more-than-32-bytes";
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// An HS256 token signed with `secret` for these claims.
+fn hs256(secret: &str, claims: Value) -> String {
+    let key = EncodingKey::from_secret(secret.as_bytes());
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
+}
+
+/// Claims allowing these subscribe and publish patterns for a minute.
+fn claims(subscribe: &[&str], publish: &[&str]) -> Value {
+    json!({"exp": now() + 60, "comethub": {"subscribe": subscribe, "publish": publish}})
+}
+
+fn keys(name: &str) -> String {
+    format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[tokio::test]
+async fn a_token_may_come_in_the_header_a_cookie_or_the_query() {
+    let server = Server::start(&[
+        "--jwt-key",
+        SECRET,
+        "--subscribe-auth",
+        "token",
+        "--jwt-cookie",
+        "ch",
+    ]);
+    let token = hs256(SECRET, claims(&["room.*"], &[]));
+    let mut c = server.client().await;
+    let poll = "/subscribe?channel=room.a&timeout=0";
+    let resp = c.get(poll).await;
+    resp.assert_refused(401);
+    assert_eq!(
+        resp.header("www-authenticate"),
+        Some("Bearer error=\"invalid_token\"")
+    );
+    let bearer = format!("Bearer {token}");
+    let resp = c
+        .request(Method::GET, poll, &[("authorization", &bearer)], "")
+        .await;
+    assert_eq!(resp.status, 204);
+    let cookie = format!("theme=dark; ch={token}");
+    let resp = c
+        .request(Method::GET, poll, &[("cookie", &cookie)], "")
+        .await;
+    assert_eq!(resp.status, 204);
+    let resp = c.get(&format!("{poll}&token={token}")).await;
+    assert_eq!(resp.status, 204);
+    // An EventSource can only use the query.
+    let events = common::Events::open(
+        &server,
+        &format!("/events?channel=room.a&token={token}"),
+        None,
+    )
+    .await;
+    drop(events);
+    c.get("/events?channel=room.a").await.assert_refused(401);
+}
+
+#[tokio::test]
+async fn expired_early_misdirected_forged_and_unsigned_tokens_get_401() {
+    let server = Server::start(&[
+        "--jwt-key",
+        SECRET,
+        "--subscribe-auth",
+        "token",
+        "--jwt-audience",
+        "chat",
+        "--jwt-issuer",
+        "app",
+    ]);
+    let good = |extra: Value| {
+        let mut c = json!({"exp": now() + 60, "aud": "chat", "iss": "app",
+                           "comethub": {"subscribe": ["*"]}});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    };
+    let mut c = server.client().await;
+    let poll = |token: &str| format!("/subscribe?channel=x&timeout=0&token={token}");
+    assert_eq!(
+        c.get(&poll(&hs256(SECRET, good(json!({}))))).await.status,
+        204
+    );
+    let unsigned = {
+        use base64_url as b64;
+        let header = b64::encode(br#"{"alg":"none","typ":"JWT"}"#);
+        let body = b64::encode(good(json!({})).to_string().as_bytes());
+        format!("{header}.{body}.")
+    };
+    for (why, token) in [
+        ("expired", hs256(SECRET, good(json!({"exp": now() - 60})))),
+        (
+            "not yet valid",
+            hs256(SECRET, good(json!({"nbf": now() + 60}))),
+        ),
+        (
+            "another audience",
+            hs256(SECRET, good(json!({"aud": "other"}))),
+        ),
+        (
+            "another issuer",
+            hs256(SECRET, good(json!({"iss": "evil"}))),
+        ),
+        ("no exp", {
+            let mut claims = good(json!({}));
+            claims.as_object_mut().unwrap().remove("exp");
+            hs256(SECRET, claims)
+        }),
+        (
+            "another key",
+            hs256("another-secret-of-more-than-32-bytes!", good(json!({}))),
+        ),
+        ("alg none", unsigned),
+        ("not a token", "garbage".to_owned()),
+    ] {
+        let resp = c.get(&poll(&token)).await;
+        assert_eq!(resp.status, 401, "{why}");
+    }
+}
+
+/// Base64url without padding, for the unsigned token only.
+mod base64_url {
+    pub fn encode(data: &[u8]) -> String {
+        const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in data.chunks(3) {
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..=chunk.len() {
+                out.push(ABC[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+}
+
+#[tokio::test]
+async fn a_public_key_verifies_its_own_tokens_and_refuses_hmac_ones_made_with_it() {
+    let public = keys("ec-public.pem");
+    let server = Server::start(&["--jwt-key", &public, "--subscribe-auth", "token"]);
+    let private = std::fs::read(keys("ec-private.pem")).unwrap();
+    let es256 = jsonwebtoken::encode(
+        &Header::new(Algorithm::ES256),
+        &claims(&["*"], &[]),
+        &EncodingKey::from_ec_pem(&private).unwrap(),
+    )
+    .unwrap();
+    let mut c = server.client().await;
+    let poll = |token: &str| format!("/subscribe?channel=x&timeout=0&token={token}");
+    assert_eq!(c.get(&poll(&es256)).await.status, 204);
+    // Algorithm confusion: the public key, which anyone has, used as an HMAC secret.
+    let pem = std::fs::read_to_string(&public).unwrap();
+    let confused = hs256(&pem, claims(&["*"], &[]));
+    c.get(&poll(&confused)).await.assert_refused(401);
+}
+
+#[tokio::test]
+async fn a_valid_token_without_the_channel_gets_403() {
+    let server = Server::start(&[
+        "--jwt-key",
+        SECRET,
+        "--subscribe-auth",
+        "token",
+        "--public-channels",
+        "lobby,news.*",
+    ]);
+    let token = hs256(SECRET, claims(&["room.*", "user.42"], &[]));
+    let mut c = server.client().await;
+    for (channel, status) in [
+        ("room.a", 204),
+        ("room.a.b", 204),
+        ("user.42", 204),
+        ("user.421", 403),
+        ("rooms", 403),
+        ("admin", 403),
+    ] {
+        let resp = c
+            .get(&format!(
+                "/subscribe?channel={channel}&timeout=0&token={token}"
+            ))
+            .await;
+        assert_eq!(resp.status, status, "{channel}");
+    }
+    // Public channels need no token at all.
+    for channel in ["lobby", "news.today"] {
+        let resp = c
+            .get(&format!("/subscribe?channel={channel}&timeout=0"))
+            .await;
+        assert_eq!(resp.status, 204, "{channel}");
+    }
+    c.get("/subscribe?channel=lobby2&timeout=0")
+        .await
+        .assert_refused(401);
+}
+
+#[tokio::test]
+async fn with_a_jwt_key_publishing_needs_publish_rights_or_the_publish_token() {
+    let server = Server::start(&["--jwt-key", SECRET, "--publish-token", "pub-token"]);
+    let reader = hs256(SECRET, claims(&["*"], &[]));
+    let writer = hs256(SECRET, claims(&[], &["room.*"]));
+    let mut c = server.client().await;
+    let publish = |channel: &str, token: Option<&str>| {
+        let token = token.map_or(String::new(), |t| format!("&token={t}"));
+        format!("/publish?channel={channel}&message=hi{token}")
+    };
+    c.get(&publish("room.a", None)).await.assert_refused(401);
+    c.get(&publish("room.a", Some(&reader)))
+        .await
+        .assert_refused(403);
+    c.get(&publish("other", Some(&writer)))
+        .await
+        .assert_refused(403);
+    assert_eq!(c.get(&publish("room.a", Some(&writer))).await.status, 200);
+    let bearer = format!("Bearer {writer}");
+    let resp = c
+        .request(
+            Method::POST,
+            "/publish?channel=room.b",
+            &[("authorization", &bearer), ("content-type", "text/plain")],
+            "hello",
+        )
+        .await;
+    assert_eq!(resp.status, 200);
+    // The publish token still publishes anywhere.
+    let resp = c
+        .request(
+            Method::GET,
+            &publish("other", None),
+            &[("authorization", "Bearer pub-token")],
+            "",
+        )
+        .await;
+    assert_eq!(resp.status, 200);
+    // Subscribing stays open without --subscribe-auth token.
+    let got = c.get("/subscribe?channel=room.a&since=oldest").await;
+    assert_eq!(got.text(), "hi");
+    let stats = server.stats().await;
+    assert_eq!(stats["refused"]["invalid_token"], 1);
+    assert_eq!(stats["refused"]["forbidden"], 2);
+}
