@@ -218,6 +218,12 @@ fn public_key(pem: &[u8]) -> Result<(DecodingKey, Vec<Algorithm>), String> {
     Err("not a PEM public key (RSA, EC or Ed25519)".to_owned())
 }
 
+/// The moment a token that expires at `exp` stops being accepted.
+pub fn instant(exp: u64) -> tokio::time::Instant {
+    let left = (exp + LEEWAY_SECS).saturating_sub(now());
+    tokio::time::Instant::now() + std::time::Duration::from_secs(left)
+}
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

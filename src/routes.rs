@@ -135,8 +135,9 @@ pub enum Route {
     Preflight(&'static str),
     /// `GET /subscribe`.
     Subscribe(Subscribe),
-    /// `GET /events`.
-    Events(Events),
+    /// `GET /events`, and when the token it was opened with expires (seconds
+    /// since the epoch), if one was needed.
+    Events(Events, Option<u64>),
     /// `GET|POST /publish`.
     Publish(Publish),
     /// `DELETE /publish`.
@@ -263,8 +264,8 @@ impl Routes {
             (&Method::GET, "/events") => {
                 let query = query()?;
                 let params = query.events(last_event_id, ids)?;
-                self.may_subscribe(req, &query, &params.channel)?;
-                Route::Events(params)
+                let expires = self.may_subscribe(req, &query, &params.channel)?;
+                Route::Events(params, expires)
             }
             (&Method::GET | &Method::POST, "/publish") => {
                 let query = query()?;
@@ -320,7 +321,7 @@ impl Routes {
         let result = match route {
             Route::Preflight(allow) => Ok(preflight(allow)),
             Route::Subscribe(params) => return self.subscribe(params).await,
-            Route::Events(params) => self.events(params).await,
+            Route::Events(params, expires) => self.events(params, expires).await,
             // Boxed: a waiting subscriber's task is sized by the largest branch.
             Route::Publish(publish) => Box::pin(self.publish(publish, body)).await,
             Route::Delete(channel) => self.delete(channel).await,
@@ -394,9 +395,11 @@ impl Routes {
     }
 
     /// `GET /events`: an event stream.
-    pub async fn events(&self, params: Events) -> Result<Answer, Error> {
+    /// A stream opened with a token ends when the token does.
+    pub async fn events(&self, params: Events, expires: Option<u64>) -> Result<Answer, Error> {
         let stream = self.store.stream(&params.channel, params.since).await?;
-        Ok(crate::sse::answer(stream, self.settings.ping))
+        let ends = expires.map(crate::auth::instant);
+        Ok(crate::sse::answer(stream, self.settings.ping, ends))
     }
 
     /// `GET|POST /publish`: publishes one message and says how many got it.
@@ -477,12 +480,18 @@ impl Routes {
     }
 
     /// Subscribing to `channel`: open, unless `--subscribe-auth token` asks
-    /// for a token allowing it (the public channels excepted).
-    fn may_subscribe(&self, req: &Request, query: &Query, channel: &str) -> Result<(), Error> {
+    /// for a token allowing it (the public channels excepted); returns when
+    /// that token expires.
+    fn may_subscribe(
+        &self,
+        req: &Request,
+        query: &Query,
+        channel: &str,
+    ) -> Result<Option<u64>, Error> {
         if !self.settings.subscribe_auth || self.settings.public_channels.matches(channel) {
-            return Ok(());
+            return Ok(None);
         }
-        self.grant(req, query, Action::Subscribe, channel)
+        self.grant(req, query, Action::Subscribe, channel).map(Some)
     }
 
     /// Publishing on `channel`: the publish token; with `--jwt-key`, a token
@@ -494,24 +503,25 @@ impl Routes {
         {
             return by_token;
         }
-        self.grant(req, query, Action::Publish, channel)
+        self.grant(req, query, Action::Publish, channel).map(|_| ())
     }
 
     /// Whether the request's JWT allows `action` on `channel`: `401` without a
-    /// valid one, `403` when it does not allow this.
+    /// valid one, `403` when it does not allow this; if it does, when it expires.
     fn grant(
         &self,
         req: &Request,
         query: &Query,
         action: Action,
         channel: &str,
-    ) -> Result<(), Error> {
+    ) -> Result<u64, Error> {
         let Some(verifier) = &self.settings.verifier else {
             return Err(Error::InvalidToken);
         };
         let token = self.token(req, query).ok_or(Error::InvalidToken)?;
-        if verifier.grant(token)?.allows(action, channel) {
-            Ok(())
+        let grant = verifier.grant(token)?;
+        if grant.allows(action, channel) {
+            Ok(grant.exp)
         } else {
             Err(Error::Forbidden)
         }

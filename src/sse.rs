@@ -15,11 +15,14 @@ use bytes::Bytes;
 use http::StatusCode;
 use http::header::HeaderName;
 use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
 
 use crate::answer::{Answer, Body, NOSNIFF};
 use crate::hub::STREAM_BACKLOG;
 use crate::store::{Message, Stream};
 
+/// The last event of a stream whose token expired.
+const EXPIRED: &[u8] = b"event: expired\ndata: the token expired: reconnect with a fresh one\n\n";
 /// How long a browser waits before reconnecting, sent as `retry:`.
 pub const RETRY_MS: u32 = 2000;
 /// Frames queued between the stream task and the connection.
@@ -27,8 +30,11 @@ const QUEUE: usize = 16;
 /// How often a blocked stream checks whether its reader has fallen too far behind.
 const LAG_CHECK: Duration = Duration::from_millis(250);
 
-/// Answers an `/events` request with `stream`: its backlog, then live messages.
-pub fn answer(mut stream: Stream, ping: Duration) -> Answer {
+/// Answers an `/events` request with `stream`: its backlog, then live
+/// messages, until `ends` (when the token it was opened with expires), if set.
+/// Then an `event: expired` says why, and the stream ends; the client opens a
+/// new one with a fresh token and its `Last-Event-ID`.
+pub fn answer(mut stream: Stream, ping: Duration, ends: Option<Instant>) -> Answer {
     let (tx, rx) = mpsc::channel(QUEUE);
     let mut head = format!("retry: {RETRY_MS}\n\n");
     if stream.gap {
@@ -47,7 +53,14 @@ pub fn answer(mut stream: Stream, ping: Duration) -> Answer {
             }
         }
         drop(backlog);
-        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping, ping);
+        let mut ping = tokio::time::interval_at(Instant::now() + ping, ping);
+        let expiry = async {
+            match ends {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expiry);
         loop {
             let frame = tokio::select! {
                 received = stream.live.recv() => match received {
@@ -60,6 +73,10 @@ pub fn answer(mut stream: Stream, ping: Duration) -> Answer {
                     | Err(broadcast::error::RecvError::Closed) => return,
                 },
                 _ = ping.tick() => Bytes::from_static(b": ping\n\n"),
+                () = &mut expiry => {
+                    let _ = tx.try_send(Bytes::from_static(EXPIRED));
+                    return;
+                }
                 _ = tx.closed() => return,
             };
             if !deliver(&tx, frame, &stream.live).await {

@@ -264,3 +264,45 @@ async fn with_a_jwt_key_publishing_needs_publish_rights_or_the_publish_token() {
     assert_eq!(stats["refused"]["invalid_token"], 1);
     assert_eq!(stats["refused"]["forbidden"], 2);
 }
+
+#[tokio::test]
+async fn a_stream_ends_when_its_token_does_and_resumes_with_a_new_one() {
+    let server = Server::start(&["--jwt-key", SECRET, "--subscribe-auth", "token"]);
+    // Expired 3 s ago: still inside the 5 s leeway, so the stream opens and
+    // ends about 2 s later.
+    let short = hs256(
+        SECRET,
+        json!({"exp": now() - 3, "comethub": {"subscribe": ["s"]}}),
+    );
+    let mut events =
+        common::Events::open(&server, &format!("/events?channel=s&token={short}"), None).await;
+    let mut c = server.client().await;
+    let writer = hs256(SECRET, claims(&[], &["s"]));
+    let publish = format!("/publish?channel=s&token={writer}&message=");
+    let first = c.get(&format!("{publish}one")).await.id();
+    assert_eq!(events.message().await, (first.clone(), "one".to_owned()));
+    let last = loop {
+        match events.next().await {
+            Some(block) if block.starts_with("event: expired") => {
+                break events.next().await;
+            }
+            Some(_) => continue,
+            None => panic!("ended without saying why"),
+        }
+    };
+    assert_eq!(last, None, "the stream ends after its expired event");
+    // Published while the client had no stream: not lost.
+    assert_eq!(c.get(&format!("{publish}two")).await.status, 200);
+    let fresh = hs256(SECRET, claims(&["s"], &[]));
+    let mut events = common::Events::open(
+        &server,
+        &format!("/events?channel=s&token={fresh}"),
+        Some(&first),
+    )
+    .await;
+    assert_eq!(events.message().await.1, "two");
+    // The old token no longer opens anything.
+    c.get(&format!("/subscribe?channel=s&timeout=0&token={short}"))
+        .await
+        .assert_refused(401);
+}

@@ -144,7 +144,7 @@ async fn next(
         return Step::Hyper;
     };
     let answer = match routed {
-        Ok(Route::Events(_)) => return Step::Hyper,
+        Ok(Route::Events(..)) => return Step::Hyper,
         Ok(Route::Subscribe(params)) => {
             // Free the head before waiting; keep only pipelined bytes, if any.
             buf.drain(..end);
