@@ -128,8 +128,9 @@ impl std::fmt::Debug for Verifier {
 }
 
 impl Verifier {
-    /// A verifier for `key`: the path of a PEM public key file, or else an
-    /// HMAC secret (at least 32 bytes). `audience` and `issuer` are checked
+    /// A verifier for `key`: the path of a PEM public key file (one that does
+    /// not exist is refused if it ends in `.pem`), or else an HMAC secret (at
+    /// least 32 bytes). `audience` and `issuer` are checked
     /// when given.
     pub fn new(
         key: &str,
@@ -138,7 +139,7 @@ impl Verifier {
     ) -> Result<Verifier, String> {
         let (key, algorithms) = match std::fs::read(key) {
             Ok(pem) => public_key(&pem).map_err(|e| format!("--jwt-key {key}: {e}"))?,
-            Err(_) if key.starts_with('/') || key.starts_with("./") => {
+            Err(_) if key.ends_with(".pem") => {
                 return Err(format!("--jwt-key {key}: cannot read the key file"));
             }
             Err(_) if key.len() < 32 => {
@@ -201,6 +202,47 @@ impl Verifier {
         verified.insert(token.into(), grant.clone());
         Ok(grant)
     }
+}
+
+/// An HS256 token signed with `secret`, allowing `subscribe` and `publish`
+/// (patterns) for `ttl` seconds from now.
+pub fn mint(
+    secret: &str,
+    subscribe: &[String],
+    publish: &[String],
+    ttl: u64,
+    audience: Option<&str>,
+    issuer: Option<&str>,
+) -> Result<String, String> {
+    #[derive(serde::Serialize)]
+    struct Minted<'a> {
+        exp: u64,
+        iat: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        aud: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        iss: Option<&'a str>,
+        comethub: MintedChannels<'a>,
+    }
+    #[derive(serde::Serialize)]
+    struct MintedChannels<'a> {
+        subscribe: &'a [String],
+        publish: &'a [String],
+    }
+    if secret.len() < 32 {
+        return Err("--key: an HMAC secret must be at least 32 bytes".to_owned());
+    }
+    let now = now();
+    let claims = Minted {
+        exp: now + ttl,
+        iat: now,
+        aud: audience,
+        iss: issuer,
+        comethub: MintedChannels { subscribe, publish },
+    };
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &key)
+        .map_err(|e| e.to_string())
 }
 
 /// A PEM public key and the algorithms it verifies.

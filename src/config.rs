@@ -147,6 +147,10 @@ pub struct Config {
     #[arg(long, env = "COMETHUB_REDIS")]
     pub redis: Option<String>,
 
+    /// What to do instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Log format: `text` or `json`.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -169,6 +173,36 @@ pub fn bytes_size(value: &str) -> Result<usize, String> {
         .map_err(|_| format!("{value:?} is not a size such as 65536, 512K, 64M or 2G"))?;
     n.checked_mul(1 << shift)
         .ok_or_else(|| format!("{value:?} is too large"))
+}
+
+/// What the binary can do besides serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Prints an HS256 token for these channels and this lifetime.
+    Token(TokenArgs),
+}
+
+/// `comethub token`'s flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TokenArgs {
+    /// The HMAC secret the server checks tokens with (its `--jwt-key`).
+    #[arg(long, env = "COMETHUB_JWT_KEY")]
+    pub key: String,
+    /// Channels (patterns) the token may subscribe to; repeat or separate by commas.
+    #[arg(long, value_delimiter = ',')]
+    pub subscribe: Vec<String>,
+    /// Channels (patterns) the token may publish to; repeat or separate by commas.
+    #[arg(long, value_delimiter = ',')]
+    pub publish: Vec<String>,
+    /// Seconds the token is valid for.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl: u64,
+    /// `aud` to put in it.
+    #[arg(long)]
+    pub audience: Option<String>,
+    /// `iss` to put in it.
+    #[arg(long)]
+    pub issuer: Option<String>,
 }
 
 impl Default for Config {

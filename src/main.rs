@@ -10,6 +10,26 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     os::tune_allocator();
     let mut config = Config::parse();
+    if let Some(comethub::config::Command::Token(t)) = &config.command {
+        let minted = comethub::auth::mint(
+            &t.key,
+            &t.subscribe,
+            &t.publish,
+            t.ttl,
+            t.audience.as_deref(),
+            t.issuer.as_deref(),
+        );
+        return match minted {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("comethub token: {err}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)

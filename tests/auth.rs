@@ -306,3 +306,45 @@ async fn a_stream_ends_when_its_token_does_and_resumes_with_a_new_one() {
         .await
         .assert_refused(401);
 }
+
+#[tokio::test]
+async fn the_token_command_mints_what_the_server_accepts() {
+    let mint = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_comethub"))
+            .args(["token", "--key", SECRET])
+            .args(args)
+            .env_remove("COMETHUB_JWT_KEY")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let server = Server::start(&["--jwt-key", SECRET, "--subscribe-auth", "token"]);
+    let reader = mint(&["--subscribe", "room.*,user.42", "--ttl", "60"]);
+    let writer = mint(&["--publish", "room.*"]);
+    let mut c = server.client().await;
+    let resp = c
+        .get(&format!(
+            "/publish?channel=room.a&message=hi&token={writer}"
+        ))
+        .await;
+    assert_eq!(resp.status, 200);
+    let resp = c
+        .get(&format!(
+            "/subscribe?channel=room.a&since=oldest&token={reader}"
+        ))
+        .await;
+    assert_eq!(resp.text(), "hi");
+    let resp = c
+        .get(&format!(
+            "/subscribe?channel=user.42&timeout=0&token={reader}"
+        ))
+        .await;
+    assert_eq!(resp.status, 204);
+    let resp = c
+        .get(&format!(
+            "/subscribe?channel=room.a&timeout=0&token={writer}"
+        ))
+        .await;
+    assert_eq!(resp.status, 403, "the writer may not read");
+}

@@ -488,6 +488,7 @@ fn a_configuration_that_would_fail_open_stops_the_server_at_start() {
         &["--jwt-key", "short"][..],
         &["--jwt-key", "/nonexistent/key.pem"],
         &["--jwt-key", "/etc/hostname"],
+        &["--jwt-key", "/etc/hostname-of-more-than-32-bytes.pem"],
         &["--subscribe-auth", "token"],
         &["--jwt-audience", "chat"],
     ] {
