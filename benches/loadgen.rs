@@ -15,8 +15,10 @@
 //! `--server nchan` switches paths and resume headers to an Nchan long-poll
 //! location (`/sub/CHANNEL`, `/pub/CHANNEL`); `--server nchan-multipart` to its
 //! batching location (`/subm/CHANNEL`, `nchan_longpoll_multipart_response on`),
-//! whose answers carry every waiting message as parts of one multipart body. Every run is bounded in count and
-//! time and talks only to the address given (use loopback).
+//! whose answers carry every waiting message as parts of one multipart body.
+//! `--token JWT` adds `&token=JWT` to every comethub subscribe and publish.
+//! Every run is bounded in count and time and talks only to the address given
+//! (use loopback).
 //!
 //! - fanout: N subscribers wait on one channel; one 32-byte message is published;
 //!   reports the time until each has it (p50, p99, all), the server's CPU time for
@@ -60,6 +62,8 @@ struct Opts {
     json: bool,
     kind: Kind,
     channel: String,
+    /// `&token=…` added to every comethub subscribe and publish.
+    token: String,
 }
 
 fn parse_args() -> Opts {
@@ -76,6 +80,7 @@ fn parse_args() -> Opts {
         json: false,
         kind: Kind::Comethub,
         channel: "bench".into(),
+        token: String::new(),
     };
     while let Some(flag) = args.next() {
         let mut value = || {
@@ -90,6 +95,7 @@ fn parse_args() -> Opts {
             "--messages" => o.messages = value().parse().expect("--messages N"),
             "--publishers" => o.publishers = value().parse().expect("--publishers N"),
             "--channel" => o.channel = value(),
+            "--token" => o.token = format!("&token={}", value()),
             "--json" => o.json = true,
             "--server" => {
                 o.kind = match value().as_str() {
@@ -230,8 +236,8 @@ fn subscribe_request(o: &Opts, cursor: &Cursor) -> String {
                 .unwrap_or_default();
             let format = if o.json { "&format=json" } else { "" };
             format!(
-                "GET /subscribe?channel={}{since}{format} HTTP/1.1\r\nHost: x\r\n\r\n",
-                o.channel
+                "GET /subscribe?channel={}{since}{format}{} HTTP/1.1\r\nHost: x\r\n\r\n",
+                o.channel, o.token
             )
         }
         Kind::Nchan | Kind::NchanMultipart => {
@@ -255,7 +261,7 @@ fn publish_request(o: &Opts, seq: usize) -> Vec<u8> {
     let mut body = format!("m{seq:08}").into_bytes();
     body.resize(MESSAGE_LEN, b'.');
     let path = match o.kind {
-        Kind::Comethub => format!("/publish?channel={}", o.channel),
+        Kind::Comethub => format!("/publish?channel={}{}", o.channel, o.token),
         Kind::Nchan | Kind::NchanMultipart => format!("/pub/{}", o.channel),
     };
     let mut req = format!(

@@ -204,16 +204,26 @@ impl Verifier {
     }
 }
 
-/// An HS256 token signed with `secret`, allowing `subscribe` and `publish`
-/// (patterns) for `ttl` seconds from now.
+/// How `comethub token` signs.
+#[derive(Debug)]
+pub enum Signer<'a> {
+    /// HS256 with this secret.
+    Secret(&'a str),
+    /// This PEM private key's algorithm (RS256, ES256 or EdDSA).
+    PrivateKey(&'a [u8]),
+}
+
+/// A token allowing `subscribe` and `publish` (patterns) for `ttl` seconds
+/// from now.
 pub fn mint(
-    secret: &str,
+    signer: Signer,
     subscribe: &[String],
     publish: &[String],
     ttl: u64,
     audience: Option<&str>,
     issuer: Option<&str>,
 ) -> Result<String, String> {
+    use jsonwebtoken::EncodingKey;
     #[derive(serde::Serialize)]
     struct Minted<'a> {
         exp: u64,
@@ -229,9 +239,26 @@ pub fn mint(
         subscribe: &'a [String],
         publish: &'a [String],
     }
-    if secret.len() < 32 {
-        return Err("--key: an HMAC secret must be at least 32 bytes".to_owned());
-    }
+    let (key, alg) = match signer {
+        Signer::Secret(secret) if secret.len() < 32 => {
+            return Err("--key: an HMAC secret must be at least 32 bytes".to_owned());
+        }
+        Signer::Secret(secret) => (
+            EncodingKey::from_secret(secret.as_bytes()),
+            Algorithm::HS256,
+        ),
+        Signer::PrivateKey(pem) => {
+            if let Ok(key) = EncodingKey::from_ec_pem(pem) {
+                (key, Algorithm::ES256)
+            } else if let Ok(key) = EncodingKey::from_rsa_pem(pem) {
+                (key, Algorithm::RS256)
+            } else if let Ok(key) = EncodingKey::from_ed_pem(pem) {
+                (key, Algorithm::EdDSA)
+            } else {
+                return Err("--private-key: not a PEM private key (RSA, EC or Ed25519)".to_owned());
+            }
+        }
+    };
     let now = now();
     let claims = Minted {
         exp: now + ttl,
@@ -240,9 +267,7 @@ pub fn mint(
         iss: issuer,
         comethub: MintedChannels { subscribe, publish },
     };
-    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
-    jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &key)
-        .map_err(|e| e.to_string())
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &claims, &key).map_err(|e| e.to_string())
 }
 
 /// A PEM public key and the algorithms it verifies.

@@ -178,7 +178,8 @@ pub fn bytes_size(value: &str) -> Result<usize, String> {
 /// What the binary can do besides serving.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
-    /// Prints an HS256 token for these channels and this lifetime.
+    /// Prints a token for these channels and this lifetime (HS256, or the
+    /// private key's algorithm).
     Token(TokenArgs),
 }
 
@@ -186,8 +187,16 @@ pub enum Command {
 #[derive(Debug, Clone, clap::Args)]
 pub struct TokenArgs {
     /// The HMAC secret the server checks tokens with (its `--jwt-key`).
-    #[arg(long, env = "COMETHUB_JWT_KEY")]
-    pub key: String,
+    #[arg(
+        long,
+        env = "COMETHUB_JWT_KEY",
+        required_unless_present = "private_key"
+    )]
+    pub key: Option<String>,
+    /// Or a PEM private key file (RSA: RS256, EC P-256: ES256, Ed25519:
+    /// EdDSA), whose public half is the server's `--jwt-key`.
+    #[arg(long, conflicts_with = "key")]
+    pub private_key: Option<std::path::PathBuf>,
     /// Channels (patterns) the token may subscribe to; repeat or separate by commas.
     #[arg(long, value_delimiter = ',')]
     pub subscribe: Vec<String>,

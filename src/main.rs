@@ -11,8 +11,23 @@ fn main() -> ExitCode {
     os::tune_allocator();
     let mut config = Config::parse();
     if let Some(comethub::config::Command::Token(t)) = &config.command {
+        let pem = match &t.private_key {
+            Some(path) => match std::fs::read(path) {
+                Ok(pem) => Some(pem),
+                Err(err) => {
+                    eprintln!("comethub token: --private-key {}: {err}", path.display());
+                    return ExitCode::from(2);
+                }
+            },
+            None => None,
+        };
+        let signer = match (&pem, &t.key) {
+            (Some(pem), _) => comethub::auth::Signer::PrivateKey(pem),
+            (None, Some(key)) => comethub::auth::Signer::Secret(key),
+            (None, None) => comethub::auth::Signer::Secret(""),
+        };
         let minted = comethub::auth::mint(
-            &t.key,
+            signer,
             &t.subscribe,
             &t.publish,
             t.ttl,

@@ -112,7 +112,10 @@
   function state(kind, text) { setState(kind, text); relay("state", { state: kind, text }); }
 
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-  const url = (path, q) => server + path + "?" + new URLSearchParams(q);
+  // A token in the page's own address (a shared link to a private room) goes
+  // with every request, as ?token= (the one way an EventSource can send it).
+  const token = params.get("token");
+  const url = (path, q) => server + path + "?" + new URLSearchParams(token ? { ...q, token } : q);
 
   // ---- long-poll ----
   async function pollLoop(gen) {
@@ -190,7 +193,13 @@
         const r = await fetch(url("/subscribe", { channel: room, format: "json", since: "oldest", timeout: 0 }), { cache: "no-store" });
         if (r.status === 200) { const body = await r.json(); body.messages.forEach(show); lastId = body.last_id; }
         else if (r.status === 204) lastId = r.headers.get("X-Message-Id");
-        else throw new Error("HTTP " + r.status);
+        else if (r.status === 401 || r.status === 403) {
+          setState("denied", r.status === 401
+            ? "this room needs a token: open it from a link that has one"
+            : "this link's token does not open this room");
+          await sleep(backoff);
+          continue;
+        } else throw new Error("HTTP " + r.status);
         break;
       } catch (_) {
         setState("reconnecting", "server unreachable, retrying");

@@ -347,4 +347,27 @@ async fn the_token_command_mints_what_the_server_accepts() {
         ))
         .await;
     assert_eq!(resp.status, 403, "the writer may not read");
+    // Signed with a private key, checked with its public half.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_comethub"))
+        .args([
+            "token",
+            "--private-key",
+            &keys("ec-private.pem"),
+            "--subscribe",
+            "*",
+        ])
+        .env_remove("COMETHUB_JWT_KEY")
+        .output()
+        .unwrap();
+    let es256 = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let server = Server::start(&[
+        "--jwt-key",
+        &keys("ec-public.pem"),
+        "--subscribe-auth",
+        "token",
+    ]);
+    let resp = server
+        .get(&format!("/subscribe?channel=any&timeout=0&token={es256}"))
+        .await;
+    assert_eq!(resp.status, 204);
 }

@@ -2,7 +2,7 @@
 // Each test starts the real comethub binary (COMETHUB_BIN) on a free loopback port.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { spawn, execFileSync } from "node:child_process";
 import { createServer } from "node:http";
 import { mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -26,9 +26,9 @@ before(async () => {
 after(async () => { await browser?.close(); });
 
 /** Starts comethub; resolves to {url, port, stop()} once it logs its address. */
-function startServer(listen = "127.0.0.1:0") {
+function startServer(listen = "127.0.0.1:0", extra = []) {
   return new Promise((resolve, reject) => {
-    const child = spawn(BIN, ["--listen", listen], { env: { ...process.env, RUST_LOG: "info" } });
+    const child = spawn(BIN, ["--listen", listen, ...extra], { env: { ...process.env, RUST_LOG: "info" } });
     let buf = "";
     const timer = setTimeout(() => reject(new Error("server did not start: " + buf)), STEP);
     child.stderr.on("data", (d) => {
@@ -223,6 +223,32 @@ test("the page runs only its own script and style (strict CSP)", async () => {
     assert.equal(ran, false, "inline script ran");
     await page.waitForFunction(() => window.__violations.includes("script-src-elem"));
     assert.equal(await page.evaluate(() => window.__ran === true), false);
+  } finally {
+    await ctx.close();
+    await server.stop();
+  }
+});
+
+test("a private room shared as a link with its token works, and not without it", async () => {
+  const key = "browser-test-secret-of-at-least-32-bytes";
+  const server = await startServer("127.0.0.1:0", ["--jwt-key", key, "--subscribe-auth", "token"]);
+  const token = execFileSync(BIN, ["token", "--key", key, "--subscribe", "private.*",
+    "--publish", "private.*", "--ttl", "600"]).toString().trim();
+  const ctx = await browser.newContext();
+  try {
+    const alice = await openChat(ctx, server.url, "private.a", `&token=${token}`);
+    const bob = await openChat(ctx, server.url, "private.a", `&token=${token}`);
+    // One tab of the two talks to the server for both (a Web Lock).
+    await alice.waitForSelector("#state.live");
+    await send(alice, "only for us");
+    await waitForText(bob, "only for us");
+    // The same room without the token never goes live.
+    const eve = await ctx.newPage();
+    eve.setDefaultTimeout(STEP);
+    await eve.goto(`${server.url}/?room=private.a`);
+    await eve.waitForSelector("#state.denied");
+    assert.match(await eve.textContent("#state"), /needs a token/);
+    assert.equal(await eve.$$eval("#log li .text", (els) => els.length), 0);
   } finally {
     await ctx.close();
     await server.stop();
