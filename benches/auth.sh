@@ -19,9 +19,8 @@ hs=$("$BIN" token --key "$SECRET" --subscribe fan --publish fan --ttl 3600)
 es=$("$BIN" token --private-key tests/keys/ec-private.pem --subscribe fan --publish fan --ttl 3600)
 run_one() {
   local name=$1 token=$2; shift 2
-  taskset -c 0 "$BIN" --listen 127.0.0.1:$PORT --timeout 120 "$@" 2>/dev/null &
-  local pid=$!
-  for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$PORT/" && break; sleep 0.1; done
+  PIN_SERVER=0 start_server $PORT --timeout 120 "$@"
+  local pid=$SPID
   local extra=()
   [ -n "$token" ] && extra=(--token "$token")
   local result

@@ -30,3 +30,19 @@ fanout_rows() {
 }
 # Messages lost plus duplicated in a cycle RESULT line.
 lost() { echo $(( $(val "$1" lost) + $(val "$1" duplicates) )); }
+
+# start_server PORT [comethub flags...]: starts $BIN (default: the release
+# build) on 127.0.0.1:PORT pinned as $PIN_SERVER (if set), sets SPID, and
+# waits until it answers; fails if it does not start.
+start_server() {
+  local port=$1; shift
+  local bin=${BIN:-target/release/comethub}
+  if [ -n "${PIN_SERVER:-}" ]; then
+    taskset -c "$PIN_SERVER" "$bin" --listen 127.0.0.1:$port "$@" 2>/dev/null &
+  else
+    "$bin" --listen 127.0.0.1:$port "$@" 2>/dev/null &
+  fi
+  SPID=$!
+  for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
+  kill -0 $SPID 2>/dev/null || { echo "comethub did not start on port $port" >&2; exit 1; }
+}

@@ -13,12 +13,9 @@ MAX=${MAX_MEMORY-256M}   # MAX_MEMORY= (empty) runs without the flag, as an olde
 source benches/common.sh
 tune
 build
-BIN=${COMETHUB_BIN:-target/release/comethub}
-"$BIN" --listen 127.0.0.1:$PORT ${MAX:+--max-memory "$MAX"} 2>/dev/null &
-pid=$!
+BIN=${COMETHUB_BIN:-target/release/comethub} start_server $PORT ${MAX:+--max-memory "$MAX"}
+pid=$SPID
 trap 'kill $pid 2>/dev/null || true' EXIT
-for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$PORT/stats" && break; sleep 0.1; done
-kill -0 $pid 2>/dev/null || { echo "comethub did not start on port $PORT" >&2; exit 1; }
 rss() { awk '/VmRSS/ {print $2}' /proc/$pid/status; }
 start=$(rss)
 timeout 60 wrk -t1 -c8 -d20s -s benches/flood.lua "http://127.0.0.1:$PORT" | grep -E "requests in|Requests/sec"

@@ -12,12 +12,9 @@ M=${MESSAGES:-3000}
 source benches/common.sh
 tune
 build
-BIN=${COMETHUB_BIN:-target/release/comethub}
-taskset -c 0 "$BIN" --listen 127.0.0.1:$PORT 2>/dev/null &
-pid=$!
+BIN=${COMETHUB_BIN:-target/release/comethub} PIN_SERVER=0 start_server $PORT
+pid=$SPID
 trap 'kill $pid 2>/dev/null || true' EXIT
-for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$PORT/stats" && break; sleep 0.1; done
-kill -0 $pid 2>/dev/null || { echo "comethub did not start on port $PORT" >&2; exit 1; }
 body=$(mktemp)
 head -c 64000 /dev/zero | tr '\0' 'x' > "$body"
 for _ in $(seq 128); do

@@ -12,10 +12,8 @@ source benches/common.sh
 tune
 build
 for threads in 1 2; do
-  target/release/comethub --listen 127.0.0.1:$PORT --timeout 120 --threads $threads 2>/dev/null &
-  pid=$!
-  for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$PORT/stats" && break; sleep 0.1; done
-  kill -0 $pid 2>/dev/null || { echo "comethub did not start on port $PORT" >&2; exit 1; }
+  start_server $PORT --timeout 120 --threads $threads
+  pid=$SPID
   result=$(timeout 300 "$LOADGEN" fanout --addr 127.0.0.1:$PORT --pid $pid --subscribers "$N" \
     --rounds "$ROUNDS" --channel fan | grep RESULT)
   kill $pid; wait $pid 2>/dev/null || true
