@@ -412,3 +412,55 @@ fn a_bad_redis_url_stops_the_server_at_start() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("bad --redis URL"), "{log}");
 }
+
+#[tokio::test]
+async fn tokens_decide_the_same_on_every_instance() {
+    let redis = Redis::start();
+    let secret = "a-cluster-secret-of-more-than-32-bytes";
+    let auth = ["--jwt-key", secret, "--subscribe-auth", "token"];
+    let a = instance(&redis, &auth).await;
+    let b = instance(&redis, &auth).await;
+    let mint = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_comethub"))
+            .args(["token", "--key", secret])
+            .args(args)
+            .env_remove("COMETHUB_JWT_KEY")
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let reader = mint(&["--subscribe", "room.*"]);
+    let writer = mint(&["--publish", "room.*"]);
+    // A reader on A, a writer on B: the message crosses Redis.
+    let on_a = spawn_get(a.addr, &format!("/subscribe?channel=room.1&token={reader}"));
+    a.wait_for_stat("waiting", 1).await;
+    let mut cb = b.client().await;
+    let published = cb
+        .get(&format!(
+            "/publish?channel=room.1&message=hi&token={writer}"
+        ))
+        .await;
+    assert_eq!(published.status, 200);
+    assert_eq!(join(on_a).await.text(), "hi");
+    // The same refusals on both.
+    for server in [&a, &b] {
+        let mut c = server.client().await;
+        c.get("/subscribe?channel=room.1&timeout=0")
+            .await
+            .assert_refused(401);
+        c.get(&format!(
+            "/subscribe?channel=other&timeout=0&token={reader}"
+        ))
+        .await
+        .assert_refused(403);
+        c.get(&format!("/publish?channel=room.1&message=x&token={reader}"))
+            .await
+            .assert_refused(403);
+        let resp = c
+            .get(&format!(
+                "/subscribe?channel=room.1&since=oldest&token={reader}"
+            ))
+            .await;
+        assert_eq!(resp.text(), "hi");
+    }
+}
