@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -233,6 +233,132 @@ impl Verifier {
         }
         verified.insert(token.into(), grant.clone());
         Ok(grant)
+    }
+}
+
+/// A subscriber's credentials, copied to ask the auth webhook with.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Credentials {
+    /// Its `Cookie` header.
+    pub cookie: Option<Box<[u8]>>,
+    /// Its `Authorization` header.
+    pub authorization: Option<Box<[u8]>>,
+}
+
+/// The application's auth endpoint (`--auth-url`), asked whether a subscriber
+/// may read a channel: `2xx` allows, `401` and `403` refuse, anything else
+/// (or no answer within the timeout) is `503`, and never opens the channel.
+/// Answers are kept for `ttl` per credentials and channel, so re-polls do not
+/// ask again.
+#[derive(Debug)]
+pub struct Webhook {
+    authority: String,
+    path: String,
+    ttl: Duration,
+    timeout: Duration,
+    answers: Mutex<HashMap<(Credentials, Box<str>), Answer>>,
+}
+
+/// A webhook's answer for credentials and a channel, and until when it holds.
+type Answer = (Result<(), Error>, tokio::time::Instant);
+
+/// Webhook answers kept at most.
+const ANSWERS: usize = 65_536;
+
+impl Webhook {
+    /// A webhook at `url` (`http://HOST:PORT/PATH`).
+    pub fn new(url: &str, ttl: Duration, timeout: Duration) -> Result<Webhook, String> {
+        let uri: http::Uri = url.parse().map_err(|e| format!("--auth-url {url}: {e}"))?;
+        let authority = match (uri.scheme_str(), uri.authority()) {
+            (Some("http"), Some(a)) => a.to_string(),
+            _ => return Err(format!("--auth-url {url}: use http://HOST[:PORT]/PATH")),
+        };
+        let authority = if authority.contains(':') {
+            authority
+        } else {
+            format!("{authority}:80")
+        };
+        let path = uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .to_owned();
+        Ok(Webhook {
+            authority,
+            path,
+            ttl,
+            timeout,
+            answers: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Whether `credentials` may subscribe to `channel`.
+    pub async fn check(&self, credentials: &Credentials, channel: &str) -> Result<(), Error> {
+        let key = (credentials.clone(), Box::<str>::from(channel));
+        let now = tokio::time::Instant::now();
+        {
+            let answers = self.answers.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some((answer, until)) = answers.get(&key)
+                && *until > now
+            {
+                return answer.clone();
+            }
+        }
+        let answer = tokio::time::timeout(self.timeout, self.ask(credentials, channel))
+            .await
+            .unwrap_or(Err(Error::AuthUnavailable));
+        if answer != Err(Error::AuthUnavailable) {
+            let mut answers = self.answers.lock().unwrap_or_else(PoisonError::into_inner);
+            if answers.len() >= ANSWERS {
+                answers.retain(|_, (_, until)| *until > now);
+                if answers.len() >= ANSWERS {
+                    answers.clear();
+                }
+            }
+            answers.insert(key, (answer.clone(), now + self.ttl));
+        }
+        answer
+    }
+
+    async fn ask(&self, credentials: &Credentials, channel: &str) -> Result<(), Error> {
+        use http_body_util::Empty;
+        let down = |_| Error::AuthUnavailable;
+        let stream = tokio::net::TcpStream::connect(&self.authority)
+            .await
+            .map_err(down)?;
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|_| Error::AuthUnavailable)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let joiner = if self.path.contains('?') { '&' } else { '?' };
+        let mut request = http::Request::get(format!("{}{joiner}channel={channel}", self.path))
+            .header(http::header::HOST, &self.authority);
+        let forward = [
+            (http::header::COOKIE, &credentials.cookie),
+            (http::header::AUTHORIZATION, &credentials.authorization),
+        ];
+        for (name, value) in forward {
+            if let Some(value) = value
+                && let Ok(value) = http::HeaderValue::from_bytes(value)
+            {
+                request = request.header(name, value);
+            }
+        }
+        let request = request
+            .body(Empty::<bytes::Bytes>::new())
+            .map_err(|_| Error::AuthUnavailable)?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|_| Error::AuthUnavailable)?;
+        match response.status().as_u16() {
+            200..=299 => Ok(()),
+            401 => Err(Error::InvalidToken),
+            403 => Err(Error::Forbidden),
+            _ => Err(Error::AuthUnavailable),
+        }
     }
 }
 

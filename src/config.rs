@@ -123,10 +123,25 @@ pub struct Config {
     #[arg(long)]
     pub jwt_cookie: Option<String>,
 
-    /// Who must show a token to subscribe: `none`, or `token` (every channel
-    /// but the `--public-channels`).
-    #[arg(long, default_value = "none", value_parser = ["none", "token"])]
+    /// Who must show what to subscribe: `none`; `token` (a JWT allowing the
+    /// channel); or `webhook` (whatever `--auth-url` accepts). The
+    /// `--public-channels` are open either way.
+    #[arg(long, default_value = "none", value_parser = ["none", "token", "webhook"])]
     pub subscribe_auth: String,
+
+    /// The application's auth endpoint (`http://HOST:PORT/PATH`) for
+    /// `--subscribe-auth webhook`: asked with the subscriber's cookies and
+    /// Authorization and `?channel=C`; 2xx allows, 401/403 refuse.
+    #[arg(long)]
+    pub auth_url: Option<String>,
+
+    /// Seconds a webhook's answer is kept per credentials and channel.
+    #[arg(long, default_value_t = 30)]
+    pub auth_cache_ttl: u64,
+
+    /// Seconds the webhook has to answer before the subscriber gets 503.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    pub auth_timeout: u64,
 
     /// Channels anyone may subscribe to under `--subscribe-auth token`
     /// (patterns, `*` for any run of characters; repeat the flag or separate by commas).
@@ -261,6 +276,13 @@ impl Config {
             );
         }
         self.verifier()?;
+        self.webhook()?;
+        if (self.subscribe_auth == "webhook") != self.auth_url.is_some() {
+            return Err(
+                "--subscribe-auth webhook and --auth-url go together: give both or neither"
+                    .to_owned(),
+            );
+        }
         if self.subscribe_auth == "token" && self.jwt_key.is_none() {
             return Err("--subscribe-auth token needs --jwt-key to check tokens with".to_owned());
         }
@@ -301,6 +323,19 @@ impl Config {
             let available = crate::os::memory_available().unwrap_or(4 << 30);
             usize::try_from(available / 4).unwrap_or(usize::MAX)
         })
+    }
+
+    /// The auth webhook `--auth-url` names, if any.
+    pub fn webhook(&self) -> Result<Option<crate::auth::Webhook>, String> {
+        let Some(url) = &self.auth_url else {
+            return Ok(None);
+        };
+        crate::auth::Webhook::new(
+            url,
+            Duration::from_secs(self.auth_cache_ttl),
+            Duration::from_secs(self.auth_timeout),
+        )
+        .map(Some)
     }
 
     /// The token verifier `--jwt-key` asks for, if any.

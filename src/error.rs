@@ -33,6 +33,8 @@ pub enum Error {
     InvalidToken,
     /// The token is valid but does not allow this on this channel.
     Forbidden,
+    /// The auth webhook did not answer, or not with an answer.
+    AuthUnavailable,
     /// No such path.
     NotFound,
     /// The path exists but not for this method; carries the allowed methods.
@@ -76,7 +78,8 @@ impl Error {
             Error::Busy(_)
             | Error::ConnectionLimit
             | Error::ShuttingDown
-            | Error::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | Error::StoreUnavailable
+            | Error::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Error::Gone => StatusCode::GONE,
         }
     }
@@ -94,6 +97,7 @@ impl Error {
             Error::Unauthorized(_) => Reason::Unauthorized,
             Error::InvalidToken => Reason::InvalidToken,
             Error::Forbidden => Reason::Forbidden,
+            Error::AuthUnavailable => Reason::AuthUnavailable,
             Error::NotFound => Reason::NotFound,
             Error::MethodNotAllowed(_) => Reason::MethodNotAllowed,
             Error::TooLarge(_) => Reason::TooLarge,
@@ -147,6 +151,8 @@ pub enum Reason {
     InvalidToken,
     /// See [`Error::Forbidden`].
     Forbidden,
+    /// See [`Error::AuthUnavailable`].
+    AuthUnavailable,
     /// See [`Error::NotFound`].
     NotFound,
     /// See [`Error::MethodNotAllowed`].
@@ -171,7 +177,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in the order of their counters.
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 21] = [
         Reason::BadChannel,
         Reason::BadSince,
         Reason::BadTimeout,
@@ -182,6 +188,7 @@ impl Reason {
         Reason::Unauthorized,
         Reason::InvalidToken,
         Reason::Forbidden,
+        Reason::AuthUnavailable,
         Reason::NotFound,
         Reason::MethodNotAllowed,
         Reason::TooLarge,
@@ -207,6 +214,7 @@ impl Reason {
             Reason::Unauthorized => "unauthorized",
             Reason::InvalidToken => "invalid_token",
             Reason::Forbidden => "forbidden",
+            Reason::AuthUnavailable => "auth_unavailable",
             Reason::NotFound => "not_found",
             Reason::MethodNotAllowed => "method_not_allowed",
             Reason::TooLarge => "too_large",
@@ -242,6 +250,9 @@ impl fmt::Display for Error {
                 "a valid token is needed: 'Authorization: Bearer JWT', the token cookie, or ?token=",
             ),
             Error::Forbidden => f.write_str("the token does not allow this on this channel"),
+            Error::AuthUnavailable => {
+                f.write_str("the auth service did not answer: try again later")
+            }
             Error::NotFound => f.write_str("not found"),
             Error::MethodNotAllowed(allow) => write!(f, "method not allowed: use {allow}"),
             Error::TooLarge(limit) => write!(f, "message too large: the limit is {limit} bytes"),

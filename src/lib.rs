@@ -22,7 +22,8 @@
 //! Beside them, used from any layer: [`error`] (every refusal and its status),
 //! [`stats`] (counters), [`os`] (the open-files limit, handing memory back) and
 //! [`shutdown`] (SIGINT/SIGTERM as a future). Only [`store::redis`] speaks to
-//! Redis; nothing below the routes knows hyper.
+//! Redis; below the routes, only the auth webhook's client ([`auth::Webhook`])
+//! uses hyper.
 
 pub mod answer;
 pub mod auth;

@@ -30,7 +30,7 @@ use serde::Serialize;
 use tracing::{debug, warn};
 
 use crate::answer::{Answer, NOSNIFF, SANDBOX, X_GAP, X_MESSAGE_ID};
-use crate::auth::{Action, Patterns, Verifier};
+use crate::auth::{Action, Credentials, Patterns, Verifier, Webhook};
 use crate::error::{Error, Reason};
 use crate::protocol::{self, Events, Format, PublishAnswer, Query, Subscribe};
 use crate::stats::{Counters, Snapshot};
@@ -60,8 +60,10 @@ pub struct Settings {
     pub publish_token: Option<String>,
     /// Checks JWTs, when `--jwt-key` is set.
     pub verifier: Option<Arc<Verifier>>,
-    /// Whether subscribing needs a token (but on the public channels).
-    pub subscribe_auth: bool,
+    /// Who must show what to subscribe (but on the public channels).
+    pub subscribe_auth: SubscribeAuth,
+    /// The application's auth endpoint, for [`SubscribeAuth::Webhook`].
+    pub webhook: Option<Arc<Webhook>>,
     /// Channels anyone may subscribe to.
     pub public_channels: Patterns,
     /// The cookie a token may come in.
@@ -69,6 +71,21 @@ pub struct Settings {
     /// The token the operator's endpoints (`/stats`, `/metrics`,
     /// `/channels/C`, deleting) need, if any.
     pub admin_token: Option<String>,
+}
+
+/// What subscribing needs yet: when the token it was allowed by expires, and
+/// the credentials to ask the auth webhook with.
+type Admission = (Option<u64>, Option<Box<Credentials>>);
+
+/// Who must show what to subscribe (`--subscribe-auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscribeAuth {
+    /// Anyone may.
+    None,
+    /// A JWT allowing the channel.
+    Token,
+    /// Whatever the application's auth webhook accepts.
+    Webhook,
 }
 
 /// A request as both HTTP paths hand it over: the parts any route reads,
@@ -133,11 +150,13 @@ impl<'a> Request<'a> {
 pub enum Route {
     /// `OPTIONS`: a CORS preflight; carries the allowed methods.
     Preflight(&'static str),
-    /// `GET /subscribe`.
-    Subscribe(Subscribe),
-    /// `GET /events`, and when the token it was opened with expires (seconds
-    /// since the epoch), if one was needed.
-    Events(Events, Option<u64>),
+    /// `GET /subscribe`, and the credentials to ask the auth webhook with, if
+    /// it decides.
+    Subscribe(Subscribe, Option<Box<Credentials>>),
+    /// `GET /events`, when the token it was opened with expires (seconds
+    /// since the epoch), if one was needed, and the credentials to ask the
+    /// auth webhook with, if it decides.
+    Events(Events, Option<u64>, Option<Box<Credentials>>),
     /// `GET|POST /publish`.
     Publish(Publish),
     /// `DELETE /publish`.
@@ -258,14 +277,14 @@ impl Routes {
             (&Method::GET, "/subscribe") => {
                 let query = query()?;
                 let params = query.subscribe(last_event_id, ids, self.settings.timeout)?;
-                self.may_subscribe(req, &query, &params.channel)?;
-                Route::Subscribe(params)
+                let (_, ask) = self.may_subscribe(req, &query, &params.channel)?;
+                Route::Subscribe(params, ask)
             }
             (&Method::GET, "/events") => {
                 let query = query()?;
                 let params = query.events(last_event_id, ids)?;
-                let expires = self.may_subscribe(req, &query, &params.channel)?;
-                Route::Events(params, expires)
+                let (expires, ask) = self.may_subscribe(req, &query, &params.channel)?;
+                Route::Events(params, expires, ask)
             }
             (&Method::GET | &Method::POST, "/publish") => {
                 let query = query()?;
@@ -320,8 +339,18 @@ impl Routes {
     pub async fn serve(&self, route: Route, body: Bytes) -> Answer {
         let result = match route {
             Route::Preflight(allow) => Ok(preflight(allow)),
-            Route::Subscribe(params) => return self.subscribe(params).await,
-            Route::Events(params, expires) => self.events(params, expires).await,
+            Route::Subscribe(params, ask) => {
+                if let Err(err) = self.admitted(ask, &params.channel).await {
+                    return self.finish(Err(err));
+                }
+                return self.subscribe(params).await;
+            }
+            Route::Events(params, expires, ask) => {
+                match self.admitted(ask, &params.channel).await {
+                    Ok(()) => self.events(params, expires).await,
+                    Err(err) => Err(err),
+                }
+            }
             // Boxed: a waiting subscriber's task is sized by the largest branch.
             Route::Publish(publish) => Box::pin(self.publish(publish, body)).await,
             Route::Delete(channel) => self.delete(channel).await,
@@ -480,18 +509,49 @@ impl Routes {
     }
 
     /// Subscribing to `channel`: open, unless `--subscribe-auth token` asks
-    /// for a token allowing it (the public channels excepted); returns when
-    /// that token expires.
+    /// for a token allowing it, or the auth webhook decides (the public
+    /// channels excepted); returns when that token expires, or what to ask
+    /// the webhook with ([`Routes::admitted`]).
     fn may_subscribe(
         &self,
         req: &Request,
         query: &Query,
         channel: &str,
-    ) -> Result<Option<u64>, Error> {
-        if !self.settings.subscribe_auth || self.settings.public_channels.matches(channel) {
-            return Ok(None);
+    ) -> Result<Admission, Error> {
+        if self.settings.public_channels.matches(channel) {
+            return Ok((None, None));
         }
-        self.grant(req, query, Action::Subscribe, channel).map(Some)
+        match self.settings.subscribe_auth {
+            SubscribeAuth::None => Ok((None, None)),
+            SubscribeAuth::Token => Ok((
+                Some(self.grant(req, query, Action::Subscribe, channel)?),
+                None,
+            )),
+            SubscribeAuth::Webhook => Ok((
+                None,
+                Some(Box::new(Credentials {
+                    cookie: req.cookie.map(Box::from),
+                    authorization: req.authorization.map(Box::from),
+                })),
+            )),
+        }
+    }
+
+    /// Asks the auth webhook, when the route says to, whether the subscriber
+    /// may read `channel`. Both HTTP paths await it before a long-poll waits
+    /// or a stream opens, so a refused or unanswered request never opens one.
+    pub async fn admitted(
+        &self,
+        ask: Option<Box<Credentials>>,
+        channel: &str,
+    ) -> Result<(), Error> {
+        match (ask, &self.settings.webhook) {
+            (None, _) => Ok(()),
+            (Some(credentials), Some(webhook)) => {
+                Box::pin(webhook.check(&credentials, channel)).await
+            }
+            (Some(_), None) => Err(Error::AuthUnavailable),
+        }
     }
 
     /// Publishing on `channel`: the publish token; with `--jwt-key`, a token

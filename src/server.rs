@@ -88,6 +88,13 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             return;
         }
     };
+    let webhook = match config.webhook() {
+        Ok(webhook) => webhook.map(Arc::new),
+        Err(err) => {
+            error!(%err, "cannot start");
+            return;
+        }
+    };
     let counters = Arc::new(Counters::default());
     let routes = Arc::new(Routes::new(
         store,
@@ -103,7 +110,12 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
             publish_token: config.publish_token.clone(),
             admin_token: config.admin_token.clone(),
             verifier,
-            subscribe_auth: config.subscribe_auth == "token",
+            subscribe_auth: match config.subscribe_auth.as_str() {
+                "token" => routes::SubscribeAuth::Token,
+                "webhook" => routes::SubscribeAuth::Webhook,
+                _ => routes::SubscribeAuth::None,
+            },
+            webhook,
             public_channels: crate::auth::Patterns::new(config.public_channels.clone()),
             jwt_cookie: config.jwt_cookie.clone(),
         },

@@ -371,3 +371,90 @@ async fn the_token_command_mints_what_the_server_accepts() {
         .await;
     assert_eq!(resp.status, 204);
 }
+
+/// A stand-in for the application's auth endpoint on port 0: `session=good`
+/// may read, `session=bad` may not (403), no cookie is 401. Counts its calls.
+async fn auth_app() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let calls = counted.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        calls.fetch_add(1, SeqCst);
+                        let cookie = req.headers().get("cookie").map(|v| v.as_bytes().to_vec());
+                        let channel_named = req.uri().query() == Some("channel=room");
+                        let status = match cookie.as_deref() {
+                            Some(b"session=good") if channel_named => 200,
+                            Some(b"session=bad") => 403,
+                            _ => 401,
+                        };
+                        async move {
+                            let mut resp =
+                                hyper::Response::new(http_body_util::Empty::<bytes::Bytes>::new());
+                            *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    },
+                );
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            });
+        }
+    });
+    (addr, calls, task)
+}
+
+#[tokio::test]
+async fn the_auth_webhook_decides_once_per_credentials_and_fails_closed() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (addr, calls, app) = auth_app().await;
+    let url = format!("http://{addr}/auth");
+    let server = Server::start(&["--subscribe-auth", "webhook", "--auth-url", &url]);
+    let mut c = server.client().await;
+    let poll = "/subscribe?channel=room&timeout=0";
+    let good = [("cookie", "session=good")];
+    for _ in 0..1_000 {
+        let resp = c.request(Method::GET, poll, &good, "").await;
+        assert_eq!(resp.status, 204);
+    }
+    assert_eq!(calls.load(SeqCst), 1, "1,000 re-polls, one question");
+    let bad = [("cookie", "session=bad")];
+    c.request(Method::GET, poll, &bad, "")
+        .await
+        .assert_refused(403);
+    c.get(poll).await.assert_refused(401);
+    let events = c
+        .request(Method::GET, "/events?channel=room", &bad, "")
+        .await;
+    events.assert_refused(403);
+    // The application goes away: a subscriber it has not answered for gets
+    // 503 with Retry-After, and no channel is opened for it.
+    app.abort();
+    let _ = app.await;
+    let other = [("cookie", "session=other")];
+    let resp = c
+        .request(Method::GET, "/subscribe?channel=never", &other, "")
+        .await;
+    resp.assert_refused(503);
+    assert_eq!(resp.header("retry-after"), Some("1"));
+    let stats = server.stats().await;
+    assert_eq!(stats["waiting"], 0);
+    assert_eq!(stats["refused"]["auth_unavailable"], 1);
+    let never = c.get("/channels/never").await.json();
+    assert_eq!(never["subscribers"], 0);
+}

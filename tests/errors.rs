@@ -491,6 +491,14 @@ fn a_configuration_that_would_fail_open_stops_the_server_at_start() {
         &["--jwt-key", "/etc/hostname-of-more-than-32-bytes.pem"],
         &["--subscribe-auth", "token"],
         &["--jwt-audience", "chat"],
+        &["--subscribe-auth", "webhook"],
+        &["--auth-url", "http://127.0.0.1:9/auth"],
+        &[
+            "--subscribe-auth",
+            "webhook",
+            "--auth-url",
+            "ftp://127.0.0.1/auth",
+        ],
     ] {
         let (code, log) = start(args, None);
         assert_eq!(code, Some(2), "{args:?}: {log}");

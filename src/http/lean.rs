@@ -145,10 +145,14 @@ async fn next(
     };
     let answer = match routed {
         Ok(Route::Events(..)) => return Step::Hyper,
-        Ok(Route::Subscribe(params)) => {
+        Ok(Route::Subscribe(params, ask)) => {
             // Free the head before waiting; keep only pipelined bytes, if any.
             buf.drain(..end);
             buf.shrink_to_fit();
+            // Asked here, not while waiting: a parked subscriber holds nothing of it.
+            if let Err(err) = routes.admitted(ask, &params.channel).await {
+                return Step::Answer(routes.finish(Err(err)), close, http10);
+            }
             return Step::Wait(params, close, http10);
         }
         routed => {
