@@ -309,16 +309,7 @@ async fn a_stream_ends_when_its_token_does_and_resumes_with_a_new_one() {
 
 #[tokio::test]
 async fn the_token_command_mints_what_the_server_accepts() {
-    let mint = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_comethub"))
-            .args(["token", "--key", SECRET])
-            .args(args)
-            .env_remove("COMETHUB_JWT_KEY")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
+    let mint = |args: &[&str]| common::mint_token(&[&["--key", SECRET], args].concat());
     let server = Server::start(&["--jwt-key", SECRET, "--subscribe-auth", "token"]);
     let reader = mint(&["--subscribe", "room.*,user.42", "--ttl", "60"]);
     let writer = mint(&["--publish", "room.*"]);
@@ -348,18 +339,7 @@ async fn the_token_command_mints_what_the_server_accepts() {
         .await;
     assert_eq!(resp.status, 403, "the writer may not read");
     // Signed with a private key, checked with its public half.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_comethub"))
-        .args([
-            "token",
-            "--private-key",
-            &keys("ec-private.pem"),
-            "--subscribe",
-            "*",
-        ])
-        .env_remove("COMETHUB_JWT_KEY")
-        .output()
-        .unwrap();
-    let es256 = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let es256 = common::mint_token(&["--private-key", &keys("ec-private.pem"), "--subscribe", "*"]);
     let server = Server::start(&[
         "--jwt-key",
         &keys("ec-public.pem"),

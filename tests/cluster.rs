@@ -420,15 +420,7 @@ async fn tokens_decide_the_same_on_every_instance() {
     let auth = ["--jwt-key", secret, "--subscribe-auth", "token"];
     let a = instance(&redis, &auth).await;
     let b = instance(&redis, &auth).await;
-    let mint = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_comethub"))
-            .args(["token", "--key", secret])
-            .args(args)
-            .env_remove("COMETHUB_JWT_KEY")
-            .output()
-            .unwrap();
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
+    let mint = |args: &[&str]| common::mint_token(&[&["--key", secret], args].concat());
     let reader = mint(&["--subscribe", "room.*"]);
     let writer = mint(&["--publish", "room.*"]);
     // A reader on A, a writer on B: the message crosses Redis.

@@ -158,6 +158,21 @@ impl Drop for Server {
     }
 }
 
+/// Runs `comethub token ARGS…` and returns the token it prints.
+pub fn mint_token(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_comethub"))
+        .arg("token")
+        .args(args)
+        .env_remove("COMETHUB_JWT_KEY")
+        .output()
+        .expect("run comethub token");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned()
+}
+
 /// A response, fully read.
 #[derive(Debug)]
 pub struct Resp {
