@@ -23,8 +23,25 @@ use crate::error::Error;
 
 /// Seconds a token's `exp` and `nbf` may be off by.
 pub const LEEWAY_SECS: u64 = 5;
-/// Verified tokens kept at most.
+/// Verified tokens, or webhook answers, kept at most.
 const CACHED: usize = 65_536;
+
+/// Makes room in a cache of at most [`CACHED`] entries: drops those no longer
+/// `alive`, and everything if that is not enough.
+fn make_room<K, V, S>(cache: &mut HashMap<K, V, S>, alive: impl Fn(&V) -> bool) {
+    if cache.len() >= CACHED {
+        cache.retain(|_, v| alive(v));
+        if cache.len() >= CACHED {
+            cache.clear();
+        }
+    }
+}
+
+/// Until when (seconds since the epoch) a token that expires at `exp` is
+/// accepted: the one place the leeway is applied.
+fn accepted_until(exp: u64) -> u64 {
+    exp + LEEWAY_SECS
+}
 
 /// What a request wants to do on a channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,7 +226,7 @@ impl Verifier {
         let now = now();
         let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(grant) = verified.get(token) {
-            if grant.exp + LEEWAY_SECS > now {
+            if accepted_until(grant.exp) > now {
                 return Ok(grant.clone());
             }
             verified.remove(token);
@@ -225,12 +242,7 @@ impl Verifier {
             exp: claims.exp,
         });
         let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
-        if verified.len() >= CACHED {
-            verified.retain(|_, g| g.exp + LEEWAY_SECS > now);
-            if verified.len() >= CACHED {
-                verified.clear();
-            }
-        }
+        make_room(&mut verified, |g| accepted_until(g.exp) > now);
         verified.insert(token.into(), grant.clone());
         Ok(grant)
     }
@@ -261,9 +273,6 @@ pub struct Webhook {
 
 /// A webhook's answer for credentials and a channel, and until when it holds.
 type Answer = (Result<(), Error>, tokio::time::Instant);
-
-/// Webhook answers kept at most.
-const ANSWERS: usize = 65_536;
 
 impl Webhook {
     /// A webhook at `url` (`http://HOST:PORT/PATH`).
@@ -308,12 +317,7 @@ impl Webhook {
             .unwrap_or(Err(Error::AuthUnavailable));
         if answer != Err(Error::AuthUnavailable) {
             let mut answers = self.answers.lock().unwrap_or_else(PoisonError::into_inner);
-            if answers.len() >= ANSWERS {
-                answers.retain(|_, (_, until)| *until > now);
-                if answers.len() >= ANSWERS {
-                    answers.clear();
-                }
-            }
+            make_room(&mut answers, |(_, until)| *until > now);
             answers.insert(key, (answer.clone(), now + self.ttl));
         }
         answer
@@ -445,7 +449,7 @@ fn public_key(pem: &[u8]) -> Result<(DecodingKey, Vec<Algorithm>), String> {
 
 /// The moment a token that expires at `exp` stops being accepted.
 pub fn instant(exp: u64) -> tokio::time::Instant {
-    let left = (exp + LEEWAY_SECS).saturating_sub(now());
+    let left = accepted_until(exp).saturating_sub(now());
     tokio::time::Instant::now() + std::time::Duration::from_secs(left)
 }
 

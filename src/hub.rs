@@ -870,17 +870,8 @@ impl<P: Payload> Hub<P> {
         let seq = state.seq + 1;
         let message = Message::new(seq, make(seq));
         // Room first: evicting may free the channel itself.
-        if self.config.max_bytes > 0 {
-            let incoming = message.payload.size();
-            if incoming > self.config.max_bytes {
-                return Err(Refused::Memory);
-            }
-            let evicted = state.make_room(self.config.max_bytes, &self.meter, incoming);
-            self.evictions
-                .fetch_add(evicted.unwrap_or_default(), Relaxed);
-            if evicted.is_none() {
-                return Err(Refused::Memory);
-            }
+        if !self.fit_in(&mut state, message.payload.size()) {
+            return Err(Refused::Memory);
         }
         let state_ref = &mut *state;
         channel_in(
@@ -901,13 +892,8 @@ impl<P: Payload> Hub<P> {
         if !state.channels.contains_key(channel) {
             return 0;
         }
-        if self.config.max_bytes > 0 {
-            // A copy: what cannot be made room for is read from the source.
-            let incoming = message.payload.size();
-            let evicted = state.make_room(self.config.max_bytes, &self.meter, incoming);
-            self.evictions
-                .fetch_add(evicted.unwrap_or_default(), Relaxed);
-        }
+        // A copy: what cannot be made room for is read from the source.
+        self.fit_in(&mut state, message.payload.size());
         self.append(state, channel, message).1
     }
 
@@ -1053,7 +1039,7 @@ impl<P: Payload> Hub<P> {
                 state.remove(&name);
             }
         }
-        self.fit_in(&mut state);
+        self.fit_in(&mut state, 0);
         // Entries of channels removed before they were due are skipped when
         // popped; rebuild the queue if they ever outnumber the live ones.
         if state.due.len() > 2 * state.channels.len() + 1024 {
@@ -1118,16 +1104,21 @@ impl<P: Payload> Hub<P> {
     /// last publish (encodings made on first use) fits within `max_bytes`.
     pub fn fit(&self) {
         if self.config.max_bytes > 0 {
-            self.fit_in(&mut self.state());
+            self.fit_in(&mut self.state(), 0);
         }
     }
 
-    fn fit_in(&self, state: &mut State<P>) {
-        if self.config.max_bytes > 0 {
-            let evicted = state.make_room(self.config.max_bytes, &self.meter, 0);
-            self.evictions
-                .fetch_add(evicted.unwrap_or_default(), Relaxed);
+    /// Within `max_bytes` (if set), evicts the oldest messages until
+    /// `incoming` more bytes fit, and counts what it evicted; returns whether
+    /// they fit.
+    fn fit_in(&self, state: &mut State<P>, incoming: usize) -> bool {
+        if self.config.max_bytes == 0 {
+            return true;
         }
+        let evicted = state.make_room(self.config.max_bytes, &self.meter, incoming);
+        self.evictions
+            .fetch_add(evicted.unwrap_or_default(), Relaxed);
+        evicted.is_some()
     }
 
     /// Gauges and counters for `/stats`.

@@ -74,6 +74,7 @@ fn main() -> ExitCode {
         }
     };
     config.max_connections = config.max_connections();
+    config.max_memory = Some(config.max_memory());
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -100,7 +101,7 @@ fn main() -> ExitCode {
             history = config.history,
             history_age = config.history_age,
             max_message = config.max_message,
-            max_memory = config.max_memory(),
+            max_memory = config.max_memory,
             max_batch_bytes = config.max_batch_bytes,
             write_timeout = config.write_timeout,
             cors_origin = %config.cors_origin,

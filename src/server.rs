@@ -69,7 +69,9 @@ pub fn store(config: &Config) -> Result<Store, String> {
 }
 
 /// Serves `listener` until `shutdown` completes, then shuts down gracefully.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) {
+pub async fn run(listener: TcpListener, mut config: Config, shutdown: impl Future<Output = ()>) {
+    // Read the machine's memory once, for the store and the stats alike.
+    config.max_memory = Some(config.max_memory());
     if let Err(err) = config.check() {
         error!(%err, "cannot start");
         return;

@@ -140,23 +140,14 @@ async fn expired_early_misdirected_forged_and_unsigned_tokens_get_401() {
     }
 }
 
-/// Base64url without padding, for the unsigned token only.
+/// Base64url without padding, for the unsigned token only: the server's own
+/// standard base64 with the two URL-safe letters.
 mod base64_url {
     pub fn encode(data: &[u8]) -> String {
-        const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        let mut out = String::new();
-        for chunk in data.chunks(3) {
-            let b = [
-                chunk[0],
-                *chunk.get(1).unwrap_or(&0),
-                *chunk.get(2).unwrap_or(&0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..=chunk.len() {
-                out.push(ABC[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            }
-        }
-        out
+        comethub::protocol::base64(data)
+            .trim_end_matches('=')
+            .replace('+', "-")
+            .replace('/', "_")
     }
 }
 
