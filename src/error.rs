@@ -23,8 +23,8 @@ pub enum Error {
     BadQuery(String),
     /// A publish carried no message.
     MissingMessage,
-    /// A publish's Content-Type is longer than any real one.
-    BadContentType,
+    /// A publish's Content-Type is longer than any real one (the limit, in bytes).
+    BadContentType(usize),
     /// A token the request needs is missing or wrong; carries what it is for
     /// (`publishing`, `this endpoint`).
     Unauthorized(&'static str),
@@ -67,7 +67,7 @@ impl Error {
             | Error::BadFormat
             | Error::BadQuery(_)
             | Error::MissingMessage
-            | Error::BadContentType
+            | Error::BadContentType(_)
             | Error::BodyRead => StatusCode::BAD_REQUEST,
             Error::Unauthorized(_) | Error::InvalidToken => StatusCode::UNAUTHORIZED,
             Error::Forbidden => StatusCode::FORBIDDEN,
@@ -93,7 +93,7 @@ impl Error {
             Error::BadFormat => Reason::BadFormat,
             Error::BadQuery(_) => Reason::BadQuery,
             Error::MissingMessage => Reason::MissingMessage,
-            Error::BadContentType => Reason::BadContentType,
+            Error::BadContentType(_) => Reason::BadContentType,
             Error::Unauthorized(_) => Reason::Unauthorized,
             Error::InvalidToken => Reason::InvalidToken,
             Error::Forbidden => Reason::Forbidden,
@@ -240,11 +240,9 @@ impl fmt::Display for Error {
             Error::BadFormat => f.write_str("bad format: use 'json' or 'raw'"),
             Error::BadQuery(why) => write!(f, "bad query: {why}"),
             Error::MissingMessage => f.write_str("missing message"),
-            Error::BadContentType => write!(
-                f,
-                "content type too long: at most {} bytes",
-                crate::protocol::MAX_CONTENT_TYPE
-            ),
+            Error::BadContentType(limit) => {
+                write!(f, "content type too long: at most {limit} bytes")
+            }
             Error::Unauthorized(what) => write!(f, "{what} needs 'Authorization: Bearer TOKEN'"),
             Error::InvalidToken => f.write_str(
                 "a valid token is needed: 'Authorization: Bearer JWT', the token cookie, or ?token=",

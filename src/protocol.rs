@@ -639,7 +639,7 @@ pub fn published_message(
         return Err(Error::TooLarge(max_message));
     }
     if content_type.len() > MAX_CONTENT_TYPE {
-        return Err(Error::BadContentType);
+        return Err(Error::BadContentType(MAX_CONTENT_TYPE));
     }
     Ok((data, content_type))
 }
