@@ -10,6 +10,7 @@ command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked --qui
 mkdir -p fuzz/corpus/params fuzz/corpus/parity
 printf 'channel=room&since=oldest&timeout=5&format=json\nmessage=hi' > fuzz/corpus/params/seed1
 printf 'channel=a&since=zz-1\n\xff\xfe' > fuzz/corpus/params/seed2
+printf 'channel=a,b,c&since=a~zz-1,c~oldest,x~zz-2&format=json\nmessage=hi' > fuzz/corpus/params/seed3
 printf 'GET /subscribe?channel=a&since=oldest HTTP/1.1\r\nHost: x\r\nLast-Event-ID: k-1\r\n\r\nGET /stats HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /stats HTTP/1.0\r\n\r\n' > fuzz/corpus/parity/seed1
 printf 'POST /publish?channel=a HTTP/1.1\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nAuthorization: Bearer t\r\n\r\nhelloDELETE /publish?channel=a HTTP/1.1\r\nConnection: close\r\n\r\n' > fuzz/corpus/parity/seed2
 printf 'GET /subscribe HTTP/1.1\nHost: x\nX: \xff\n\nOPTIONS /events HTTP/1.1\r\nContent-Length: 0\r\n\r\n' > fuzz/corpus/parity/seed3

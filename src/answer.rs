@@ -15,7 +15,11 @@ use crate::error::Error;
 
 /// `X-Message-Id`: the id to echo as the next `since`.
 pub const X_MESSAGE_ID: HeaderName = HeaderName::from_static("x-message-id");
-/// `X-Gap: 1`: messages after `since` are no longer retained.
+/// `X-Channel`: the channel of the message in a raw answer to a request for
+/// several channels.
+pub const X_CHANNEL: HeaderName = HeaderName::from_static("x-channel");
+/// `X-Gap: 1` (or, for several channels, those that missed messages):
+/// messages after `since` are no longer retained.
 pub const X_GAP: HeaderName = HeaderName::from_static("x-gap");
 /// `X-Content-Type-Options: nosniff`, on every answer that carries published
 /// data: a browser takes its declared type as it is.

@@ -57,6 +57,10 @@ pub struct Config {
     #[arg(long, default_value = "1M", value_parser = bytes_size)]
     pub max_batch_bytes: usize,
 
+    /// Most channels one subscription may name (`channel=a,b,c`); more get 400.
+    #[arg(long, default_value_t = 64)]
+    pub max_channels_per_request: usize,
+
     /// Most memory all retained messages may take, with their type, encodings
     /// and bookkeeping (suffixes K, M, G). Past it the oldest messages across
     /// channels are evicted (resuming subscribers get X-Gap); a publish that
@@ -310,6 +314,9 @@ impl Config {
                  largest messages (--max-message {}) and 1 MiB",
                 self.max_message
             ));
+        }
+        if self.max_channels_per_request == 0 {
+            return Err("--max-channels-per-request 0 would allow no subscription".to_owned());
         }
         if self.max_batch_bytes == 0 {
             return Err("--max-batch-bytes 0 would answer no batch".to_owned());

@@ -15,6 +15,14 @@ pub enum Error {
     BadChannel,
     /// `since` / `Last-Event-ID` is not `oldest` nor a message id.
     BadSince,
+    /// A request for several channels was given a `since` that is not
+    /// `oldest` nor a composite cursor (`CHANNEL~ID,…`).
+    BadCursor,
+    /// A request names more channels than `--max-channels-per-request`
+    /// (the limit).
+    TooManyChannels(usize),
+    /// A request names the same channel twice.
+    DuplicateChannel,
     /// `timeout` is not a non-negative number of seconds.
     BadTimeout,
     /// `format` is not `json` nor `raw`.
@@ -63,6 +71,9 @@ impl Error {
         match self {
             Error::BadChannel
             | Error::BadSince
+            | Error::BadCursor
+            | Error::TooManyChannels(_)
+            | Error::DuplicateChannel
             | Error::BadTimeout
             | Error::BadFormat
             | Error::BadQuery(_)
@@ -88,7 +99,9 @@ impl Error {
     pub fn reason(&self) -> Reason {
         match self {
             Error::BadChannel => Reason::BadChannel,
-            Error::BadSince => Reason::BadSince,
+            Error::BadSince | Error::BadCursor => Reason::BadSince,
+            Error::DuplicateChannel => Reason::BadChannel,
+            Error::TooManyChannels(_) => Reason::TooManyChannels,
             Error::BadTimeout => Reason::BadTimeout,
             Error::BadFormat => Reason::BadFormat,
             Error::BadQuery(_) => Reason::BadQuery,
@@ -173,11 +186,13 @@ pub enum Reason {
     Gone,
     /// See [`Error::StoreUnavailable`].
     StoreUnavailable,
+    /// See [`Error::TooManyChannels`].
+    TooManyChannels,
 }
 
 impl Reason {
     /// Every reason, in the order of their counters.
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 22] = [
         Reason::BadChannel,
         Reason::BadSince,
         Reason::BadTimeout,
@@ -199,6 +214,7 @@ impl Reason {
         Reason::ConnectionLimit,
         Reason::Gone,
         Reason::StoreUnavailable,
+        Reason::TooManyChannels,
     ];
 
     /// Its label.
@@ -225,6 +241,7 @@ impl Reason {
             Reason::ConnectionLimit => "connection_limit",
             Reason::Gone => "gone",
             Reason::StoreUnavailable => "store_unavailable",
+            Reason::TooManyChannels => "too_many_channels",
         }
     }
 }
@@ -236,6 +253,14 @@ impl fmt::Display for Error {
                 f.write_str("bad channel name: use 1-128 characters of A-Z a-z 0-9 _ . : @ -")
             }
             Error::BadSince => f.write_str("bad since: use a message id or 'oldest'"),
+            Error::BadCursor => f.write_str(
+                "bad since: several channels resume from the cursor their last answer gave \
+                 (CHANNEL~ID,...) or 'oldest'",
+            ),
+            Error::TooManyChannels(limit) => {
+                write!(f, "too many channels: a request may name at most {limit}")
+            }
+            Error::DuplicateChannel => f.write_str("a channel is named twice"),
             Error::BadTimeout => f.write_str("bad timeout: use a non-negative number of seconds"),
             Error::BadFormat => f.write_str("bad format: use 'json' or 'raw'"),
             Error::BadQuery(why) => write!(f, "bad query: {why}"),

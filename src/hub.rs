@@ -315,6 +315,9 @@ struct Channel<P> {
     /// this channel may have had): a `since` below it has missed something.
     evicted: u64,
     waiters: Waiters<P>,
+    /// Waiters counted in the hub's `waiting`: a long-poll on several
+    /// channels waits on each but counts once.
+    counted: usize,
     live: Option<broadcast::Sender<Arc<Message<P>>>>,
     /// Cache mode: the history holds every message after this sequence.
     covered: Option<u64>,
@@ -332,6 +335,7 @@ impl<P: Payload> Channel<P> {
             last_seq: floor,
             evicted: floor,
             waiters: Waiters::default(),
+            counted: 0,
             live: None,
             covered: None,
             visited: Instant::now(),
@@ -434,6 +438,34 @@ pub enum Poll<P: Payload> {
     Miss,
 }
 
+/// Where a long-poll on one channel of several starts.
+#[derive(Debug)]
+pub enum Start<P: Payload> {
+    /// Read from the history.
+    Read {
+        /// The reader has (or was told it missed) everything up to here.
+        from: u64,
+        /// Some messages after `since` were no longer retained.
+        gap: bool,
+        /// Retained messages after `since`, oldest first.
+        messages: Vec<Arc<Message<P>>>,
+    },
+    /// Cache mode: the copy does not cover `since`; ask the source.
+    Miss,
+}
+
+/// What a long-poll on several channels gets at once ([`Hub::poll_many`]).
+#[derive(Debug)]
+pub struct Many<P: Payload> {
+    /// Each channel's start, in the order asked.
+    pub starts: Vec<Start<P>>,
+    /// When no channel read anything: a waiter on each that is not a miss.
+    pub waiters: Vec<Waiter<P>>,
+}
+
+/// Marks a waiter's key as not counted in `waiting`.
+const UNCOUNTED: u64 = 1 << 63;
+
 /// How a wait ended.
 #[derive(Debug)]
 pub enum Outcome<P> {
@@ -490,18 +522,26 @@ impl<P: Payload> Future for Wait<P> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> TaskPoll<Outcome<P>> {
         let this = self.project();
-        let waiter = this.waiter;
-        let last = |w: &Waiter<P>| w.hub.last_seq(&w.channel);
-        match Pin::new(&mut waiter.rx).poll(cx) {
-            TaskPoll::Ready(Ok(Wake::Message(m))) => return TaskPoll::Ready(Outcome::Message(m)),
-            TaskPoll::Ready(Ok(Wake::Deleted)) => return TaskPoll::Ready(Outcome::Deleted),
-            TaskPoll::Ready(Ok(Wake::Reset)) => return TaskPoll::Ready(Outcome::Reset),
-            TaskPoll::Ready(Ok(Wake::Shutdown) | Err(_)) => {
-                return TaskPoll::Ready(Outcome::Shutdown(last(waiter)));
-            }
-            TaskPoll::Pending => {}
+        if let TaskPoll::Ready(outcome) = this.waiter.poll_woken(cx) {
+            return TaskPoll::Ready(outcome);
         }
-        this.sleep.poll(cx).map(|()| Outcome::Timeout(last(waiter)))
+        let waiter = &*this.waiter;
+        this.sleep
+            .poll(cx)
+            .map(|()| Outcome::Timeout(waiter.hub.last_seq(&waiter.channel)))
+    }
+}
+
+impl<P: Payload> Waiter<P> {
+    /// Whether something woke this waiter: a message, deletion, a reset or
+    /// shutdown (never a timeout, which is its caller's).
+    pub fn poll_woken(&mut self, cx: &mut Context<'_>) -> TaskPoll<Outcome<P>> {
+        TaskPoll::Ready(match std::task::ready!(Pin::new(&mut self.rx).poll(cx)) {
+            Ok(Wake::Message(m)) => Outcome::Message(m),
+            Ok(Wake::Deleted) => Outcome::Deleted,
+            Ok(Wake::Reset) => Outcome::Reset,
+            Ok(Wake::Shutdown) | Err(_) => Outcome::Shutdown(self.hub.last_seq(&self.channel)),
+        })
     }
 }
 
@@ -511,9 +551,12 @@ impl<P: Payload> Drop for Waiter<P> {
         let Some(ch) = state.channels.get_mut(&self.channel) else {
             return;
         };
-        let removed = ch.waiters.remove(&self.key).is_some();
+        let counted = ch.waiters.remove(&self.key).is_some() && self.key & UNCOUNTED == 0;
+        if counted {
+            ch.counted -= 1;
+        }
         let idle = ch.is_idle();
-        if removed {
+        if counted {
             state.waiting -= 1;
         }
         if idle {
@@ -538,10 +581,12 @@ pub struct Stream<P: Payload> {
     _guard: StreamGuard<P>,
 }
 
+/// Counts an open stream until dropped.
 #[derive(Debug)]
-struct StreamGuard<P: Payload> {
+pub struct StreamGuard<P: Payload> {
     hub: Arc<Hub<P>>,
-    channel: Arc<str>,
+    /// The channel a [`Stream`] reads (its receiver, dropped first, kept it).
+    channel: Option<Arc<str>>,
 }
 
 impl<P: Payload> Drop for StreamGuard<P> {
@@ -549,7 +594,9 @@ impl<P: Payload> Drop for StreamGuard<P> {
         let mut state = self.hub.state();
         state.streams -= 1;
         // Fields drop in order, so the receiver is already gone.
-        state.free_if_idle(&self.channel);
+        if let Some(channel) = &self.channel {
+            state.free_if_idle(channel);
+        }
     }
 }
 
@@ -624,7 +671,7 @@ impl<P: Payload> State<P> {
     fn remove(&mut self, name: &str) -> Option<Channel<P>> {
         let ch = self.channels.remove(name)?;
         self.freed.record(ch.name.clone(), ch.last_seq);
-        self.waiting -= ch.waiters.len();
+        self.waiting -= ch.counted;
         self.held -= ch.held();
         Some(ch)
     }
@@ -739,6 +786,81 @@ impl<P: Payload> Hub<P> {
     ) -> Result<Poll<P>, Refused> {
         let mut guard = self.open()?;
         let state = &mut *guard;
+        match self.start(state, channel, since, limit)? {
+            Start::Miss => Ok(Poll::Miss),
+            Start::Read { messages, gap, .. } if !messages.is_empty() => {
+                Ok(Poll::Ready { messages, gap })
+            }
+            Start::Read { from, gap, .. } => self
+                .enqueue(state, channel, from, gap, true)
+                .map(Poll::Wait),
+        }
+    }
+
+    /// Starts a long-poll on several channels at once, each from its own
+    /// `since`, under one lock: what each holds after its start (at most
+    /// `limit` each) or, when none holds anything, a [`Waiter`] on each (the
+    /// first counted as a waiting subscriber if `count`). In cache mode a
+    /// channel the copy does not cover is a [`Start::Miss`] and gets no
+    /// waiter.
+    pub fn poll_many<S: AsRef<str>>(
+        self: &Arc<Self>,
+        channels: &[(S, Since)],
+        limit: usize,
+        count: bool,
+    ) -> Result<Many<P>, Refused> {
+        let mut guard = self.open()?;
+        let state = &mut *guard;
+        let mut starts = Vec::with_capacity(channels.len());
+        for (channel, since) in channels {
+            match self.start(state, channel.as_ref(), *since, limit) {
+                Ok(start) => starts.push(start),
+                Err(refused) => {
+                    for (channel, _) in channels {
+                        state.free_if_idle(channel.as_ref());
+                    }
+                    return Err(refused);
+                }
+            }
+        }
+        let mut waiters = Vec::new();
+        let ready = starts
+            .iter()
+            .any(|s| matches!(s, Start::Read { messages, .. } if !messages.is_empty()));
+        if !ready {
+            waiters.reserve(channels.len());
+            let mut count = count;
+            for ((channel, _), start) in channels.iter().zip(&starts) {
+                let Start::Read { from, gap, .. } = *start else {
+                    continue;
+                };
+                match self.enqueue(state, channel.as_ref(), from, gap, count) {
+                    Ok(waiter) => waiters.push(waiter),
+                    Err(refused) => {
+                        // Dropping a waiter takes the lock.
+                        drop(guard);
+                        drop(waiters);
+                        let mut state = self.state();
+                        for (channel, _) in channels {
+                            state.free_if_idle(channel.as_ref());
+                        }
+                        return Err(refused);
+                    }
+                }
+                count = false;
+            }
+        }
+        Ok(Many { starts, waiters })
+    }
+
+    /// Where a long-poll on `channel` from `since` starts, and what it reads.
+    fn start(
+        &self,
+        state: &mut State<P>,
+        channel: &str,
+        since: Since,
+        limit: usize,
+    ) -> Result<Start<P>, Refused> {
         let now = Instant::now();
         let newest = state.seq;
         let ch = match self.config.mode {
@@ -747,7 +869,7 @@ impl<P: Payload> Hub<P> {
             }
             Mode::Cache { .. } => match state.channels.get_mut(channel) {
                 Some(ch) if ch.covered.is_some() => ch,
-                _ => return Ok(Poll::Miss),
+                _ => return Ok(Start::Miss),
             },
         };
         state.held -= ch.refresh(&mut state.due, &self.config, now);
@@ -755,49 +877,57 @@ impl<P: Payload> Hub<P> {
             (Mode::Cache { .. }, Some(covered)) => match since {
                 Since::Next => (ch.last_seq, false),
                 Since::Id(x) if x >= covered && x >= ch.evicted && x <= ch.last_seq => (x, false),
-                _ => return Ok(Poll::Miss),
+                _ => return Ok(Start::Miss),
             },
             _ => since.start(ch.last_seq, ch.evicted, newest),
         };
         ch.visited = now;
-        let messages = ch.after(after, limit);
-        if !messages.is_empty() {
-            return Ok(Poll::Ready { messages, gap });
-        }
-        self.enqueue(state, channel, after, gap).map(Poll::Wait)
+        Ok(Start::Read {
+            // What is missing below the history is reported as the gap; a
+            // reader resuming from here misses nothing more.
+            from: after.max(ch.evicted),
+            gap,
+            messages: ch.after(after, limit),
+        })
     }
 
     /// Registers a waiter on `channel` for the next message, whatever the
-    /// history holds (a cache's caller reads the history from the source).
-    pub fn wait(self: &Arc<Self>, channel: &str) -> Result<Waiter<P>, Refused> {
+    /// history holds (a cache's caller reads the history from the source);
+    /// counted as a waiting subscriber if `count`.
+    pub fn wait(self: &Arc<Self>, channel: &str, count: bool) -> Result<Waiter<P>, Refused> {
         let mut guard = self.open()?;
         let state = &mut *guard;
         let ch = channel_in(&mut state.channels, &mut state.freed, channel, &self.config)?;
         ch.visited = Instant::now();
         let after = ch.last_seq;
-        self.enqueue(state, channel, after, false)
+        self.enqueue(state, channel, after, false, count)
     }
 
-    /// Puts a waiter on `channel` (held), within `max_subscribers`.
+    /// Puts a waiter on `channel` (held), within `max_subscribers`; counted
+    /// as a waiting subscriber if `count`.
     fn enqueue(
         self: &Arc<Self>,
         state: &mut State<P>,
         channel: &str,
         after: u64,
         gap: bool,
+        count: bool,
     ) -> Result<Waiter<P>, Refused> {
         let max = self.config.max_subscribers;
-        if max > 0 && state.waiting + state.streams >= max {
+        if count && max > 0 && state.waiting + state.streams >= max {
             state.free_if_idle(channel);
             return Err(Refused::Subscribers);
         }
         let ch = state.channels.get_mut(channel).ok_or(Refused::Channels)?;
         let (tx, rx) = oneshot::channel();
-        let key = state.next_waiter;
+        let key = state.next_waiter | if count { 0 } else { UNCOUNTED };
         ch.waiters.insert(key, tx);
         let channel = ch.name.clone();
         state.next_waiter += 1;
-        state.waiting += 1;
+        if count {
+            ch.counted += 1;
+            state.waiting += 1;
+        }
         Ok(Waiter {
             rx,
             hub: self.clone(),
@@ -853,8 +983,23 @@ impl<P: Payload> Hub<P> {
             live,
             _guard: StreamGuard {
                 hub: self.clone(),
-                channel: name,
+                channel: Some(name),
             },
+        })
+    }
+
+    /// Counts a stream that reads by long-polls (an event stream on several
+    /// channels) as open, within `max_subscribers`, until the guard is dropped.
+    pub fn count_stream(self: &Arc<Self>) -> Result<StreamGuard<P>, Refused> {
+        let mut state = self.open()?;
+        let max = self.config.max_subscribers;
+        if max > 0 && state.waiting + state.streams >= max {
+            return Err(Refused::Subscribers);
+        }
+        state.streams += 1;
+        Ok(StreamGuard {
+            hub: self.clone(),
+            channel: None,
         })
     }
 
@@ -922,8 +1067,8 @@ impl<P: Payload> Hub<P> {
             .as_ref()
             .and_then(|tx| tx.send(message.clone()).ok())
             .unwrap_or(0);
+        fields.waiting -= std::mem::take(&mut ch.counted);
         let idle = ch.is_idle();
-        fields.waiting -= waiters.len();
         if let Some(name) = kept {
             state.keep_order(&name, message.seq);
         }
@@ -1082,6 +1227,7 @@ impl<P: Payload> Hub<P> {
         let mut waiters = Vec::new();
         for ch in state.channels.values_mut() {
             waiters.extend(std::mem::take(&mut ch.waiters).into_values());
+            ch.counted = 0;
             ch.live = None;
         }
         state.waiting = 0;
@@ -1407,7 +1553,7 @@ mod tests {
     async fn a_cache_answers_only_what_it_covers() {
         let hub = cache(10);
         assert!(matches!(hub.poll("c", Since::Next, 1).unwrap(), Poll::Miss));
-        let w = hub.wait("c").unwrap();
+        let w = hub.wait("c", true).unwrap();
         hub.cover_from("c", 100);
         assert_eq!(hub.deliver("c", Message::new(101, "a")), 1);
         assert!(
@@ -1435,8 +1581,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_cache_copy_in_use_is_kept_and_an_unused_one_dropped() {
         let hub = cache(10);
-        drop(hub.wait("c").unwrap());
-        let w = hub.wait("c").unwrap();
+        drop(hub.wait("c", true).unwrap());
+        let w = hub.wait("c", true).unwrap();
         hub.cover_from("c", 1);
         hub.deliver("c", Message::new(2, "a"));
         drop(w);
@@ -1528,5 +1674,99 @@ mod tests {
         hub.sweep();
         let s = hub.snapshot();
         assert_eq!((s.history_bytes, s.messages, s.evicted), (9, 1, 1));
+    }
+
+    fn seqs(many: &Many<&'static str>) -> Vec<(u64, bool, Vec<&'static str>)> {
+        many.starts
+            .iter()
+            .map(|start| match start {
+                Start::Read {
+                    from,
+                    gap,
+                    messages,
+                } => (*from, *gap, messages.iter().map(|m| m.payload).collect()),
+                Start::Miss => panic!("no misses in a source hub"),
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_on_several_channels_reads_each_from_its_own_start() {
+        let hub = hub(10, 60);
+        let a1 = publish(&hub, "a", "a1");
+        publish(&hub, "b", "b1");
+        let a2 = publish(&hub, "a", "a2");
+        let channels = [
+            ("a", Since::Id(a1)),
+            ("b", Since::Next),
+            ("c", Since::Oldest),
+        ];
+        let many = hub.poll_many(&channels, 10, true).unwrap();
+        // a after a1; b from now (its last message); c empty, from the start.
+        assert_eq!(
+            seqs(&many),
+            vec![
+                (a1, false, vec!["a2"]),
+                (2, false, vec![]),
+                (0, false, vec![])
+            ]
+        );
+        assert!(
+            many.waiters.is_empty(),
+            "a channel had messages: nobody waits"
+        );
+        assert_eq!(hub.snapshot().waiting, 0);
+        // An id this hub never gave is a gap, read from the oldest.
+        let many = hub.poll_many(&[("a", Since::Foreign)], 10, true).unwrap();
+        assert_eq!(seqs(&many), vec![(0, true, vec!["a1", "a2"])]);
+        assert!(a2 > a1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_on_several_channels_waits_on_each_and_counts_once() {
+        let hub = hub(10, 60);
+        let channels = [("a", Since::Next), ("b", Since::Next), ("c", Since::Next)];
+        let many = hub.poll_many(&channels, 10, true).unwrap();
+        assert_eq!(many.waiters.len(), 3);
+        let s = hub.snapshot();
+        assert_eq!((s.waiting, s.channels), (1, 3));
+        let mut waiters = many.waiters;
+        // A publish on the last channel wakes its waiter only.
+        let (_, delivered) = hub.publish("c", |_| "c1").unwrap();
+        assert_eq!(delivered, 1);
+        let c = waiters.pop().unwrap();
+        let Outcome::Message(m) = c.wait(Duration::from_secs(1)).await else {
+            panic!("woken by c1");
+        };
+        assert_eq!(m.payload, "c1");
+        // The counted waiter (on a) still waits; dropping the rest frees
+        // every channel that holds nothing.
+        assert_eq!(hub.snapshot().waiting, 1);
+        drop(waiters);
+        let s = hub.snapshot();
+        assert_eq!((s.waiting, s.channels), (0, 1));
+        // Uncounted waits (an event stream's) do not count at all.
+        let many = hub.poll_many(&channels, 10, false).unwrap();
+        assert_eq!((many.waiters.len(), hub.snapshot().waiting), (3, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_on_several_channels_over_the_subscriber_limit_leaves_nothing() {
+        let hub: Arc<Hub<&'static str>> = Hub::new(Config {
+            max_subscribers: 1,
+            ..hub(10, 60).config.clone()
+        });
+        let _held = hub.poll_many(&[("x", Since::Next)], 10, true).unwrap();
+        let refused = hub.poll_many(&[("a", Since::Next), ("b", Since::Next)], 10, true);
+        assert_eq!(refused.err(), Some(Refused::Subscribers));
+        let s = hub.snapshot();
+        assert_eq!((s.waiting, s.channels), (1, 1));
+        // A stream read by polls counts against the same limit.
+        assert_eq!(hub.count_stream().err(), Some(Refused::Subscribers));
+        drop(_held);
+        let guard = hub.count_stream().unwrap();
+        assert_eq!(hub.snapshot().streams, 1);
+        drop(guard);
+        assert_eq!(hub.snapshot().streams, 0);
     }
 }

@@ -292,6 +292,8 @@ pub struct PublishForm {
 pub struct JsonMessage<'a> {
     /// The message id.
     pub id: &'a str,
+    /// The channel it was published on.
+    pub channel: &'a str,
     /// The data as text, or base64 when it is not UTF-8 (see `encoding`).
     pub data: std::borrow::Cow<'a, str>,
     /// The publisher's Content-Type.
@@ -304,16 +306,18 @@ pub struct JsonMessage<'a> {
 
 impl<'a> JsonMessage<'a> {
     /// Builds the JSON view of a message's bytes.
-    pub fn new(id: &'a str, data: &'a [u8], content_type: &'a str) -> Self {
+    pub fn new(id: &'a str, channel: &'a str, data: &'a [u8], content_type: &'a str) -> Self {
         match std::str::from_utf8(data) {
             Ok(text) => JsonMessage {
                 id,
+                channel,
                 data: text.into(),
                 content_type,
                 encoding: None,
             },
             Err(_) => JsonMessage {
                 id,
+                channel,
                 data: base64(data).into(),
                 content_type,
                 encoding: Some("base64"),
@@ -406,15 +410,18 @@ impl Content {
         .clone()
     }
 
-    /// The message as one item of a JSON batch:
-    /// `{"id":…,"data":…,"type":…}` (data base64 with `"encoding":"base64"` when
-    /// it is not UTF-8).
-    pub fn json(&self) -> Bytes {
+    /// The message as one item of a JSON batch, on `channel` (the one it
+    /// was published on, so the item made once serves every answer):
+    /// `{"id":…,"channel":…,"data":…,"type":…}` (data base64 with
+    /// `"encoding":"base64"` when it is not UTF-8).
+    pub fn json(&self, channel: &str) -> Bytes {
         self.encoded(&self.json, || {
             let id = std::str::from_utf8(&self.id).unwrap_or_default();
             let ct = std::str::from_utf8(&self.content_type).unwrap_or_default();
-            let mut out = Vec::with_capacity(self.data.len() + id.len() + ct.len() + 64);
-            if serde_json::to_writer(&mut out, &JsonMessage::new(id, &self.data, ct)).is_err() {
+            let mut out =
+                Vec::with_capacity(self.data.len() + id.len() + channel.len() + ct.len() + 80);
+            let item = JsonMessage::new(id, channel, &self.data, ct);
+            if serde_json::to_writer(&mut out, &item).is_err() {
                 out.clear();
             }
             // Escapes or base64 may have grown it past the estimate: the item
@@ -455,12 +462,14 @@ impl Content {
 }
 
 /// The parts of a `format=json` answer, around the shared items of its messages:
-/// `{"channel":C,"messages":[` item `,` item `],"last_id":ID,"gap":G}`.
-pub fn json_batch<'a>(
+/// `{"channel":C,"messages":[` item `,` item `],"last_id":ID,"gap":G}`. `C`
+/// is the request's `channel` (several joined by commas); `gap` is given as
+/// JSON (`true`/`false`, or the list of channels that missed messages).
+pub fn json_batch(
     channel: &str,
-    items: impl ExactSizeIterator<Item = &'a Content>,
+    items: impl ExactSizeIterator<Item = Bytes>,
     last_id: &[u8],
-    gap: bool,
+    gap: &[u8],
 ) -> Vec<Bytes> {
     let mut parts = Vec::with_capacity(items.len() * 2 + 1);
     // Channel names and ids need no JSON escaping: both are checked to be plain.
@@ -471,16 +480,14 @@ pub fn json_batch<'a>(
         if i > 0 {
             parts.push(Bytes::from_static(b","));
         }
-        parts.push(item.json());
+        parts.push(item);
     }
-    let mut tail = Vec::with_capacity(48 + last_id.len());
+    let mut tail = Vec::with_capacity(32 + last_id.len() + gap.len());
     tail.extend_from_slice(b"],\"last_id\":\"");
     tail.extend_from_slice(last_id);
-    tail.extend_from_slice(if gap {
-        b"\",\"gap\":true}\n"
-    } else {
-        b"\",\"gap\":false}\n"
-    });
+    tail.extend_from_slice(b"\",\"gap\":");
+    tail.extend_from_slice(gap);
+    tail.extend_from_slice(b"}\n");
     parts.push(tail.into());
     parts
 }
@@ -489,13 +496,14 @@ pub fn json_batch<'a>(
 /// holds: the batch stops before the item that would pass the bound, and its
 /// `last_id` is that of the last item it holds, so the next poll goes on from
 /// there. Each item is encoded once and shared, so measuring costs nothing
-/// twice.
-pub fn batch_len<'a>(items: impl Iterator<Item = &'a Content>, max: usize) -> usize {
-    // The envelope: `{"channel":…,"messages":[` and `],"last_id":…,"gap":…}`.
-    let mut size = 96 + MAX_CHANNEL_LEN;
+/// twice. The envelope is counted at its largest (`extra`: the request's
+/// channels beyond one, whose names and cursor entries it carries).
+pub fn batch_len(items: impl Iterator<Item = Bytes>, max: usize, extra: usize) -> usize {
+    // `{"channel":…,"messages":[` and `],"last_id":…,"gap":…}`.
+    let mut size = 96 + MAX_CHANNEL_LEN + extra * (3 * MAX_CHANNEL_LEN + 64);
     let mut n = 0;
     for item in items {
-        size += item.json().len() + 1;
+        size += item.len() + 1;
         if n > 0 && size > max {
             break;
         }
@@ -504,13 +512,83 @@ pub fn batch_len<'a>(items: impl Iterator<Item = &'a Content>, max: usize) -> us
     n
 }
 
+/// Separates the channels of a request, and the entries of a composite cursor.
+pub const LIST_SEPARATOR: char = ',';
+/// Separates a channel from its id in a composite cursor entry.
+pub const CURSOR_SEPARATOR: char = '~';
+/// Most entries a composite cursor may have (a client may keep entries of
+/// channels it no longer asks for; they are ignored).
+const MAX_CURSOR_ENTRIES: usize = 256;
+
+/// The channels a subscription reads, each with where it starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Channels {
+    /// One channel, resumed by plain message ids (the v1 protocol).
+    One(String, Since),
+    /// Several (`channel=a,b`), resumed by composite cursors.
+    Several(Vec<(String, Since)>),
+}
+
+impl Channels {
+    /// The channels' names, in the order asked.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        let (one, several) = match self {
+            Channels::One(name, _) => (Some(name.as_str()), &[][..]),
+            Channels::Several(list) => (None, &list[..]),
+        };
+        one.into_iter()
+            .chain(several.iter().map(|(name, _)| name.as_str()))
+    }
+}
+
+/// A composite cursor: for each channel, in order, `CHANNEL~ID` (the id of
+/// the last message of it the reader has, or of where it stands), joined by
+/// commas.
+pub fn cursor<'a>(entries: impl Iterator<Item = (&'a str, &'a [u8])>) -> Bytes {
+    let mut out = Vec::with_capacity(64);
+    for (i, (channel, id)) in entries.enumerate() {
+        if i > 0 {
+            out.push(LIST_SEPARATOR as u8);
+        }
+        out.extend_from_slice(channel.as_bytes());
+        out.push(CURSOR_SEPARATOR as u8);
+        out.extend_from_slice(id);
+    }
+    out.into()
+}
+
+/// Where each of `names` starts, from a `since` (or `Last-Event-ID`) that
+/// is absent (each from now), `oldest` (each from its oldest message), or a
+/// composite cursor: each named channel from its id (or `oldest`), any other
+/// from now; entries of channels not asked for are ignored.
+pub fn parse_cursor(value: Option<&str>, names: &[&str], ids: &Ids) -> Result<Vec<Since>, Error> {
+    let mut since = vec![Since::Next; names.len()];
+    match value {
+        None => {}
+        Some("oldest") => since.fill(Since::Oldest),
+        Some(value) if value.contains(CURSOR_SEPARATOR) => {
+            for (n, entry) in value.split(LIST_SEPARATOR).enumerate() {
+                let (channel, id) = entry.split_once(CURSOR_SEPARATOR).ok_or(Error::BadCursor)?;
+                let channel = channel_name(Some(channel)).map_err(|_| Error::BadCursor)?;
+                let id = ids.parse_since(Some(id)).map_err(|_| Error::BadCursor)?;
+                if n >= MAX_CURSOR_ENTRIES {
+                    return Err(Error::BadCursor);
+                }
+                if let Some(i) = names.iter().position(|&name| name == channel) {
+                    since[i] = id;
+                }
+            }
+        }
+        Some(_) => return Err(Error::BadCursor),
+    }
+    Ok(since)
+}
+
 /// `GET /subscribe`'s parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscribe {
-    /// The channel.
-    pub channel: String,
-    /// Where to start.
-    pub since: Since,
+    /// The channels, each with where it starts.
+    pub channels: Channels,
     /// How long to wait.
     pub timeout: Duration,
     /// How to answer.
@@ -518,7 +596,7 @@ pub struct Subscribe {
 }
 
 impl Subscribe {
-    /// Most messages one answer carries.
+    /// Most messages one answer carries (from each channel).
     pub fn limit(&self) -> usize {
         match self.format {
             Format::Raw => 1,
@@ -530,19 +608,8 @@ impl Subscribe {
 /// `GET /events`' parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Events {
-    /// The channel.
-    pub channel: String,
-    /// Where to start.
-    pub since: Since,
-}
-
-/// Reads `since`, or the `Last-Event-ID` header when the query has none.
-pub fn since(query: &Query, last_event_id: Option<&[u8]>, ids: &Ids) -> Result<Since, Error> {
-    let header = match last_event_id {
-        Some(v) => Some(std::str::from_utf8(v).map_err(|_| Error::BadSince)?),
-        None => None,
-    };
-    ids.parse_since(query.since.as_deref().or(header))
+    /// The channels, each with where it starts.
+    pub channels: Channels,
 }
 
 impl Query<'_> {
@@ -551,26 +618,72 @@ impl Query<'_> {
         channel_name(self.channel.as_deref()).map(str::to_owned)
     }
 
-    /// The query as `/subscribe` parameters.
+    /// The channels a subscription names (`channel=a,b,c`), each checked,
+    /// at most `max`, with where each starts: from `since`, or the
+    /// `Last-Event-ID` header when the query has none.
+    pub fn channels(
+        &self,
+        last_event_id: Option<&[u8]>,
+        ids: &Ids,
+        max: usize,
+    ) -> Result<Channels, Error> {
+        let header = match last_event_id {
+            Some(v) => Some(std::str::from_utf8(v).map_err(|_| Error::BadSince)?),
+            None => None,
+        };
+        let since = self.since.as_deref().or(header);
+        let list = self.channel.as_deref().unwrap_or(DEFAULT_CHANNEL);
+        if !list.contains(LIST_SEPARATOR) {
+            let channel = channel_name(Some(list))?;
+            let since = match since {
+                Some(s) if s.contains(CURSOR_SEPARATOR) => {
+                    parse_cursor(Some(s), &[channel], ids)?[0]
+                }
+                s => ids.parse_since(s)?,
+            };
+            return Ok(Channels::One(channel.to_owned(), since));
+        }
+        let mut names: Vec<&str> = Vec::new();
+        for name in list.split(LIST_SEPARATOR) {
+            let name = channel_name(Some(name))?;
+            if names.len() == max {
+                return Err(Error::TooManyChannels(max));
+            }
+            if names.contains(&name) {
+                return Err(Error::DuplicateChannel);
+            }
+            names.push(name);
+        }
+        let since = parse_cursor(since, &names, ids)?;
+        Ok(Channels::Several(
+            names.into_iter().map(str::to_owned).zip(since).collect(),
+        ))
+    }
+
+    /// The query as `/subscribe` parameters (at most `max_channels`).
     pub fn subscribe(
         &self,
         last_event_id: Option<&[u8]>,
         ids: &Ids,
         max_timeout: Duration,
+        max_channels: usize,
     ) -> Result<Subscribe, Error> {
         Ok(Subscribe {
-            channel: self.channel()?,
-            since: since(self, last_event_id, ids)?,
+            channels: self.channels(last_event_id, ids, max_channels)?,
             timeout: timeout(self.timeout.as_deref(), max_timeout)?,
             format: Format::parse(self.format.as_deref())?,
         })
     }
 
-    /// The query as `/events` parameters.
-    pub fn events(&self, last_event_id: Option<&[u8]>, ids: &Ids) -> Result<Events, Error> {
+    /// The query as `/events` parameters (at most `max_channels`).
+    pub fn events(
+        &self,
+        last_event_id: Option<&[u8]>,
+        ids: &Ids,
+        max_channels: usize,
+    ) -> Result<Events, Error> {
         Ok(Events {
-            channel: self.channel()?,
-            since: since(self, last_event_id, ids)?,
+            channels: self.channels(last_event_id, ids, max_channels)?,
         })
     }
 }
@@ -804,5 +917,83 @@ mod tests {
         assert_eq!(base64(b"foo"), "Zm9v");
         assert_eq!(base64(b"foobar"), "Zm9vYmFy");
         assert_eq!(base64(&[0xff, 0xfe]), "//4=");
+    }
+
+    #[test]
+    fn several_channels_and_their_cursors() {
+        let ids = Ids::Epoch("k3x9af".into());
+        let query = |q: &'static str| Query::parse(Some(q)).unwrap();
+        let several = |q, header: Option<&[u8]>| query(q).channels(header, &ids, 4);
+        // One channel keeps plain ids; a composite cursor naming it works too.
+        assert_eq!(
+            several("channel=a&since=k3x9af-7", None),
+            Ok(Channels::One("a".into(), Since::Id(7)))
+        );
+        assert_eq!(
+            several("channel=a&since=b~k3x9af-1,a~k3x9af-7", None),
+            Ok(Channels::One("a".into(), Since::Id(7)))
+        );
+        let list = |pairs: &[(&str, Since)]| {
+            Ok(Channels::Several(
+                pairs.iter().map(|(c, s)| ((*c).to_owned(), *s)).collect(),
+            ))
+        };
+        assert_eq!(
+            several("channel=a,b,c", None),
+            list(&[("a", Since::Next), ("b", Since::Next), ("c", Since::Next)])
+        );
+        assert_eq!(
+            several("channel=a,b&since=oldest", None),
+            list(&[("a", Since::Oldest), ("b", Since::Oldest)])
+        );
+        // Each channel from its entry; one the cursor does not name from now;
+        // an entry for a channel not asked for is ignored; a foreign id is a gap.
+        assert_eq!(
+            several(
+                "channel=a,b,c&since=c~oldest,a~k3x9af-3,gone~k3x9af-9,b~zz-1",
+                None
+            ),
+            list(&[
+                ("a", Since::Id(3)),
+                ("b", Since::Foreign),
+                ("c", Since::Oldest)
+            ])
+        );
+        let header: &[u8] = b"b~k3x9af-2";
+        assert_eq!(
+            several("channel=a,b", Some(header)),
+            list(&[("a", Since::Next), ("b", Since::Id(2))])
+        );
+        for (q, err) in [
+            ("channel=a,b&since=k3x9af-3", Error::BadCursor),
+            ("channel=a,b&since=a~x", Error::BadCursor),
+            ("channel=a,b&since=a~k3x9af-1,", Error::BadCursor),
+            ("channel=a,b&since=a b~k3x9af-1", Error::BadCursor),
+            ("channel=a,,b", Error::BadChannel),
+            ("channel=a,b,", Error::BadChannel),
+            ("channel=a,b,a", Error::DuplicateChannel),
+            ("channel=a,b,c,d,e", Error::TooManyChannels(4)),
+        ] {
+            assert_eq!(several(q, None), Err(err), "{q}");
+        }
+        let long = format!("channel=a,b&since={}", vec!["x~k3x9af-1"; 300].join(","));
+        assert_eq!(
+            Query::parse(Some(&long)).unwrap().channels(None, &ids, 4),
+            Err(Error::BadCursor)
+        );
+    }
+
+    #[test]
+    fn cursors_name_each_channel_with_its_id() {
+        let entries = [("a", &b"k3x9af-3"[..]), ("room.1", b"k3x9af-0")];
+        let cursor = cursor(entries.into_iter());
+        assert_eq!(&cursor[..], b"a~k3x9af-3,room.1~k3x9af-0");
+        // What a cursor says is what parsing it gives back.
+        let ids = Ids::Epoch("k3x9af".into());
+        let text = std::str::from_utf8(&cursor).unwrap();
+        assert_eq!(
+            parse_cursor(Some(text), &["room.1", "a"], &ids),
+            Ok(vec![Since::Id(0), Since::Id(3)])
+        );
     }
 }

@@ -29,12 +29,12 @@ use http::{Method, StatusCode};
 use serde::Serialize;
 use tracing::{debug, warn};
 
-use crate::answer::{Answer, NOSNIFF, SANDBOX, X_GAP, X_MESSAGE_ID};
+use crate::answer::{Answer, NOSNIFF, SANDBOX, X_CHANNEL, X_GAP, X_MESSAGE_ID};
 use crate::auth::{Action, Credentials, Patterns, Verifier, Webhook};
 use crate::error::{Error, Reason};
-use crate::protocol::{self, Events, Format, PublishAnswer, Query, Subscribe};
+use crate::protocol::{self, Channels, Events, Format, Ids, PublishAnswer, Query, Subscribe};
 use crate::stats::{Counters, Snapshot};
-use crate::store::{Polled, Store};
+use crate::store::{Polled, PolledMany, Store};
 
 /// `Last-Event-ID`, the SSE resume header, also read by long-polls.
 pub const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
@@ -52,6 +52,8 @@ pub struct Settings {
     pub max_message: usize,
     /// Largest JSON batch, in bytes.
     pub max_batch: usize,
+    /// Most channels one subscription may name.
+    pub max_channels: usize,
     /// The memory bound (`--max-memory`), for `/stats`.
     pub max_memory: usize,
     /// `Access-Control-Allow-Origin`.
@@ -276,14 +278,19 @@ impl Routes {
             (&Method::OPTIONS, _) => Route::Preflight(allow),
             (&Method::GET, "/subscribe") => {
                 let query = query()?;
-                let params = query.subscribe(last_event_id, ids, self.settings.timeout)?;
-                let (_, ask) = self.may_subscribe(req, &query, &params.channel)?;
+                let params = query.subscribe(
+                    last_event_id,
+                    ids,
+                    self.settings.timeout,
+                    self.settings.max_channels,
+                )?;
+                let (_, ask) = self.may_subscribe(req, &query, &params.channels)?;
                 Route::Subscribe(params, ask)
             }
             (&Method::GET, "/events") => {
                 let query = query()?;
-                let params = query.events(last_event_id, ids)?;
-                let (expires, ask) = self.may_subscribe(req, &query, &params.channel)?;
+                let params = query.events(last_event_id, ids, self.settings.max_channels)?;
+                let (expires, ask) = self.may_subscribe(req, &query, &params.channels)?;
                 Route::Events(params, expires, ask)
             }
             (&Method::GET | &Method::POST, "/publish") => {
@@ -340,13 +347,13 @@ impl Routes {
         let result = match route {
             Route::Preflight(allow) => Ok(preflight(allow)),
             Route::Subscribe(params, ask) => {
-                if let Err(err) = self.admitted(ask, &params.channel).await {
+                if let Err(err) = self.admitted(ask, &params.channels).await {
                     return self.finish(Err(err));
                 }
                 return self.subscribe(params).await;
             }
             Route::Events(params, expires, ask) => {
-                match self.admitted(ask, &params.channel).await {
+                match self.admitted(ask, &params.channels).await {
                     Ok(()) => self.events(params, expires).await,
                     Err(err) => Err(err),
                 }
@@ -378,7 +385,7 @@ impl Routes {
         ));
         answer.headers.push((
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            Bytes::from_static(b"X-Message-Id, X-Gap"),
+            Bytes::from_static(b"X-Message-Id, X-Gap, X-Channel"),
         ));
         if !answer.has(&header::CACHE_CONTROL) {
             answer
@@ -409,13 +416,24 @@ impl Routes {
     /// this future, so it holds only its parameters and the store's wait.
     pub async fn subscribe(&self, params: Subscribe) -> Answer {
         let limit = params.limit();
-        let polled = self
-            .store
-            .poll(&params.channel, params.since, limit, params.timeout)
-            .await;
         let max_batch = self.settings.max_batch;
-        let answer = polled
-            .map(|polled| long_poll_answer(&params.channel, params.format, polled, max_batch));
+        let answer = match &params.channels {
+            Channels::One(channel, since) => self
+                .store
+                .poll(channel, *since, limit, params.timeout)
+                .await
+                .map(|polled| long_poll_answer(channel, params.format, polled, max_batch)),
+            // Boxed: the one-channel wait, which most subscribers park in,
+            // stays as small as it is.
+            Channels::Several(channels) => {
+                Box::pin(self.store.poll_many(channels, limit, params.timeout, true))
+                    .await
+                    .map(|polled| {
+                        let ids = self.store.ids();
+                        many_answer(channels, params.format, polled, ids, max_batch)
+                    })
+            }
+        };
         if params.format == Format::Json {
             // A batch may have made encodings: they count against the bound.
             self.store.fit();
@@ -426,9 +444,22 @@ impl Routes {
     /// `GET /events`: an event stream.
     /// A stream opened with a token ends when the token does.
     pub async fn events(&self, params: Events, expires: Option<u64>) -> Result<Answer, Error> {
-        let stream = self.store.stream(&params.channel, params.since).await?;
         let ends = expires.map(crate::auth::instant);
-        Ok(crate::sse::answer(stream, self.settings.ping, ends))
+        match params.channels {
+            Channels::One(channel, since) => {
+                let stream = self.store.stream(&channel, since).await?;
+                Ok(crate::sse::answer(stream, self.settings.ping, ends))
+            }
+            Channels::Several(channels) => {
+                let counted = self.store.count_stream()?;
+                let polls = crate::sse::Polls {
+                    store: self.store.clone(),
+                    channels,
+                    counted,
+                };
+                Ok(crate::sse::answer_many(polls, self.settings.ping, ends))
+            }
+        }
     }
 
     /// `GET|POST /publish`: publishes one message and says how many got it.
@@ -508,23 +539,25 @@ impl Routes {
         }
     }
 
-    /// Subscribing to `channel`: open, unless `--subscribe-auth token` asks
-    /// for a token allowing it, or the auth webhook decides (the public
-    /// channels excepted); returns when that token expires, or what to ask
-    /// the webhook with ([`Routes::admitted`]).
+    /// Subscribing to `channels`: open, unless `--subscribe-auth token` asks
+    /// for a token allowing every one of them, or the auth webhook decides
+    /// (the public channels excepted); returns when that token expires, or
+    /// what to ask the webhook with ([`Routes::admitted`]).
     fn may_subscribe(
         &self,
         req: &Request,
         query: &Query,
-        channel: &str,
+        channels: &Channels,
     ) -> Result<Admission, Error> {
-        if self.settings.public_channels.matches(channel) {
+        let public = &self.settings.public_channels;
+        let mut private = channels.names().filter(|c| !public.matches(c)).peekable();
+        if private.peek().is_none() {
             return Ok((None, None));
         }
         match self.settings.subscribe_auth {
             SubscribeAuth::None => Ok((None, None)),
             SubscribeAuth::Token => Ok((
-                Some(self.grant(req, query, Action::Subscribe, channel)?),
+                Some(self.grant(req, query, Action::Subscribe, private)?),
                 None,
             )),
             SubscribeAuth::Webhook => Ok((
@@ -538,20 +571,25 @@ impl Routes {
     }
 
     /// Asks the auth webhook, when the route says to, whether the subscriber
-    /// may read `channel`. Both HTTP paths await it before a long-poll waits
-    /// or a stream opens, so a refused or unanswered request never opens one.
+    /// may read each of `channels` but the public ones. Both HTTP paths await
+    /// it before a long-poll waits or a stream opens, so a refused or
+    /// unanswered request never opens one.
     pub async fn admitted(
         &self,
         ask: Option<Box<Credentials>>,
-        channel: &str,
+        channels: &Channels,
     ) -> Result<(), Error> {
-        match (ask, &self.settings.webhook) {
-            (None, _) => Ok(()),
-            (Some(credentials), Some(webhook)) => {
-                Box::pin(webhook.check(&credentials, channel)).await
-            }
-            (Some(_), None) => Err(Error::AuthUnavailable),
+        let Some(credentials) = ask else {
+            return Ok(());
+        };
+        let Some(webhook) = &self.settings.webhook else {
+            return Err(Error::AuthUnavailable);
+        };
+        let public = &self.settings.public_channels;
+        for channel in channels.names().filter(|c| !public.matches(c)) {
+            Box::pin(webhook.check(&credentials, channel)).await?;
         }
+        Ok(())
     }
 
     /// Publishing on `channel`: the publish token; with `--jwt-key`, a token
@@ -563,24 +601,26 @@ impl Routes {
         {
             return by_token;
         }
-        self.grant(req, query, Action::Publish, channel).map(|_| ())
+        self.grant(req, query, Action::Publish, std::iter::once(channel))
+            .map(|_| ())
     }
 
-    /// Whether the request's JWT allows `action` on `channel`: `401` without a
-    /// valid one, `403` when it does not allow this; if it does, when it expires.
-    fn grant(
+    /// Whether the request's JWT allows `action` on every one of `channels`:
+    /// `401` without a valid one, `403` when it does not allow this on one of
+    /// them; if it does, when it expires.
+    fn grant<'c>(
         &self,
         req: &Request,
         query: &Query,
         action: Action,
-        channel: &str,
+        mut channels: impl Iterator<Item = &'c str>,
     ) -> Result<u64, Error> {
         let Some(verifier) = &self.settings.verifier else {
             return Err(Error::InvalidToken);
         };
         let token = self.token(req, query).ok_or(Error::InvalidToken)?;
         let grant = verifier.grant(token)?;
-        if grant.allows(action, channel) {
+        if channels.all(|channel| grant.allows(action, channel)) {
             Ok(grant.exp)
         } else {
             Err(Error::Forbidden)
@@ -676,46 +716,103 @@ fn long_poll_answer(channel: &str, format: Format, polled: Polled, max_batch: us
                 return Answer::refusal(&Error::NotFound);
             };
             let answer = match format {
-                Format::Raw => {
-                    let content_type = &first.payload.content_type;
-                    let answer = Answer::full(
-                        StatusCode::OK,
-                        content_type.clone(),
-                        first.payload.data.clone(),
-                    )
-                    .with(X_MESSAGE_ID, first.payload.id.clone())
-                    .with_static(SANDBOX);
-                    if protocol::shown_inline(content_type) {
-                        answer
-                    } else {
-                        answer.with(
-                            header::CONTENT_DISPOSITION,
-                            Bytes::from_static(b"attachment"),
-                        )
-                    }
-                }
+                Format::Raw => raw_message(first).with(X_MESSAGE_ID, first.payload.id.clone()),
                 Format::Json => {
-                    let held = protocol::batch_len(messages.iter().map(|m| &m.payload), max_batch);
-                    let messages = &messages[..held];
-                    let last = messages.last().unwrap_or(last);
+                    let items = || messages.iter().map(|m| m.payload.json(channel));
+                    let held = protocol::batch_len(items(), max_batch, 0);
+                    let last = messages[..held].last().unwrap_or(last);
                     let last_id = &last.payload.id;
-                    let parts = protocol::json_batch(
-                        channel,
-                        messages.iter().map(|m| &m.payload),
-                        last_id,
-                        gap,
-                    );
-                    Answer::full(
-                        StatusCode::OK,
-                        Bytes::from_static(crate::answer::JSON.as_bytes()),
-                        parts,
-                    )
-                    .with(X_MESSAGE_ID, last_id.clone())
+                    let gap_json: &[u8] = if gap { b"true" } else { b"false" };
+                    let parts =
+                        protocol::json_batch(channel, items().take(held), last_id, gap_json);
+                    Answer::full(StatusCode::OK, json_type(), parts)
+                        .with(X_MESSAGE_ID, last_id.clone())
                 }
             };
             gap_header(answer.with_static(NOSNIFF), gap)
         }
     }
+}
+
+/// A long-poll's answer on several channels, as [`long_poll_answer`], with
+/// a composite cursor in `X-Message-Id` and `last_id` (each channel at its
+/// last message in the answer, or where it stood), the channel of a raw
+/// message in `X-Channel`, and the channels that missed messages in `X-Gap`
+/// and in `gap`.
+fn many_answer(
+    channels: &[(String, protocol::Since)],
+    format: Format,
+    polled: PolledMany,
+    ids: &Ids,
+    max_batch: usize,
+) -> Answer {
+    let PolledMany {
+        from,
+        gaps,
+        mut messages,
+    } = polled;
+    let name = |i: usize| channels[i].0.as_str();
+    let held = match format {
+        Format::Raw => messages.len().min(1),
+        Format::Json => {
+            let items = messages.iter().map(|(i, m)| m.payload.json(name(*i)));
+            protocol::batch_len(items, max_batch, channels.len() - 1)
+        }
+    };
+    messages.truncate(held);
+    let mut at: Vec<Bytes> = from.iter().map(|&seq| ids.id(seq)).collect();
+    for (i, m) in &messages {
+        at[*i] = m.payload.id.clone();
+    }
+    let cursor = protocol::cursor((0..channels.len()).map(|i| (name(i), &at[i][..])));
+    let missed: Vec<&str> = (0..channels.len()).filter(|&i| gaps[i]).map(name).collect();
+    let answer = match (format, messages.first()) {
+        (_, None) => Answer::status(StatusCode::NO_CONTENT),
+        (Format::Raw, Some((i, m))) => raw_message(m)
+            .with(X_CHANNEL, Bytes::copy_from_slice(name(*i).as_bytes()))
+            .with_static(NOSNIFF),
+        (Format::Json, Some(_)) => {
+            let joined = channels
+                .iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(",");
+            let gap_json = serde_json::to_vec(&missed).unwrap_or_else(|_| b"[]".to_vec());
+            let items = messages.iter().map(|(i, m)| m.payload.json(name(*i)));
+            let parts = protocol::json_batch(&joined, items, &cursor, &gap_json);
+            Answer::full(StatusCode::OK, json_type(), parts).with_static(NOSNIFF)
+        }
+    };
+    let answer = answer.with(X_MESSAGE_ID, cursor);
+    if missed.is_empty() {
+        answer
+    } else {
+        answer.with(X_GAP, Bytes::from(missed.join(",")))
+    }
+}
+
+/// A message as a raw answer: its bytes with its Content-Type, shown in
+/// place only if a browser would just display it.
+fn raw_message(message: &crate::store::Message) -> Answer {
+    let content_type = &message.payload.content_type;
+    let answer = Answer::full(
+        StatusCode::OK,
+        content_type.clone(),
+        message.payload.data.clone(),
+    )
+    .with_static(SANDBOX);
+    if protocol::shown_inline(content_type) {
+        answer
+    } else {
+        answer.with(
+            header::CONTENT_DISPOSITION,
+            Bytes::from_static(b"attachment"),
+        )
+    }
+}
+
+fn json_type() -> Bytes {
+    Bytes::from_static(crate::answer::JSON.as_bytes())
 }
 
 fn preflight(allow: &'static str) -> Answer {

@@ -107,6 +107,7 @@ pub async fn run(listener: TcpListener, mut config: Config, shutdown: impl Futur
             body_timeout: config.header_timeout(),
             max_message: config.max_message,
             max_batch: config.max_batch_bytes,
+            max_channels: config.max_channels_per_request,
             max_memory: config.max_memory(),
             cors_origin: Bytes::from(config.cors_origin.clone()),
             publish_token: config.publish_token.clone(),

@@ -18,8 +18,9 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
 use crate::answer::{Answer, Body, NOSNIFF};
-use crate::hub::STREAM_BACKLOG;
-use crate::store::{Message, Stream};
+use crate::hub::{STREAM_BACKLOG, Since, StreamGuard};
+use crate::protocol::{self, Content};
+use crate::store::{Message, Store, Stream};
 
 /// The last event of a stream whose token expired.
 const EXPIRED: &[u8] = b"event: expired\ndata: the token expired: reconnect with a fresh one\n\n";
@@ -85,6 +86,10 @@ pub fn answer(mut stream: Stream, ping: Duration, ends: Option<Instant>) -> Answ
             ping.reset();
         }
     });
+    event_stream(rx)
+}
+
+fn event_stream(rx: mpsc::Receiver<Bytes>) -> Answer {
     Answer::full(
         StatusCode::OK,
         Bytes::from_static(b"text/event-stream"),
@@ -95,6 +100,105 @@ pub fn answer(mut stream: Stream, ping: Duration, ends: Option<Instant>) -> Answ
         Bytes::from_static(b"no"),
     )
     .with_static(NOSNIFF)
+}
+
+/// An event stream on several channels, read by long-polls on the store.
+#[derive(Debug)]
+pub struct Polls {
+    /// The store.
+    pub store: Store,
+    /// The channels, each from where it starts.
+    pub channels: Vec<(String, Since)>,
+    /// Counts the stream as open while it is.
+    pub counted: StreamGuard<Content>,
+}
+
+/// Answers an `/events` request for several channels: what each holds
+/// after its start, then every new message, each event with the composite
+/// cursor after it; a `: ping` after `ping` of silence; ends at `ends` with
+/// `event: expired`, and when a channel is deleted, the store goes away or
+/// the server stops.
+pub fn answer_many(polls: Polls, ping: Duration, ends: Option<Instant>) -> Answer {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    tokio::spawn(async move {
+        let Polls {
+            store,
+            mut channels,
+            counted: _counted,
+        } = polls;
+        let head = format!("retry: {RETRY_MS}\n\n");
+        if tx.send(Bytes::from(head)).await.is_err() {
+            return;
+        }
+        let expiry = async {
+            match ends {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expiry);
+        loop {
+            let polled = tokio::select! {
+                polled = store.poll_many(&channels, usize::MAX, ping, false) => polled,
+                () = &mut expiry => {
+                    let _ = tx.try_send(Bytes::from_static(EXPIRED));
+                    return;
+                }
+                _ = tx.closed() => return,
+            };
+            let Ok(polled) = polled else { return };
+            let missed: Vec<&str> = channels
+                .iter()
+                .zip(&polled.gaps)
+                .filter(|(_, gap)| **gap)
+                .map(|(c, _)| c.0.as_str())
+                .collect();
+            let mut frames = Vec::with_capacity(polled.messages.len() + 1);
+            if !missed.is_empty() {
+                let list = serde_json::to_string(&missed).unwrap_or_default();
+                frames.push(Bytes::from(format!(
+                    "event: gap\ndata: {{\"channels\":{list}}}\n\n"
+                )));
+            }
+            if polled.messages.is_empty() && missed.is_empty() {
+                frames.push(Bytes::from_static(b": ping\n\n"));
+            }
+            let ids = store.ids();
+            let mut at: Vec<Bytes> = polled.from.iter().map(|&seq| ids.id(seq)).collect();
+            for (i, m) in &polled.messages {
+                at[*i] = m.payload.id.clone();
+                let cursor = protocol::cursor(
+                    channels
+                        .iter()
+                        .zip(&at)
+                        .map(|((name, _), id)| (name.as_str(), &id[..])),
+                );
+                frames.push(event(&cursor, &m.payload.json(&channels[*i].0)));
+            }
+            for ((_, since), (i, from)) in channels.iter_mut().zip(polled.from.iter().enumerate()) {
+                let last = polled.messages.iter().rev().find(|(j, _)| *j == i);
+                *since = Since::Id(last.map_or(*from, |(_, m)| m.seq));
+            }
+            for frame in frames {
+                if tx.send(frame).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    event_stream(rx)
+}
+
+/// One event of a stream on several channels: `id:` the cursor, `data:` the
+/// message's JSON item (one line: JSON escapes line breaks).
+fn event(cursor: &[u8], item: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(cursor.len() + item.len() + 16);
+    out.extend_from_slice(b"id: ");
+    out.extend_from_slice(cursor);
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(item);
+    out.extend_from_slice(b"\n\n");
+    out.into()
 }
 
 /// Queues a frame for the connection. While the queue is full (the client is not

@@ -198,6 +198,25 @@ async fn a_valid_token_without_the_channel_gets_403() {
             .await;
         assert_eq!(resp.status, status, "{channel}");
     }
+    // Several channels need every one allowed (the public ones need nothing).
+    for (channels, token, status) in [
+        ("room.a,user.42", Some(&token), 204),
+        ("room.a,lobby", Some(&token), 204),
+        ("room.a,admin", Some(&token), 403),
+        ("lobby,news.today", None, 204),
+        ("lobby,room.a", None, 401),
+    ] {
+        let token = token.map(|t| format!("&token={t}")).unwrap_or_default();
+        let resp = c
+            .get(&format!("/subscribe?channel={channels}&timeout=0{token}"))
+            .await;
+        assert_eq!(resp.status, status, "{channels}");
+        if status != 204 {
+            let resp = c.get(&format!("/events?channel={channels}{token}")).await;
+            assert_eq!(resp.status, status, "/events {channels}");
+        }
+    }
+    assert_eq!(server.stats().await["waiting"], 0);
     // Public channels need no token at all.
     for channel in ["lobby", "news.today"] {
         let resp = c

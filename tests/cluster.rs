@@ -456,3 +456,67 @@ async fn tokens_decide_the_same_on_every_instance() {
         assert_eq!(resp.text(), "hi");
     }
 }
+
+#[tokio::test]
+async fn several_channels_resume_on_another_instance_with_nothing_lost() {
+    let redis = Redis::start();
+    let a = instance(&redis, &[]).await;
+    let b = instance(&redis, &[]).await;
+    let cursor = a.get("/subscribe?channel=x,y,z&timeout=0").await.id();
+    let waiting = spawn_get(a.addr, &format!("/subscribe?channel=x,y,z&since={cursor}"));
+    a.wait_for_stat("waiting", 1).await;
+    let y1 = b.client().await.publish("y", "y1").await;
+    let got = join(waiting).await;
+    assert_eq!((got.text(), got.header("x-channel")), ("y1", Some("y")));
+    let cursor = got.id();
+    assert!(cursor.contains(&format!("y~{y1}")), "{cursor}");
+
+    // Published on A while the client moves to B: B's answer has each of
+    // them once, with its channel, and a cursor at each channel's last.
+    let mut on_a = a.client().await;
+    let x1 = on_a.publish("x", "x1").await;
+    let z1 = on_a.publish("z", "z1").await;
+    let y2 = on_a.publish("y", "y2").await;
+    let batch = b
+        .get(&format!(
+            "/subscribe?channel=x,y,z&format=json&since={cursor}"
+        ))
+        .await;
+    let body = batch.json();
+    let mut got: Vec<(String, String)> = body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let s = |k: &str| m[k].as_str().unwrap().to_owned();
+            (s("channel"), s("id"))
+        })
+        .collect();
+    got.sort();
+    let expected = [("x", &x1), ("y", &y2), ("z", &z1)];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(c, id)| ((*c).to_owned(), (*id).clone()))
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(body["gap"], serde_json::json!([]));
+    assert_eq!(body["last_id"], format!("x~{x1},y~{y2},z~{z1}").as_str());
+
+    // An event stream on B resumes from the older cursor just as exactly.
+    let mut stream = Events::open(&b, "/events?channel=x,y,z", Some(&cursor)).await;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let (_, data) = stream.message().await;
+        let item: serde_json::Value = serde_json::from_str(&data).unwrap();
+        seen.push((
+            item["channel"].as_str().unwrap().to_owned(),
+            item["id"].as_str().unwrap().to_owned(),
+        ));
+    }
+    seen.sort();
+    assert_eq!(seen, expected);
+    let y3 = on_a.publish("y", "y3").await;
+    let (id, data) = stream.message().await;
+    assert!(data.contains("\"y3\""), "{data}");
+    assert_eq!(id, format!("x~{x1},y~{y3},z~{z1}"));
+}

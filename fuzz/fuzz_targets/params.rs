@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use comethub::hub::{Config, Hub, Mode, Poll};
-use comethub::protocol::{self, Content, Ids, Meter, Query};
+use comethub::hub::{Config, Hub, Mode, Since, Start};
+use comethub::protocol::{self, Channels, Content, Ids, Meter, Query};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
 
     // Its encodings: JSON that parses and gives the text back, SSE lines only.
     let content = Content::new(ids.id(1), message.clone(), content_type.clone(), &meter);
-    let item: serde_json::Value = serde_json::from_slice(&content.json()).expect("valid json");
+    let item: serde_json::Value = serde_json::from_slice(&content.json("c")).expect("valid json");
     if let Ok(text) = std::str::from_utf8(&message) {
         assert_eq!(item["data"].as_str(), Some(text), "UTF-8 data round-trips");
     }
@@ -53,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
     drop(content);
     assert_eq!(meter.bytes(), 0, "encodings given back");
 
-    let Ok(params) = q.subscribe(None, &ids, Duration::from_secs(30)) else { return };
+    let Ok(params) = q.subscribe(None, &ids, Duration::from_secs(30), 8) else { return };
     let hub = Hub::new(Config {
         history: 4,
         history_age: Duration::from_secs(300),
@@ -62,24 +62,38 @@ fuzz_target!(|data: &[u8]| {
         max_bytes: 0,
         mode: Mode::Source,
     });
-    for _ in 0..3 {
-        hub.publish(&params.channel, |seq| {
+    let channels: Vec<(String, Since)> = match &params.channels {
+        Channels::One(name, since) => vec![(name.clone(), *since)],
+        Channels::Several(list) => list.clone(),
+    };
+    for (channel, _) in &channels {
+        hub.publish(channel, |seq| {
             Content::new(ids.id(seq), message.clone(), content_type.clone(), &meter)
         })
         .expect("publish");
     }
-    match hub.poll(&params.channel, params.since, params.limit()).expect("poll") {
-        Poll::Ready { messages, .. } => {
-            assert!(!messages.is_empty() && messages.len() <= params.limit());
-            assert!(messages.windows(2).all(|w| w[0].seq < w[1].seq), "ordered");
+    let many = hub.poll_many(&channels, params.limit(), true).expect("poll");
+    let mut read = 0;
+    for start in &many.starts {
+        match start {
+            Start::Read { messages, .. } => {
+                assert!(messages.len() <= params.limit());
+                assert!(messages.windows(2).all(|w| w[0].seq < w[1].seq), "ordered");
+                read += messages.len();
+            }
+            Start::Miss => panic!("a source hub never misses"),
         }
-        Poll::Wait(waiter) => {
-            assert_eq!(hub.snapshot().waiting, 1);
-            drop(waiter);
-        }
-        Poll::Miss => panic!("a source hub never misses"),
     }
+    if read == 0 {
+        assert_eq!(many.waiters.len(), channels.len());
+        assert_eq!(hub.snapshot().waiting, 1, "counted once");
+    } else {
+        assert!(many.waiters.is_empty());
+    }
+    drop(many);
     assert_eq!(hub.snapshot().waiting, 0, "no waiter leaked");
-    assert!(hub.delete(&params.channel));
+    for (channel, _) in &channels {
+        assert!(hub.delete(channel));
+    }
     assert_eq!(hub.snapshot().channels, 0);
 });

@@ -150,7 +150,7 @@ async fn next(
             buf.drain(..end);
             buf.shrink_to_fit();
             // Asked here, not while waiting: a parked subscriber holds nothing of it.
-            if let Err(err) = routes.admitted(ask, &params.channel).await {
+            if let Err(err) = routes.admitted(ask, &params.channels).await {
                 return Step::Answer(routes.finish(Err(err)), close, http10);
             }
             return Step::Wait(params, close, http10);

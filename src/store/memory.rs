@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{ChannelState, Polled, Published, Settings, Stream};
+use super::{ChannelState, Polled, PolledMany, Published, Settings, Stream, first_woken};
 use crate::error::Error;
-use crate::hub::{self, Hub, Outcome, Poll, Since};
+use crate::hub::{self, Hub, Outcome, Poll, Since, Start};
 use crate::protocol::{Content, Ids};
 
 /// How a long-poll on the memory store starts.
@@ -61,7 +61,7 @@ impl Future for MemoryWait<'_> {
 }
 
 /// Channels in this process.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Memory {
     hub: Arc<Hub<Content>>,
     ids: Ids,
@@ -102,6 +102,40 @@ impl Memory {
             })),
             Poll::Miss => Err(Error::StoreUnavailable),
         }
+    }
+
+    /// A long-poll on several channels: what the history holds after each
+    /// one's start, or the next message on any.
+    pub(super) async fn poll_many(
+        &self,
+        channels: &[(String, Since)],
+        limit: usize,
+        timeout: Duration,
+        count: bool,
+    ) -> Result<PolledMany, Error> {
+        let many = self.hub.poll_many(channels, limit, count)?;
+        let mut polled = PolledMany::new(channels.len());
+        for (i, start) in many.starts.into_iter().enumerate() {
+            match start {
+                Start::Read {
+                    from,
+                    gap,
+                    messages,
+                } => polled.read(i, from, gap, messages),
+                Start::Miss => return Err(Error::StoreUnavailable),
+            }
+        }
+        if !polled.messages.is_empty() {
+            return Ok(polled.sorted());
+        }
+        // The memory hub has no misses: one waiter per channel, in order.
+        let mut waiters: Vec<_> = many.waiters.into_iter().enumerate().collect();
+        match first_woken(&mut waiters, timeout).await {
+            Some((i, Outcome::Message(m))) => polled.messages.push((i, m)),
+            Some((_, Outcome::Deleted)) => return Err(Error::Gone),
+            Some((_, Outcome::Timeout(_) | Outcome::Shutdown(_) | Outcome::Reset)) | None => {}
+        }
+        Ok(polled)
     }
 
     pub(super) fn stream(&self, channel: &str, since: Since) -> Result<Stream, Error> {

@@ -47,6 +47,62 @@ pub enum Polled {
     },
 }
 
+/// What a long-poll on several channels got ([`Store::poll_many`]).
+#[derive(Debug, Default)]
+pub struct PolledMany {
+    /// Per channel, in the order asked: the reader now has, or was told it
+    /// missed, every message up to this sequence (beyond what `messages` has).
+    pub from: Vec<u64>,
+    /// Per channel: some messages after its `since` were no longer retained.
+    pub gaps: Vec<bool>,
+    /// Messages, each with its channel's place in the request; in publish
+    /// order within each channel, and by sequence across them.
+    pub messages: Vec<(usize, Message)>,
+}
+
+impl PolledMany {
+    fn new(channels: usize) -> PolledMany {
+        PolledMany {
+            from: vec![0; channels],
+            gaps: vec![false; channels],
+            messages: Vec::new(),
+        }
+    }
+
+    /// What channel `i` read: everything up to `from`, and `messages`.
+    fn read(&mut self, i: usize, from: u64, gap: bool, messages: Vec<Message>) {
+        self.from[i] = from;
+        self.gaps[i] |= gap;
+        self.messages.extend(messages.into_iter().map(|m| (i, m)));
+    }
+
+    /// Orders the messages by sequence: publish order in memory (one
+    /// sequence for every channel), time order on Redis (stream ids).
+    fn sorted(mut self) -> PolledMany {
+        self.messages.sort_by_key(|(_, m)| m.seq);
+        self
+    }
+}
+
+/// Waits for the first of `waiters` (each with its channel's place) to be
+/// woken, or `timeout` (`None`).
+async fn first_woken(
+    waiters: &mut [(usize, hub::Waiter<Content>)],
+    timeout: Duration,
+) -> Option<(usize, hub::Outcome<Content>)> {
+    let sleep = tokio::time::sleep(timeout);
+    tokio::pin!(sleep);
+    std::future::poll_fn(|cx| {
+        for (i, waiter) in waiters.iter_mut() {
+            if let TaskPoll::Ready(outcome) = waiter.poll_woken(cx) {
+                return TaskPoll::Ready(Some((*i, outcome)));
+            }
+        }
+        sleep.as_mut().poll(cx).map(|()| None)
+    })
+    .await
+}
+
 /// What a publish did.
 #[derive(Debug)]
 pub struct Published {
@@ -166,8 +222,8 @@ impl Future for StorePoll<'_> {
 /// How often expired history is swept.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Where channels live.
-#[derive(Debug)]
+/// Where channels live (a clone is a handle on the same channels).
+#[derive(Debug, Clone)]
 pub enum Store {
     /// In this process.
     Memory(memory::Memory),
@@ -218,6 +274,29 @@ impl Store {
                 },
             },
         }
+    }
+
+    /// A long-poll on several channels, each from its own `since`: up to
+    /// `limit` messages of each after it, or the next one on any of them, or
+    /// nothing by `timeout`. Counted as one waiting subscriber if `count`
+    /// (an event stream on several channels counts itself as a stream).
+    pub async fn poll_many(
+        &self,
+        channels: &[(String, Since)],
+        limit: usize,
+        timeout: Duration,
+        count: bool,
+    ) -> Result<PolledMany, Error> {
+        match self {
+            Store::Memory(m) => m.poll_many(channels, limit, timeout, count).await,
+            Store::Redis(r) => r.poll_many(channels, limit, timeout, count).await,
+        }
+    }
+
+    /// Counts an event stream on several channels (read by
+    /// [`Store::poll_many`]) as open until the guard is dropped.
+    pub fn count_stream(&self) -> Result<hub::StreamGuard<Content>, Error> {
+        Ok(self.hub().count_stream()?)
     }
 
     /// An event stream: the messages after `since`, then live ones.

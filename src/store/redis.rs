@@ -33,9 +33,9 @@ use tokio::sync::{Mutex as AsyncMutex, Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::{ChannelState, Message, Polled, Published, Settings, Stream};
+use super::{ChannelState, Message, Polled, PolledMany, Published, Settings, Stream};
 use crate::error::Error;
-use crate::hub::{self, Hub, Outcome, Poll, Since, Waiter};
+use crate::hub::{self, Hub, Outcome, Poll, Since, Start, Waiter};
 use crate::protocol::{Content, Ids, Meter};
 use crate::stats::RedisLink;
 
@@ -168,6 +168,9 @@ struct Read {
     /// Where the reader stands if no message comes back: its `since`, or the
     /// channel's last id.
     position: u64,
+    /// The reader has every message up to here but those read, or was told
+    /// it missed them.
+    from: u64,
     /// The channel's last id when it was read.
     last: u64,
     gap: bool,
@@ -399,6 +402,7 @@ impl Redis {
         let (after, gap) = since.start(last, dropped, u64::MAX);
         Ok(Read {
             position: if after == 0 { last } else { after },
+            from: after.max(dropped),
             last,
             gap,
             messages,
@@ -443,7 +447,7 @@ impl Redis {
         loop {
             // Waiter first, then follow, then read: a message published at any
             // point is in the read or reaches the waiter.
-            let waiter = self.hub.wait(channel)?;
+            let waiter = self.hub.wait(channel, true)?;
             let read = match self.follow(channel).await {
                 Ok(()) => self.read(channel, since, limit).await,
                 Err(err) => Err(err),
@@ -486,6 +490,77 @@ impl Redis {
             match wait_after(waiter, read.position, deadline, gap).await {
                 Some(polled) => return polled,
                 None => since = Since::Id(read.position),
+            }
+        }
+    }
+
+    /// A long-poll on several channels. The channels this instance's copy
+    /// covers are read from it under one lock; each other one as
+    /// [`Redis::poll`] reads it: waiter, follow, then the stream. A message
+    /// that may not directly follow what was read starts it all again from
+    /// where each channel stands.
+    pub(super) async fn poll_many(
+        &self,
+        channels: &[(String, Since)],
+        limit: usize,
+        timeout: Duration,
+        count: bool,
+    ) -> Result<PolledMany, Error> {
+        let deadline = Instant::now() + timeout;
+        self.link()?;
+        let mut asked = channels.to_vec();
+        let mut gaps = vec![false; channels.len()];
+        loop {
+            let many = self.hub.poll_many(&asked, limit, count)?;
+            let mut counted = count && !many.waiters.is_empty();
+            let mut hub_waiters = many.waiters.into_iter();
+            let mut waiters = Vec::with_capacity(asked.len());
+            let mut polled = PolledMany::new(asked.len());
+            for (i, start) in many.starts.into_iter().enumerate() {
+                match start {
+                    Start::Read {
+                        from,
+                        gap,
+                        messages,
+                    } => {
+                        polled.read(i, from, gap, messages);
+                        waiters.extend(hub_waiters.next().map(|w| (i, w)));
+                    }
+                    Start::Miss => {
+                        let channel = asked[i].0.as_str();
+                        let since = self.pin_next(channel, asked[i].1).await?;
+                        let waiter = self.hub.wait(channel, count && !counted)?;
+                        counted |= count;
+                        self.follow(channel).await?;
+                        let read = self.read(channel, since, limit).await?;
+                        self.hub.cover_from(channel, read.last);
+                        polled.read(i, read.from, read.gap, read.messages);
+                        waiters.push((i, waiter));
+                    }
+                }
+            }
+            for (gap, was) in polled.gaps.iter_mut().zip(&gaps) {
+                *gap |= was;
+            }
+            if !polled.messages.is_empty() {
+                return Ok(polled.sorted());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match super::first_woken(&mut waiters, left).await {
+                Some((i, Outcome::Message(m))) if m.seq > polled.from[i] => {
+                    polled.messages.push((i, m));
+                    return Ok(polled);
+                }
+                Some((_, Outcome::Message(_))) => {
+                    for ((_, since), from) in asked.iter_mut().zip(&polled.from) {
+                        *since = Since::Id(*from);
+                    }
+                    gaps = polled.gaps;
+                }
+                Some((_, Outcome::Deleted)) => return Err(Error::Gone),
+                Some((_, Outcome::Timeout(_) | Outcome::Shutdown(_) | Outcome::Reset)) | None => {
+                    return Ok(polled);
+                }
             }
         }
     }
