@@ -1,8 +1,10 @@
-//! `GET /`: the chat page, built into the binary.
+//! `GET /`: the chat page, and `/comethub.js`, the client library it is
+//! built on, both built into the binary.
 //!
-//! An HTML page with its script (`/chat.js`) and style (`/chat.css`), no other
-//! assets, that speaks the protocol: long-poll with `format=json` and `since`
-//! by default, Server-Sent Events on demand. The page is served with a strict
+//! An HTML page with its script (`/chat.js`) and style (`/chat.css`), and the
+//! library (`/comethub.js`, an ES module any page may import), no other
+//! assets. The library speaks the protocol: long-poll with `format=json` and
+//! a cursor by default, Server-Sent Events on demand. The page is served with a strict
 //! Content-Security-Policy: scripts and styles only from those two files, no
 //! inline code, connections only to this origin, no framing. So even a message
 //! that got into the page's markup could run nothing; which is why the script
@@ -20,18 +22,21 @@ pub const PAGE: &str = include_str!("../static/chat.html");
 pub const SCRIPT: &str = include_str!("../static/chat.js");
 /// The page's style.
 pub const STYLE: &str = include_str!("../static/chat.css");
+/// The client library.
+pub const LIBRARY: &str = include_str!("../static/comethub.js");
 
 /// The policy the page is served with.
 pub const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
      connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; \
      frame-ancestors 'none'";
 
-/// The chat page, or one of its two files, by path.
+/// The chat page, one of its two files, or the library, by path.
 pub fn asset(path: &str) -> Option<Answer> {
     let (content_type, body) = match path {
         "/" => ("text/html; charset=utf-8", PAGE),
         "/chat.js" => ("text/javascript; charset=utf-8", SCRIPT),
         "/chat.css" => ("text/css; charset=utf-8", STYLE),
+        "/comethub.js" => ("text/javascript; charset=utf-8", LIBRARY),
         _ => return None,
     };
     let answer = Answer::full(

@@ -17,6 +17,7 @@
 //! | `/channels/C`   | GET                | one channel's state      |
 //! | `/`             | GET                | the chat page            |
 //! | `/chat.js`, `/chat.css` | GET        | the chat page's files    |
+//! | `/comethub.js`  | GET                | the client library       |
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -266,7 +267,9 @@ impl Routes {
             // A long-poll or a stream answered without its body would be a wait
             // for nothing; the other reads answer HEAD as GET, without the body.
             "/subscribe" | "/events" => "GET, OPTIONS",
-            "/stats" | "/metrics" | "/" | "/chat.js" | "/chat.css" => "GET, HEAD, OPTIONS",
+            "/stats" | "/metrics" | "/" | "/chat.js" | "/chat.css" | "/comethub.js" => {
+                "GET, HEAD, OPTIONS"
+            }
             "/publish" => "GET, POST, DELETE, OPTIONS",
             p if p.starts_with("/channels/") => "GET, HEAD, OPTIONS",
             _ => return Err(Error::NotFound),
@@ -334,6 +337,7 @@ impl Routes {
             (&Method::GET | &Method::HEAD, "/") => Route::Page("/"),
             (&Method::GET | &Method::HEAD, "/chat.js") => Route::Page("/chat.js"),
             (&Method::GET | &Method::HEAD, "/chat.css") => Route::Page("/chat.css"),
+            (&Method::GET | &Method::HEAD, "/comethub.js") => Route::Page("/comethub.js"),
             (&Method::GET | &Method::HEAD, p) if p.starts_with("/channels/") => {
                 self.admin(req)?;
                 Route::Channel(protocol::channel_name(Some(&p["/channels/".len()..]))?.to_owned())

@@ -137,9 +137,12 @@ pub fn answer_many(polls: Polls, ping: Duration, ends: Option<Instant>) -> Answe
             }
         };
         tokio::pin!(expiry);
+        // The first look does not wait, so a gap is told at once even when
+        // nothing is left to send after it.
+        let mut wait = Duration::ZERO;
         loop {
             let polled = tokio::select! {
-                polled = store.poll_many(&channels, usize::MAX, ping, false) => polled,
+                polled = store.poll_many(&channels, usize::MAX, wait, false) => polled,
                 () = &mut expiry => {
                     let _ = tx.try_send(Bytes::from_static(EXPIRED));
                     return;
@@ -160,9 +163,10 @@ pub fn answer_many(polls: Polls, ping: Duration, ends: Option<Instant>) -> Answe
                     "event: gap\ndata: {{\"channels\":{list}}}\n\n"
                 )));
             }
-            if polled.messages.is_empty() && missed.is_empty() {
+            if polled.messages.is_empty() && missed.is_empty() && !wait.is_zero() {
                 frames.push(Bytes::from_static(b": ping\n\n"));
             }
+            wait = ping;
             let ids = store.ids();
             let mut at: Vec<Bytes> = polled.from.iter().map(|&seq| ids.id(seq)).collect();
             for (i, m) in &polled.messages {

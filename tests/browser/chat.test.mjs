@@ -2,63 +2,19 @@
 // Each test starts the real comethub binary (COMETHUB_BIN) on a free loopback port.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, execFileSync } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { createServer } from "node:http";
 import { mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { BIN, launch, startServer, publish, STEP } from "./helpers.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const repo = join(here, "..", "..");
-const BIN = process.env.COMETHUB_BIN || join(repo, "target", "release", "comethub");
-const STEP = 15_000;
 
 let browser;
-before(async () => {
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-  });
-});
+before(async () => { browser = await launch(); });
 after(async () => { await browser?.close(); });
-
-/** Starts comethub; resolves to {url, port, stop()} once it logs its address. */
-function startServer(listen = "127.0.0.1:0", extra = []) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(BIN, ["--listen", listen, ...extra], { env: { ...process.env, RUST_LOG: "info" } });
-    let buf = "";
-    const timer = setTimeout(() => reject(new Error("server did not start: " + buf)), STEP);
-    child.stderr.on("data", (d) => {
-      buf += d;
-      const m = buf.match(/addr=(\S+)/);
-      if (m && timer) {
-        clearTimeout(timer);
-        const port = Number(m[1].split(":").pop());
-        resolve({
-          url: `http://127.0.0.1:${port}`,
-          port,
-          stop: () => new Promise((done) => {
-            if (child.exitCode !== null) return done();
-            child.once("exit", done);
-            child.kill("SIGTERM");
-          }),
-        });
-      }
-    });
-    child.once("error", reject);
-  });
-}
-
-async function publish(server, room, text, type = "text/plain") {
-  const r = await fetch(`${server.url}/publish?channel=${room}`, {
-    method: "POST", headers: { "content-type": type }, body: text,
-  });
-  assert.equal(r.status, 200);
-  return (await r.json()).id;
-}
 
 async function openChat(context, base, room, extra = "") {
   const page = await context.newPage();
@@ -286,9 +242,9 @@ test("a published page opened on the server's origin runs nothing", async () => 
 
 test("a page on another origin long-polls comethub (CORS)", async () => {
   const server = await startServer();
-  // The page and its two files, copied to another origin.
+  // The page, its two files and the library, copied to another origin.
   const files = {};
-  for (const path of ["/", "/chat.js", "/chat.css"]) {
+  for (const path of ["/", "/chat.js", "/chat.css", "/comethub.js"]) {
     const r = await fetch(`${server.url}${path}`);
     files[path] = { type: r.headers.get("content-type"), body: await r.text() };
   }
