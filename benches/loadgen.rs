@@ -20,9 +20,12 @@
 //! Every run is bounded in count and time and talks only to the address given
 //! (use loopback).
 //!
-//! - fanout: N subscribers wait on one channel; one 32-byte message is published;
-//!   reports the time until each has it (p50, p99, all), the server's CPU time for
-//!   the round (from /proc/PID/stat) and its RSS growth per waiting subscriber.
+//! - fanout: N subscribers wait on one channel (or, with `--channel a,b,c,d`,
+//!   each on all of them in one request, publishes going to each in turn); one
+//!   32-byte message is published; reports the time until each has it (p50,
+//!   p99, all), the server's CPU time for the round and for parking the
+//!   subscribers' polls before it (from /proc/PID/stat), and its RSS growth
+//!   per waiting subscriber.
 //! - cycle: K subscribers re-poll with their last id while M messages are
 //!   published (`--publishers P` connections at once, each in its own order);
 //!   reports deliveries per second, messages lost, duplicated and out of their
@@ -261,7 +264,12 @@ fn publish_request(o: &Opts, seq: usize) -> Vec<u8> {
     let mut body = format!("m{seq:08}").into_bytes();
     body.resize(MESSAGE_LEN, b'.');
     let path = match o.kind {
-        Kind::Comethub => format!("/publish?channel={}{}", o.channel, o.token),
+        Kind::Comethub => {
+            // Several channels (`--channel a,b,c`): publishes go to each in turn.
+            let channels: Vec<&str> = o.channel.split(',').collect();
+            let channel = channels[seq % channels.len()];
+            format!("/publish?channel={channel}{}", o.token)
+        }
         Kind::Nchan | Kind::NchanMultipart => format!("/pub/{}", o.channel),
     };
     let mut req = format!(
@@ -406,9 +414,11 @@ async fn fanout(o: Opts) {
         o.kind
     );
     let mut cpu_per_round = Vec::new();
+    let mut cpu_per_park = Vec::new();
     let mut all_ms = Vec::new();
     let mut rss_per_sub = None;
     for round in 0..o.rounds {
+        let park0 = cpu_ms(&o.pids);
         for (s, _, cursor) in conns.iter_mut() {
             s.write_all(subscribe_request(&o, cursor).as_bytes())
                 .await
@@ -420,6 +430,9 @@ async fn fanout(o: Opts) {
             rss_per_sub = Some(b.saturating_sub(a) as f64 * 1024.0 / o.subscribers as f64);
         }
         let cpu0 = cpu_ms(&o.pids);
+        if let Some(park) = cpu0.zip(park0).map(|(b, a)| b - a) {
+            cpu_per_park.push(park);
+        }
         let t0 = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
         for (mut s, mut buf, mut cursor) in conns.drain(..) {
@@ -466,10 +479,11 @@ async fn fanout(o: Opts) {
         percentile(v, 0.5)
     };
     println!(
-        "RESULT fanout subscribers={} all_ms_median={:.1} cpu_ms_median={:.1} rss_bytes_per_subscriber={}",
+        "RESULT fanout subscribers={} all_ms_median={:.1} cpu_ms_median={:.1} park_cpu_ms_median={:.1} rss_bytes_per_subscriber={}",
         o.subscribers,
         median(&mut all_ms),
         median(&mut cpu_per_round),
+        median(&mut cpu_per_park),
         rss_per_sub.map_or("n/a".into(), |v| format!("{v:.0}"))
     );
 }

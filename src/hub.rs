@@ -459,12 +459,15 @@ pub enum Start<P: Payload> {
 pub struct Many<P: Payload> {
     /// Each channel's start, in the order asked.
     pub starts: Vec<Start<P>>,
-    /// When no channel read anything: a waiter on each that is not a miss.
-    pub waiters: Vec<Waiter<P>>,
+    /// When no channel read anything: a waiter on each that is not a miss,
+    /// with its channel's place in the order asked.
+    pub waiters: Vec<(usize, Waiter<P>)>,
 }
 
 /// Marks a waiter's key as not counted in `waiting`.
 const UNCOUNTED: u64 = 1 << 63;
+/// The key of a waiter already taken off its channel ([`Hub::release`]).
+const RELEASED: u64 = u64::MAX;
 
 /// How a wait ended.
 #[derive(Debug)]
@@ -533,6 +536,11 @@ impl<P: Payload> Future for Wait<P> {
 }
 
 impl<P: Payload> Waiter<P> {
+    /// The hub this waiter waits in.
+    pub fn hub(&self) -> &Arc<Hub<P>> {
+        &self.hub
+    }
+
     /// Whether something woke this waiter: a message, deletion, a reset or
     /// shutdown (never a timeout, which is its caller's).
     pub fn poll_woken(&mut self, cx: &mut Context<'_>) -> TaskPoll<Outcome<P>> {
@@ -547,11 +555,36 @@ impl<P: Payload> Waiter<P> {
 
 impl<P: Payload> Drop for Waiter<P> {
     fn drop(&mut self) {
-        let mut state = self.hub.state();
-        let Some(ch) = state.channels.get_mut(&self.channel) else {
+        if self.key == RELEASED {
+            return;
+        }
+        self.hub.state().unwait(self);
+    }
+}
+
+impl<P: Payload> Hub<P> {
+    /// Takes `waiters` off their channels under one lock (a long-poll on
+    /// several channels gives up all of its waiters but one at once), and
+    /// frees the channels they leave idle.
+    pub fn release<'w>(&self, waiters: impl IntoIterator<Item = &'w mut Waiter<P>>) {
+        let mut state = self.state();
+        for waiter in waiters {
+            if waiter.key != RELEASED {
+                state.unwait(waiter);
+                waiter.key = RELEASED;
+            }
+        }
+    }
+}
+
+impl<P: Payload> State<P> {
+    /// Takes one waiter off its channel.
+    fn unwait(&mut self, waiter: &Waiter<P>) {
+        let state = self;
+        let Some(ch) = state.channels.get_mut(&waiter.channel) else {
             return;
         };
-        let counted = ch.waiters.remove(&self.key).is_some() && self.key & UNCOUNTED == 0;
+        let counted = ch.waiters.remove(&waiter.key).is_some() && waiter.key & UNCOUNTED == 0;
         if counted {
             ch.counted -= 1;
         }
@@ -560,7 +593,7 @@ impl<P: Payload> Drop for Waiter<P> {
             state.waiting -= 1;
         }
         if idle {
-            state.remove(&self.channel);
+            state.remove(&waiter.channel);
         }
     }
 }
@@ -830,12 +863,12 @@ impl<P: Payload> Hub<P> {
         if !ready {
             waiters.reserve(channels.len());
             let mut count = count;
-            for ((channel, _), start) in channels.iter().zip(&starts) {
+            for (i, ((channel, _), start)) in channels.iter().zip(&starts).enumerate() {
                 let Start::Read { from, gap, .. } = *start else {
                     continue;
                 };
                 match self.enqueue(state, channel.as_ref(), from, gap, count) {
-                    Ok(waiter) => waiters.push(waiter),
+                    Ok(waiter) => waiters.push((i, waiter)),
                     Err(refused) => {
                         // Dropping a waiter takes the lock.
                         drop(guard);
@@ -1734,7 +1767,7 @@ mod tests {
         // A publish on the last channel wakes its waiter only.
         let (_, delivered) = hub.publish("c", |_| "c1").unwrap();
         assert_eq!(delivered, 1);
-        let c = waiters.pop().unwrap();
+        let (_, c) = waiters.pop().unwrap();
         let Outcome::Message(m) = c.wait(Duration::from_secs(1)).await else {
             panic!("woken by c1");
         };

@@ -133,20 +133,36 @@ impl Ids {
     }
 
     fn encode(&self, seq: u64) -> Vec<u8> {
-        let mut out = Vec::with_capacity(32);
+        let mut out = Vec::with_capacity(self.len(seq));
+        self.write(seq, &mut out);
+        out
+    }
+
+    /// The length of the id packed in `seq`.
+    pub fn len(&self, seq: u64) -> usize {
+        let digits = |n: u64| n.checked_ilog10().map_or(1, |d| d as usize + 1);
+        match self {
+            Ids::Epoch(epoch) => epoch.len() + 1 + digits(seq),
+            Ids::Stream => {
+                digits(seq >> STREAM_SEQ_BITS) + 1 + digits(seq & ((1 << STREAM_SEQ_BITS) - 1))
+            }
+        }
+    }
+
+    /// Appends the id packed in `seq` to `out`.
+    pub fn write(&self, seq: u64, out: &mut Vec<u8>) {
         match self {
             Ids::Epoch(epoch) => {
                 out.extend_from_slice(epoch.as_bytes());
                 out.push(b'-');
-                push_decimal(&mut out, seq);
+                push_decimal(out, seq);
             }
             Ids::Stream => {
-                push_decimal(&mut out, seq >> STREAM_SEQ_BITS);
+                push_decimal(out, seq >> STREAM_SEQ_BITS);
                 out.push(b'-');
-                push_decimal(&mut out, seq & ((1 << STREAM_SEQ_BITS) - 1));
+                push_decimal(out, seq & ((1 << STREAM_SEQ_BITS) - 1));
             }
         }
-        out
     }
 
     /// Parses `since` (or `Last-Event-ID`).
@@ -541,47 +557,63 @@ impl Channels {
     }
 }
 
-/// A composite cursor: for each channel, in order, `CHANNEL~ID` (the id of
-/// the last message of it the reader has, or of where it stands), joined by
-/// commas.
-pub fn cursor<'a>(entries: impl Iterator<Item = (&'a str, &'a [u8])>) -> Bytes {
-    let mut out = Vec::with_capacity(64);
-    for (i, (channel, id)) in entries.enumerate() {
+/// A composite cursor: for each of `channels`, in order, `CHANNEL~ID`, the
+/// id packed in its entry of `at` (that of the last message of it the
+/// reader has, or of where it stands), joined by commas. Made in one
+/// allocation: every answer to several channels carries one.
+pub fn cursor(ids: &Ids, channels: &[(String, Since)], at: &[u64]) -> Bytes {
+    let len = channels
+        .iter()
+        .zip(at)
+        .map(|((name, _), &seq)| name.len() + 2 + ids.len(seq))
+        .sum::<usize>();
+    let mut out = Vec::with_capacity(len.saturating_sub(1));
+    for (i, ((name, _), &seq)) in channels.iter().zip(at).enumerate() {
         if i > 0 {
             out.push(LIST_SEPARATOR as u8);
         }
-        out.extend_from_slice(channel.as_bytes());
+        out.extend_from_slice(name.as_bytes());
         out.push(CURSOR_SEPARATOR as u8);
-        out.extend_from_slice(id);
+        ids.write(seq, &mut out);
     }
     out.into()
 }
 
-/// Where each of `names` starts, from a `since` (or `Last-Event-ID`) that
-/// is absent (each from now), `oldest` (each from its oldest message), or a
-/// composite cursor: each named channel from its id (or `oldest`), any other
-/// from now; entries of channels not asked for are ignored.
-pub fn parse_cursor(value: Option<&str>, names: &[&str], ids: &Ids) -> Result<Vec<Since>, Error> {
-    let mut since = vec![Since::Next; names.len()];
+/// Where each of `channels` starts, from a `since` (or `Last-Event-ID`)
+/// that is absent (each from now), `oldest` (each from its oldest message),
+/// or a composite cursor: each named channel from its id (or `oldest`), any
+/// other from now; entries of channels not asked for are ignored (but must
+/// be well formed).
+pub fn apply_cursor<S: AsRef<str>>(
+    value: Option<&str>,
+    channels: &mut [(S, Since)],
+    ids: &Ids,
+) -> Result<(), Error> {
     match value {
         None => {}
-        Some("oldest") => since.fill(Since::Oldest),
+        Some("oldest") => channels.iter_mut().for_each(|(_, s)| *s = Since::Oldest),
         Some(value) if value.contains(CURSOR_SEPARATOR) => {
             for (n, entry) in value.split(LIST_SEPARATOR).enumerate() {
-                let (channel, id) = entry.split_once(CURSOR_SEPARATOR).ok_or(Error::BadCursor)?;
-                let channel = channel_name(Some(channel)).map_err(|_| Error::BadCursor)?;
-                let id = ids.parse_since(Some(id)).map_err(|_| Error::BadCursor)?;
                 if n >= MAX_CURSOR_ENTRIES {
                     return Err(Error::BadCursor);
                 }
-                if let Some(i) = names.iter().position(|&name| name == channel) {
-                    since[i] = id;
+                let (channel, id) = entry.split_once(CURSOR_SEPARATOR).ok_or(Error::BadCursor)?;
+                let since = ids.parse_since(Some(id)).map_err(|_| Error::BadCursor)?;
+                match channels
+                    .iter_mut()
+                    .find(|(name, _)| name.as_ref() == channel)
+                {
+                    Some((_, slot)) => *slot = since,
+                    // Names asked for are checked already; this one is not.
+                    None => {
+                        channel_name(Some(channel)).map_err(|_| Error::BadCursor)?;
+                    }
                 }
             }
         }
         Some(_) => return Err(Error::BadCursor),
     }
-    Ok(since)
+    Ok(())
 }
 
 /// `GET /subscribe`'s parameters.
@@ -633,31 +665,34 @@ impl Query<'_> {
         };
         let since = self.since.as_deref().or(header);
         let list = self.channel.as_deref().unwrap_or(DEFAULT_CHANNEL);
-        if !list.contains(LIST_SEPARATOR) {
-            let channel = channel_name(Some(list))?;
-            let since = match since {
-                Some(s) if s.contains(CURSOR_SEPARATOR) => {
-                    parse_cursor(Some(s), &[channel], ids)?[0]
+        // One channel (a comma is no name's): plain ids, or a cursor.
+        if let Ok(channel) = channel_name(Some(list)) {
+            let since = match ids.parse_since(since) {
+                Err(_) if since.is_some_and(|s| s.contains(CURSOR_SEPARATOR)) => {
+                    let mut one = [(channel, Since::Next)];
+                    apply_cursor(since, &mut one, ids)?;
+                    one[0].1
                 }
-                s => ids.parse_since(s)?,
+                since => since?,
             };
             return Ok(Channels::One(channel.to_owned(), since));
         }
-        let mut names: Vec<&str> = Vec::new();
+        if !list.contains(LIST_SEPARATOR) {
+            return Err(Error::BadChannel);
+        }
+        let mut channels: Vec<(String, Since)> = Vec::with_capacity(4);
         for name in list.split(LIST_SEPARATOR) {
             let name = channel_name(Some(name))?;
-            if names.len() == max {
+            if channels.len() == max {
                 return Err(Error::TooManyChannels(max));
             }
-            if names.contains(&name) {
+            if channels.iter().any(|(n, _)| n == name) {
                 return Err(Error::DuplicateChannel);
             }
-            names.push(name);
+            channels.push((name.to_owned(), Since::Next));
         }
-        let since = parse_cursor(since, &names, ids)?;
-        Ok(Channels::Several(
-            names.into_iter().map(str::to_owned).zip(since).collect(),
-        ))
+        apply_cursor(since, &mut channels, ids)?;
+        Ok(Channels::Several(channels))
     }
 
     /// The query as `/subscribe` parameters (at most `max_channels`).
@@ -985,15 +1020,24 @@ mod tests {
 
     #[test]
     fn cursors_name_each_channel_with_its_id() {
-        let entries = [("a", &b"k3x9af-3"[..]), ("room.1", b"k3x9af-0")];
-        let cursor = cursor(entries.into_iter());
-        assert_eq!(&cursor[..], b"a~k3x9af-3,room.1~k3x9af-0");
-        // What a cursor says is what parsing it gives back.
-        let ids = Ids::Epoch("k3x9af".into());
-        let text = std::str::from_utf8(&cursor).unwrap();
-        assert_eq!(
-            parse_cursor(Some(text), &["room.1", "a"], &ids),
-            Ok(vec![Since::Id(0), Since::Id(3)])
-        );
+        for ids in [Ids::Epoch("k3x9af".into()), Ids::Stream] {
+            let mut channels = vec![
+                ("a".to_owned(), Since::Next),
+                ("room.1".to_owned(), Since::Next),
+            ];
+            let at = [3, (1_764_080_000_000 << 20) | 12];
+            let cursor = cursor(&ids, &channels, &at);
+            let text = std::str::from_utf8(&cursor).unwrap();
+            assert_eq!(
+                text,
+                format!("a~{},room.1~{}", ids.format(at[0]), ids.format(at[1]))
+            );
+            assert_eq!(cursor.len(), text.len());
+            // What a cursor says is what reading it gives back.
+            channels.reverse();
+            apply_cursor(Some(text), &mut channels, &ids).unwrap();
+            assert_eq!(channels[0].1, Since::Id(at[1]));
+            assert_eq!(channels[1].1, Since::Id(at[0]));
+        }
     }
 }

@@ -553,6 +553,9 @@ impl Routes {
         query: &Query,
         channels: &Channels,
     ) -> Result<Admission, Error> {
+        if self.settings.subscribe_auth == SubscribeAuth::None {
+            return Ok((None, None));
+        }
         let public = &self.settings.public_channels;
         let mut private = channels.names().filter(|c| !public.matches(c)).peekable();
         if private.peek().is_none() {
@@ -764,11 +767,13 @@ fn many_answer(
         }
     };
     messages.truncate(held);
-    let mut at: Vec<Bytes> = from.iter().map(|&seq| ids.id(seq)).collect();
+    // Each channel at its last message in the answer (messages are in
+    // sequence order), or where it stood.
+    let mut at = from;
     for (i, m) in &messages {
-        at[*i] = m.payload.id.clone();
+        at[*i] = m.seq;
     }
-    let cursor = protocol::cursor((0..channels.len()).map(|i| (name(i), &at[i][..])));
+    let cursor = protocol::cursor(ids, channels, &at);
     let missed: Vec<&str> = (0..channels.len()).filter(|&i| gaps[i]).map(name).collect();
     let answer = match (format, messages.first()) {
         (_, None) => Answer::status(StatusCode::NO_CONTENT),

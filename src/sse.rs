@@ -167,21 +167,14 @@ pub fn answer_many(polls: Polls, ping: Duration, ends: Option<Instant>) -> Answe
                 frames.push(Bytes::from_static(b": ping\n\n"));
             }
             wait = ping;
-            let ids = store.ids();
-            let mut at: Vec<Bytes> = polled.from.iter().map(|&seq| ids.id(seq)).collect();
+            let mut at = polled.from;
             for (i, m) in &polled.messages {
-                at[*i] = m.payload.id.clone();
-                let cursor = protocol::cursor(
-                    channels
-                        .iter()
-                        .zip(&at)
-                        .map(|((name, _), id)| (name.as_str(), &id[..])),
-                );
+                at[*i] = m.seq;
+                let cursor = protocol::cursor(store.ids(), &channels, &at);
                 frames.push(event(&cursor, &m.payload.json(&channels[*i].0)));
             }
-            for ((_, since), (i, from)) in channels.iter_mut().zip(polled.from.iter().enumerate()) {
-                let last = polled.messages.iter().rev().find(|(j, _)| *j == i);
-                *since = Since::Id(last.map_or(*from, |(_, m)| m.seq));
+            for ((_, since), seq) in channels.iter_mut().zip(at) {
+                *since = Since::Id(seq);
             }
             for frame in frames {
                 if tx.send(frame).await.is_err() {

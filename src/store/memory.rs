@@ -128,8 +128,7 @@ impl Memory {
         if !polled.messages.is_empty() {
             return Ok(polled.sorted());
         }
-        // The memory hub has no misses: one waiter per channel, in order.
-        let mut waiters: Vec<_> = many.waiters.into_iter().enumerate().collect();
+        let mut waiters = many.waiters;
         match first_woken(&mut waiters, timeout).await {
             Some((i, Outcome::Message(m))) => polled.messages.push((i, m)),
             Some((_, Outcome::Deleted)) => return Err(Error::Gone),

@@ -92,7 +92,7 @@ async fn first_woken(
 ) -> Option<(usize, hub::Outcome<Content>)> {
     let sleep = tokio::time::sleep(timeout);
     tokio::pin!(sleep);
-    std::future::poll_fn(|cx| {
+    let woken = std::future::poll_fn(|cx| {
         for (i, waiter) in waiters.iter_mut() {
             if let TaskPoll::Ready(outcome) = waiter.poll_woken(cx) {
                 return TaskPoll::Ready(Some((*i, outcome)));
@@ -100,7 +100,12 @@ async fn first_woken(
         }
         sleep.as_mut().poll(cx).map(|()| None)
     })
-    .await
+    .await;
+    if let Some((_, first)) = waiters.first() {
+        let hub = first.hub().clone();
+        hub.release(waiters.iter_mut().map(|(_, w)| w));
+    }
+    woken
 }
 
 /// What a publish did.
@@ -289,7 +294,8 @@ impl Store {
     ) -> Result<PolledMany, Error> {
         match self {
             Store::Memory(m) => m.poll_many(channels, limit, timeout, count).await,
-            Store::Redis(r) => r.poll_many(channels, limit, timeout, count).await,
+            // Boxed, as in `poll`: the memory store's wait stays small.
+            Store::Redis(r) => Box::pin(r.poll_many(channels, limit, timeout, count)).await,
         }
     }
 

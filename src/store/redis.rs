@@ -513,8 +513,7 @@ impl Redis {
         loop {
             let many = self.hub.poll_many(&asked, limit, count)?;
             let mut counted = count && !many.waiters.is_empty();
-            let mut hub_waiters = many.waiters.into_iter();
-            let mut waiters = Vec::with_capacity(asked.len());
+            let mut waiters = many.waiters;
             let mut polled = PolledMany::new(asked.len());
             for (i, start) in many.starts.into_iter().enumerate() {
                 match start {
@@ -522,10 +521,7 @@ impl Redis {
                         from,
                         gap,
                         messages,
-                    } => {
-                        polled.read(i, from, gap, messages);
-                        waiters.extend(hub_waiters.next().map(|w| (i, w)));
-                    }
+                    } => polled.read(i, from, gap, messages),
                     Start::Miss => {
                         let channel = asked[i].0.as_str();
                         let since = self.pin_next(channel, asked[i].1).await?;

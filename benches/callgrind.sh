@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Exact server instructions per delivery, free of the machine's noise: the
+# fan-out (1,000 subscribers) under callgrind for 2 rounds and for 4; the
+# difference divided by 2,000 deliveries is what one more round costs per
+# delivery: taking a re-poll, parking it, the publish's share, the wake and
+# the answer.
+#   benches/callgrind.sh CHANNELS [--token JWT] [-- comethub flags...]
+#   benches/callgrind.sh fan
+#   benches/callgrind.sh fan0,fan1,fan2,fan3
+#   COMETHUB_BIN=old/comethub benches/callgrind.sh fan    (another build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CHANNELS=${1:-fan}; shift || true
+LOAD=()
+while [ $# -gt 0 ] && [ "$1" != "--" ]; do LOAD+=("$1"); shift; done
+[ "${1:-}" = "--" ] && shift
+source benches/common.sh
+build
+PORT=${PORT:-18061}
+BIN=${COMETHUB_BIN:-target/release/comethub}
+command -v valgrind >/dev/null || { echo "needs valgrind (apt install valgrind)" >&2; exit 1; }
+total() {
+  local rounds=$1 out; shift
+  out=$(mktemp /tmp/callgrind.XXXX)
+  valgrind --tool=callgrind --callgrind-out-file="$out" "$BIN" \
+    --listen 127.0.0.1:$PORT --timeout 120 "$@" 2>/dev/null &
+  local vpid=$!
+  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$PORT/" && break; sleep 0.2; done
+  "$LOADGEN" fanout --addr 127.0.0.1:$PORT --subscribers 1000 --rounds "$rounds" \
+    --channel "$CHANNELS" ${LOAD[@]+"${LOAD[@]}"} >/dev/null
+  kill -TERM $vpid; wait $vpid 2>/dev/null || true
+  grep -E "^(summary|totals):" "$out" | awk '{print $2}' | head -1
+  cp "$out" /tmp/callgrind-last.out; rm -f "$out"
+}
+two=$(total 2 "$@")
+four=$(total 4 "$@")
+echo "RESULT callgrind channels=$CHANNELS instructions_per_delivery=$(( (four - two) / 2000 ))"
