@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use super::{ChannelState, Polled, PolledMany, Published, Settings, Stream, first_woken};
 use crate::error::Error;
-use crate::hub::{self, Hub, Outcome, Poll, Since, Start};
+use crate::hub::{self, Hub, Outcome, Poll, Since};
 use crate::protocol::{Content, Ids};
 
 /// How a long-poll on the memory store starts.
@@ -115,15 +115,9 @@ impl Memory {
     ) -> Result<PolledMany, Error> {
         let many = self.hub.poll_many(channels, limit, count)?;
         let mut polled = PolledMany::new(channels.len());
-        for (i, start) in many.starts.into_iter().enumerate() {
-            match start {
-                Start::Read {
-                    from,
-                    gap,
-                    messages,
-                } => polled.read(i, from, gap, messages),
-                Start::Miss => return Err(Error::StoreUnavailable),
-            }
+        if !polled.read_starts(many.starts).is_empty() {
+            // A source hub never misses.
+            return Err(Error::StoreUnavailable);
         }
         if !polled.messages.is_empty() {
             return Ok(polled.sorted());

@@ -69,6 +69,23 @@ impl PolledMany {
         }
     }
 
+    /// What a poll on the hub read, channel by channel; returns the places
+    /// of the channels it could not read (a cache's misses).
+    fn read_starts(&mut self, starts: Vec<hub::Start<Content>>) -> Vec<usize> {
+        let mut missed = Vec::new();
+        for (i, start) in starts.into_iter().enumerate() {
+            match start {
+                hub::Start::Read {
+                    from,
+                    gap,
+                    messages,
+                } => self.read(i, from, gap, messages),
+                hub::Start::Miss => missed.push(i),
+            }
+        }
+        missed
+    }
+
     /// What channel `i` read: everything up to `from`, and `messages`.
     fn read(&mut self, i: usize, from: u64, gap: bool, messages: Vec<Message>) {
         self.from[i] = from;

@@ -35,7 +35,7 @@ use tracing::{info, warn};
 
 use super::{ChannelState, Message, Polled, PolledMany, Published, Settings, Stream};
 use crate::error::Error;
-use crate::hub::{self, Hub, Outcome, Poll, Since, Start, Waiter};
+use crate::hub::{self, Hub, Outcome, Poll, Since, Waiter};
 use crate::protocol::{Content, Ids, Meter};
 use crate::stats::RedisLink;
 
@@ -515,25 +515,16 @@ impl Redis {
             let mut counted = count && !many.waiters.is_empty();
             let mut waiters = many.waiters;
             let mut polled = PolledMany::new(asked.len());
-            for (i, start) in many.starts.into_iter().enumerate() {
-                match start {
-                    Start::Read {
-                        from,
-                        gap,
-                        messages,
-                    } => polled.read(i, from, gap, messages),
-                    Start::Miss => {
-                        let channel = asked[i].0.as_str();
-                        let since = self.pin_next(channel, asked[i].1).await?;
-                        let waiter = self.hub.wait(channel, count && !counted)?;
-                        counted |= count;
-                        self.follow(channel).await?;
-                        let read = self.read(channel, since, limit).await?;
-                        self.hub.cover_from(channel, read.last);
-                        polled.read(i, read.from, read.gap, read.messages);
-                        waiters.push((i, waiter));
-                    }
-                }
+            for i in polled.read_starts(many.starts) {
+                let channel = asked[i].0.as_str();
+                let since = self.pin_next(channel, asked[i].1).await?;
+                let waiter = self.hub.wait(channel, count && !counted)?;
+                counted |= count;
+                self.follow(channel).await?;
+                let read = self.read(channel, since, limit).await?;
+                self.hub.cover_from(channel, read.last);
+                polled.read(i, read.from, read.gap, read.messages);
+                waiters.push((i, waiter));
             }
             for (gap, was) in polled.gaps.iter_mut().zip(&gaps) {
                 *gap |= was;
