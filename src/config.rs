@@ -57,6 +57,19 @@ pub struct Config {
     #[arg(long, default_value = "1M", value_parser = bytes_size)]
     pub max_batch_bytes: usize,
 
+    /// PEM certificate chain: serve HTTPS (HTTP/2 and HTTP/1.1, by ALPN) on
+    /// the listener. Read again on SIGHUP. Needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// Most streams (requests at once) one HTTP/2 connection may open.
+    #[arg(long, default_value_t = 256)]
+    pub max_concurrent_streams: u32,
+
     /// Most channels one subscription may name (`channel=a,b,c`); more get 400.
     #[arg(long, default_value_t = 64)]
     pub max_channels_per_request: usize,

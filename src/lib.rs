@@ -7,10 +7,11 @@
 //! Each layer uses only the ones below it; a decision is made in one of them.
 //!
 //! 1. The binary (`main.rs`) and [`config`]: flags, logging, the runtime.
-//! 2. [`server`]: the listener, the reactors, the connections' lifecycle, shutdown.
+//! 2. [`server`]: the listener, the reactors, the connections' lifecycle, shutdown;
+//!    [`tls`], its certificates.
 //! 3. [`http`]: the lean HTTP/1.1 parser and writer ([`http::lean`]) and the hyper
-//!    adapter ([`http::adapter`]), both from bytes to the routes' request model and
-//!    from their answer model back to bytes.
+//!    adapter ([`http::adapter`], HTTP/1.1 and HTTP/2), both from bytes to the
+//!    routes' request model and from their answer model back to bytes.
 //! 4. [`routes`]: the route table, one handler per endpoint, the request model;
 //!    [`answer`], the answer model; [`sse`] and [`chat`], two of the handlers'
 //!    bodies.
@@ -40,6 +41,7 @@ pub mod shutdown;
 pub mod sse;
 pub mod stats;
 pub mod store;
+pub mod tls;
 
 pub use config::Config;
 pub use error::Error;

@@ -112,6 +112,7 @@ fn main() -> ExitCode {
             publish_token = config.publish_token.is_some(),
             admin_token = config.admin_token.is_some(),
             cluster = config.redis.is_some(),
+            tls = config.tls_cert.is_some(),
             "listening"
         );
         server::run(listener, config, shutdown::signal()).await;

@@ -17,8 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioTimer;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -31,6 +30,7 @@ use crate::http::{adapter, lean};
 use crate::routes::{self, Routes};
 use crate::stats::Counters;
 use crate::store::{self, Store};
+use crate::tls::Certificates;
 
 /// Longest time shutdown waits for connections to finish.
 pub const GRACE: Duration = Duration::from_millis(1500);
@@ -135,11 +135,28 @@ pub async fn run(listener: TcpListener, mut config: Config, shutdown: impl Futur
     let trimmer = tokio::spawn(trim_memory(counters.clone(), routes.clone()));
 
     let max_connections = config.max_connections();
-    let mut builder = http1::Builder::new();
+    let mut builder = adapter::Builder::new(TokioExecutor::new());
     builder
+        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_timeout())
         .max_buf_size(config.max_header_bytes as usize);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .max_header_list_size(config.max_header_bytes);
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => match Certificates::load(cert, key) {
+            Ok(certificates) => Some(Arc::new(certificates)),
+            Err(err) => {
+                error!(%err, "cannot start");
+                return;
+            }
+        },
+        _ => None,
+    };
+    let reloader = tls.clone().map(|tls| tokio::spawn(reload_on_hangup(tls)));
     let graceful = GracefulShutdown::new();
     let (closing_tx, closing) = watch::channel(false);
     let tracker = Arc::new(Tracker::default());
@@ -153,6 +170,7 @@ pub async fn run(listener: TcpListener, mut config: Config, shutdown: impl Futur
         },
         closing,
         tracker: tracker.clone(),
+        tls,
     });
     let reactors: Vec<Reactor> = (1..usize::from(config.threads))
         .filter_map(|i| connections.clone().reactor(i))
@@ -218,6 +236,26 @@ pub async fn run(listener: TcpListener, mut config: Config, shutdown: impl Futur
     let _ = store_task.await;
     trimmer.abort();
     let _ = trimmer.await;
+    if let Some(reloader) = reloader {
+        reloader.abort();
+        let _ = reloader.await;
+    }
+}
+
+/// Reads the certificate files again on every `SIGHUP`; a connection
+/// arriving after takes the new ones, those open keep theirs.
+async fn reload_on_hangup(tls: Arc<Certificates>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        warn!("cannot listen for SIGHUP: certificates will not be reloaded");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match tls.reload() {
+            Ok(()) => info!("SIGHUP: certificates reloaded"),
+            Err(err) => warn!(%err, "SIGHUP: certificates not reloaded; keeping the old ones"),
+        }
+    }
 }
 
 /// Hands freed heap pages back after many connections have closed, so the
@@ -325,10 +363,12 @@ struct Reactor {
 #[derive(Debug)]
 struct Connections {
     routes: Arc<Routes>,
-    builder: http1::Builder,
+    builder: adapter::Builder,
     limits: lean::Limits,
     closing: watch::Receiver<bool>,
     tracker: Arc<Tracker>,
+    /// With `--tls-cert`: every connection is TLS, served by hyper.
+    tls: Option<Arc<Certificates>>,
 }
 
 impl Connections {
@@ -336,6 +376,23 @@ impl Connections {
     /// what it hands over.
     fn spawn(self: &Arc<Self>, stream: TcpStream, watcher: Watcher, open: OpenConnection) {
         let this = self.clone();
+        if let Some(tls) = &self.tls {
+            let acceptor = tls.acceptor();
+            self.tracker.spawn(|tracked| async move {
+                let limit = this.limits.header_timeout;
+                match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let io = lean::Rewind::wrap(stream, this.limits.write_timeout);
+                        let routes = this.routes.clone();
+                        Box::pin(adapter::serve(io, routes, &this.builder, watcher)).await;
+                    }
+                    Ok(Err(err)) => debug!(cause = %err, "TLS handshake failed"),
+                    Err(_) => debug!("TLS handshake too slow"),
+                }
+                drop((open, tracked));
+            });
+            return;
+        }
         self.tracker.spawn(|tracked| async move {
             let next = lean::serve(stream, &this.routes, &this.limits, &this.closing).await;
             if let lean::Next::Hyper(io) = next {

@@ -1,6 +1,8 @@
 //! The hyper adapter: serves a connection with hyper once the lean path hands it
-//! over, turning hyper's requests into the routes' [`Request`] and their
-//! [`Answer`]s into hyper's responses.
+//! over (or from the start, for TLS), over HTTP/1.1 or HTTP/2, turning hyper's
+//! requests into the routes' [`Request`] and their [`Answer`]s into hyper's
+//! responses. On HTTP/2 each request is a stream; one that the client cancels
+//! drops its handler, and with it its place in the hub, at once.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -13,10 +15,11 @@ use http_body_util::{BodyExt, Limited};
 use hyper::Response;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::header::HeaderValue;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::Watcher;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tracing::debug;
 
@@ -25,8 +28,16 @@ use crate::answer::{Answer, Body};
 use crate::error::Error;
 use crate::routes::{Request, Route, Routes};
 
+/// How hyper serves a connection: HTTP/1.1, or HTTP/2 when it opens with the
+/// HTTP/2 preface (after ALPN `h2` on TLS, or with prior knowledge in the
+/// clear).
+pub type Builder = auto::Builder<TokioExecutor>;
+
 /// Serves the rest of a connection with hyper.
-pub async fn serve(io: Rewind, routes: Arc<Routes>, builder: &http1::Builder, watcher: Watcher) {
+pub async fn serve<S>(io: Rewind<S>, routes: Arc<Routes>, builder: &Builder, watcher: Watcher)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let conn = builder.serve_connection(
         TokioIo::new(io),
         service_fn(move |req| {

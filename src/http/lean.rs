@@ -638,22 +638,28 @@ impl Date {
 /// hyper has no setting for, so a reader that stopped reading (an event stream
 /// left open, a batch never read) lets go of its connection.
 #[derive(Debug)]
-pub struct Rewind {
+pub struct Rewind<S = TcpStream> {
     read: Bytes,
-    inner: TcpStream,
+    inner: S,
     write_timeout: Duration,
     /// Set while a write is blocked: when it gives up.
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl Rewind {
-    fn new(read: Vec<u8>, inner: TcpStream, write_timeout: Duration) -> Rewind {
+impl<S> Rewind<S> {
+    fn new(read: Vec<u8>, inner: S, write_timeout: Duration) -> Rewind<S> {
         Rewind {
             read: read.into(),
             inner,
             write_timeout,
             stalled: None,
         }
+    }
+
+    /// `inner` with nothing read yet, under the same write timeout (a TLS
+    /// connection, which hyper serves from the start).
+    pub fn wrap(inner: S, write_timeout: Duration) -> Rewind<S> {
+        Rewind::new(Vec::new(), inner, write_timeout)
     }
 
     /// Passes on a write's outcome: progress clears the stall timer; no
@@ -678,7 +684,7 @@ impl Rewind {
     }
 }
 
-impl AsyncRead for Rewind {
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -694,7 +700,7 @@ impl AsyncRead for Rewind {
     }
 }
 
-impl AsyncWrite for Rewind {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
