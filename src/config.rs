@@ -3,7 +3,6 @@
 //! One struct serves the binary (parsed by clap) and the library (built with
 //! [`Config::default`] and adjusted field by field, as the tests do).
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
@@ -31,9 +30,15 @@ pub const DEFAULT_MAX_BATCH_BYTES: usize = 1024 * 1024;
     about = "Async long-poll publish/subscribe HTTP server"
 )]
 pub struct Config {
-    /// Address to listen on (use port 0 for any free port).
-    #[arg(long, default_value = DEFAULT_LISTEN)]
-    pub listen: SocketAddr,
+    /// Address to listen on: IP:PORT (port 0: any free port) or unix:PATH;
+    /// repeat for several. Under systemd socket activation the inherited
+    /// sockets are served instead.
+    #[arg(long, default_value = DEFAULT_LISTEN, action = clap::ArgAction::Append)]
+    pub listen: Vec<crate::listen::Address>,
+
+    /// Permissions of the Unix sockets made for --listen unix:PATH (octal).
+    #[arg(long, default_value = "660", value_parser = octal)]
+    pub unix_mode: u32,
 
     /// Longest time a long-poll waits before answering 204, in seconds.
     #[arg(long, default_value_t = DEFAULT_TIMEOUT_SECS)]
@@ -186,6 +191,14 @@ pub struct Config {
     /// Log format: `text` or `json`.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+}
+
+/// Parses permissions in octal (`660`, `0600`).
+fn octal(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s}: use octal permissions such as 660"))
 }
 
 /// Parses a size in bytes: digits, optionally followed by `K`, `M` or `G`

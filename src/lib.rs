@@ -7,8 +7,9 @@
 //! Each layer uses only the ones below it; a decision is made in one of them.
 //!
 //! 1. The binary (`main.rs`) and [`config`]: flags, logging, the runtime.
-//! 2. [`server`]: the listener, the reactors, the connections' lifecycle, shutdown;
-//!    [`tls`], its certificates.
+//! 2. [`server`]: the reactors, the connections' lifecycle, shutdown;
+//!    [`listen`], where connections come from (TCP, Unix sockets, systemd);
+//!    [`tls`], the certificates.
 //! 3. [`http`]: the lean HTTP/1.1 parser and writer ([`http::lean`]) and the hyper
 //!    adapter ([`http::adapter`], HTTP/1.1 and HTTP/2), both from bytes to the
 //!    routes' request model and from their answer model back to bytes.
@@ -33,6 +34,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod hub;
+pub mod listen;
 pub mod os;
 pub mod protocol;
 pub mod routes;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use comethub::{Config, os, server, shutdown};
+use comethub::{Config, listen, os, server, shutdown};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
@@ -86,16 +86,24 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let listener = match server::bind(config.listen) {
-            Ok(l) => l,
+        let listeners = match listen::inherited() {
+            Ok(Some(inherited)) => inherited,
+            Ok(None) => match listen::bind(&config.listen, config.unix_mode) {
+                Ok(bound) => bound,
+                Err(err) => {
+                    error!(%err, "cannot listen");
+                    return ExitCode::FAILURE;
+                }
+            },
             Err(err) => {
-                error!(addr = %config.listen, cause = %err, "cannot listen");
-                return ExitCode::FAILURE;
+                error!(%err, "cannot start");
+                return ExitCode::from(2);
             }
         };
-        let addr = listener.local_addr().unwrap_or(config.listen);
+        let addresses: Vec<String> = listeners.iter().map(listen::Listener::address).collect();
         info!(
-            %addr,
+            addr = %addresses.first().map_or("", String::as_str),
+            listeners = %addresses.join(","),
             nofile,
             timeout = config.timeout,
             history = config.history,
@@ -115,7 +123,7 @@ fn main() -> ExitCode {
             tls = config.tls_cert.is_some(),
             "listening"
         );
-        server::run(listener, config, shutdown::signal()).await;
+        server::run(listeners, config, shutdown::signal()).await;
         ExitCode::SUCCESS
     })
 }

@@ -1,7 +1,8 @@
-//! The server: binds the listener, accepts connections, deals them out to the
+//! The server: accepts connections on its listeners, deals them out to the
 //! reactors, and shuts down.
 //!
-//! [`run`] takes an already-bound listener and a shutdown future, so the binary
+//! [`run`] takes already-bound listeners ([`crate::listen`]) and a shutdown
+//! future, so the binary
 //! passes SIGINT/SIGTERM and tests pass a channel. It owns every task it starts
 //! (the reactors and their connections, the store's background work, the memory
 //! trimmer) and waits for each without polling. On shutdown it stops accepting,
@@ -19,7 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixStream};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 use tracing::{debug, error, info, warn};
@@ -27,6 +28,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::Config;
 use crate::error::Error;
 use crate::http::{adapter, lean};
+use crate::listen::{Connection, Listener};
 use crate::routes::{self, Routes};
 use crate::stats::Counters;
 use crate::store::{self, Store};
@@ -69,7 +71,7 @@ pub fn store(config: &Config) -> Result<Store, String> {
 }
 
 /// Serves `listener` until `shutdown` completes, then shuts down gracefully.
-pub async fn run(listener: TcpListener, mut config: Config, shutdown: impl Future<Output = ()>) {
+pub async fn run(listeners: Vec<Listener>, mut config: Config, shutdown: impl Future<Output = ()>) {
     // Read the machine's memory once, for the store and the stats alike.
     config.max_memory = Some(config.max_memory());
     if let Err(err) = config.check() {
@@ -178,16 +180,29 @@ pub async fn run(listener: TcpListener, mut config: Config, shutdown: impl Futur
     let mut next_reactor = 0;
 
     tokio::pin!(shutdown);
+    let mut first = 0;
     loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+        let accepted = tokio::select! {
+            accepted = accept(&listeners, &mut first) => match accepted {
+                Ok(connection) => connection,
                 Err(err) => {
                     accept_failed(err).await;
                     continue;
                 }
             },
             _ = &mut shutdown => break,
+        };
+        let stream = match accepted {
+            Connection::Tcp(stream) => stream,
+            Connection::Unix(stream) => {
+                if counters.connections.load(Relaxed) as usize >= max_connections {
+                    debug!("connection limit: a Unix socket connection closed at once");
+                    continue;
+                }
+                let open = OpenConnection::new(counters.clone());
+                connections.spawn_unix(stream, graceful.watcher(), open);
+                continue;
+            }
         };
         if counters.connections.load(Relaxed) as usize >= max_connections {
             let answer = routes.finish(Err(Error::ConnectionLimit));
@@ -216,7 +231,7 @@ pub async fn run(listener: TcpListener, mut config: Config, shutdown: impl Futur
         }
     }
 
-    drop(listener);
+    drop(listeners);
     let _ = closing_tx.send(true);
     routes.store().close();
     let all_closed = async {
@@ -403,6 +418,18 @@ impl Connections {
         });
     }
 
+    /// Serves a Unix socket connection (a proxy in front) with hyper on the
+    /// current reactor.
+    fn spawn_unix(self: &Arc<Self>, stream: UnixStream, watcher: Watcher, open: OpenConnection) {
+        let this = self.clone();
+        self.tracker.spawn(|tracked| async move {
+            let io = lean::Rewind::wrap(stream, this.limits.write_timeout);
+            let routes = this.routes.clone();
+            Box::pin(adapter::serve(io, routes, &this.builder, watcher)).await;
+            drop((open, tracked));
+        });
+    }
+
     /// Starts another single-threaded reactor on its own thread (`--threads`); it
     /// serves the connections sent to it, sharing the store with all the others,
     /// until the acceptor drops its sender.
@@ -455,6 +482,25 @@ impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.connections.fetch_sub(1, Relaxed);
     }
+}
+
+/// The next connection on any of `listeners`, looking at them in turn from
+/// `first` so that none is starved.
+async fn accept(listeners: &[Listener], first: &mut usize) -> io::Result<Connection> {
+    if listeners.is_empty() {
+        return std::future::pending().await;
+    }
+    std::future::poll_fn(|cx| {
+        for k in 0..listeners.len() {
+            let i = (*first + k) % listeners.len();
+            if let std::task::Poll::Ready(accepted) = listeners[i].poll_accept(cx) {
+                *first = (i + 1) % listeners.len();
+                return std::task::Poll::Ready(accepted);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// Connection errors are the peer's business; others (such as running out of

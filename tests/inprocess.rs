@@ -21,7 +21,7 @@ async fn start(threads: u16) -> (SocketAddr, oneshot::Sender<()>, JoinHandle<()>
         ..Default::default()
     };
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(comethub::run(listener, config, async {
+    let server = tokio::spawn(comethub::run(vec![listener.into()], config, async {
         let _ = stopped.await;
     }));
     (addr, stop, server)

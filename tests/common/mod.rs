@@ -32,10 +32,16 @@ impl Server {
             .ok()
             .filter(|_| !args.contains(&"--threads"));
         let threads = threads.iter().flat_map(|n| ["--threads", n.as_str()]);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_comethub"))
-            .args(["--listen", "127.0.0.1:0"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_comethub"));
+        cmd.args(["--listen", "127.0.0.1:0"])
             .args(threads)
-            .args(args)
+            .args(args);
+        Server::spawn(cmd)
+    }
+
+    /// Starts `cmd` (which runs the binary) and waits for its "listening" line.
+    pub fn spawn(mut cmd: Command) -> Server {
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .env_remove("COMETHUB_PUBLISH_TOKEN")
             .env_remove("COMETHUB_ADMIN_TOKEN")
