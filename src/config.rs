@@ -184,6 +184,17 @@ pub struct Config {
     #[arg(long, env = "COMETHUB_REDIS")]
     pub redis: Option<String>,
 
+    /// A TOML file of settings, one key per flag with the flag's name
+    /// (`listen = ["127.0.0.1:8000"]`, `max-message = 65536`); flags and
+    /// environment variables override it.
+    #[arg(long, env = "COMETHUB_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+
+    /// Print the effective configuration (flags, environment and file) as
+    /// TOML, secrets left out, and exit.
+    #[arg(long)]
+    pub print_config: bool,
+
     /// What to do instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -257,6 +268,128 @@ pub struct TokenArgs {
     /// `iss` to put in it.
     #[arg(long)]
     pub issuer: Option<String>,
+}
+
+/// Flags whose values are secrets (a Redis URL may hold a password): never
+/// printed by `--print-config`.
+const SECRETS: [&str; 4] = ["publish-token", "admin-token", "jwt-key", "redis"];
+/// Flags that are not settings.
+const NOT_SETTINGS: [&str; 4] = ["config", "print-config", "help", "version"];
+
+impl Config {
+    /// The configuration from the command line, the environment and the
+    /// `--config` file, in that order of precedence; with the parsed
+    /// arguments, for [`to_toml`].
+    pub fn load_from(
+        args: Vec<std::ffi::OsString>,
+    ) -> Result<(Config, clap::ArgMatches), LoadError> {
+        use clap::parser::ValueSource;
+        use clap::{CommandFactory, FromArgMatches};
+        let command = Config::command();
+        let matches = command.clone().try_get_matches_from(&args)?;
+        let file = matches.get_one::<std::path::PathBuf>("config").cloned();
+        let Some(file) = file.filter(|_| matches.subcommand().is_none()) else {
+            return Ok((Config::from_arg_matches(&matches)?, matches));
+        };
+        let shown = file.display();
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| LoadError::File(format!("--config {shown}: {e}")))?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e| LoadError::File(format!("--config {shown}: {e}")))?;
+        let mut from_file: Vec<std::ffi::OsString> = Vec::new();
+        for (key, value) in &table {
+            let arg = command
+                .get_arguments()
+                .find(|a| a.get_long() == Some(key.as_str()))
+                .filter(|_| !NOT_SETTINGS.contains(&key.as_str()))
+                .ok_or_else(|| LoadError::File(format!("--config {shown}: no setting `{key}`")))?;
+            let given = matches!(
+                matches.value_source(arg.get_id().as_str()),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            );
+            if given {
+                continue;
+            }
+            let values = match value {
+                toml::Value::Array(items) => items.iter().collect(),
+                one => vec![one],
+            };
+            for value in values {
+                let text = match value {
+                    toml::Value::String(s) => s.clone(),
+                    toml::Value::Integer(n) => n.to_string(),
+                    toml::Value::Float(x) => x.to_string(),
+                    toml::Value::Boolean(b) => b.to_string(),
+                    _ => {
+                        return Err(LoadError::File(format!(
+                            "--config {shown}: `{key}` must be a string, a number or a list of them"
+                        )));
+                    }
+                };
+                from_file.push(format!("--{key}").into());
+                from_file.push(text.into());
+            }
+        }
+        let mut all = Vec::with_capacity(args.len() + from_file.len());
+        all.extend(args.first().cloned());
+        all.extend(from_file);
+        all.extend(args.into_iter().skip(1));
+        let matches = command.try_get_matches_from(all)?;
+        Ok((Config::from_arg_matches(&matches)?, matches))
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug)]
+pub enum LoadError {
+    /// A flag or value clap refuses (it prints its own message).
+    Args(clap::Error),
+    /// The `--config` file.
+    File(String),
+}
+
+impl From<clap::Error> for LoadError {
+    fn from(err: clap::Error) -> LoadError {
+        LoadError::Args(err)
+    }
+}
+
+/// The effective configuration of `matches` as TOML, in the form
+/// `--config` reads; secrets are not shown.
+pub fn to_toml(matches: &clap::ArgMatches) -> String {
+    use clap::CommandFactory;
+    let mut out = String::from("# comethub --print-config\n");
+    for arg in Config::command().get_arguments() {
+        let Some(key) = arg.get_long().filter(|k| !NOT_SETTINGS.contains(k)) else {
+            continue;
+        };
+        let values: Vec<String> = matches
+            .get_raw(arg.get_id().as_str())
+            .map(|v| v.map(|s| s.to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        if values.is_empty() {
+            out.push_str(&format!("# {key} = (not set)\n"));
+            continue;
+        }
+        if SECRETS.contains(&key) {
+            out.push_str(&format!("# {key} = (set, not shown)\n"));
+            continue;
+        }
+        let value = |s: &String| -> toml::Value {
+            match s.parse::<i64>() {
+                Ok(n) => toml::Value::Integer(n),
+                Err(_) => toml::Value::String(s.clone()),
+            }
+        };
+        let value = if matches!(arg.get_action(), clap::ArgAction::Append) {
+            toml::Value::Array(values.iter().map(value).collect())
+        } else {
+            value(&values[0])
+        };
+        out.push_str(&format!("{key} = {value}\n"));
+    }
+    out
 }
 
 impl Default for Config {

@@ -2,14 +2,24 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use comethub::{Config, listen, os, server, shutdown};
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     os::tune_allocator();
-    let mut config = Config::parse();
+    let (mut config, matches) = match Config::load_from(std::env::args_os().collect()) {
+        Ok(loaded) => loaded,
+        Err(comethub::config::LoadError::Args(err)) => err.exit(),
+        Err(comethub::config::LoadError::File(err)) => {
+            eprintln!("comethub: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    if config.print_config {
+        print!("{}", comethub::config::to_toml(&matches));
+        return ExitCode::SUCCESS;
+    }
     if let Some(comethub::config::Command::Token(t)) = &config.command {
         let pem = match &t.private_key {
             Some(path) => match std::fs::read(path) {

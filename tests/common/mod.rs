@@ -36,16 +36,22 @@ impl Server {
         cmd.args(["--listen", "127.0.0.1:0"])
             .args(threads)
             .args(args);
+        for var in [
+            "COMETHUB_PUBLISH_TOKEN",
+            "COMETHUB_ADMIN_TOKEN",
+            "COMETHUB_JWT_KEY",
+            "COMETHUB_CONFIG",
+        ] {
+            cmd.env_remove(var);
+        }
         Server::spawn(cmd)
     }
 
-    /// Starts `cmd` (which runs the binary) and waits for its "listening" line.
+    /// Starts `cmd` (which runs the binary, its environment as the caller
+    /// set it) and waits for its "listening" line.
     pub fn spawn(mut cmd: Command) -> Server {
         let mut child = cmd
             .env("RUST_LOG", "info")
-            .env_remove("COMETHUB_PUBLISH_TOKEN")
-            .env_remove("COMETHUB_ADMIN_TOKEN")
-            .env_remove("COMETHUB_JWT_KEY")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
