@@ -139,3 +139,39 @@ test("over SSE, the library reads every channel and names those a restart lost",
     await server.stop();
   }
 });
+
+test("over HTTPS, ten rooms in one page share one HTTP/2 connection and all stay live", async () => {
+  const cert = process.env.COMETHUB_TLS_CERT, key = process.env.COMETHUB_TLS_KEY;
+  assert.ok(cert && key, "tests/browser.rs passes a certificate");
+  const server = await startServer("127.0.0.1:0", ["--tls-cert", cert, "--tls-key", key]);
+  const context = await browser.newContext({ ignoreHTTPSErrors: true });
+  try {
+    const page = await context.newPage();
+    page.setDefaultTimeout(STEP);
+    await page.goto(`${server.url}/comethub.js`);
+    // Ten separate long-polls: over HTTP/1.1 a browser would keep four of
+    // them waiting for one of its six connections per host.
+    await page.evaluate(async () => {
+      window.got = [];
+      const { subscribe } = await import("/comethub.js");
+      for (let i = 0; i < 10; i++) {
+        subscribe([`room${i}`], (m) => window.got.push(m.channel + ":" + m.data), { share: false });
+      }
+    });
+    const stats = async () => (await page.evaluate(async () => (await fetch("/stats")).json()));
+    await until("ten long-polls waiting", async () => (await stats()).waiting === 10);
+    for (let i = 0; i < 10; i++) {
+      const r = await page.evaluate(async (i) => (await fetch(`/publish?channel=room${i}&message=hi${i}`)).status, i);
+      assert.equal(r, 200);
+    }
+    await until("every room got its message", async () => (await got(page)).length === 10);
+    assert.deepEqual([...(await got(page))].sort(), [...Array(10).keys()].map((i) => `room${i}:hi${i}`).sort());
+    const protocols = await page.evaluate(() =>
+      performance.getEntriesByType("resource").map((e) => e.nextHopProtocol));
+    assert.ok(protocols.length > 0 && protocols.every((p) => p === "h2"), `all over h2: ${protocols}`);
+    assert.equal((await stats()).connections, 1, "one connection for the whole page");
+  } finally {
+    await context.close();
+    await server.stop();
+  }
+});

@@ -19,8 +19,11 @@ export function launch() {
   });
 }
 
-/** Starts comethub; resolves to {url, port, stop()} once it logs its address. */
+/** Starts comethub; resolves to {url, port, stop()} once it logs its address
+ * (an https:// url for "localhost" when `extra` turns TLS on). */
 export function startServer(listen = "127.0.0.1:0", extra = []) {
+  const scheme = extra.includes("--tls-cert") ? "https" : "http";
+  const host = scheme === "https" ? "localhost" : "127.0.0.1";
   return new Promise((resolve, reject) => {
     const child = spawn(BIN, ["--listen", listen, ...extra], { env: { ...process.env, RUST_LOG: "info" } });
     let buf = "";
@@ -32,7 +35,7 @@ export function startServer(listen = "127.0.0.1:0", extra = []) {
         clearTimeout(timer);
         const port = Number(m[1].split(":").pop());
         resolve({
-          url: `http://127.0.0.1:${port}`,
+          url: `${scheme}://${host}:${port}`,
           port,
           stop: () => new Promise((done) => {
             if (child.exitCode !== null) return done();
