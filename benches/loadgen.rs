@@ -30,6 +30,8 @@
 //!   published (`--publishers P` connections at once, each in its own order);
 //!   reports deliveries per second, messages lost, duplicated and out of their
 //!   publisher's order.
+//! - fanout-h2: the fan-out with the subscribers as HTTP/2 streams (prior
+//!   knowledge, in the clear), `--connections C` connections sharing them.
 //! - latency: M publishes one after another on one connection, no subscribers;
 //!   reports the round trip of each (p50, p99).
 
@@ -59,6 +61,8 @@ struct Opts {
     addrs: Vec<SocketAddr>,
     pids: Vec<u32>,
     subscribers: usize,
+    /// fanout-h2: HTTP/2 connections the subscribers' streams share.
+    connections: usize,
     rounds: usize,
     messages: usize,
     publishers: usize,
@@ -77,6 +81,7 @@ fn parse_args() -> Opts {
         addrs: Vec::new(),
         pids: Vec::new(),
         subscribers: 1000,
+        connections: 100,
         rounds: 5,
         messages: 10_000,
         publishers: 1,
@@ -100,6 +105,7 @@ fn parse_args() -> Opts {
             "--channel" => o.channel = value(),
             "--token" => o.token = format!("&token={}", value()),
             "--json" => o.json = true,
+            "--connections" => o.connections = value().parse().expect("--connections N"),
             "--server" => {
                 o.kind = match value().as_str() {
                     "nchan" => Kind::Nchan,
@@ -622,6 +628,112 @@ async fn latency(o: Opts) {
     );
 }
 
+/// The fan-out over HTTP/2 in the clear: the subscribers are streams spread
+/// over `--connections` connections (prior knowledge), each re-polling with
+/// its last id; reports as `fanout` does.
+async fn fanout_h2(o: Opts) {
+    use http_body_util::{BodyExt, Empty};
+    use hyper::client::conn::http2;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let rss0 = rss_kib(&o.pids);
+    let mut senders = Vec::with_capacity(o.connections);
+    for _ in 0..o.connections {
+        let s = TcpStream::connect(o.addr).await.expect("connect");
+        s.set_nodelay(true).ok();
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(1 << 20)
+            .handshake::<_, Empty<bytes::Bytes>>(TokioIo::new(s))
+            .await
+            .expect("h2 handshake");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        senders.push(sender);
+    }
+    println!(
+        "fanout-h2: {} subscribers as streams on {} connections, {} rounds",
+        o.subscribers, o.connections, o.rounds
+    );
+    let mut ids: Vec<Option<String>> = vec![None; o.subscribers];
+    let (mut cpu_per_round, mut cpu_per_park, mut all_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let mut rss_per_sub = None;
+    for round in 0..o.rounds {
+        let park0 = cpu_ms(&o.pids);
+        let mut tasks = tokio::task::JoinSet::new();
+        let t0 = Arc::new(std::sync::Mutex::new(None::<Instant>));
+        for (i, id) in ids.iter().enumerate() {
+            let mut sender = senders[i % senders.len()].clone();
+            let since = id
+                .as_deref()
+                .map(|id| format!("&since={id}"))
+                .unwrap_or_default();
+            let uri = format!("http://x/subscribe?channel={}{since}{}", o.channel, o.token);
+            let t0 = t0.clone();
+            tasks.spawn(async move {
+                let req = hyper::Request::get(uri)
+                    .body(Empty::new())
+                    .expect("request");
+                let resp = sender.send_request(req).await.expect("h2 answer");
+                let at = t0.lock().ok().and_then(|t| *t).map(|t| t.elapsed());
+                assert_eq!(resp.status(), 200, "subscriber got {}", resp.status());
+                let id = resp
+                    .headers()
+                    .get("x-message-id")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                let _ = resp.into_body().collect().await;
+                (i, id, at)
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500 + o.subscribers as u64 / 10)).await;
+        if let (0, Some(a), Some(b)) = (round, rss0, rss_kib(&o.pids)) {
+            rss_per_sub = Some(b.saturating_sub(a) as f64 * 1024.0 / o.subscribers as f64);
+        }
+        let cpu0 = cpu_ms(&o.pids);
+        if let Some(park) = cpu0.zip(park0).map(|(b, a)| b - a) {
+            cpu_per_park.push(park);
+        }
+        let start = Instant::now();
+        if let Ok(mut t) = t0.lock() {
+            *t = Some(start);
+        }
+        let answer = publish(&o, round).await;
+        assert!(answer.status < 300, "publish answered {}", answer.status);
+        let mut last = 0.0f64;
+        while let Some(done) = tokio::time::timeout(DEADLINE, tasks.join_next())
+            .await
+            .expect("round in time")
+        {
+            let (i, id, at) = done.expect("task");
+            ids[i] = id;
+            last = last.max(at.unwrap_or_default().as_secs_f64() * 1000.0);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let cpu = cpu_ms(&o.pids).zip(cpu0).map(|(b, a)| b - a);
+        println!(
+            "round {round}: all {last:.1} ms, server cpu {}",
+            cpu.map_or("n/a".into(), |c| format!("{c:.0} ms"))
+        );
+        all_ms.push(last);
+        if let Some(c) = cpu {
+            cpu_per_round.push(c);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        percentile(v, 0.5)
+    };
+    println!(
+        "RESULT fanout-h2 subscribers={} connections={} all_ms_median={:.1} cpu_ms_median={:.1} park_cpu_ms_median={:.1} rss_bytes_per_subscriber={}",
+        o.subscribers,
+        o.connections,
+        median(&mut all_ms),
+        median(&mut cpu_per_round),
+        median(&mut cpu_per_park),
+        rss_per_sub.map_or("n/a".into(), |v| format!("{v:.0}"))
+    );
+}
+
 fn main() {
     let opts = parse_args();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -633,7 +745,8 @@ fn main() {
             "fanout" => fanout(opts).await,
             "cycle" => cycle(opts).await,
             "latency" => latency(opts).await,
-            other => panic!("unknown mode {other}: use fanout, cycle or latency"),
+            "fanout-h2" => fanout_h2(opts).await,
+            other => panic!("unknown mode {other}: use fanout, fanout-h2, cycle or latency"),
         }
     });
 }
