@@ -36,6 +36,12 @@ pub struct Config {
     #[arg(long, default_value = DEFAULT_LISTEN, action = clap::ArgAction::Append)]
     pub listen: Vec<crate::listen::Address>,
 
+    /// Take publishes and deletes only on this listener (an address exactly
+    /// as given to --listen, such as unix:/run/comethub/publish.sock);
+    /// repeat for several. The others answer them 403.
+    #[arg(long, action = clap::ArgAction::Append)]
+    pub publish_on: Vec<crate::listen::Address>,
+
     /// Permissions of the Unix sockets made for --listen unix:PATH (octal).
     #[arg(long, default_value = "660", value_parser = octal)]
     pub unix_mode: u32,

@@ -41,6 +41,8 @@ pub enum Error {
     InvalidToken,
     /// The token is valid but does not allow this on this channel.
     Forbidden,
+    /// A publish or delete on a listener that takes none (`--publish-on`).
+    ReadOnlyListener,
     /// The auth webhook did not answer, or not with an answer.
     AuthUnavailable,
     /// No such path.
@@ -81,7 +83,7 @@ impl Error {
             | Error::BadContentType(_)
             | Error::BodyRead => StatusCode::BAD_REQUEST,
             Error::Unauthorized(_) | Error::InvalidToken => StatusCode::UNAUTHORIZED,
-            Error::Forbidden => StatusCode::FORBIDDEN,
+            Error::Forbidden | Error::ReadOnlyListener => StatusCode::FORBIDDEN,
             Error::NotFound => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -109,7 +111,7 @@ impl Error {
             Error::BadContentType(_) => Reason::BadContentType,
             Error::Unauthorized(_) => Reason::Unauthorized,
             Error::InvalidToken => Reason::InvalidToken,
-            Error::Forbidden => Reason::Forbidden,
+            Error::Forbidden | Error::ReadOnlyListener => Reason::Forbidden,
             Error::AuthUnavailable => Reason::AuthUnavailable,
             Error::NotFound => Reason::NotFound,
             Error::MethodNotAllowed(_) => Reason::MethodNotAllowed,
@@ -273,6 +275,9 @@ impl fmt::Display for Error {
                 "a valid token is needed: 'Authorization: Bearer JWT', the token cookie, or ?token=",
             ),
             Error::Forbidden => f.write_str("the token does not allow this on this channel"),
+            Error::ReadOnlyListener => {
+                f.write_str("publishing is not taken on this address: use the one --publish-on names")
+            }
             Error::AuthUnavailable => {
                 f.write_str("the auth service did not answer: try again later")
             }

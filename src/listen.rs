@@ -184,3 +184,18 @@ pub fn inherited() -> Result<Option<Vec<Listener>>, String> {
     }
     Ok(Some(listeners))
 }
+
+/// For each listener, whether it refuses publishes: with `--publish-on`,
+/// every listener it does not name. Naming an address nothing listens on is
+/// an error (nobody could publish).
+pub fn read_only(listeners: &[Listener], publish_on: &[Address]) -> Result<Vec<bool>, String> {
+    let addresses: Vec<String> = listeners.iter().map(Listener::address).collect();
+    let named: Vec<String> = publish_on.iter().map(Address::to_string).collect();
+    if let Some(nowhere) = named.iter().find(|a| !addresses.contains(a)) {
+        return Err(format!("--publish-on {nowhere} names no listener"));
+    }
+    Ok(addresses
+        .iter()
+        .map(|a| !named.is_empty() && !named.contains(a))
+        .collect())
+}

@@ -110,6 +110,10 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
+        if let Err(err) = listen::read_only(&listeners, &config.publish_on) {
+            error!(%err, "cannot start");
+            return ExitCode::from(2);
+        }
         let addresses: Vec<String> = listeners.iter().map(listen::Listener::address).collect();
         info!(
             addr = %addresses.first().map_or("", String::as_str),

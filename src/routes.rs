@@ -111,6 +111,9 @@ pub struct Request<'a> {
     pub cookie: Option<&'a [u8]>,
     /// The declared body length, if any.
     pub content_length: Option<u64>,
+    /// Came on a listener that does not take publishes (`--publish-on`
+    /// names others).
+    pub read_only: bool,
 }
 
 impl<'a> Request<'a> {
@@ -296,6 +299,10 @@ impl Routes {
                 let (expires, ask) = self.may_subscribe(req, &query, &params.channels)?;
                 Route::Events(params, expires, ask)
             }
+            (&Method::GET | &Method::POST, "/publish") if req.read_only => {
+                return Err(Error::ReadOnlyListener);
+            }
+            (&Method::DELETE, "/publish") if req.read_only => return Err(Error::ReadOnlyListener),
             (&Method::GET | &Method::POST, "/publish") => {
                 let query = query()?;
                 self.may_publish(req, &query, &query.channel()?)?;

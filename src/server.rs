@@ -179,12 +179,19 @@ pub async fn run(listeners: Vec<Listener>, mut config: Config, shutdown: impl Fu
         .collect();
     let mut next_reactor = 0;
 
+    let read_only = match crate::listen::read_only(&listeners, &config.publish_on) {
+        Ok(read_only) => read_only,
+        Err(err) => {
+            error!(%err, "cannot start");
+            return;
+        }
+    };
     tokio::pin!(shutdown);
     let mut first = 0;
     loop {
         let accepted = tokio::select! {
             accepted = accept(&listeners, &mut first) => match accepted {
-                Ok(connection) => connection,
+                Ok((i, connection)) => (read_only[i], connection),
                 Err(err) => {
                     accept_failed(err).await;
                     continue;
@@ -192,19 +199,23 @@ pub async fn run(listeners: Vec<Listener>, mut config: Config, shutdown: impl Fu
             },
             _ = &mut shutdown => break,
         };
-        let stream = match accepted {
-            Connection::Tcp(stream) => stream,
-            Connection::Unix(stream) => {
+        let (read_only, stream) = match accepted {
+            (read_only, Connection::Tcp(stream)) => (read_only, stream),
+            (read_only, Connection::Unix(stream)) => {
                 if counters.connections.load(Relaxed) as usize >= max_connections {
                     debug!("connection limit: a Unix socket connection closed at once");
                     continue;
                 }
                 let open = OpenConnection::new(counters.clone());
-                connections.spawn_unix(stream, graceful.watcher(), open);
+                connections.spawn_unix(stream, graceful.watcher(), open, read_only);
                 continue;
             }
         };
         if counters.connections.load(Relaxed) as usize >= max_connections {
+            if connections.tls.is_some() {
+                // No handshake for a connection refused: closed at once.
+                continue;
+            }
             let answer = routes.finish(Err(Error::ConnectionLimit));
             tracker.spawn(|tracked| async move {
                 lean::refuse(stream, answer).await;
@@ -218,13 +229,13 @@ pub async fn run(listeners: Vec<Listener>, mut config: Config, shutdown: impl Fu
         // Round robin over this reactor (slot 0) and the others.
         next_reactor = (next_reactor + 1) % (reactors.len() + 1);
         if next_reactor == 0 {
-            connections.spawn(stream, watcher, open);
+            connections.spawn(stream, watcher, open, read_only);
         } else {
             match stream.into_std() {
                 Ok(stream) => {
                     let _ = reactors[next_reactor - 1]
                         .handover
-                        .send((stream, watcher, open));
+                        .send((stream, watcher, open, read_only));
                 }
                 Err(err) => debug!(cause = %err, "connection lost in hand-over"),
             }
@@ -365,7 +376,7 @@ impl Tracker {
 }
 
 /// A new connection, handed to the reactor that will serve it.
-type HandOver = (std::net::TcpStream, Watcher, OpenConnection);
+type HandOver = (std::net::TcpStream, Watcher, OpenConnection, bool);
 
 /// Another reactor: where to send it connections, and how to know it ended.
 #[derive(Debug)]
@@ -389,7 +400,13 @@ struct Connections {
 impl Connections {
     /// Serves `stream` on the current reactor: the lean path first, hyper for
     /// what it hands over.
-    fn spawn(self: &Arc<Self>, stream: TcpStream, watcher: Watcher, open: OpenConnection) {
+    fn spawn(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        watcher: Watcher,
+        open: OpenConnection,
+        read_only: bool,
+    ) {
         let this = self.clone();
         if let Some(tls) = &self.tls {
             let acceptor = tls.acceptor();
@@ -399,7 +416,14 @@ impl Connections {
                     Ok(Ok(stream)) => {
                         let io = lean::Rewind::wrap(stream, this.limits.write_timeout);
                         let routes = this.routes.clone();
-                        Box::pin(adapter::serve(io, routes, &this.builder, watcher)).await;
+                        Box::pin(adapter::serve(
+                            io,
+                            routes,
+                            &this.builder,
+                            watcher,
+                            read_only,
+                        ))
+                        .await;
                     }
                     Ok(Err(err)) => debug!(cause = %err, "TLS handshake failed"),
                     Err(_) => debug!("TLS handshake too slow"),
@@ -409,10 +433,18 @@ impl Connections {
             return;
         }
         self.tracker.spawn(|tracked| async move {
-            let next = lean::serve(stream, &this.routes, &this.limits, &this.closing).await;
+            let next =
+                lean::serve(stream, &this.routes, &this.limits, &this.closing, read_only).await;
             if let lean::Next::Hyper(io) = next {
                 let routes = this.routes.clone();
-                Box::pin(adapter::serve(io, routes, &this.builder, watcher)).await;
+                Box::pin(adapter::serve(
+                    io,
+                    routes,
+                    &this.builder,
+                    watcher,
+                    read_only,
+                ))
+                .await;
             }
             drop((open, tracked));
         });
@@ -420,12 +452,25 @@ impl Connections {
 
     /// Serves a Unix socket connection (a proxy in front) with hyper on the
     /// current reactor.
-    fn spawn_unix(self: &Arc<Self>, stream: UnixStream, watcher: Watcher, open: OpenConnection) {
+    fn spawn_unix(
+        self: &Arc<Self>,
+        stream: UnixStream,
+        watcher: Watcher,
+        open: OpenConnection,
+        read_only: bool,
+    ) {
         let this = self.clone();
         self.tracker.spawn(|tracked| async move {
             let io = lean::Rewind::wrap(stream, this.limits.write_timeout);
             let routes = this.routes.clone();
-            Box::pin(adapter::serve(io, routes, &this.builder, watcher)).await;
+            Box::pin(adapter::serve(
+                io,
+                routes,
+                &this.builder,
+                watcher,
+                read_only,
+            ))
+            .await;
             drop((open, tracked));
         });
     }
@@ -445,9 +490,9 @@ impl Connections {
             .name(format!("comethub-{index}"))
             .spawn(move || {
                 runtime.block_on(async move {
-                    while let Some((stream, watcher, open)) = rx.recv().await {
+                    while let Some((stream, watcher, open, read_only)) = rx.recv().await {
                         match TcpStream::from_std(stream) {
-                            Ok(stream) => self.spawn(stream, watcher, open),
+                            Ok(stream) => self.spawn(stream, watcher, open, read_only),
                             Err(err) => debug!(cause = %err, "connection lost in hand-over"),
                         }
                     }
@@ -486,7 +531,7 @@ impl Drop for OpenConnection {
 
 /// The next connection on any of `listeners`, looking at them in turn from
 /// `first` so that none is starved.
-async fn accept(listeners: &[Listener], first: &mut usize) -> io::Result<Connection> {
+async fn accept(listeners: &[Listener], first: &mut usize) -> io::Result<(usize, Connection)> {
     if listeners.is_empty() {
         return std::future::pending().await;
     }
@@ -495,7 +540,7 @@ async fn accept(listeners: &[Listener], first: &mut usize) -> io::Result<Connect
             let i = (*first + k) % listeners.len();
             if let std::task::Poll::Ready(accepted) = listeners[i].poll_accept(cx) {
                 *first = (i + 1) % listeners.len();
-                return std::task::Poll::Ready(accepted);
+                return std::task::Poll::Ready(accepted.map(|c| (i, c)));
             }
         }
         std::task::Poll::Pending

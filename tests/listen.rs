@@ -104,3 +104,37 @@ async fn a_listener_passed_by_systemd_is_served_and_listen_is_not_bound() {
     let resp = c.get("/subscribe?channel=activated&since=oldest").await;
     assert_eq!(resp.text(), "hello");
 }
+
+#[tokio::test]
+async fn with_publish_on_only_that_listener_takes_publishes() {
+    let path = socket_path("publish");
+    let listen = format!("unix:{}", path.display());
+    let server = Server::start(&["--listen", &listen, "--publish-on", &listen]);
+    // The public TCP listener serves subscribers, not publishers.
+    let mut c = server.client().await;
+    let refused = c.get("/publish?channel=p&message=from-outside").await;
+    refused.assert_refused(403);
+    let delete = c
+        .request(hyper::Method::DELETE, "/publish?channel=p", &[], "")
+        .await;
+    delete.assert_refused(403);
+    let waiting = common::spawn_get(server.addr, "/subscribe?channel=p");
+    server.wait_for_stat("waiting", 1).await;
+    // The local socket publishes.
+    let (status, body) = curl_unix(&path, "/publish?channel=p&message=from-the-app").await;
+    assert_eq!(status, 200, "{body}");
+    let got = common::join(waiting).await;
+    assert_eq!(got.text(), "from-the-app");
+    // An address that is not listened on stops the start.
+    let out = Command::new(env!("CARGO_BIN_EXE_comethub"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--publish-on",
+            "unix:/nowhere.sock",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("names no listener"));
+}

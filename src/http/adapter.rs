@@ -34,15 +34,20 @@ use crate::routes::{Request, Route, Routes};
 pub type Builder = auto::Builder<TokioExecutor>;
 
 /// Serves the rest of a connection with hyper.
-pub async fn serve<S>(io: Rewind<S>, routes: Arc<Routes>, builder: &Builder, watcher: Watcher)
-where
+pub async fn serve<S>(
+    io: Rewind<S>,
+    routes: Arc<Routes>,
+    builder: &Builder,
+    watcher: Watcher,
+    read_only: bool,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conn = builder.serve_connection(
         TokioIo::new(io),
         service_fn(move |req| {
             let routes = routes.clone();
-            async move { Ok::<_, Infallible>(response(handle(&routes, req).await)) }
+            async move { Ok::<_, Infallible>(response(handle(&routes, req, read_only).await)) }
         }),
     );
     if let Err(err) = watcher.watch(conn).await {
@@ -51,12 +56,13 @@ where
 }
 
 /// One request through the routes.
-async fn handle(routes: &Routes, req: hyper::Request<Incoming>) -> Answer {
+async fn handle(routes: &Routes, req: hyper::Request<Incoming>, read_only: bool) -> Answer {
     let target = req
         .uri()
         .path_and_query()
         .map_or_else(|| req.uri().path(), |pq| pq.as_str());
     let mut request = Request::new(req.method().clone(), target);
+    request.read_only = read_only;
     for (name, value) in req.headers() {
         request.header(name.as_str(), value.as_bytes());
     }

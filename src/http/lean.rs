@@ -71,6 +71,7 @@ pub async fn serve(
     routes: &Routes,
     limits: &Limits,
     stop: &watch::Receiver<bool>,
+    read_only: bool,
 ) -> Next {
     let mut buf = Vec::new();
     loop {
@@ -80,7 +81,15 @@ pub async fn serve(
         if buf.is_empty() && !idle(&mut stream, &mut buf, deadline, stop).await {
             return Next::Closed;
         }
-        let step = Box::pin(next(&mut stream, &mut buf, routes, limits, deadline)).await;
+        let step = Box::pin(next(
+            &mut stream,
+            &mut buf,
+            routes,
+            limits,
+            deadline,
+            read_only,
+        ))
+        .await;
         let (answer, close, http10) = match step {
             Step::Closed => return Next::Closed,
             Step::Hyper => {
@@ -136,11 +145,13 @@ async fn next(
     routes: &Routes,
     limits: &Limits,
     deadline: Instant,
+    read_only: bool,
 ) -> Step {
     let Some(end) = read_head(stream, buf, limits, deadline).await else {
         return Step::Closed;
     };
-    let Some((routed, length, mut close, http10)) = route(routes, buf, end, limits) else {
+    let Some((routed, length, mut close, http10)) = route(routes, buf, end, limits, read_only)
+    else {
         return Step::Hyper;
     };
     let answer = match routed {
@@ -189,11 +200,13 @@ fn route(
     buf: &[u8],
     end: usize,
     limits: &Limits,
+    read_only: bool,
 ) -> Option<(Result<Route, Error>, usize, bool, bool)> {
     if end > limits.max_head {
         return None;
     }
-    let head = parse(&buf[..end])?;
+    let mut head = parse(&buf[..end])?;
+    head.request.read_only = read_only;
     let length = head.request.content_length.unwrap_or(0) as usize;
     Some((routes.route(&head.request), length, head.close, head.http10))
 }

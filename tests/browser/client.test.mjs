@@ -170,6 +170,18 @@ test("over HTTPS, ten rooms in one page share one HTTP/2 connection and all stay
       performance.getEntriesByType("resource").map((e) => e.nextHopProtocol));
     assert.ok(protocols.length > 0 && protocols.every((p) => p === "h2"), `all over h2: ${protocols}`);
     assert.equal((await stats()).connections, 1, "one connection for the whole page");
+    // The chat page, served over HTTPS, goes live over HTTP/2 as well.
+    const chat = await context.newPage();
+    chat.setDefaultTimeout(STEP);
+    await chat.goto(`${server.url}/?room=secure`);
+    await chat.waitForSelector("#state.live");
+    await chat.fill("#text", "over h2");
+    await chat.press("#text", "Enter");
+    await chat.waitForFunction(() =>
+      [...document.querySelectorAll("#log li .text")].some((e) => e.textContent === "over h2"));
+    const chatProtocols = await chat.evaluate(() =>
+      performance.getEntriesByType("resource").map((e) => e.nextHopProtocol));
+    assert.ok(chatProtocols.every((p) => p === "h2"), `chat over h2: ${chatProtocols}`);
   } finally {
     await context.close();
     await server.stop();
