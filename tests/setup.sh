@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need when it is absent: Debian's redis-server (the
-# cluster tests start their own on a free port), then the browser tools
+# cluster tests start their own on a free port), curl, then the browser tools
 # (tests/browser/setup.sh). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -12,4 +12,12 @@ if ! command -v redis-server >/dev/null 2>&1; then
   $sudo systemctl disable --now redis-server >/dev/null 2>&1 || $sudo service redis-server stop >/dev/null 2>&1 || true
 fi
 echo "cluster tests ready: $(redis-server --version | cut -d' ' -f1-3)"
+# curl (with HTTP/2) drives the HTTPS, HTTP/2 and Unix socket tests.
+if ! command -v curl >/dev/null 2>&1; then
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq curl >/dev/null
+fi
+curl --version | grep -q HTTP2 || { echo "curl has no HTTP/2: the TLS tests need it" >&2; exit 1; }
+echo "TLS and socket tests ready: $(curl --version | head -1 | cut -d' ' -f1-2)"
 browser/setup.sh
