@@ -266,6 +266,11 @@ pub struct Credentials {
 pub struct Webhook {
     authority: String,
     path: String,
+    /// For `https://`: the connector and the name the certificate must have.
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
     ttl: Duration,
     timeout: Duration,
     answers: Mutex<HashMap<(Credentials, Box<str>), Answer>>,
@@ -275,17 +280,24 @@ pub struct Webhook {
 type Answer = (Result<(), Error>, tokio::time::Instant);
 
 impl Webhook {
-    /// A webhook at `url` (`http://HOST:PORT/PATH`).
-    pub fn new(url: &str, ttl: Duration, timeout: Duration) -> Result<Webhook, String> {
+    /// A webhook at `url` (`http[s]://HOST[:PORT]/PATH`); an https one
+    /// trusts the public roots and the certificates in `ca`.
+    pub fn new(
+        url: &str,
+        ttl: Duration,
+        timeout: Duration,
+        ca: Option<&std::path::Path>,
+    ) -> Result<Webhook, String> {
         let uri: http::Uri = url.parse().map_err(|e| format!("--auth-url {url}: {e}"))?;
-        let authority = match (uri.scheme_str(), uri.authority()) {
-            (Some("http"), Some(a)) => a.to_string(),
-            _ => return Err(format!("--auth-url {url}: use http://HOST[:PORT]/PATH")),
+        let (host, port, tls) = match (uri.scheme_str(), uri.host()) {
+            (Some("http"), Some(host)) => (host, uri.port_u16().unwrap_or(80), false),
+            (Some("https"), Some(host)) => (host, uri.port_u16().unwrap_or(443), true),
+            _ => return Err(format!("--auth-url {url}: use http[s]://HOST[:PORT]/PATH")),
         };
-        let authority = if authority.contains(':') {
-            authority
-        } else {
-            format!("{authority}:80")
+        let authority = format!("{host}:{port}");
+        let tls = match tls {
+            false => None,
+            true => Some(tls_client(host, ca).map_err(|e| format!("--auth-url {url}: {e}"))?),
         };
         let path = uri
             .path_and_query()
@@ -294,6 +306,7 @@ impl Webhook {
         Ok(Webhook {
             authority,
             path,
+            tls,
             ttl,
             timeout,
             answers: Mutex::new(HashMap::new()),
@@ -326,16 +339,6 @@ impl Webhook {
     async fn ask(&self, credentials: &Credentials, channel: &str) -> Result<(), Error> {
         use http_body_util::Empty;
         let down = |_| Error::AuthUnavailable;
-        let stream = tokio::net::TcpStream::connect(&self.authority)
-            .await
-            .map_err(down)?;
-        let io = hyper_util::rt::TokioIo::new(stream);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-            .await
-            .map_err(|_| Error::AuthUnavailable)?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
         let joiner = if self.path.contains('?') { '&' } else { '?' };
         let mut request = http::Request::get(format!("{}{joiner}channel={channel}", self.path))
             .header(http::header::HOST, &self.authority);
@@ -350,20 +353,86 @@ impl Webhook {
                 request = request.header(name, value);
             }
         }
-        let request = request
-            .body(Empty::<bytes::Bytes>::new())
-            .map_err(|_| Error::AuthUnavailable)?;
-        let response = sender
-            .send_request(request)
+        let request = request.body(Empty::<bytes::Bytes>::new()).map_err(down)?;
+        let stream = tokio::net::TcpStream::connect(&self.authority)
             .await
             .map_err(|_| Error::AuthUnavailable)?;
-        match response.status().as_u16() {
+        let status = match &self.tls {
+            None => send(stream, request).await?,
+            Some((config, name)) => {
+                let stream = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name.clone(), stream)
+                    .await
+                    .map_err(|_| Error::AuthUnavailable)?;
+                send(stream, request).await?
+            }
+        };
+        match status.as_u16() {
             200..=299 => Ok(()),
             401 => Err(Error::InvalidToken),
             403 => Err(Error::Forbidden),
             _ => Err(Error::AuthUnavailable),
         }
     }
+}
+
+/// Sends `request` on a fresh HTTP/1.1 connection over `io`; its status.
+async fn send<I>(
+    io: I,
+    request: http::Request<http_body_util::Empty<bytes::Bytes>>,
+) -> Result<http::StatusCode, Error>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+            .await
+            .map_err(|_| Error::AuthUnavailable)?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|_| Error::AuthUnavailable)?;
+    Ok(response.status())
+}
+
+/// A TLS client for `host` that trusts the public roots and `ca`'s
+/// certificates.
+fn tls_client(
+    host: &str,
+    ca: Option<&std::path::Path>,
+) -> Result<
+    (
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    ),
+    String,
+> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(ca) = ca {
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(ca)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("--auth-ca {}: {e}", ca.display()))?;
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("--auth-ca {}: {e}", ca.display()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| format!("{host}: {e}"))?;
+    Ok((Arc::new(config), name))
 }
 
 /// How `comethub token` signs.

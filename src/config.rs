@@ -157,11 +157,16 @@ pub struct Config {
     #[arg(long, default_value = "none", value_parser = ["none", "token", "webhook"])]
     pub subscribe_auth: String,
 
-    /// The application's auth endpoint (`http://HOST:PORT/PATH`) for
+    /// The application's auth endpoint (`http[s]://HOST[:PORT]/PATH`) for
     /// `--subscribe-auth webhook`: asked with the subscriber's cookies and
     /// Authorization and `?channel=C`; 2xx allows, 401/403 refuse.
     #[arg(long)]
     pub auth_url: Option<String>,
+
+    /// PEM certificates (a private CA) to trust for an https --auth-url,
+    /// besides the public roots.
+    #[arg(long)]
+    pub auth_ca: Option<std::path::PathBuf>,
 
     /// Seconds a webhook's answer is kept per credentials and channel.
     #[arg(long, default_value_t = 30)]
@@ -506,6 +511,7 @@ impl Config {
             url,
             Duration::from_secs(self.auth_cache_ttl),
             Duration::from_secs(self.auth_timeout),
+            self.auth_ca.as_deref(),
         )
         .map(Some)
     }

@@ -143,11 +143,16 @@ pub async fn run(listeners: Vec<Listener>, mut config: Config, shutdown: impl Fu
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_timeout())
         .max_buf_size(config.max_header_bytes as usize);
+    // An HTTP/2 connection outlives its requests, as browsers expect; one
+    // whose peer has gone (no answer to a ping within the header timeout) is
+    // closed, and everything it held freed.
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(config.max_concurrent_streams)
-        .max_header_list_size(config.max_header_bytes);
+        .max_header_list_size(config.max_header_bytes)
+        .keep_alive_interval(Duration::from_secs(config.ping))
+        .keep_alive_timeout(config.header_timeout());
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => match Certificates::load(cert, key) {
             Ok(certificates) => Some(Arc::new(certificates)),

@@ -364,7 +364,10 @@ async fn the_token_command_mints_what_the_server_accepts() {
 
 /// A stand-in for the application's auth endpoint on port 0: `session=good`
 /// may read, `session=bad` may not (403), no cookie is 401. Counts its calls.
-async fn auth_app() -> (
+/// Over TLS with `tls`.
+async fn auth_app(
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> (
     std::net::SocketAddr,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
     tokio::task::JoinHandle<()>,
@@ -380,6 +383,7 @@ async fn auth_app() -> (
                 return;
             };
             let calls = counted.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| {
@@ -399,10 +403,20 @@ async fn auth_app() -> (
                         }
                     },
                 );
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, service)
-                    .await;
+                let builder = hyper::server::conn::http1::Builder::new();
+                match tls {
+                    None => {
+                        let io = hyper_util::rt::TokioIo::new(stream);
+                        let _ = builder.serve_connection(io, service).await;
+                    }
+                    Some(tls) => {
+                        let Ok(stream) = tls.accept(stream).await else {
+                            return;
+                        };
+                        let io = hyper_util::rt::TokioIo::new(stream);
+                        let _ = builder.serve_connection(io, service).await;
+                    }
+                }
             });
         }
     });
@@ -412,7 +426,7 @@ async fn auth_app() -> (
 #[tokio::test]
 async fn the_auth_webhook_decides_once_per_credentials_and_fails_closed() {
     use std::sync::atomic::Ordering::SeqCst;
-    let (addr, calls, app) = auth_app().await;
+    let (addr, calls, app) = auth_app(None).await;
     let url = format!("http://{addr}/auth");
     let server = Server::start(&["--subscribe-auth", "webhook", "--auth-url", &url]);
     let mut c = server.client().await;
@@ -447,4 +461,56 @@ async fn the_auth_webhook_decides_once_per_credentials_and_fails_closed() {
     assert_eq!(stats["refused"]["auth_unavailable"], 1);
     let never = c.get("/channels/never").await.json();
     assert_eq!(never["subscribers"], 0);
+}
+
+#[tokio::test]
+async fn an_https_auth_webhook_is_asked_over_tls_and_an_untrusted_one_fails_closed() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("comethub-webhook-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("app.crt");
+    std::fs::write(&ca, made.cert.pem()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(made.key_pair.serialize_der()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![made.cert.der().clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let (addr, calls, _app) = auth_app(Some(acceptor)).await;
+    let url = format!("https://localhost:{}/auth", addr.port());
+    let poll = "/subscribe?channel=room&timeout=0";
+    let good = [("cookie", "session=good")];
+    let bad = [("cookie", "session=bad")];
+
+    let trusting = Server::start(&[
+        "--subscribe-auth",
+        "webhook",
+        "--auth-url",
+        &url,
+        "--auth-ca",
+        ca.to_str().unwrap(),
+    ]);
+    let mut c = trusting.client().await;
+    assert_eq!(c.request(Method::GET, poll, &good, "").await.status, 204);
+    assert_eq!(c.request(Method::GET, poll, &bad, "").await.status, 403);
+    assert_eq!(calls.load(SeqCst), 2);
+
+    // Without the app's CA the certificate is not trusted: nobody gets in.
+    let wary = Server::start(&["--subscribe-auth", "webhook", "--auth-url", &url]);
+    let resp = wary
+        .client()
+        .await
+        .request(Method::GET, poll, &good, "")
+        .await;
+    resp.assert_refused(503);
+    assert_eq!(
+        calls.load(SeqCst),
+        2,
+        "no request went out over an untrusted connection"
+    );
 }
