@@ -418,18 +418,7 @@ impl Connections {
             self.tracker.spawn(|tracked| async move {
                 let limit = this.limits.header_timeout;
                 match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => {
-                        let io = lean::Rewind::wrap(stream, this.limits.write_timeout);
-                        let routes = this.routes.clone();
-                        Box::pin(adapter::serve(
-                            io,
-                            routes,
-                            &this.builder,
-                            watcher,
-                            read_only,
-                        ))
-                        .await;
-                    }
+                    Ok(Ok(stream)) => this.hyper(stream, watcher, read_only).await,
                     Ok(Err(err)) => debug!(cause = %err, "TLS handshake failed"),
                     Err(_) => debug!("TLS handshake too slow"),
                 }
@@ -466,18 +455,27 @@ impl Connections {
     ) {
         let this = self.clone();
         self.tracker.spawn(|tracked| async move {
-            let io = lean::Rewind::wrap(stream, this.limits.write_timeout);
-            let routes = this.routes.clone();
-            Box::pin(adapter::serve(
-                io,
-                routes,
-                &this.builder,
-                watcher,
-                read_only,
-            ))
-            .await;
+            this.hyper(stream, watcher, read_only).await;
             drop((open, tracked));
         });
+    }
+
+    /// Serves a connection hyper takes from its first byte (TLS, Unix
+    /// sockets), under the write timeout.
+    async fn hyper<S>(&self, stream: S, watcher: Watcher, read_only: bool)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let io = lean::Rewind::wrap(stream, self.limits.write_timeout);
+        let routes = self.routes.clone();
+        Box::pin(adapter::serve(
+            io,
+            routes,
+            &self.builder,
+            watcher,
+            read_only,
+        ))
+        .await;
     }
 
     /// Starts another single-threaded reactor on its own thread (`--threads`); it

@@ -6,28 +6,14 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 
-use common::Server;
+use common::{Server, comethub};
 use hyper::Method;
 
 fn file(name: &str, text: &str) -> PathBuf {
     let path = std::env::temp_dir().join(format!("comethub-{name}-{}.toml", std::process::id()));
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn comethub() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_comethub"));
-    for var in [
-        "COMETHUB_PUBLISH_TOKEN",
-        "COMETHUB_ADMIN_TOKEN",
-        "COMETHUB_JWT_KEY",
-        "COMETHUB_CONFIG",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd
 }
 
 #[tokio::test]

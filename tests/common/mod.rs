@@ -24,6 +24,21 @@ pub struct Server {
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
+/// The binary, with none of the settings the environment may carry.
+pub fn comethub() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_comethub"));
+    for var in [
+        "COMETHUB_PUBLISH_TOKEN",
+        "COMETHUB_ADMIN_TOKEN",
+        "COMETHUB_JWT_KEY",
+        "COMETHUB_CONFIG",
+        "COMETHUB_REDIS",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 impl Server {
     /// Starts the binary with extra flags and waits for its "listening" line.
     pub fn start(args: &[&str]) -> Server {
@@ -32,18 +47,10 @@ impl Server {
             .ok()
             .filter(|_| !args.contains(&"--threads"));
         let threads = threads.iter().flat_map(|n| ["--threads", n.as_str()]);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_comethub"));
+        let mut cmd = comethub();
         cmd.args(["--listen", "127.0.0.1:0"])
             .args(threads)
             .args(args);
-        for var in [
-            "COMETHUB_PUBLISH_TOKEN",
-            "COMETHUB_ADMIN_TOKEN",
-            "COMETHUB_JWT_KEY",
-            "COMETHUB_CONFIG",
-        ] {
-            cmd.env_remove(var);
-        }
         Server::spawn(cmd)
     }
 
