@@ -1248,6 +1248,11 @@ impl<P: Payload> Hub<P> {
         );
     }
 
+    /// Whether the hub is closed (shutting down).
+    pub fn is_closed(&self) -> bool {
+        self.state().closed
+    }
+
     /// Closes the hub: every waiter is woken with [`Outcome::Shutdown`], every
     /// stream ends, and new requests are refused.
     pub fn close(&self) {

@@ -18,6 +18,8 @@
 //! | `/`             | GET                | the chat page            |
 //! | `/chat.js`, `/chat.css` | GET        | the chat page's files    |
 //! | `/comethub.js`  | GET                | the client library       |
+//! | `/health`       | GET                | readiness: can this instance serve? |
+//! | `/live`         | GET                | liveness: is the process answering? |
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -173,6 +175,10 @@ pub enum Route {
     Metrics,
     /// `GET /channels/C`.
     Channel(String),
+    /// `GET /health`: readiness.
+    Health,
+    /// `GET /live`: liveness.
+    Live,
     /// `GET /` and the page's files: the path.
     Page(&'static str),
 }
@@ -270,9 +276,8 @@ impl Routes {
             // A long-poll or a stream answered without its body would be a wait
             // for nothing; the other reads answer HEAD as GET, without the body.
             "/subscribe" | "/events" => "GET, OPTIONS",
-            "/stats" | "/metrics" | "/" | "/chat.js" | "/chat.css" | "/comethub.js" => {
-                "GET, HEAD, OPTIONS"
-            }
+            "/stats" | "/metrics" | "/" | "/chat.js" | "/chat.css" | "/comethub.js" | "/health"
+            | "/live" => "GET, HEAD, OPTIONS",
             "/publish" => "GET, POST, DELETE, OPTIONS",
             p if p.starts_with("/channels/") => "GET, HEAD, OPTIONS",
             _ => return Err(Error::NotFound),
@@ -345,6 +350,8 @@ impl Routes {
             (&Method::GET | &Method::HEAD, "/chat.js") => Route::Page("/chat.js"),
             (&Method::GET | &Method::HEAD, "/chat.css") => Route::Page("/chat.css"),
             (&Method::GET | &Method::HEAD, "/comethub.js") => Route::Page("/comethub.js"),
+            (&Method::GET | &Method::HEAD, "/health") => Route::Health,
+            (&Method::GET | &Method::HEAD, "/live") => Route::Live,
             (&Method::GET | &Method::HEAD, p) if p.starts_with("/channels/") => {
                 self.admin(req)?;
                 Route::Channel(protocol::channel_name(Some(&p["/channels/".len()..]))?.to_owned())
@@ -380,6 +387,8 @@ impl Routes {
             )),
             Route::Channel(channel) => self.channel(channel).await,
             Route::Page(path) => crate::chat::asset(path).ok_or(Error::NotFound),
+            Route::Health => Ok(self.health()),
+            Route::Live => Ok(Answer::json(StatusCode::OK, &Status { status: "live" })),
         };
         self.finish(result)
     }
@@ -512,6 +521,29 @@ impl Routes {
                 deleted,
             },
         ))
+    }
+
+    /// `GET /health`: `200` when this instance can serve, `503` with
+    /// `Retry-After` when its store is down or it is shutting down, so a
+    /// load balancer sends its clients elsewhere meanwhile. Not counted as a
+    /// refusal: probes would drown the real ones.
+    fn health(&self) -> Answer {
+        #[derive(Serialize)]
+        struct Unready {
+            status: &'static str,
+            reason: &'static str,
+        }
+        match self.store.serving() {
+            Ok(()) => Answer::json(StatusCode::OK, &Status { status: "ready" }),
+            Err(reason) => Answer::json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &Unready {
+                    status: "unavailable",
+                    reason,
+                },
+            )
+            .with(header::RETRY_AFTER, Bytes::from_static(b"1")),
+        }
     }
 
     /// `GET /channels/C`.
@@ -668,6 +700,12 @@ impl Routes {
     fn admin(&self, req: &Request) -> Result<(), Error> {
         bearer(req, self.settings.admin_token.as_deref(), "this endpoint")
     }
+}
+
+/// The body of `/health` and `/live` when all is well.
+#[derive(Serialize)]
+struct Status {
+    status: &'static str,
 }
 
 /// Checks `Authorization: Bearer TOKEN` against `token`, when there is one.

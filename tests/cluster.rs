@@ -520,3 +520,31 @@ async fn several_channels_resume_on_another_instance_with_nothing_lost() {
     assert!(data.contains("\"y3\""), "{data}");
     assert_eq!(id, format!("x~{x1},y~{y3},z~{z1}"));
 }
+
+#[tokio::test]
+async fn health_says_whether_an_instance_can_serve_and_liveness_that_it_answers() {
+    let memory = Server::start(&[]);
+    let ready = memory.get("/health").await;
+    assert_eq!(
+        (ready.status.as_u16(), ready.json()["status"].as_str()),
+        (200, Some("ready"))
+    );
+    assert_eq!(memory.get("/live").await.status, 200);
+
+    let mut redis = Redis::start();
+    let server = instance(&redis, &[]).await;
+    assert_eq!(server.get("/health").await.status, 200);
+    redis.kill();
+    wait_link(&server, false).await;
+    let down = server.get("/health").await;
+    assert_eq!(down.status, 503);
+    assert_eq!(down.header("retry-after"), Some("1"));
+    assert_eq!(down.json()["reason"], "redis unreachable");
+    // Alive all the same: a liveness probe must not restart it for Redis.
+    assert_eq!(server.get("/live").await.status, 200);
+    // Probes are not refusals.
+    assert_eq!(server.stats().await["refused"], serde_json::json!({}));
+    redis.restart();
+    wait_link(&server, true).await;
+    assert_eq!(server.get("/health").await.status, 200);
+}

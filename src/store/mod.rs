@@ -389,6 +389,17 @@ impl Store {
         self.hub().close();
     }
 
+    /// Whether the store can serve now; if not, why.
+    pub fn serving(&self) -> Result<(), &'static str> {
+        if self.hub().is_closed() {
+            return Err("shutting down");
+        }
+        match self {
+            Store::Redis(r) if !r.link_state().up => Err("redis unreachable"),
+            _ => Ok(()),
+        }
+    }
+
     /// Waits until the store can serve, or `limit` has passed; returns whether it can.
     pub async fn ready(&self, limit: Duration) -> bool {
         match self {
