@@ -798,10 +798,9 @@ fn many_answer(
     ids: &Ids,
     max_batch: usize,
 ) -> Answer {
+    let missed = polled.missed(channels);
     let PolledMany {
-        from,
-        gaps,
-        mut messages,
+        from, mut messages, ..
     } = polled;
     let name = |i: usize| channels[i].0.as_str();
     let held = match format {
@@ -819,7 +818,6 @@ fn many_answer(
         at[*i] = m.seq;
     }
     let cursor = protocol::cursor(ids, channels, &at);
-    let missed: Vec<&str> = (0..channels.len()).filter(|&i| gaps[i]).map(name).collect();
     let answer = match (format, messages.first()) {
         (_, None) => Answer::status(StatusCode::NO_CONTENT),
         (Format::Raw, Some((i, m))) => raw_message(m)

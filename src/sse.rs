@@ -150,12 +150,7 @@ pub fn answer_many(polls: Polls, ping: Duration, ends: Option<Instant>) -> Answe
                 _ = tx.closed() => return,
             };
             let Ok(polled) = polled else { return };
-            let missed: Vec<&str> = channels
-                .iter()
-                .zip(&polled.gaps)
-                .filter(|(_, gap)| **gap)
-                .map(|(c, _)| c.0.as_str())
-                .collect();
+            let missed = polled.missed(&channels);
             let mut frames = Vec::with_capacity(polled.messages.len() + 1);
             if !missed.is_empty() {
                 let list = serde_json::to_string(&missed).unwrap_or_default();

@@ -69,6 +69,17 @@ impl PolledMany {
         }
     }
 
+    /// The names of the channels (of the request, `channels`) that missed
+    /// messages.
+    pub fn missed<'c>(&self, channels: &'c [(String, Since)]) -> Vec<&'c str> {
+        channels
+            .iter()
+            .zip(&self.gaps)
+            .filter(|(_, gap)| **gap)
+            .map(|((name, _), _)| name.as_str())
+            .collect()
+    }
+
     /// What a poll on the hub read, channel by channel; returns the places
     /// of the channels it could not read (a cache's misses).
     fn read_starts(&mut self, starts: Vec<hub::Start<Content>>) -> Vec<usize> {
