@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::task::{Context, Poll};
 
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixListener, UnixStream};
 
 /// An address to listen on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,12 +112,24 @@ impl Drop for Listener {
     }
 }
 
+/// Binds a listener with SO_REUSEADDR and a deep accept backlog.
+pub fn tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
 /// Binds every address (Unix sockets with `mode`).
 pub fn bind(addresses: &[Address], mode: u32) -> Result<Vec<Listener>, String> {
     addresses
         .iter()
         .map(|address| match address {
-            Address::Tcp(addr) => crate::server::bind(*addr)
+            Address::Tcp(addr) => tcp(*addr)
                 .map(Listener::Tcp)
                 .map_err(|e| format!("cannot listen on {addr}: {e}")),
             Address::Unix(path) => {

@@ -12,7 +12,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -20,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::net::{TcpListener, TcpSocket, TcpStream, UnixStream};
+use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 use tracing::{debug, error, info, warn};
@@ -42,18 +41,6 @@ const TRIM_AFTER_CLOSED: u64 = 256;
 const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 /// How long start-up waits for the store (Redis) before serving anyway.
 const STORE_START: Duration = Duration::from_secs(3);
-
-/// Binds a listener with SO_REUSEADDR and a deep accept backlog.
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(4096)
-}
 
 /// The store `config` asks for.
 pub fn store(config: &Config) -> Result<Store, String> {

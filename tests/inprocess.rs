@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 async fn start(threads: u16) -> (SocketAddr, oneshot::Sender<()>, JoinHandle<()>) {
-    let listener = comethub::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = comethub::listen::tcp("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
     let config = comethub::Config {
         threads,
