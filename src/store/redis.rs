@@ -508,7 +508,8 @@ impl Redis {
     ) -> Result<PolledMany, Error> {
         let deadline = Instant::now() + timeout;
         self.link()?;
-        let mut asked = channels.to_vec();
+        let mut asked: Vec<(&str, Since)> =
+            channels.iter().map(|(c, s)| (c.as_str(), *s)).collect();
         let mut gaps = vec![false; channels.len()];
         loop {
             let many = self.hub.poll_many(&asked, limit, count)?;
@@ -516,7 +517,7 @@ impl Redis {
             let mut waiters = many.waiters;
             let mut polled = PolledMany::new(asked.len());
             for i in polled.read_starts(many.starts) {
-                let channel = asked[i].0.as_str();
+                let channel = asked[i].0;
                 let since = self.pin_next(channel, asked[i].1).await?;
                 let waiter = self.hub.wait(channel, count && !counted)?;
                 counted |= count;
