@@ -17,18 +17,6 @@ BIN=target/release/comethub
 SECRET=bench-secret-of-at-least-thirty-two-bytes
 hs=$("$BIN" token --key "$SECRET" --subscribe fan --publish fan --ttl 3600)
 es=$("$BIN" token --private-key tests/keys/ec-private.pem --subscribe fan --publish fan --ttl 3600)
-run_one() {
-  local name=$1 token=$2; shift 2
-  PIN_SERVER=0 start_server $PORT --timeout 120 "$@"
-  local pid=$SPID
-  local extra=()
-  [ -n "$token" ] && extra=(--token "$token")
-  local result
-  result=$(timeout 300 taskset -c 1 "$LOADGEN" fanout --addr 127.0.0.1:$PORT --pid $pid \
-    --subscribers "$N" --rounds "$ROUNDS" --channel fan "${extra[@]}" | grep RESULT)
-  kill $pid; wait $pid 2>/dev/null || true
-  echo "$name $result"
-}
-run_one none ""
-run_one hs256 "$hs" --jwt-key "$SECRET" --subscribe-auth token
-run_one es256 "$es" --jwt-key tests/keys/ec-public.pem --subscribe-auth token
+fanout_run none fanout --channel fan
+fanout_run hs256 fanout --channel fan --token "$hs" -- --jwt-key "$SECRET" --subscribe-auth token
+fanout_run es256 fanout --channel fan --token "$es" -- --jwt-key tests/keys/ec-public.pem --subscribe-auth token

@@ -46,3 +46,20 @@ start_server() {
   for _ in $(seq 50); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.1; done
   kill -0 $SPID 2>/dev/null || { echo "comethub did not start on port $port" >&2; exit 1; }
 }
+
+# fanout_run NAME MODE [loadgen args...] [-- comethub flags...]: one fan-out
+# (loadgen MODE, $N subscribers, $ROUNDS rounds) against a fresh server on
+# 127.0.0.1:$PORT pinned to core 0, the load on core 1; prints NAME and the
+# RESULT line.
+fanout_run() {
+  local name=$1 mode=$2; shift 2
+  local load=()
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do load+=("$1"); shift; done
+  [ "${1:-}" = "--" ] && shift
+  PIN_SERVER=0 start_server "$PORT" --timeout 120 "$@"
+  local pid=$SPID result
+  result=$(timeout 300 taskset -c 1 "$LOADGEN" "$mode" --addr 127.0.0.1:"$PORT" --pid $pid \
+    --subscribers "$N" --rounds "$ROUNDS" ${load[@]+"${load[@]}"} | grep RESULT)
+  kill $pid; wait $pid 2>/dev/null || true
+  echo "$name $result"
+}

@@ -14,15 +14,5 @@ PORT=${PORT:-18076}
 source benches/common.sh
 tune
 build
-run_one() {
-  local name=$1 mode=$2; shift 2
-  PIN_SERVER=0 start_server $PORT --timeout 120 --max-concurrent-streams 1000
-  local pid=$SPID
-  local result
-  result=$(timeout 300 taskset -c 1 "$LOADGEN" "$mode" --addr 127.0.0.1:$PORT --pid $pid \
-    --subscribers "$N" --rounds "$ROUNDS" --channel fan "$@" | grep RESULT)
-  kill $pid; wait $pid 2>/dev/null || true
-  echo "$name $result"
-}
-run_one http1 fanout
-run_one h2c fanout-h2 --connections "$C"
+fanout_run http1 fanout --channel fan -- --max-concurrent-streams 1000
+fanout_run h2c fanout-h2 --channel fan --connections "$C" -- --max-concurrent-streams 1000

@@ -419,10 +419,7 @@ async fn fanout(o: Opts) {
         o.rounds,
         o.kind
     );
-    let mut cpu_per_round = Vec::new();
-    let mut cpu_per_park = Vec::new();
-    let mut all_ms = Vec::new();
-    let mut rss_per_sub = None;
+    let mut tally = Tally::default();
     for round in 0..o.rounds {
         let park0 = cpu_ms(&o.pids);
         for (s, _, cursor) in conns.iter_mut() {
@@ -430,15 +427,7 @@ async fn fanout(o: Opts) {
                 .await
                 .expect("subscribe");
         }
-        // Let every request reach the server and park.
-        tokio::time::sleep(Duration::from_millis(500 + o.subscribers as u64 / 10)).await;
-        if let (0, Some(a), Some(b)) = (round, rss0, rss_kib(&o.pids)) {
-            rss_per_sub = Some(b.saturating_sub(a) as f64 * 1024.0 / o.subscribers as f64);
-        }
-        let cpu0 = cpu_ms(&o.pids);
-        if let Some(park) = cpu0.zip(park0).map(|(b, a)| b - a) {
-            cpu_per_park.push(park);
-        }
+        let cpu0 = tally.parked(&o, round, rss0, park0).await;
         let t0 = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
         for (mut s, mut buf, mut cursor) in conns.drain(..) {
@@ -463,11 +452,9 @@ async fn fanout(o: Opts) {
             lat.push(at.as_secs_f64() * 1000.0);
             conns.push((s, buf, cursor));
         }
-        // Give the server a moment to finish its bookkeeping before reading its CPU.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let cpu = cpu_ms(&o.pids).zip(cpu0).map(|(b, a)| b - a);
         lat.sort_by(|a, b| a.total_cmp(b));
         let all = lat.last().copied().unwrap_or(f64::NAN);
+        let cpu = tally.round(&o, cpu0, all).await;
         println!(
             "round {round}: p50 {:.1} ms, p99 {:.1} ms, all {:.1} ms, server cpu {}",
             percentile(&lat, 0.5),
@@ -475,23 +462,74 @@ async fn fanout(o: Opts) {
             all,
             cpu.map_or("n/a".into(), |c| format!("{c:.0} ms"))
         );
-        all_ms.push(all);
-        if let Some(c) = cpu {
-            cpu_per_round.push(c);
-        }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        percentile(v, 0.5)
-    };
     println!(
-        "RESULT fanout subscribers={} all_ms_median={:.1} cpu_ms_median={:.1} park_cpu_ms_median={:.1} rss_bytes_per_subscriber={}",
+        "RESULT fanout subscribers={} {}",
         o.subscribers,
-        median(&mut all_ms),
-        median(&mut cpu_per_round),
-        median(&mut cpu_per_park),
-        rss_per_sub.map_or("n/a".into(), |v| format!("{v:.0}"))
+        tally.result()
     );
+}
+
+/// What a fan-out measures, round by round: the server's CPU for parking the
+/// re-polls and for the round, the time until every subscriber had the
+/// message, and (first round) its RSS growth per waiting subscriber.
+#[derive(Default)]
+struct Tally {
+    park: Vec<f64>,
+    round: Vec<f64>,
+    all_ms: Vec<f64>,
+    rss_per_subscriber: Option<f64>,
+}
+
+impl Tally {
+    /// Lets every re-poll reach the server and park, then notes what that
+    /// cost since `park0` (and, in round 0, the RSS grown since `rss0`);
+    /// returns the CPU reading the round starts from.
+    async fn parked(
+        &mut self,
+        o: &Opts,
+        round: usize,
+        rss0: Option<u64>,
+        park0: Option<f64>,
+    ) -> Option<f64> {
+        tokio::time::sleep(Duration::from_millis(500 + o.subscribers as u64 / 10)).await;
+        if let (0, Some(a), Some(b)) = (round, rss0, rss_kib(&o.pids)) {
+            self.rss_per_subscriber =
+                Some(b.saturating_sub(a) as f64 * 1024.0 / o.subscribers as f64);
+        }
+        let cpu0 = cpu_ms(&o.pids);
+        if let Some(park) = cpu0.zip(park0).map(|(b, a)| b - a) {
+            self.park.push(park);
+        }
+        cpu0
+    }
+
+    /// Notes a round that took `all_ms` until everyone had the message;
+    /// returns its server CPU since `cpu0`.
+    async fn round(&mut self, o: &Opts, cpu0: Option<f64>, all_ms: f64) -> Option<f64> {
+        // Give the server a moment to finish its bookkeeping before reading its CPU.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let cpu = cpu_ms(&o.pids).zip(cpu0).map(|(b, a)| b - a);
+        self.all_ms.push(all_ms);
+        self.round.extend(cpu);
+        cpu
+    }
+
+    /// The medians, as the RESULT line gives them.
+    fn result(mut self) -> String {
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            percentile(v, 0.5)
+        };
+        format!(
+            "all_ms_median={:.1} cpu_ms_median={:.1} park_cpu_ms_median={:.1} rss_bytes_per_subscriber={}",
+            median(&mut self.all_ms),
+            median(&mut self.round),
+            median(&mut self.park),
+            self.rss_per_subscriber
+                .map_or("n/a".into(), |v| format!("{v:.0}"))
+        )
+    }
 }
 
 async fn cycle(o: Opts) {
@@ -655,8 +693,7 @@ async fn fanout_h2(o: Opts) {
         o.subscribers, o.connections, o.rounds
     );
     let mut ids: Vec<Option<String>> = vec![None; o.subscribers];
-    let (mut cpu_per_round, mut cpu_per_park, mut all_ms) = (Vec::new(), Vec::new(), Vec::new());
-    let mut rss_per_sub = None;
+    let mut tally = Tally::default();
     for round in 0..o.rounds {
         let park0 = cpu_ms(&o.pids);
         let mut tasks = tokio::task::JoinSet::new();
@@ -685,14 +722,7 @@ async fn fanout_h2(o: Opts) {
                 (i, id, at)
             });
         }
-        tokio::time::sleep(Duration::from_millis(500 + o.subscribers as u64 / 10)).await;
-        if let (0, Some(a), Some(b)) = (round, rss0, rss_kib(&o.pids)) {
-            rss_per_sub = Some(b.saturating_sub(a) as f64 * 1024.0 / o.subscribers as f64);
-        }
-        let cpu0 = cpu_ms(&o.pids);
-        if let Some(park) = cpu0.zip(park0).map(|(b, a)| b - a) {
-            cpu_per_park.push(park);
-        }
+        let cpu0 = tally.parked(&o, round, rss0, park0).await;
         let start = Instant::now();
         if let Ok(mut t) = t0.lock() {
             *t = Some(start);
@@ -708,29 +738,17 @@ async fn fanout_h2(o: Opts) {
             ids[i] = id;
             last = last.max(at.unwrap_or_default().as_secs_f64() * 1000.0);
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let cpu = cpu_ms(&o.pids).zip(cpu0).map(|(b, a)| b - a);
+        let cpu = tally.round(&o, cpu0, last).await;
         println!(
             "round {round}: all {last:.1} ms, server cpu {}",
             cpu.map_or("n/a".into(), |c| format!("{c:.0} ms"))
         );
-        all_ms.push(last);
-        if let Some(c) = cpu {
-            cpu_per_round.push(c);
-        }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        percentile(v, 0.5)
-    };
     println!(
-        "RESULT fanout-h2 subscribers={} connections={} all_ms_median={:.1} cpu_ms_median={:.1} park_cpu_ms_median={:.1} rss_bytes_per_subscriber={}",
+        "RESULT fanout-h2 subscribers={} connections={} {}",
         o.subscribers,
         o.connections,
-        median(&mut all_ms),
-        median(&mut cpu_per_round),
-        median(&mut cpu_per_park),
-        rss_per_sub.map_or("n/a".into(), |v| format!("{v:.0}"))
+        tally.result()
     );
 }
 

@@ -14,15 +14,5 @@ PORT=${PORT:-18075}
 source benches/common.sh
 tune
 build
-run_one() {
-  local name=$1 channels=$2
-  PIN_SERVER=0 start_server $PORT --timeout 120
-  local pid=$SPID
-  local result
-  result=$(timeout 300 taskset -c 1 "$LOADGEN" fanout --addr 127.0.0.1:$PORT --pid $pid \
-    --subscribers "$N" --rounds "$ROUNDS" --channel "$channels" | grep RESULT)
-  kill $pid; wait $pid 2>/dev/null || true
-  echo "$name $result"
-}
-run_one one-channel fan
-run_one four-channels fan0,fan1,fan2,fan3
+fanout_run one-channel fanout --channel fan
+fanout_run four-channels fanout --channel fan0,fan1,fan2,fan3
