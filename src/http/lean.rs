@@ -412,6 +412,42 @@ pub struct Reading {
     pub body: Vec<u8>,
 }
 
+/// Bytes of a target's path and query that `http::Uri` (and so hyper)
+/// takes as they are: everything visible but `#` (a fragment, which it
+/// would cut off), `<`, `>`, and `` ` `` in the path or `"` in the query;
+/// bytes above 0x7F are UTF-8, which a `&str` already is.
+const fn target_bytes(query: bool) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = match b as u8 {
+            b'#' | b'<' | b'>' => false,
+            b'`' => query,
+            b'"' => !query,
+            0x21..=0x7e | 0x80..=0xff => true,
+            _ => false,
+        };
+        b += 1;
+    }
+    table
+}
+const PATH_BYTES: [bool; 256] = target_bytes(false);
+const QUERY_BYTES: [bool; 256] = target_bytes(true);
+/// Longest target `http::Uri` takes.
+const MAX_TARGET: usize = u16::MAX as usize - 1;
+
+/// Whether hyper would read `target` (which starts with `/`) as exactly this
+/// path and query: the check `http::Uri` makes, without building one.
+fn plain_target(target: &str) -> bool {
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, query),
+        None => (target, ""),
+    };
+    target.len() <= MAX_TARGET
+        && path.bytes().all(|b| PATH_BYTES[b as usize])
+        && query.bytes().all(|b| QUERY_BYTES[b as usize])
+}
+
 /// Reads a complete request head with plain framing, tokenized by httparse as
 /// hyper does; `None` for anything this path leaves to hyper: a head httparse
 /// does not end exactly there, other methods and versions, chunked bodies,
@@ -439,9 +475,7 @@ fn parse(head: &[u8]) -> Option<Head<'_>> {
         0 => true,
         _ => return None,
     };
-    // The same target hyper would accept, and nothing it would read otherwise.
-    let uri: http::Uri = target.parse().ok()?;
-    if uri.path_and_query().map(|pq| pq.as_str()) != Some(target) {
+    if !plain_target(target) {
         return None;
     }
     let mut request = Request::new(method, target);
@@ -749,6 +783,35 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
 mod tests {
     use super::*;
     use http::StatusCode;
+
+    /// What hyper decides: `http::Uri` parses the target to this very path
+    /// and query.
+    fn uri_takes(target: &str) -> bool {
+        target
+            .parse::<http::Uri>()
+            .is_ok_and(|uri| uri.path_and_query().map(|pq| pq.as_str()) == Some(target))
+    }
+
+    #[test]
+    fn targets_are_taken_exactly_when_http_uri_takes_them() {
+        let mut chars: Vec<char> = (0u8..0x80).map(char::from).collect();
+        chars.extend(['é', '€', '😀']);
+        for c in chars {
+            for target in [
+                format!("/a{c}b"),
+                format!("/a?x={c}"),
+                format!("/a?{c}"),
+                format!("/{c}?q"),
+            ] {
+                assert_eq!(plain_target(&target), uri_takes(&target), "{target:?}");
+            }
+        }
+        for target in ["/", "/?", "/a??b", "/a?b#c", "/a#b?c", "/%zz?%41"] {
+            assert_eq!(plain_target(target), uri_takes(target), "{target:?}");
+        }
+        let long = format!("/?t={}", "a".repeat(MAX_TARGET));
+        assert!(!plain_target(&long) && !uri_takes(&long));
+    }
 
     #[test]
     fn plain_heads_are_taken_and_the_rest_left_to_hyper() {
