@@ -58,6 +58,12 @@ pub struct Config {
     #[arg(long, default_value_t = DEFAULT_HISTORY_AGE_SECS)]
     pub history_age: u64,
 
+    /// Seconds a publish's Idempotency-Key is remembered: a retry with the
+    /// same key on the same channel within it publishes nothing and answers
+    /// the first id. Default: the history age.
+    #[arg(long)]
+    pub idempotency_window: Option<u64>,
+
     /// Largest message accepted by /publish, in bytes (larger ones get 413).
     #[arg(long, default_value_t = DEFAULT_MAX_MESSAGE)]
     pub max_message: usize,
@@ -194,6 +200,12 @@ pub struct Config {
     /// by every instance pointed at it. Without it, channels live in memory.
     #[arg(long, env = "COMETHUB_REDIS")]
     pub redis: Option<String>,
+
+    /// Cluster mode: answer a publish 200 only once this many Redis
+    /// replicas have its message (WAIT); if they do not confirm within a
+    /// second the publisher gets 503 and may retry with its Idempotency-Key.
+    #[arg(long, default_value_t = 0)]
+    pub redis_replicas: u32,
 
     /// A TOML file of settings, one key per flag with the flag's name
     /// (`listen = ["127.0.0.1:8000"]`, `max-message = 65536`); flags and
@@ -420,6 +432,11 @@ impl Config {
         Duration::from_secs(self.history_age)
     }
 
+    /// How long idempotency keys are remembered.
+    pub fn idempotency_window(&self) -> Duration {
+        Duration::from_secs(self.idempotency_window.unwrap_or(self.history_age))
+    }
+
     /// The connection limit: the flag, or the open-files limit minus a margin.
     pub fn max_connections(&self) -> usize {
         match self.max_connections {
@@ -447,6 +464,11 @@ impl Config {
                 "--admin-token (or COMETHUB_ADMIN_TOKEN) is empty: it would leave \
                  /stats, /metrics, /channels and deleting open; give a token, or leave both out"
                     .to_owned(),
+            );
+        }
+        if self.redis_replicas > 0 && self.redis.is_none() {
+            return Err(
+                "--redis-replicas needs --redis: in memory there are no replicas".to_owned(),
             );
         }
         self.verifier()?;

@@ -65,6 +65,12 @@ pub enum Error {
     Gone,
     /// Cluster mode: Redis cannot be reached just now.
     StoreUnavailable,
+    /// An `Idempotency-Key` that is empty, too long (the limit, in bytes) or
+    /// has a byte outside visible ASCII, or two different ones in a request.
+    BadIdempotencyKey(usize),
+    /// `--redis-replicas`: the message was stored, but fewer replicas than
+    /// asked confirmed it in time, so a failover may lose it.
+    NotReplicated,
 }
 
 impl Error {
@@ -81,6 +87,7 @@ impl Error {
             | Error::BadQuery(_)
             | Error::MissingMessage
             | Error::BadContentType(_)
+            | Error::BadIdempotencyKey(_)
             | Error::BodyRead => StatusCode::BAD_REQUEST,
             Error::Unauthorized(_) | Error::InvalidToken => StatusCode::UNAUTHORIZED,
             Error::Forbidden | Error::ReadOnlyListener => StatusCode::FORBIDDEN,
@@ -92,6 +99,7 @@ impl Error {
             | Error::ConnectionLimit
             | Error::ShuttingDown
             | Error::StoreUnavailable
+            | Error::NotReplicated
             | Error::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Error::Gone => StatusCode::GONE,
         }
@@ -123,6 +131,8 @@ impl Error {
             Error::ShuttingDown => Reason::ShuttingDown,
             Error::Gone => Reason::Gone,
             Error::StoreUnavailable => Reason::StoreUnavailable,
+            Error::BadIdempotencyKey(_) => Reason::BadIdempotencyKey,
+            Error::NotReplicated => Reason::NotReplicated,
         }
     }
 
@@ -190,11 +200,15 @@ pub enum Reason {
     StoreUnavailable,
     /// See [`Error::TooManyChannels`].
     TooManyChannels,
+    /// See [`Error::BadIdempotencyKey`].
+    BadIdempotencyKey,
+    /// See [`Error::NotReplicated`].
+    NotReplicated,
 }
 
 impl Reason {
     /// Every reason, in the order of their counters.
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 24] = [
         Reason::BadChannel,
         Reason::BadSince,
         Reason::BadTimeout,
@@ -217,6 +231,8 @@ impl Reason {
         Reason::Gone,
         Reason::StoreUnavailable,
         Reason::TooManyChannels,
+        Reason::BadIdempotencyKey,
+        Reason::NotReplicated,
     ];
 
     /// Its label.
@@ -244,6 +260,8 @@ impl Reason {
             Reason::Gone => "gone",
             Reason::StoreUnavailable => "store_unavailable",
             Reason::TooManyChannels => "too_many_channels",
+            Reason::BadIdempotencyKey => "bad_idempotency_key",
+            Reason::NotReplicated => "not_replicated",
         }
     }
 }
@@ -296,6 +314,14 @@ impl fmt::Display for Error {
             Error::StoreUnavailable => {
                 f.write_str("message store (redis) unavailable: try again later")
             }
+            Error::BadIdempotencyKey(limit) => write!(
+                f,
+                "bad idempotency key: use 1-{limit} visible ASCII characters, one key per request"
+            ),
+            Error::NotReplicated => f.write_str(
+                "stored, but not confirmed by the replicas --redis-replicas asks for: it may not \
+                 survive a failover; retry with the same Idempotency-Key",
+            ),
         }
     }
 }

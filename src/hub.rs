@@ -212,6 +212,8 @@ pub struct Config {
     /// Most bytes all histories may hold, with their payloads' later growth
     /// (0: no limit). Past it the oldest messages across channels go first.
     pub max_bytes: usize,
+    /// How long a publish's idempotency key is remembered.
+    pub idempotency_window: Duration,
     /// Source or cache.
     pub mode: Mode,
 }
@@ -249,7 +251,71 @@ struct State<P> {
     order: VecDeque<(Arc<str>, u64)>,
     freed: Freed,
     due: Due,
+    keys: Keys,
     closed: bool,
+}
+
+/// Idempotency keys remembered this long at most.
+pub const MAX_KEYS: usize = 65_536;
+
+/// The idempotency keys of recent publishes, each with the sequence it
+/// published, so that a retry within the window publishes nothing. Oldest
+/// first in `order`: a key is never renewed, so insertion order is expiry
+/// order. Past [`MAX_KEYS`] the oldest are forgotten early.
+#[derive(Debug, Default)]
+struct Keys {
+    /// By `KEY \n CHANNEL` (a key has no newline).
+    seen: HashMap<Arc<str>, (u64, Instant)>,
+    order: VecDeque<(Arc<str>, Instant)>,
+    bytes: usize,
+}
+
+impl Keys {
+    /// Bytes one remembered key takes besides its text: two map and queue
+    /// slots, the `Arc`'s counts and the allocator's rounding.
+    const OVERHEAD: usize = 96;
+
+    fn name(channel: &str, key: &str) -> String {
+        format!("{key}\n{channel}")
+    }
+
+    /// The sequence published under `name` within `window` of `now`.
+    fn get(&self, name: &str, window: Duration, now: Instant) -> Option<u64> {
+        let (seq, at) = self.seen.get(name)?;
+        (now.saturating_duration_since(*at) < window).then_some(*seq)
+    }
+
+    fn insert(&mut self, name: String, seq: u64, now: Instant) {
+        // An expired entry replaced here keeps its place in `order` (and
+        // its bytes) until popped; popping it leaves the new one be.
+        let name: Arc<str> = name.into();
+        self.bytes += name.len() + Keys::OVERHEAD;
+        self.seen.insert(name.clone(), (seq, now));
+        self.order.push_back((name, now));
+        while self.order.len() > MAX_KEYS {
+            self.pop();
+        }
+    }
+
+    /// Forgets keys older than `window`.
+    fn expire(&mut self, window: Duration, now: Instant) {
+        while self
+            .order
+            .front()
+            .is_some_and(|(_, at)| now.saturating_duration_since(*at) >= window)
+        {
+            self.pop();
+        }
+    }
+
+    fn pop(&mut self) {
+        if let Some((name, at)) = self.order.pop_front() {
+            self.bytes -= name.len() + Keys::OVERHEAD;
+            if self.seen.get(&name).is_some_and(|(_, a)| *a == at) {
+                self.seen.remove(&name);
+            }
+        }
+    }
 }
 
 /// The sweep queue: channels by the time they are next due.
@@ -420,6 +486,16 @@ impl<P: Payload> Channel<P> {
             (a, b) => a.or(b),
         }
     }
+}
+
+/// What [`Hub::publish_once`] did.
+#[derive(Debug)]
+pub enum Published<P> {
+    /// Published this message, handed to this many.
+    New(Arc<Message<P>>, usize),
+    /// The key was used within the window: nothing published; the sequence
+    /// published then.
+    Replayed(u64),
 }
 
 /// What a long-poll gets at once.
@@ -741,7 +817,10 @@ impl<P: Payload> State<P> {
     /// Bytes counted against `max_bytes`: the messages, what they grew by, and
     /// the channels holding them.
     fn used(&self, meter: &Meter) -> usize {
-        self.held.bytes + meter.bytes() + self.channels.len() * channel_cost::<P>()
+        self.held.bytes
+            + meter.bytes()
+            + self.channels.len() * channel_cost::<P>()
+            + self.keys.bytes
     }
 
     /// Notes a message kept in `channel`'s history, in publish order.
@@ -774,6 +853,7 @@ impl<P: Payload> Hub<P> {
                 order: VecDeque::new(),
                 freed: Freed::default(),
                 due: BinaryHeap::new(),
+                keys: Keys::default(),
                 closed: false,
             }),
             delivered: AtomicU64::new(0),
@@ -1044,11 +1124,42 @@ impl<P: Payload> Hub<P> {
         channel: &str,
         make: impl FnOnce(u64) -> P,
     ) -> Result<(Arc<Message<P>>, usize), Refused> {
-        let mut state = self.open()?;
+        let state = self.open()?;
+        self.publish_in(state, channel, None, make)
+    }
+
+    /// [`Hub::publish`] under an idempotency key: if the key was used on
+    /// this channel within the window, nothing is published and the first
+    /// publish's sequence is returned.
+    pub fn publish_once(
+        &self,
+        channel: &str,
+        key: &str,
+        make: impl FnOnce(u64) -> P,
+    ) -> Result<Published<P>, Refused> {
+        let state = self.open()?;
+        let name = Keys::name(channel, key);
+        let window = self.config.idempotency_window;
+        if let Some(seq) = state.keys.get(&name, window, Instant::now()) {
+            return Ok(Published::Replayed(seq));
+        }
+        let (message, delivered) = self.publish_in(state, channel, Some(name), make)?;
+        Ok(Published::New(message, delivered))
+    }
+
+    fn publish_in(
+        &self,
+        mut state: MutexGuard<'_, State<P>>,
+        channel: &str,
+        key: Option<String>,
+        make: impl FnOnce(u64) -> P,
+    ) -> Result<(Arc<Message<P>>, usize), Refused> {
         let seq = state.seq + 1;
         let message = Message::new(seq, make(seq));
         // Room first: evicting may free the channel itself.
-        if !self.fit_in(&mut state, message.payload.size()) {
+        let incoming =
+            message.payload.size() + key.as_ref().map_or(0, |k| k.len() + Keys::OVERHEAD);
+        if !self.fit_in(&mut state, incoming) {
             return Err(Refused::Memory);
         }
         let state_ref = &mut *state;
@@ -1059,6 +1170,9 @@ impl<P: Payload> Hub<P> {
             &self.config,
         )?;
         state.seq = seq;
+        if let Some(name) = key {
+            state.keys.insert(name, seq, message.at);
+        }
         Ok(self.append(state, channel, message))
     }
 
@@ -1217,6 +1331,7 @@ impl<P: Payload> Hub<P> {
                 state.remove(&name);
             }
         }
+        state.keys.expire(self.config.idempotency_window, now);
         self.fit_in(&mut state, 0);
         // Entries of channels removed before they were due are skipped when
         // popped; rebuild the queue if they ever outnumber the live ones.
@@ -1338,6 +1453,7 @@ mod tests {
             max_channels: 0,
             max_subscribers: 0,
             max_bytes: 0,
+            idempotency_window: Duration::from_secs(60),
             mode: Mode::Source,
         })
     }
@@ -1350,6 +1466,7 @@ mod tests {
             max_channels: 0,
             max_subscribers: 0,
             max_bytes: bytes + channels * channel_cost::<&'static str>(),
+            idempotency_window: Duration::from_secs(60),
             mode: Mode::Source,
         })
     }
@@ -1361,6 +1478,7 @@ mod tests {
             max_channels: 0,
             max_subscribers: 0,
             max_bytes: 0,
+            idempotency_window: Duration::from_secs(60),
             mode: Mode::Cache {
                 idle: Duration::from_secs(idle),
             },
@@ -1539,6 +1657,72 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_retried_key_publishes_nothing_within_its_window() {
+        // hub(..) remembers keys for 60 s.
+        let hub = hub(10, 300);
+        let first = hub.publish_once("a", "k1", |_| "m1").unwrap();
+        let Published::New(m1, _) = first else {
+            panic!("first publish replayed");
+        };
+        let w = hub.poll("a", Since::Id(m1.seq), 10).unwrap();
+        assert!(matches!(
+            hub.publish_once("a", "k1", |_| "again"),
+            Ok(Published::Replayed(seq)) if seq == m1.seq
+        ));
+        // Nothing was handed out or kept.
+        let Poll::Wait(waiter) = w else {
+            panic!("a replay woke the waiter");
+        };
+        assert!(matches!(
+            waiter.wait(Duration::from_millis(10)).await,
+            Outcome::Timeout(_)
+        ));
+        assert_eq!(hub.info("a").messages, 1);
+        // Another key, or the same key on another channel, publishes.
+        assert!(matches!(
+            hub.publish_once("a", "k2", |_| "m2"),
+            Ok(Published::New(..))
+        ));
+        assert!(matches!(
+            hub.publish_once("b", "k1", |_| "b1"),
+            Ok(Published::New(..))
+        ));
+        // Past the window the key is forgotten, and the sweep frees it.
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(matches!(
+            hub.publish_once("a", "k1", |_| "x"),
+            Ok(Published::Replayed(_))
+        ));
+        let held = hub.snapshot().memory_bytes;
+        tokio::time::advance(Duration::from_secs(1)).await;
+        hub.sweep();
+        assert!(hub.snapshot().memory_bytes < held);
+        assert!(matches!(
+            hub.publish_once("a", "k1", |_| "m3"),
+            Ok(Published::New(..))
+        ));
+        assert_eq!(hub.info("a").messages, 3);
+    }
+
+    #[test]
+    fn keys_past_the_bound_forget_the_oldest() {
+        let hub = hub(1, 300);
+        for i in 0..=MAX_KEYS {
+            hub.publish_once("a", &i.to_string(), |_| "m").unwrap();
+        }
+        assert!(matches!(
+            hub.publish_once("a", "0", |_| "m"),
+            Ok(Published::New(..))
+        ));
+        let newest = MAX_KEYS.to_string();
+        assert!(matches!(
+            hub.publish_once("a", &newest, |_| "m"),
+            Ok(Published::Replayed(_))
+        ));
+        assert!(hub.state().keys.seen.len() <= MAX_KEYS);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn limits_refuse_and_leave_nothing_behind() {
         let hub: Arc<Hub<&'static str>> = Hub::new(Config {
             history: 10,
@@ -1546,6 +1730,7 @@ mod tests {
             max_channels: 1,
             max_subscribers: 1,
             max_bytes: 0,
+            idempotency_window: Duration::from_secs(60),
             mode: Mode::Source,
         });
         let _w = hub.poll("a", Since::Next, 1).unwrap();

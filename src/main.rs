@@ -71,7 +71,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     if let Some(url) = &config.redis
-        && let Err(err) = comethub::store::redis::client(url)
+        && let Err(err) = comethub::store::redis::check_url(url)
     {
         error!(%err, "cannot start");
         return ExitCode::from(2);

@@ -24,6 +24,8 @@ pub const MAX_CHANNEL_LEN: usize = 128;
 /// shorter (RFC 6838 allows 127 characters each for type and subtype), and
 /// the type is kept with every message and sent with every raw answer.
 pub const MAX_CONTENT_TYPE: usize = 256;
+/// Longest idempotency key, in bytes (a UUID is 36).
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 /// Content-Type of messages published as a form field or query parameter.
 pub const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 
@@ -249,6 +251,10 @@ pub struct Query<'a> {
     /// `token=`: a JWT, for clients that cannot send a header (`EventSource`).
     #[serde(borrow)]
     pub token: Option<Cow<'a, str>>,
+    /// `idempotency_key=` (publish only), for publishers that cannot send
+    /// the `Idempotency-Key` header.
+    #[serde(borrow)]
+    pub idempotency_key: Option<Cow<'a, str>>,
 }
 
 impl<'a> Query<'a> {
@@ -285,6 +291,7 @@ impl<'a> Query<'a> {
                 "format" => &mut out.format,
                 "message" => &mut out.message,
                 "token" => &mut out.token,
+                "idempotency_key" => &mut out.idempotency_key,
                 _ => continue,
             };
             if slot.is_some() {
@@ -351,6 +358,10 @@ pub struct PublishAnswer<'a> {
     pub channel: &'a str,
     /// How many subscribers the message was handed to.
     pub subscribers: usize,
+    /// A retry with an idempotency key already used: nothing was published,
+    /// `id` is the first publish's.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
 }
 
 /// The body of `GET /channels/C`.
@@ -648,6 +659,36 @@ impl Query<'_> {
     /// The channel named, checked.
     pub fn channel(&self) -> Result<String, Error> {
         channel_name(self.channel.as_deref()).map(str::to_owned)
+    }
+
+    /// A publish's idempotency key: the `Idempotency-Key` header (bare, or
+    /// as the quoted string RFC 8941 makes it) or `idempotency_key=`; both
+    /// may be given if they agree.
+    pub fn idempotency_key(&self, header: Option<&[u8]>) -> Result<Option<String>, Error> {
+        let bad = Error::BadIdempotencyKey(MAX_IDEMPOTENCY_KEY);
+        let header = match header {
+            Some(v) => {
+                let v = v.trim_ascii();
+                let v = match v {
+                    [b'"', inner @ .., b'"'] => inner,
+                    _ => v,
+                };
+                Some(std::str::from_utf8(v).map_err(|_| bad.clone())?)
+            }
+            None => None,
+        };
+        let key = match (header, self.idempotency_key.as_deref()) {
+            (Some(a), Some(b)) if a != b => return Err(bad),
+            (a, b) => match a.or(b) {
+                Some(key) => key,
+                None => return Ok(None),
+            },
+        };
+        let visible = |b: u8| (0x21..=0x7e).contains(&b) && b != b'"';
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY || !key.bytes().all(visible) {
+            return Err(bad);
+        }
+        Ok(Some(key.to_owned()))
     }
 
     /// The channels a subscription names (`channel=a,b,c`), each checked,

@@ -41,6 +41,11 @@ use crate::store::{Polled, PolledMany, Store};
 
 /// `Last-Event-ID`, the SSE resume header, also read by long-polls.
 pub const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+/// `Idempotency-Key`: a publish's retry with the same key publishes nothing
+/// and answers the first one's id.
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// `Idempotent-Replayed: true` on the answer to a retried publish.
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// What the routes need to know of the configuration.
 #[derive(Debug, Clone)]
@@ -111,6 +116,8 @@ pub struct Request<'a> {
     pub authorization: Option<&'a [u8]>,
     /// The first `Cookie`.
     pub cookie: Option<&'a [u8]>,
+    /// The first `Idempotency-Key`.
+    pub idempotency_key: Option<&'a [u8]>,
     /// The declared body length, if any.
     pub content_length: Option<u64>,
     /// Came on a listener that does not take publishes (`--publish-on`
@@ -144,6 +151,8 @@ impl<'a> Request<'a> {
             &mut self.authorization
         } else if is(&header::COOKIE) {
             &mut self.cookie
+        } else if is(&IDEMPOTENCY_KEY) {
+            &mut self.idempotency_key
         } else {
             return;
         };
@@ -187,6 +196,7 @@ pub enum Route {
 #[derive(Debug)]
 pub struct Publish {
     channel: String,
+    key: Option<String>,
     message: Option<String>,
     content_type: Option<Bytes>,
     /// Whether a body is to be read (POST).
@@ -322,6 +332,7 @@ impl Routes {
                 }
                 Route::Publish(Publish {
                     channel: query.channel()?,
+                    key: query.idempotency_key(req.idempotency_key)?,
                     message: query.message.map(Cow::into_owned),
                     content_type: req.content_type.map(content_type),
                     has_body,
@@ -492,18 +503,25 @@ impl Routes {
         )?;
         let published = self
             .store
-            .publish(&publish.channel, data, content_type)
+            .publish(&publish.channel, publish.key.as_deref(), data, content_type)
             .await?;
-        Counters::bump(&self.counters.published);
+        if !published.replayed {
+            Counters::bump(&self.counters.published);
+        }
         let answer = Answer::json(
             StatusCode::OK,
             &PublishAnswer {
                 id: std::str::from_utf8(&published.id).unwrap_or_default(),
                 channel: &publish.channel,
                 subscribers: published.subscribers,
+                replayed: published.replayed,
             },
         );
-        Ok(answer.with(X_MESSAGE_ID, published.id))
+        let answer = answer.with(X_MESSAGE_ID, published.id);
+        Ok(match published.replayed {
+            true => answer.with(IDEMPOTENT_REPLAYED, Bytes::from_static(b"true")),
+            false => answer,
+        })
     }
 
     /// `DELETE /publish`: drops a channel; its waiting subscribers get 410.

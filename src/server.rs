@@ -50,10 +50,11 @@ pub fn store(config: &Config) -> Result<Store, String> {
         max_channels: config.max_channels,
         max_subscribers: config.max_subscribers,
         max_bytes: config.max_memory(),
+        idempotency_window: config.idempotency_window(),
     };
     match &config.redis {
         None => Ok(Store::memory(&settings)),
-        Some(url) => Store::redis(&settings, url),
+        Some(url) => Store::redis(&settings, url, config.redis_replicas),
     }
 }
 

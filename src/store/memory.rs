@@ -138,15 +138,28 @@ impl Memory {
     pub(super) fn publish(
         &self,
         channel: &str,
+        key: Option<&str>,
         data: Bytes,
         content_type: Bytes,
     ) -> Result<Published, Error> {
-        let (message, subscribers) = self.hub.publish(channel, |seq| {
-            Content::new(self.ids.id(seq), data, content_type, self.hub.meter())
-        })?;
+        let make = |seq| Content::new(self.ids.id(seq), data, content_type, self.hub.meter());
+        let (message, subscribers) = match key {
+            None => self.hub.publish(channel, make)?,
+            Some(key) => match self.hub.publish_once(channel, key, make)? {
+                hub::Published::New(message, subscribers) => (message, subscribers),
+                hub::Published::Replayed(seq) => {
+                    return Ok(Published {
+                        id: self.ids.id(seq),
+                        subscribers: 0,
+                        replayed: true,
+                    });
+                }
+            },
+        };
         Ok(Published {
             id: message.payload.id.clone(),
             subscribers,
+            replayed: false,
         })
     }
 

@@ -143,6 +143,9 @@ pub struct Published {
     pub id: Bytes,
     /// Subscribers (in memory) or instances (on Redis) it was handed to.
     pub subscribers: usize,
+    /// Its idempotency key was used within the window: nothing was
+    /// published, `id` is the first publish's.
+    pub replayed: bool,
 }
 
 /// A channel's state, for `/channels/C`.
@@ -178,6 +181,8 @@ pub struct Settings {
     pub max_subscribers: usize,
     /// Most bytes the messages held may take (0: no limit).
     pub max_bytes: usize,
+    /// How long a publish's idempotency key is remembered.
+    pub idempotency_window: Duration,
 }
 
 impl Settings {
@@ -191,6 +196,7 @@ impl Settings {
             // for those in flight (bodies being read, a publish being made)
             // and for the allocator's rounding.
             max_bytes: self.max_bytes - self.max_bytes / 8,
+            idempotency_window: self.idempotency_window,
             mode,
         }
     }
@@ -270,9 +276,10 @@ impl Store {
         Store::Memory(memory::Memory::new(settings))
     }
 
-    /// A store on the Redis at `url` (checked now; connected by [`Store::run`]).
-    pub fn redis(settings: &Settings, url: &str) -> Result<Store, String> {
-        redis::Redis::new(settings, url).map(|r| Store::Redis(Arc::new(r)))
+    /// A store on the Redis at `url` (checked now; connected by
+    /// [`Store::run`]) whose publishes wait for `replicas` to have them.
+    pub fn redis(settings: &Settings, url: &str, replicas: u32) -> Result<Store, String> {
+        redis::Redis::new(settings, url, replicas).map(|r| Store::Redis(Arc::new(r)))
     }
 
     /// How message ids are made and read.
@@ -341,16 +348,18 @@ impl Store {
         }
     }
 
-    /// Publishes a message.
+    /// Publishes a message; with an idempotency `key` used on the channel
+    /// within the window, publishes nothing and answers the first id.
     pub async fn publish(
         &self,
         channel: &str,
+        key: Option<&str>,
         data: Bytes,
         content_type: Bytes,
     ) -> Result<Published, Error> {
         match self {
-            Store::Memory(m) => m.publish(channel, data, content_type),
-            Store::Redis(r) => r.publish(channel, data, content_type).await,
+            Store::Memory(m) => m.publish(channel, key, data, content_type),
+            Store::Redis(r) => r.publish(channel, key, data, content_type).await,
         }
     }
 

@@ -26,8 +26,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
+use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
 use redis::{
-    AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Value,
+    AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind,
+    RedisConnectionInfo, Value,
 };
 use tokio::sync::{Mutex as AsyncMutex, Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -46,6 +48,11 @@ const COPY_IDLE: Duration = Duration::from_secs(10);
 /// How long a connection attempt or a command may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a publish waits for `--redis-replicas` to confirm it.
+const REPLICA_WAIT: Duration = Duration::from_secs(1);
+/// Connections that carry publishes with `--redis-replicas`: `WAIT` holds
+/// its connection, so publishes take turns on a few.
+const DURABLE_CONNECTIONS: usize = 4;
 /// Reconnection backoff bounds.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -74,10 +81,16 @@ local function trim_age(s, m, age)
 end
 "#;
 
-/// KEYS: stream, meta. ARGV: topic, history, age ms, meta ttl ms, type, data.
-/// Returns `{id, instances}`.
+/// KEYS: stream, meta, and the idempotency key's if one is given. ARGV:
+/// topic, history, age ms, meta ttl ms, type, data, key window ms. Returns
+/// `{id, instances, replayed}`: a key seen within its window publishes
+/// nothing and returns the id it published then.
 const PUBLISH: &str = r#"
 local s, m = KEYS[1], KEYS[2]
+if KEYS[3] then
+  local first = redis.call('GET', KEYS[3])
+  if first then return {first, 0, 1} end
+end
 local history, age = tonumber(ARGV[2]), tonumber(ARGV[3])
 local id = redis.call('XADD', s, '*', 't', ARGV[5], 'd', ARGV[6])
 local over = redis.call('XLEN', s) - history
@@ -94,8 +107,9 @@ trim_age(s, m, age)
 redis.call('HSET', m, 'last', id)
 redis.call('PEXPIRE', s, age)
 redis.call('PEXPIRE', m, ARGV[4])
+if KEYS[3] then redis.call('SET', KEYS[3], id, 'PX', ARGV[7]) end
 local n = redis.call('PUBLISH', ARGV[1], 'm' .. id .. '\n' .. ARGV[5] .. '\n' .. ARGV[6])
-return {id, n}
+return {id, n, 0}
 "#;
 
 /// KEYS: stream, meta. ARGV: after (an id, `-` for the oldest, `+` for none),
@@ -129,12 +143,15 @@ return existed
 pub struct Redis {
     hub: Arc<Hub<Content>>,
     meter: Meter,
-    client: redis::Client,
+    target: Target,
     link: Mutex<Option<Link>>,
     follow: mpsc::UnboundedSender<Follow>,
     requests: AsyncMutex<mpsc::UnboundedReceiver<Follow>>,
     history: usize,
     age_ms: u64,
+    key_window_ms: u64,
+    replicas: u32,
+    turn: AtomicUsize,
     scripts: Scripts,
     up: watch::Sender<bool>,
     reconnects: AtomicU64,
@@ -145,7 +162,78 @@ pub struct Redis {
 #[derive(Debug, Clone)]
 struct Link {
     con: MultiplexedConnection,
+    /// With `--redis-replicas`: the connections publishes and their `WAIT`
+    /// go on.
+    durable: Vec<MultiplexedConnection>,
     down: Arc<Notify>,
+}
+
+/// Where the Redis is: one server, or the master a set of sentinels names
+/// (asked again at every connection, so a failover is followed).
+enum Target {
+    Server(redis::Client),
+    Sentinel {
+        sentinel: AsyncMutex<Sentinel>,
+        master: String,
+    },
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Server(_) => f.write_str("Target::Server"),
+            Target::Sentinel { master, .. } => write!(f, "Target::Sentinel({master})"),
+        }
+    }
+}
+
+impl Target {
+    /// Reads `redis://…`, or `redis+sentinel://HOST:PORT[,HOST:PORT…]/MASTER`.
+    fn new(url: &str) -> Result<Target, String> {
+        let bad = |e: &dyn std::fmt::Display| format!("bad --redis URL: {e}");
+        if let Some(rest) = url.strip_prefix("redis+sentinel://") {
+            let (hosts, master) = rest
+                .split_once('/')
+                .filter(|(h, m)| !h.is_empty() && !m.is_empty() && !m.contains('/'))
+                .ok_or_else(|| bad(&"use redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER_NAME"))?;
+            let sentinels: Vec<String> = hosts.split(',').map(|h| format!("redis://{h}")).collect();
+            let sentinel = Sentinel::build(sentinels).map_err(|e| bad(&e))?;
+            return Ok(Target::Sentinel {
+                sentinel: AsyncMutex::new(sentinel),
+                master: master.to_owned(),
+            });
+        }
+        if url.starts_with("redis+cluster://") {
+            return Err(bad(
+                &"Redis Cluster is not supported yet: use redis:// or redis+sentinel://",
+            ));
+        }
+        let info = url.into_connection_info().map_err(|e| bad(&e))?;
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        redis::Client::open(info.set_redis_settings(settings))
+            .map(Target::Server)
+            .map_err(|e| bad(&e))
+    }
+
+    /// A client for the server to use now.
+    async fn client(&self) -> redis::RedisResult<redis::Client> {
+        match self {
+            Target::Server(client) => Ok(client.clone()),
+            Target::Sentinel { sentinel, master } => {
+                let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(
+                    RedisConnectionInfo::default().set_protocol(ProtocolVersion::RESP3),
+                );
+                sentinel
+                    .lock()
+                    .await
+                    .async_master_for(master, Some(&node))
+                    .await
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -184,6 +272,12 @@ fn stream_key(channel: &str) -> String {
 
 fn meta_key(channel: &str) -> String {
     format!("{PREFIX}{{{channel}}}:m")
+}
+
+/// Where a publish's idempotency key is kept: beside its channel's stream,
+/// on the same hash slot.
+fn key_key(channel: &str, key: &str) -> String {
+    format!("{PREFIX}{{{channel}}}:k:{key}")
 }
 
 fn topic(channel: &str) -> String {
@@ -255,33 +349,30 @@ fn bulk(value: &Value) -> Option<&[u8]> {
     }
 }
 
-/// A client for `url`, speaking RESP3 (for Pub/Sub on a shared connection).
-pub fn client(url: &str) -> Result<redis::Client, String> {
-    let bad = |e: redis::RedisError| format!("bad --redis URL: {e}");
-    let info = url.into_connection_info().map_err(bad)?;
-    let settings = info
-        .redis_settings()
-        .clone()
-        .set_protocol(ProtocolVersion::RESP3);
-    redis::Client::open(info.set_redis_settings(settings)).map_err(bad)
+/// Checks a `--redis` URL.
+pub fn check_url(url: &str) -> Result<(), String> {
+    Target::new(url).map(drop)
 }
 
 impl Redis {
     /// A store on the Redis at `url`; the link comes up in [`Redis::run_link`].
-    pub fn new(settings: &Settings, url: &str) -> Result<Redis, String> {
-        let client = client(url)?;
+    pub fn new(settings: &Settings, url: &str, replicas: u32) -> Result<Redis, String> {
+        let target = Target::new(url)?;
         let (follow, requests) = mpsc::unbounded_channel();
         let lib = |body: &str| redis::Script::new(&format!("{TRIM_AGE}{body}"));
         let hub = Hub::new(settings.hub(hub::Mode::Cache { idle: COPY_IDLE }));
         Ok(Redis {
             meter: hub.meter().clone(),
             hub,
-            client,
+            target,
             link: Mutex::new(None),
             follow,
             requests: AsyncMutex::new(requests),
             history: settings.history,
             age_ms: settings.history_age.as_millis() as u64,
+            key_window_ms: settings.idempotency_window.as_millis().max(1) as u64,
+            replicas,
+            turn: AtomicUsize::new(0),
             scripts: Scripts {
                 publish: lib(PUBLISH),
                 read: lib(READ),
@@ -328,7 +419,9 @@ impl Redis {
     fn failed(&self, link: &Link, err: &redis::RedisError) -> Error {
         self.errors.fetch_add(1, Relaxed);
         warn!(%err, "redis command failed");
-        if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() {
+        // A master demoted by a failover refuses writes: find the new one.
+        let demoted = err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
+        if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() || demoted {
             link.down.notify_one();
         }
         Error::StoreUnavailable
@@ -337,27 +430,55 @@ impl Redis {
     pub(super) async fn publish(
         &self,
         channel: &str,
+        key: Option<&str>,
         data: Bytes,
         content_type: Bytes,
     ) -> Result<Published, Error> {
-        let mut link = self.link()?;
-        let (id, instances): (Vec<u8>, usize) = self
-            .scripts
-            .publish
-            .key(stream_key(channel))
-            .key(meta_key(channel))
+        let link = self.link()?;
+        let mut invocation = self.scripts.publish.key(stream_key(channel));
+        invocation.key(meta_key(channel));
+        if let Some(key) = key {
+            invocation.key(key_key(channel, key));
+        }
+        invocation
             .arg(topic(channel))
             .arg(self.history)
             .arg(self.age_ms)
             .arg(META_TTL.as_millis() as u64)
             .arg(content_type.as_ref())
             .arg(data.as_ref())
-            .invoke_async(&mut link.con)
+            .arg(self.key_window_ms);
+        let turn = self.turn.fetch_add(1, Relaxed);
+        let mut con = match link.durable.get(turn % link.durable.len().max(1)) {
+            Some(durable) => durable.clone(),
+            None => link.con.clone(),
+        };
+        let (id, instances, replayed): (Vec<u8>, usize, u8) = invocation
+            .invoke_async(&mut con)
             .await
             .map_err(|e| self.failed(&link, &e))?;
+        if self.replicas > 0 && replayed == 0 {
+            // Waits for every write this connection made so far, this one's too.
+            let confirmed: u32 = redis::cmd("WAIT")
+                .arg(self.replicas)
+                .arg(REPLICA_WAIT.as_millis() as u64)
+                .query_async(&mut con)
+                .await
+                .map_err(|e| self.failed(&link, &e))?;
+            if confirmed < self.replicas {
+                self.errors.fetch_add(1, Relaxed);
+                warn!(
+                    confirmed,
+                    asked = self.replicas,
+                    "publish not confirmed by the replicas"
+                );
+                return Err(Error::NotReplicated);
+            }
+        }
         Ok(Published {
             id: id.into(),
             subscribers: instances,
+            replayed: replayed != 0,
         })
     }
 
@@ -640,11 +761,24 @@ impl Redis {
                     Ok::<(), std::convert::Infallible>(())
                 }
             });
-        let con = self
-            .client
+        let client = self.target.client().await?;
+        let con = client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
-        Ok(Link { con, down })
+        let mut durable = Vec::new();
+        if self.replicas > 0 {
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(RESPONSE_TIMEOUT + REPLICA_WAIT));
+            for _ in 0..DURABLE_CONNECTIONS {
+                durable.push(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                );
+            }
+        }
+        Ok(Link { con, durable, down })
     }
 
     /// Keeps the link up: connects with backoff, follows the channels asked for,

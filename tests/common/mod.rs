@@ -245,17 +245,7 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
-        let stream = tokio::time::timeout(STEP, TcpStream::connect(addr))
-            .await
-            .expect("connect in time")
-            .expect("connect");
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("handshake");
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Client { sender, addr }
+        Client::try_connect(addr).await.expect("connect")
     }
 
     pub async fn request(
@@ -265,6 +255,35 @@ impl Client {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> Resp {
+        self.try_request(method, path, headers, body)
+            .await
+            .expect("response")
+    }
+
+    /// A connection to `addr`, or why not.
+    pub async fn try_connect(addr: SocketAddr) -> Result<Client, String> {
+        let stream = tokio::time::timeout(STEP, TcpStream::connect(addr))
+            .await
+            .map_err(|_| "connect timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Client { sender, addr })
+    }
+
+    /// A request whose connection may fail (a server being killed): the
+    /// answer, or why there is none.
+    pub async fn try_request(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Result<Resp, String> {
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -274,15 +293,19 @@ impl Client {
         }
         let req = req.body(Full::new(body.into())).expect("request");
         let work = async {
-            self.sender.ready().await.expect("connection ready");
-            let resp = self.sender.send_request(req).await.expect("response");
+            self.sender.ready().await.map_err(|e| e.to_string())?;
+            let resp = self
+                .sender
+                .send_request(req)
+                .await
+                .map_err(|e| e.to_string())?;
             let (parts, body) = resp.into_parts();
-            let body = body.collect().await.expect("body").to_bytes();
-            Resp {
+            let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+            Ok(Resp {
                 status: parts.status,
                 headers: parts.headers,
                 body,
-            }
+            })
         };
         tokio::time::timeout(STEP, work)
             .await
@@ -319,6 +342,21 @@ pub async fn join(handle: tokio::task::JoinHandle<Resp>) -> Resp {
         .expect("task")
 }
 
+/// A free loopback port for a server that must come back on the same port
+/// after it is killed: below the kernel's ephemeral range (so no client
+/// socket takes it meanwhile), and never the same twice in a run (so no other
+/// test's server does).
+pub fn fixed_port() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let base = 10_000 + (std::process::id() % 400) as u16 * 10;
+    loop {
+        let port = base + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 4000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// A real `redis-server` on a free loopback port, with its data in a fresh
 /// directory (append-only file, fsync always, so a killed server keeps it).
 /// Killed and its directory removed on drop.
@@ -326,21 +364,74 @@ pub struct Redis {
     pub port: u16,
     dir: std::path::PathBuf,
     child: Option<Child>,
+    /// Arguments after the usual ones (`--replicaof`), or a sentinel's
+    /// configuration.
+    role: Role,
+}
+
+enum Role {
+    Server(Vec<String>),
+    Sentinel(String),
 }
 
 impl Redis {
     pub fn start() -> Redis {
-        // Below the kernel's ephemeral range, and never the same twice in a run: a
-        // port freed by a killed server must not be handed to another test's
-        // server, or an instance would reconnect to the wrong Redis.
-        static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
-        let base = 10_000 + (std::process::id() % 400) as u16 * 10;
-        let port = loop {
-            let port = base + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 4000;
-            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-                break port;
-            }
-        };
+        Redis::start_as(Role::Server(Vec::new()))
+    }
+
+    /// A replica of `master`, synced before this returns.
+    pub fn replica_of(master: &Redis) -> Redis {
+        let port = master.port.to_string();
+        let replica = Redis::start_as(Role::Server(vec![
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            port,
+        ]));
+        replica.wait_synced();
+        replica
+    }
+
+    /// A sentinel watching `master` as `name` (quorum 2), declaring it down
+    /// after 3 s of silence.
+    pub fn sentinel(master: &Redis, name: &str) -> Redis {
+        Redis::start_as(Role::Sentinel(format!(
+            "sentinel monitor {name} 127.0.0.1 {} 2\n\
+             sentinel down-after-milliseconds {name} 3000\n\
+             sentinel failover-timeout {name} 6000\n\
+             sentinel parallel-syncs {name} 1\n",
+            master.port
+        )))
+    }
+
+    /// A command's answer, by redis-cli.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A sentinel's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+
+    /// Waits until this replica has finished its sync with its master.
+    pub fn wait_synced(&self) {
+        let deadline = std::time::Instant::now() + STEP;
+        while !self
+            .cli(&["INFO", "replication"])
+            .contains("master_link_status:up")
+        {
+            assert!(std::time::Instant::now() < deadline, "replica never synced");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn start_as(role: Role) -> Redis {
+        let port = fixed_port();
         let dir =
             std::env::temp_dir().join(format!("comethub-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("redis dir");
@@ -348,6 +439,7 @@ impl Redis {
             port,
             dir,
             child: None,
+            role,
         };
         redis.restart();
         redis
@@ -361,18 +453,39 @@ impl Redis {
     /// Starts the server (again, on the same port and data) and waits until it
     /// accepts connections.
     pub fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-            ])
-            .arg("--dir")
-            .arg(&self.dir)
+        let mut command = Command::new("redis-server");
+        match &self.role {
+            Role::Server(extra) => {
+                command
+                    .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+                    .args([
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "yes",
+                        "--appendfsync",
+                        "always",
+                    ])
+                    .arg("--dir")
+                    .arg(&self.dir)
+                    .args(extra);
+            }
+            Role::Sentinel(conf) => {
+                // A sentinel rewrites its file with what it learns; a
+                // restarted one reads that back.
+                let file = self.dir.join("sentinel.conf");
+                if !file.exists() {
+                    let conf = format!(
+                        "port {}\nbind 127.0.0.1\nlogfile {}/log\n{conf}",
+                        self.port,
+                        self.dir.display()
+                    );
+                    std::fs::write(&file, conf).expect("sentinel.conf");
+                }
+                command.arg(&file).arg("--sentinel");
+            }
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -396,6 +509,26 @@ impl Redis {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Stops the server answering without closing a connection (SIGSTOP),
+    /// as a stall would; [`Redis::thaw`] lets it go on.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let status = Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
     }
 
     /// Kills the server at once (SIGKILL), as a crash would.
