@@ -84,12 +84,17 @@ end
 /// KEYS: stream, meta, and the idempotency key's if one is given. ARGV:
 /// topic, history, age ms, meta ttl ms, type, data, key window ms. Returns
 /// `{id, instances, replayed}`: a key seen within its window publishes
-/// nothing and returns the id it published then.
+/// nothing and returns the id it published then. It still writes the key
+/// again (unchanged, with its expiry), so that a `WAIT` after it covers the
+/// first publish too, wherever that was made.
 const PUBLISH: &str = r#"
 local s, m = KEYS[1], KEYS[2]
 if KEYS[3] then
   local first = redis.call('GET', KEYS[3])
-  if first then return {first, 0, 1} end
+  if first then
+    redis.call('SET', KEYS[3], first, 'KEEPTTL')
+    return {first, 0, 1}
+  end
 end
 local history, age = tonumber(ARGV[2]), tonumber(ARGV[3])
 local id = redis.call('XADD', s, '*', 't', ARGV[5], 'd', ARGV[6])
@@ -457,7 +462,7 @@ impl Redis {
             .invoke_async(&mut con)
             .await
             .map_err(|e| self.failed(&link, &e))?;
-        if self.replicas > 0 && replayed == 0 {
+        if self.replicas > 0 {
             // Waits for every write this connection made so far, this one's too.
             let confirmed: u32 = redis::cmd("WAIT")
                 .arg(self.replicas)
