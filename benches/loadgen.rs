@@ -17,6 +17,11 @@
 //! batching location (`/subm/CHANNEL`, `nchan_longpoll_multipart_response on`),
 //! whose answers carry every waiting message as parts of one multipart body.
 //! `--token JWT` adds `&token=JWT` to every comethub subscribe and publish.
+//! `watch` parks `--subscribers` long-polls on one instance (from `--bind IP`
+//! if given), prints `READY`, and waits for one message published by someone
+//! else whose data is its publish time (microseconds since the epoch); it
+//! reports how many got it and how long after the publish the last one did
+//! (benches/scale.sh runs several against several instances).
 //! Every run is bounded in count and time and talks only to the address given
 //! (use loopback).
 //!
@@ -71,6 +76,8 @@ struct Opts {
     channel: String,
     /// `&token=…` added to every comethub subscribe and publish.
     token: String,
+    /// watch: the local address subscribers connect from.
+    bind: Option<std::net::IpAddr>,
 }
 
 fn parse_args() -> Opts {
@@ -89,6 +96,7 @@ fn parse_args() -> Opts {
         kind: Kind::Comethub,
         channel: "bench".into(),
         token: String::new(),
+        bind: None,
     };
     while let Some(flag) = args.next() {
         let mut value = || {
@@ -104,6 +112,7 @@ fn parse_args() -> Opts {
             "--publishers" => o.publishers = value().parse().expect("--publishers N"),
             "--channel" => o.channel = value(),
             "--token" => o.token = format!("&token={}", value()),
+            "--bind" => o.bind = Some(value().parse().expect("--bind IP")),
             "--json" => o.json = true,
             "--connections" => o.connections = value().parse().expect("--connections N"),
             "--server" => {
@@ -466,7 +475,7 @@ async fn fanout(o: Opts) {
     println!(
         "RESULT fanout subscribers={} {}",
         o.subscribers,
-        tally.result()
+        tally.result(o.subscribers)
     );
 }
 
@@ -515,14 +524,21 @@ impl Tally {
         cpu
     }
 
-    /// The medians, as the RESULT line gives them.
-    fn result(mut self) -> String {
+    /// The medians, as the RESULT line gives them, and the server CPU per
+    /// delivery (parking the re-poll plus answering it) over every round
+    /// after the first, which also connects and creates the channels. Summed
+    /// over many rounds, it is not bounded by the kernel's 10 ms CPU tick as
+    /// one round's figure is.
+    fn result(mut self, subscribers: usize) -> String {
+        let later = |v: &[f64]| v.iter().skip(1).sum::<f64>();
+        let deliveries = (self.round.len().saturating_sub(1) * subscribers) as f64;
+        let per_delivery = (later(&self.park) + later(&self.round)) * 1000.0 / deliveries;
         let median = |v: &mut Vec<f64>| {
             v.sort_by(|a, b| a.total_cmp(b));
             percentile(v, 0.5)
         };
         format!(
-            "all_ms_median={:.1} cpu_ms_median={:.1} park_cpu_ms_median={:.1} rss_bytes_per_subscriber={}",
+            "cpu_us_per_delivery={per_delivery:.2} all_ms_median={:.1} cpu_ms_median={:.1} park_cpu_ms_median={:.1} rss_bytes_per_subscriber={}",
             median(&mut self.all_ms),
             median(&mut self.round),
             median(&mut self.park),
@@ -748,7 +764,62 @@ async fn fanout_h2(o: Opts) {
         "RESULT fanout-h2 subscribers={} connections={} {}",
         o.subscribers,
         o.connections,
-        tally.result()
+        tally.result(o.subscribers)
+    );
+}
+
+/// Microseconds since the epoch.
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+async fn watch(o: Opts) {
+    let mut conns = Vec::with_capacity(o.subscribers);
+    for _ in 0..o.subscribers {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        if let Some(ip) = o.bind {
+            socket.bind(SocketAddr::new(ip, 0)).expect("bind --bind");
+        }
+        let mut s = socket.connect(o.addr).await.expect("subscriber connect");
+        s.set_nodelay(true).ok();
+        let request = format!(
+            "GET /subscribe?channel={}&timeout=600 HTTP/1.1\r\nHost: x\r\n\r\n",
+            o.channel
+        );
+        s.write_all(request.as_bytes()).await.expect("subscribe");
+        conns.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(500 + o.subscribers as u64 / 10)).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for mut s in conns {
+        tasks.spawn(async move {
+            let mut buf = Vec::new();
+            let r = read_response(&mut s, &mut buf).await.ok()?;
+            let at = now_us();
+            let sent: u64 = std::str::from_utf8(&r.body).ok()?.trim().parse().ok()?;
+            (r.status == 200).then(|| at.saturating_sub(sent))
+        });
+    }
+    println!("READY");
+    let mut after = Vec::with_capacity(o.subscribers);
+    while let Some(done) = tokio::time::timeout(DEADLINE * 5, tasks.join_next())
+        .await
+        .ok()
+        .flatten()
+    {
+        if let Ok(Some(us)) = done {
+            after.push(us as f64 / 1000.0);
+        }
+    }
+    after.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "RESULT watch subscribers={} received={} median_ms={:.1} last_ms={:.1}",
+        o.subscribers,
+        after.len(),
+        percentile(&after, 0.5),
+        after.last().copied().unwrap_or(f64::NAN)
     );
 }
 
@@ -764,7 +835,8 @@ fn main() {
             "cycle" => cycle(opts).await,
             "latency" => latency(opts).await,
             "fanout-h2" => fanout_h2(opts).await,
-            other => panic!("unknown mode {other}: use fanout, fanout-h2, cycle or latency"),
+            "watch" => watch(opts).await,
+            other => panic!("unknown mode {other}: use fanout, fanout-h2, cycle, latency or watch"),
         }
     });
 }
