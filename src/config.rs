@@ -197,7 +197,9 @@ pub struct Config {
     pub threads: u16,
 
     /// Cluster mode: keep channels in Redis (`redis://HOST:PORT[/DB]`), shared
-    /// by every instance pointed at it. Without it, channels live in memory.
+    /// by every instance pointed at it; `redis+sentinel://HOST:PORT[,…]/MASTER`
+    /// finds the master through Sentinel, `redis+cluster://HOST:PORT[,…]`
+    /// uses a Redis Cluster. Without it, channels live in memory.
     #[arg(long, env = "COMETHUB_REDIS")]
     pub redis: Option<String>,
 

@@ -23,8 +23,9 @@
 //!
 //! Beside them, used from any layer: [`error`] (every refusal and its status),
 //! [`stats`] (counters), [`os`] (the open-files limit, handing memory back) and
-//! [`shutdown`] (SIGINT/SIGTERM as a future). Only [`store::redis`] speaks to
-//! Redis; below the routes, only the auth webhook's client ([`auth::Webhook`])
+//! [`shutdown`] (SIGINT/SIGTERM as a future). Only [`store::redis`] (with
+//! [`store::connection`], which finds the server, the Sentinel master or the
+//! cluster's nodes) speaks to Redis; below the routes, only the auth webhook's client ([`auth::Webhook`])
 //! uses hyper.
 
 pub mod answer;

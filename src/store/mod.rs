@@ -6,6 +6,7 @@
 //! learn which one they talk to; this module is the only place that tells them
 //! apart.
 
+pub mod connection;
 pub mod memory;
 pub mod redis;
 

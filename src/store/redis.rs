@@ -5,7 +5,8 @@
 //! appends to the stream, trims it by count and age (remembering the newest id it
 //! dropped, so a resume can tell a gap), and announces the message on the
 //! channel's Pub/Sub topic; being one script, announcements go out in stream
-//! order. Each instance keeps a single RESP3 connection on which it follows the
+//! order. Each instance keeps a single RESP3 connection (on a Redis Cluster,
+//! one per node: see [`super::connection`]) on which it follows the
 //! topics of the channels it has subscribers for, and hands what arrives to its
 //! hub, kept in cache mode: to the waiters, and into its copy of the channel.
 //!
@@ -25,16 +26,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis::aio::MultiplexedConnection;
-use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
-use redis::{
-    AsyncConnectionConfig, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind,
-    RedisConnectionInfo, Value,
-};
+use redis::{PushInfo, PushKind, Value};
 use tokio::sync::{Mutex as AsyncMutex, Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use super::connection::{Con, Target};
 use super::{ChannelState, Message, Polled, PolledMany, Published, Settings, Stream};
 use crate::error::Error;
 use crate::hub::{self, Hub, Outcome, Poll, Since, Waiter};
@@ -82,7 +79,8 @@ end
 "#;
 
 /// KEYS: stream, meta, and the idempotency key's if one is given. ARGV:
-/// topic, history, age ms, meta ttl ms, type, data, key window ms. Returns
+/// topic, history, age ms, meta ttl ms, type, data, key window ms, and the
+/// command that announces (`PUBLISH`, or `SPUBLISH` on a cluster). Returns
 /// `{id, instances, replayed}`: a key seen within its window publishes
 /// nothing and returns the id it published then. It still writes the key
 /// again (unchanged, with its expiry), so that a `WAIT` after it covers the
@@ -113,7 +111,7 @@ redis.call('HSET', m, 'last', id)
 redis.call('PEXPIRE', s, age)
 redis.call('PEXPIRE', m, ARGV[4])
 if KEYS[3] then redis.call('SET', KEYS[3], id, 'PX', ARGV[7]) end
-local n = redis.call('PUBLISH', ARGV[1], 'm' .. id .. '\n' .. ARGV[5] .. '\n' .. ARGV[6])
+local n = redis.call(ARGV[8], ARGV[1], 'm' .. id .. '\n' .. ARGV[5] .. '\n' .. ARGV[6])
 return {id, n, 0}
 "#;
 
@@ -134,12 +132,13 @@ end
 return {last, dropped, entries, redis.call('XLEN', s)}
 "#;
 
-/// KEYS: stream, meta. ARGV: topic. Returns 1 when the channel had messages.
+/// KEYS: stream, meta. ARGV: topic, the command that announces. Returns 1
+/// when the channel had messages.
 const DELETE: &str = r#"
 local existed = redis.call('DEL', KEYS[1])
 local last = redis.call('HGET', KEYS[2], 'last')
 if last then redis.call('HSET', KEYS[2], 'dropped', last) end
-redis.call('PUBLISH', ARGV[1], 'x')
+redis.call(ARGV[2], ARGV[1], 'x')
 return existed
 "#;
 
@@ -166,79 +165,11 @@ pub struct Redis {
 
 #[derive(Debug, Clone)]
 struct Link {
-    con: MultiplexedConnection,
+    con: Con,
     /// With `--redis-replicas`: the connections publishes and their `WAIT`
     /// go on.
-    durable: Vec<MultiplexedConnection>,
+    durable: Vec<Con>,
     down: Arc<Notify>,
-}
-
-/// Where the Redis is: one server, or the master a set of sentinels names
-/// (asked again at every connection, so a failover is followed).
-enum Target {
-    Server(redis::Client),
-    Sentinel {
-        sentinel: AsyncMutex<Sentinel>,
-        master: String,
-    },
-}
-
-impl std::fmt::Debug for Target {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Target::Server(_) => f.write_str("Target::Server"),
-            Target::Sentinel { master, .. } => write!(f, "Target::Sentinel({master})"),
-        }
-    }
-}
-
-impl Target {
-    /// Reads `redis://…`, or `redis+sentinel://HOST:PORT[,HOST:PORT…]/MASTER`.
-    fn new(url: &str) -> Result<Target, String> {
-        let bad = |e: &dyn std::fmt::Display| format!("bad --redis URL: {e}");
-        if let Some(rest) = url.strip_prefix("redis+sentinel://") {
-            let (hosts, master) = rest
-                .split_once('/')
-                .filter(|(h, m)| !h.is_empty() && !m.is_empty() && !m.contains('/'))
-                .ok_or_else(|| bad(&"use redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER_NAME"))?;
-            let sentinels: Vec<String> = hosts.split(',').map(|h| format!("redis://{h}")).collect();
-            let sentinel = Sentinel::build(sentinels).map_err(|e| bad(&e))?;
-            return Ok(Target::Sentinel {
-                sentinel: AsyncMutex::new(sentinel),
-                master: master.to_owned(),
-            });
-        }
-        if url.starts_with("redis+cluster://") {
-            return Err(bad(
-                &"Redis Cluster is not supported yet: use redis:// or redis+sentinel://",
-            ));
-        }
-        let info = url.into_connection_info().map_err(|e| bad(&e))?;
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        redis::Client::open(info.set_redis_settings(settings))
-            .map(Target::Server)
-            .map_err(|e| bad(&e))
-    }
-
-    /// A client for the server to use now.
-    async fn client(&self) -> redis::RedisResult<redis::Client> {
-        match self {
-            Target::Server(client) => Ok(client.clone()),
-            Target::Sentinel { sentinel, master } => {
-                let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(
-                    RedisConnectionInfo::default().set_protocol(ProtocolVersion::RESP3),
-                );
-                sentinel
-                    .lock()
-                    .await
-                    .async_master_for(master, Some(&node))
-                    .await
-            }
-        }
-    }
 }
 
 #[derive(Debug)]
@@ -421,12 +352,17 @@ impl Redis {
 
     /// Counts a failed command; a connection that no longer answers is dropped
     /// so the link task reconnects.
+    ///
+    /// A cluster connection mends itself node by node (and says so with a
+    /// disconnection push), so a failed command there fails only itself: a
+    /// shard that is down makes only its channels answer `503`.
     fn failed(&self, link: &Link, err: &redis::RedisError) -> Error {
         self.errors.fetch_add(1, Relaxed);
         warn!(%err, "redis command failed");
         // A master demoted by a failover refuses writes: find the new one.
         let demoted = err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
-        if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() || demoted {
+        let broken = err.is_io_error() || err.is_timeout() || err.is_connection_dropped();
+        if (broken || demoted) && !matches!(link.con, Con::Cluster(_)) {
             link.down.notify_one();
         }
         Error::StoreUnavailable
@@ -452,7 +388,8 @@ impl Redis {
             .arg(META_TTL.as_millis() as u64)
             .arg(content_type.as_ref())
             .arg(data.as_ref())
-            .arg(self.key_window_ms);
+            .arg(self.key_window_ms)
+            .arg(link.con.publish_command());
         let turn = self.turn.fetch_add(1, Relaxed);
         let mut con = match link.durable.get(turn % link.durable.len().max(1)) {
             Some(durable) => durable.clone(),
@@ -464,10 +401,8 @@ impl Redis {
             .map_err(|e| self.failed(&link, &e))?;
         if self.replicas > 0 {
             // Waits for every write this connection made so far, this one's too.
-            let confirmed: u32 = redis::cmd("WAIT")
-                .arg(self.replicas)
-                .arg(REPLICA_WAIT.as_millis() as u64)
-                .query_async(&mut con)
+            let confirmed = con
+                .wait(&stream_key(channel), self.replicas, REPLICA_WAIT)
                 .await
                 .map_err(|e| self.failed(&link, &e))?;
             if confirmed < self.replicas {
@@ -709,6 +644,7 @@ impl Redis {
             .key(stream_key(channel))
             .key(meta_key(channel))
             .arg(topic(channel))
+            .arg(link.con.publish_command())
             .invoke_async(&mut link.con)
             .await
             .map_err(|e| self.failed(&link, &e))?;
@@ -727,7 +663,7 @@ impl Redis {
     /// Hands an announcement from Redis to the hub. Runs on the connection's reader.
     fn on_push(hub: &Hub<Content>, meter: &Meter, down: &Notify, push: PushInfo) {
         match push.kind {
-            PushKind::Message => {
+            PushKind::Message | PushKind::SMessage => {
                 let (Some(topic), Some(payload)) = (
                     push.data.first().and_then(bulk),
                     push.data.get(1).and_then(bulk),
@@ -748,41 +684,44 @@ impl Redis {
                 }
             }
             PushKind::Disconnection => down.notify_one(),
+            // A cluster drops the followers of a slot that moves to another
+            // shard: what is announced there from now on would be missed.
+            // Unless this instance let the channel go itself, start over.
+            PushKind::SUnsubscribe => {
+                let channel = push.data.first().and_then(bulk).and_then(channel_of_topic);
+                if channel.is_some_and(|c| hub.has_channel(c)) {
+                    down.notify_one();
+                }
+            }
             _ => {}
         }
     }
 
     async fn connect(&self) -> redis::RedisResult<Link> {
         let down = Arc::new(Notify::new());
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_push_sender({
-                let hub = self.hub.clone();
-                let meter = self.meter.clone();
-                let down = down.clone();
-                move |push: PushInfo| {
-                    Redis::on_push(&hub, &meter, &down, push);
-                    Ok::<(), std::convert::Infallible>(())
-                }
-            });
-        let client = self.target.client().await?;
-        let con = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        let mut durable = Vec::new();
-        if self.replicas > 0 {
-            let config = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                .set_response_timeout(Some(RESPONSE_TIMEOUT + REPLICA_WAIT));
-            for _ in 0..DURABLE_CONNECTIONS {
-                durable.push(
-                    client
-                        .get_multiplexed_async_connection_with_config(&config)
-                        .await?,
-                );
+        let push = {
+            let hub = self.hub.clone();
+            let meter = self.meter.clone();
+            let down = down.clone();
+            move |push: PushInfo| {
+                Redis::on_push(&hub, &meter, &down, push);
+                Ok::<(), std::convert::Infallible>(())
             }
-        }
+        };
+        let durable = if self.replicas > 0 {
+            DURABLE_CONNECTIONS
+        } else {
+            0
+        };
+        let (con, durable) = self
+            .target
+            .connect(
+                push,
+                (CONNECT_TIMEOUT, RESPONSE_TIMEOUT),
+                durable,
+                RESPONSE_TIMEOUT + REPLICA_WAIT,
+            )
+            .await?;
         Ok(Link { con, durable, down })
     }
 
@@ -841,6 +780,8 @@ impl Redis {
     /// Follows and unfollows channels on `link` until it drops.
     async fn serve_link(&self, link: Link, requests: &mut mpsc::UnboundedReceiver<Follow>) {
         let mut con = link.con.clone();
+        // A cluster's failure is one shard's: the others go on.
+        let cluster = matches!(con, Con::Cluster(_));
         let mut followed: HashSet<Arc<str>> = HashSet::new();
         let mut unfollow = tokio::time::interval(UNFOLLOW_INTERVAL);
         loop {
@@ -859,7 +800,7 @@ impl Redis {
                     new.dedup();
                     let ok = new.is_empty() || {
                         let topics: Vec<String> = new.iter().map(|c| topic(c)).collect();
-                        match con.subscribe(&topics).await {
+                        match con.follow(&topics).await {
                             Ok(()) => true,
                             Err(err) => {
                                 self.failed(&link, &err);
@@ -874,7 +815,7 @@ impl Redis {
                     for request in batch {
                         let _ = request.done.send(ok);
                     }
-                    if !ok {
+                    if !ok && !cluster {
                         return;
                     }
                 }
@@ -888,8 +829,11 @@ impl Redis {
                         continue;
                     }
                     let topics: Vec<String> = idle.iter().map(|c| topic(c)).collect();
-                    if let Err(err) = con.unsubscribe(&topics).await {
+                    if let Err(err) = con.unfollow(&topics).await {
                         self.failed(&link, &err);
+                        if cluster {
+                            continue;
+                        }
                         return;
                     }
                     for c in &idle {

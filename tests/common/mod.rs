@@ -547,6 +547,157 @@ impl Drop for Redis {
     }
 }
 
+/// A Redis Cluster of `masters` masters with one replica each, every node
+/// started as [`Redis`] (AOF, fixed ports), created with `redis-cli
+/// --cluster create`; ready (every slot served) when this returns.
+pub struct Cluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl Cluster {
+    pub fn start(masters: usize) -> Cluster {
+        let nodes: Vec<Redis> = (0..masters * 2)
+            .map(|_| {
+                let bus = fixed_port().to_string();
+                Redis::start_as(Role::Server(
+                    [
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "2000",
+                        "--cluster-port",
+                        &bus,
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                ))
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = Cluster { nodes };
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// `redis+cluster://` naming one node (the rest are discovered).
+    pub fn url(&self) -> String {
+        format!("redis+cluster://127.0.0.1:{}", self.nodes[0].port)
+    }
+
+    /// Waits until every live node says every slot is served.
+    pub fn wait_ok(&self) {
+        let deadline = std::time::Instant::now() + STEP * 2;
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            while !node.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+                assert!(std::time::Instant::now() < deadline, "cluster never ok");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// The slot of `key`.
+    pub fn slot(&self, key: &str) -> u16 {
+        self.any()
+            .cli(&["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .expect("slot")
+    }
+
+    fn any(&self) -> &Redis {
+        self.nodes
+            .iter()
+            .find(|n| n.child.is_some())
+            .expect("a live node")
+    }
+
+    /// The place in `nodes` of the master serving `slot`, as the live nodes see it.
+    pub fn master_of(&self, slot: u16) -> usize {
+        self.serving(slot).expect("a master serving the slot")
+    }
+
+    /// Whether node `n` is a master.
+    pub fn is_master(&self, n: usize) -> bool {
+        self.nodes[n].cli(&["ROLE"]).starts_with("master")
+    }
+
+    /// The master serving `slot`, unless it is failing (or none does).
+    pub fn serving(&self, slot: u16) -> Option<usize> {
+        let table = self.any().cli(&["CLUSTER", "NODES"]);
+        for line in table.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                continue;
+            }
+            let serves = fields[8..].iter().any(|range| {
+                let (a, b) = range.split_once('-').unwrap_or((range, range));
+                match (a.parse::<u16>(), b.parse::<u16>()) {
+                    (Ok(a), Ok(b)) => (a..=b).contains(&slot),
+                    _ => false,
+                }
+            });
+            if serves {
+                let port: u16 = fields[1]
+                    .split(['@', ':'])
+                    .nth(1)
+                    .and_then(|p| p.parse().ok())
+                    .expect("node port");
+                return self.nodes.iter().position(|n| n.port == port);
+            }
+        }
+        None
+    }
+
+    /// A node's id.
+    pub fn id(&self, node: usize) -> String {
+        self.nodes[node].cli(&["CLUSTER", "MYID"]).trim().to_owned()
+    }
+
+    /// Moves `slot` with its keys to the master `to`, as `redis-cli --cluster
+    /// reshard` does, one slot: importing, migrating, the keys, then the new
+    /// owner announced to every master.
+    pub fn move_slot(&self, slot: u16, to: usize) {
+        let from = self.master_of(slot);
+        let (from_id, to_id) = (self.id(from), self.id(to));
+        let slot_arg = slot.to_string();
+        let to_port = self.nodes[to].port.to_string();
+        self.nodes[to].cli(&["CLUSTER", "SETSLOT", &slot_arg, "IMPORTING", &from_id]);
+        self.nodes[from].cli(&["CLUSTER", "SETSLOT", &slot_arg, "MIGRATING", &to_id]);
+        loop {
+            let keys = self.nodes[from].cli(&["CLUSTER", "GETKEYSINSLOT", &slot_arg, "100"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let mut args = vec!["MIGRATE", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
+            args.extend(keys);
+            let out = self.nodes[from].cli(&args);
+            assert!(out.contains("OK"), "MIGRATE: {out}");
+        }
+        for node in &self.nodes {
+            if node.child.is_some() {
+                node.cli(&["CLUSTER", "SETSLOT", &slot_arg, "NODE", &to_id]);
+            }
+        }
+    }
+}
+
 /// An open event stream, read event by event.
 pub struct Events {
     body: hyper::body::Incoming,

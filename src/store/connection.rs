@@ -1,0 +1,257 @@
+//! Where the Redis is, and the connections to it: one server, the master a
+//! set of sentinels names, or a Redis Cluster. [`Con`] speaks to either kind
+//! of deployment the same way, so the store's scripts and commands are
+//! written once; what differs (following a channel's topic, `WAIT`) is
+//! decided here.
+//!
+//! On a cluster a channel's keys and topic carry its name as hash tag, so
+//! they live on one shard: its script runs there and announces with
+//! `SPUBLISH`, and instances follow it with `SSUBSCRIBE` on that shard only.
+//! The cluster connection keeps one connection per node, follows `MOVED` and
+//! `ASK`, and finds a promoted replica after a failover by itself.
+
+use std::time::Duration;
+
+use redis::aio::{AsyncPushSender, ConnectionLike, MultiplexedConnection};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
+use redis::sentinel::{Sentinel, SentinelNodeConnectionInfo};
+use redis::{
+    AsyncConnectionConfig, Cmd, ConnectionInfo, IntoConnectionInfo, Pipeline, ProtocolVersion,
+    RedisConnectionInfo, RedisFuture, RedisResult, Value,
+};
+use tokio::sync::Mutex as AsyncMutex;
+
+/// Where the Redis is.
+pub enum Target {
+    /// One server.
+    Server(redis::Client),
+    /// The master the sentinels name, asked again at every connection, so a
+    /// failover is followed.
+    Sentinel {
+        /// The sentinels.
+        sentinel: AsyncMutex<Sentinel>,
+        /// The master's name.
+        master: String,
+    },
+    /// A Redis Cluster, from any of these nodes (the rest are discovered).
+    Cluster(Vec<ConnectionInfo>),
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Server(_) => f.write_str("Target::Server"),
+            Target::Sentinel { master, .. } => write!(f, "Target::Sentinel({master})"),
+            Target::Cluster(nodes) => write!(f, "Target::Cluster({} nodes)", nodes.len()),
+        }
+    }
+}
+
+fn resp3(info: ConnectionInfo) -> ConnectionInfo {
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    info.set_redis_settings(settings)
+}
+
+impl Target {
+    /// Reads `redis://…`, `redis+sentinel://HOST:PORT[,HOST:PORT…]/MASTER` or
+    /// `redis+cluster://HOST:PORT[,HOST:PORT…]`.
+    pub fn new(url: &str) -> Result<Target, String> {
+        let bad = |e: &dyn std::fmt::Display| format!("bad --redis URL: {e}");
+        if let Some(rest) = url.strip_prefix("redis+sentinel://") {
+            let (hosts, master) = rest
+                .split_once('/')
+                .filter(|(h, m)| !h.is_empty() && !m.is_empty() && !m.contains('/'))
+                .ok_or_else(|| bad(&"use redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER_NAME"))?;
+            let sentinels: Vec<String> = hosts.split(',').map(|h| format!("redis://{h}")).collect();
+            let sentinel = Sentinel::build(sentinels).map_err(|e| bad(&e))?;
+            return Ok(Target::Sentinel {
+                sentinel: AsyncMutex::new(sentinel),
+                master: master.to_owned(),
+            });
+        }
+        if let Some(rest) = url.strip_prefix("redis+cluster://") {
+            let hosts = rest.trim_end_matches('/');
+            if hosts.is_empty() || hosts.contains('/') {
+                return Err(bad(&"use redis+cluster://HOST:PORT[,HOST:PORT...]"));
+            }
+            let nodes = hosts
+                .split(',')
+                .map(|h| format!("redis://{h}").into_connection_info().map(resp3))
+                .collect::<RedisResult<Vec<_>>>()
+                .map_err(|e| bad(&e))?;
+            return Ok(Target::Cluster(nodes));
+        }
+        let info = url.into_connection_info().map_err(|e| bad(&e))?;
+        redis::Client::open(resp3(info))
+            .map(Target::Server)
+            .map_err(|e| bad(&e))
+    }
+
+    /// Connects: one connection that hands what Redis pushes to `push`, and
+    /// `extra` more that take a longer `extra_timeout` per command.
+    pub async fn connect<P>(
+        &self,
+        push: P,
+        timeouts: (Duration, Duration),
+        extra: usize,
+        extra_timeout: Duration,
+    ) -> RedisResult<(Con, Vec<Con>)>
+    where
+        P: AsyncPushSender + Clone,
+    {
+        let (connect, response) = timeouts;
+        let client = match self {
+            Target::Server(client) => client.clone(),
+            Target::Sentinel { sentinel, master } => {
+                let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(
+                    RedisConnectionInfo::default().set_protocol(ProtocolVersion::RESP3),
+                );
+                sentinel
+                    .lock()
+                    .await
+                    .async_master_for(master, Some(&node))
+                    .await?
+            }
+            Target::Cluster(nodes) => {
+                let builder = |response| {
+                    ClusterClientBuilder::new(nodes.clone())
+                        .use_protocol(ProtocolVersion::RESP3)
+                        .connection_timeout(connect)
+                        .response_timeout(response)
+                };
+                let main = builder(response).push_sender(push).build()?;
+                let con = Con::Cluster(main.get_async_connection().await?);
+                let mut more = Vec::with_capacity(extra);
+                for _ in 0..extra {
+                    let client = builder(extra_timeout).build()?;
+                    more.push(Con::Cluster(client.get_async_connection().await?));
+                }
+                return Ok((con, more));
+            }
+        };
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(connect))
+            .set_response_timeout(Some(response))
+            .set_push_sender(push);
+        let con = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let mut more = Vec::with_capacity(extra);
+        for _ in 0..extra {
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(connect))
+                .set_response_timeout(Some(extra_timeout));
+            more.push(Con::Single(
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?,
+            ));
+        }
+        Ok((Con::Single(con), more))
+    }
+}
+
+/// A connection to one server, or to every node of a cluster.
+#[derive(Clone)]
+pub enum Con {
+    /// One server (or the master Sentinel named).
+    Single(MultiplexedConnection),
+    /// A cluster: commands go to the node that holds their keys' slot.
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for Con {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Con::Single(_) => "Con::Single",
+            Con::Cluster(_) => "Con::Cluster",
+        })
+    }
+}
+
+impl ConnectionLike for Con {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Con::Single(c) => c.req_packed_command(cmd),
+            Con::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Con::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Con::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Con::Single(c) => c.get_db(),
+            Con::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Con {
+    /// How a script announces: `SPUBLISH` on a cluster, so a publish
+    /// touches one shard.
+    pub fn publish_command(&self) -> &'static str {
+        match self {
+            Con::Single(_) => "PUBLISH",
+            Con::Cluster(_) => "SPUBLISH",
+        }
+    }
+
+    /// Follows `topics`.
+    pub async fn follow(&mut self, topics: &[String]) -> RedisResult<()> {
+        match self {
+            Con::Single(c) => c.subscribe(topics).await,
+            // Each on its own shard.
+            Con::Cluster(c) => {
+                for topic in topics {
+                    c.ssubscribe(topic).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Stops following `topics`.
+    pub async fn unfollow(&mut self, topics: &[String]) -> RedisResult<()> {
+        match self {
+            Con::Single(c) => c.unsubscribe(topics).await,
+            Con::Cluster(c) => {
+                for topic in topics {
+                    c.sunsubscribe(topic).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// `WAIT replicas timeout` for the writes this connection made, on a
+    /// cluster to the master holding `key`'s slot (where they were made).
+    pub async fn wait(&mut self, key: &str, replicas: u32, timeout: Duration) -> RedisResult<u32> {
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(replicas).arg(timeout.as_millis() as u64);
+        match self {
+            Con::Single(c) => cmd.query_async(c).await,
+            Con::Cluster(c) => {
+                let route = Route::with_slot(Slot::for_key(key), SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                let value = c.route_command(cmd, routing).await?;
+                Ok(redis::from_redis_value(value)?)
+            }
+        }
+    }
+}

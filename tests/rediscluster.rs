@@ -1,0 +1,262 @@
+//! Redis Cluster: instances on a cluster of three masters with a replica
+//! each (`--redis redis+cluster://…`), channels on every shard, a master
+//! killed mid-stream, and a slot moved while subscribers wait on it.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{Client, Cluster, STEP, Server, join, spawn_get};
+use hyper::Method;
+
+async fn instance(cluster: &Cluster, extra: &[&str]) -> Server {
+    let url = cluster.url();
+    let mut args = vec!["--redis", url.as_str()];
+    args.extend_from_slice(extra);
+    let server = Server::start(&args);
+    let deadline = tokio::time::Instant::now() + STEP;
+    while server.get("/health").await.status != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server
+}
+
+fn stream_key(channel: &str) -> String {
+    format!("comethub:{{{channel}}}:s")
+}
+
+/// Every message on `channel` from the oldest, as (id, data).
+async fn all_messages(server: &Server, channel: &str) -> Vec<(String, String)> {
+    let path = format!("/subscribe?channel={channel}&since=oldest&format=json&timeout=0");
+    let resp = server.get(&path).await;
+    if resp.status == 204 {
+        return Vec::new();
+    }
+    assert_eq!(resp.status, 200, "{:?}", resp.body);
+    resp.json()["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_str().unwrap().to_owned(),
+                m["data"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn channels_on_every_shard_reach_subscribers_on_both_instances_and_resume() {
+    let cluster = Cluster::start(3);
+    let a = instance(&cluster, &[]).await;
+    let b = instance(&cluster, &[]).await;
+    // One channel per shard.
+    let mut channels = Vec::new();
+    let mut shards = HashSet::new();
+    for i in 0.. {
+        let channel = format!("room{i}");
+        if shards.insert(cluster.master_of(cluster.slot(&stream_key(&channel)))) {
+            channels.push(channel);
+        }
+        if shards.len() == 3 {
+            break;
+        }
+    }
+
+    let mut c = a.client().await;
+    for channel in &channels {
+        let waiting = spawn_get(b.addr, &format!("/subscribe?channel={channel}"));
+        b.wait_for_stat("waiting", 1).await;
+        let id = c.publish(channel, &format!("hello {channel}")).await;
+        let got = join(waiting).await;
+        assert_eq!(got.status, 200);
+        assert_eq!(got.text(), format!("hello {channel}"));
+        assert_eq!(got.id(), id);
+
+        // Resume on the other instance from that id: exactly what came after.
+        let later: Vec<String> = (0..3).map(|n| format!("{channel} {n}")).collect();
+        for m in &later {
+            c.publish(channel, m).await;
+        }
+        let path = format!("/subscribe?channel={channel}&since={id}&format=json");
+        let batch = a.get(&path).await.json();
+        let data: Vec<&str> = batch["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["data"].as_str().unwrap())
+            .collect();
+        assert_eq!(data, later);
+    }
+    // One connection per node per instance, however many subscribers.
+    for (n, node) in cluster.nodes.iter().enumerate() {
+        let clients = node.cli(&["CLIENT", "LIST"]);
+        let ours = clients
+            .lines()
+            .filter(|l| !l.contains("flags=S") && !l.contains("cmd=client|list"))
+            .count();
+        let expected = if cluster.is_master(n) { 2 } else { 0 };
+        assert_eq!(ours, expected, "{clients}");
+    }
+    // Several channels on several shards in one request.
+    let list = channels.join(",");
+    let waiting = spawn_get(a.addr, &format!("/subscribe?channel={list}"));
+    a.wait_for_stat("waiting", 1).await;
+    c.publish(&channels[2], "any shard").await;
+    let got = join(waiting).await;
+    assert_eq!(got.text(), "any shard");
+    assert_eq!(got.header("x-channel"), Some(channels[2].as_str()));
+}
+
+#[tokio::test]
+async fn when_a_master_dies_every_acknowledged_publish_is_read_once_in_order() {
+    let mut cluster = Cluster::start(3);
+    let a = instance(&cluster, &["--redis-replicas", "1"]).await;
+    let b = instance(&cluster, &["--redis-replicas", "1"]).await;
+    let master = cluster.master_of(cluster.slot(&stream_key("feed")));
+
+    // A reader long-polls on each instance the whole time.
+    let (done, stop) = tokio::sync::watch::channel(false);
+    let readers: Vec<_> = [a.addr, b.addr]
+        .into_iter()
+        .map(|addr| {
+            let mut stop = stop.clone();
+            tokio::spawn(async move {
+                let mut read = Vec::new();
+                let mut since = "oldest".to_owned();
+                loop {
+                    let path =
+                        format!("/subscribe?channel=feed&format=json&timeout=1&since={since}");
+                    let resp = match Client::try_connect(addr).await {
+                        Ok(mut c) => c.try_request(Method::GET, &path, &[], "").await.ok(),
+                        Err(_) => None,
+                    };
+                    match resp {
+                        Some(r) if r.status == 200 => {
+                            let batch = r.json();
+                            for m in batch["messages"].as_array().unwrap() {
+                                read.push(m["data"].as_str().unwrap().to_owned());
+                            }
+                            since = batch["last_id"].as_str().unwrap().to_owned();
+                        }
+                        Some(r) if r.status == 204 => {
+                            if let Some(id) = r.header("x-message-id") {
+                                since = id.to_owned();
+                            }
+                            if *stop.borrow_and_update() {
+                                return read;
+                            }
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let slot = cluster.slot(&stream_key("feed"));
+    let mut restarted = false;
+    let mut acknowledged = Vec::new();
+    let mut c = [a.client().await, b.client().await];
+    let addrs = [a.addr, b.addr];
+    for i in 0..30 {
+        if i == 10 {
+            cluster.nodes[master].kill();
+        }
+        let (key, data) = (format!("k{i}"), format!("m{i}"));
+        let headers = [
+            ("content-type", "text/plain"),
+            ("idempotency-key", key.as_str()),
+        ];
+        // The failover, then the old master back as a replica and synced.
+        let deadline = tokio::time::Instant::now() + STEP * 2;
+        loop {
+            let path = "/publish?channel=feed";
+            match c[i % 2]
+                .try_request(Method::POST, path, &headers, data.clone())
+                .await
+            {
+                Ok(resp) if resp.status == 200 => break,
+                Ok(resp) => assert_eq!(resp.status, 503, "{:?}", resp.body),
+                Err(_) => c[i % 2] = Client::connect(addrs[i % 2]).await,
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "m{i} never acknowledged"
+            );
+            if i >= 10 && !restarted && cluster.serving(slot).is_some_and(|m| m != master) {
+                // A replica took over and has no replica of its own: the
+                // old master comes back as one.
+                cluster.nodes[master].restart();
+                restarted = true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        acknowledged.push(data);
+    }
+    assert!(restarted, "no failover happened");
+    done.send_replace(true);
+    for reader in readers {
+        let read = tokio::time::timeout(STEP, reader).await.unwrap().unwrap();
+        assert_eq!(read, acknowledged);
+    }
+    for server in [&a, &b] {
+        let kept: Vec<String> = all_messages(server, "feed")
+            .await
+            .into_iter()
+            .map(|(_, d)| d)
+            .collect();
+        assert_eq!(kept, acknowledged);
+    }
+}
+
+#[tokio::test]
+async fn subscribers_waiting_on_a_slot_that_moves_get_what_is_published_after() {
+    let cluster = Cluster::start(3);
+    let a = instance(&cluster, &[]).await;
+    let b = instance(&cluster, &[]).await;
+    let slot = cluster.slot(&stream_key("moving"));
+    let from = cluster.master_of(slot);
+    let mut c = b.client().await;
+    let first = c.publish("moving", "before").await;
+
+    let waiting: Vec<_> = (0..5)
+        .map(|_| spawn_get(a.addr, &format!("/subscribe?channel=moving&since={first}")))
+        .collect();
+    a.wait_for_stat("waiting", 5).await;
+    let to = (0..cluster.nodes.len())
+        .find(|&n| n != from && cluster.is_master(n))
+        .unwrap();
+    cluster.move_slot(slot, to);
+    assert_eq!(cluster.master_of(slot), to);
+
+    // Each subscriber is answered with the message published after the
+    // move, or (if its instance started over) 204 from where it stood and
+    // then reads it on its next poll: nothing is lost either way.
+    c.publish("moving", "after").await;
+    for w in waiting {
+        let got = join(w).await;
+        let text = match got.status.as_u16() {
+            200 => got.text().to_owned(),
+            204 => {
+                assert_eq!(got.id(), first);
+                let again = a
+                    .get(&format!("/subscribe?channel=moving&since={first}"))
+                    .await;
+                again.text().to_owned()
+            }
+            other => panic!("answered {other}"),
+        };
+        assert_eq!(text, "after");
+    }
+    let kept: Vec<String> = all_messages(&a, "moving")
+        .await
+        .into_iter()
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(kept, ["before", "after"]);
+}
