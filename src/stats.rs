@@ -90,6 +90,21 @@ pub struct RedisLink {
     pub followed: usize,
     /// Redis commands that failed.
     pub errors: u64,
+    /// On a Redis Cluster: each master, the slots it serves and whether it
+    /// answered the last probe.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<Shard>,
+}
+
+/// A Redis Cluster master as this instance last saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Shard {
+    /// Its address.
+    pub node: String,
+    /// The slots it serves (`0-5460`, or several ranges with commas).
+    pub slots: String,
+    /// Answered the last probe in time.
+    pub up: bool,
 }
 
 impl Snapshot {
@@ -195,6 +210,21 @@ impl Snapshot {
                 "Redis commands that failed.",
                 redis.errors,
             );
+            if !redis.shards.is_empty() {
+                out.push_str(
+                    "# HELP comethub_redis_shard_up 1 while a Redis Cluster master answers.\n\
+                     # TYPE comethub_redis_shard_up gauge\n",
+                );
+                for shard in &redis.shards {
+                    let _ = writeln!(
+                        out,
+                        "comethub_redis_shard_up{{node=\"{}\",slots=\"{}\"}} {}",
+                        shard.node,
+                        shard.slots,
+                        u64::from(shard.up)
+                    );
+                }
+            }
         }
         out.push_str("# HELP comethub_refused_total Requests refused, by reason.\n");
         out.push_str("# TYPE comethub_refused_total counter\n");

@@ -51,7 +51,7 @@ async fn all_messages(server: &Server, channel: &str) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn channels_on_every_shard_reach_subscribers_on_both_instances_and_resume() {
-    let cluster = Cluster::start(3);
+    let cluster = Cluster::start(3, 1);
     let a = instance(&cluster, &[]).await;
     let b = instance(&cluster, &[]).await;
     // One channel per shard.
@@ -114,7 +114,7 @@ async fn channels_on_every_shard_reach_subscribers_on_both_instances_and_resume(
 
 #[tokio::test]
 async fn when_a_master_dies_every_acknowledged_publish_is_read_once_in_order() {
-    let mut cluster = Cluster::start(3);
+    let mut cluster = Cluster::start(3, 1);
     let a = instance(&cluster, &["--redis-replicas", "1"]).await;
     let b = instance(&cluster, &["--redis-replicas", "1"]).await;
     let master = cluster.master_of(cluster.slot(&stream_key("feed")));
@@ -216,7 +216,7 @@ async fn when_a_master_dies_every_acknowledged_publish_is_read_once_in_order() {
 
 #[tokio::test]
 async fn subscribers_waiting_on_a_slot_that_moves_get_what_is_published_after() {
-    let cluster = Cluster::start(3);
+    let cluster = Cluster::start(3, 1);
     let a = instance(&cluster, &[]).await;
     let b = instance(&cluster, &[]).await;
     let slot = cluster.slot(&stream_key("moving"));
@@ -259,4 +259,112 @@ async fn subscribers_waiting_on_a_slot_that_moves_get_what_is_published_after() 
         .map(|(_, d)| d)
         .collect();
     assert_eq!(kept, ["before", "after"]);
+}
+
+/// Waits until this instance's `/stats` says whether the master on `port` is up.
+async fn wait_shard(server: &Server, port: u16, up: bool) -> serde_json::Value {
+    let node = format!("127.0.0.1:{port}");
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let stats = server.stats().await;
+        let shards = stats["redis"]["shards"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if shards
+            .iter()
+            .any(|s| s["node"] == node.as_str() && s["up"] == up)
+        {
+            return stats;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "shard {node} never up={up}: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_dead_shard_refuses_only_its_own_channels_and_stats_say_which() {
+    // No replicas, so the dead master's slots stay down until it is back.
+    let mut cluster = Cluster::start(3, 0);
+    let a = instance(&cluster, &[]).await;
+    let (mut down, mut healthy) = (None, None);
+    for i in 0.. {
+        let channel = format!("ch{i}");
+        let master = cluster.master_of(cluster.slot(&stream_key(&channel)));
+        match (&down, &healthy) {
+            (None, _) => down = Some((channel, master)),
+            (Some((_, m)), None) if *m != master => healthy = Some(channel),
+            _ => {}
+        }
+        if healthy.is_some() {
+            break;
+        }
+    }
+    let (down, master) = down.unwrap();
+    let healthy = healthy.unwrap();
+    let port = cluster.nodes[master].port;
+    let stats = wait_shard(&a, port, true).await;
+    assert_eq!(
+        stats["redis"]["shards"].as_array().unwrap().len(),
+        3,
+        "{stats}"
+    );
+
+    cluster.nodes[master].kill();
+    wait_shard(&a, port, false).await;
+    let metrics = a.get("/metrics").await;
+    let line = format!("comethub_redis_shard_up{{node=\"127.0.0.1:{port}\"");
+    assert!(
+        metrics
+            .text()
+            .lines()
+            .any(|l| l.starts_with(&line) && l.ends_with(" 0")),
+        "{}",
+        metrics.text()
+    );
+    let mut c = a.client().await;
+    let ok = c
+        .request(
+            Method::POST,
+            &format!("/publish?channel={healthy}"),
+            &[],
+            "fine",
+        )
+        .await;
+    assert_eq!(ok.status, 200, "{:?}", ok.body);
+    let refused = c
+        .request(
+            Method::POST,
+            &format!("/publish?channel={down}"),
+            &[],
+            "lost",
+        )
+        .await;
+    refused.assert_refused(503);
+    let polled = a
+        .get(&format!("/subscribe?channel={healthy}&since=oldest"))
+        .await;
+    assert_eq!(polled.text(), "fine");
+
+    cluster.nodes[master].restart();
+    wait_shard(&a, port, true).await;
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let resp = c
+            .request(
+                Method::POST,
+                &format!("/publish?channel={down}"),
+                &[],
+                "back",
+            )
+            .await;
+        if resp.status == 200 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", resp.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

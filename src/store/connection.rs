@@ -23,6 +23,8 @@ use redis::{
 };
 use tokio::sync::Mutex as AsyncMutex;
 
+use crate::stats::Shard;
+
 /// Where the Redis is.
 pub enum Target {
     /// One server.
@@ -237,6 +239,72 @@ impl Con {
                 Ok(())
             }
         }
+    }
+
+    /// On a cluster, each master with its slots and whether it answers a
+    /// `PING` within `limit`; `None` on one server, or when no node told
+    /// the slots in time.
+    pub async fn shards(&mut self, limit: Duration) -> Option<Vec<Shard>> {
+        let Con::Cluster(c) = self else {
+            return None;
+        };
+        let slots = c.route_command(
+            redis::cmd("CLUSTER").arg("SLOTS").clone(),
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+        );
+        let slots = tokio::time::timeout(limit, slots).await.ok()?.ok()?;
+        // Each entry: start, end, then the master [host, port, id, ...].
+        let mut masters: Vec<(String, u16, Vec<String>)> = Vec::new();
+        let Value::Array(entries) = slots else {
+            return None;
+        };
+        for entry in entries {
+            let Value::Array(fields) = entry else {
+                continue;
+            };
+            let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(node))) =
+                (fields.first(), fields.get(1), fields.get(2))
+            else {
+                continue;
+            };
+            let (Some(host), Some(Value::Int(port))) = (node.first(), node.get(1)) else {
+                continue;
+            };
+            let Ok(host) = redis::from_redis_value_ref::<String>(host) else {
+                continue;
+            };
+            let range = if start == end {
+                start.to_string()
+            } else {
+                format!("{start}-{end}")
+            };
+            let port = *port as u16;
+            match masters
+                .iter_mut()
+                .find(|(h, p, _)| *h == host && *p == port)
+            {
+                Some((_, _, ranges)) => ranges.push(range),
+                None => masters.push((host, port, vec![range])),
+            }
+        }
+        masters.sort();
+        let mut shards = Vec::with_capacity(masters.len());
+        for (host, port, ranges) in masters {
+            let ping = c.route_command(
+                redis::cmd("PING"),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port,
+                }),
+            );
+            let up = matches!(tokio::time::timeout(limit, ping).await, Ok(Ok(_)));
+            shards.push(Shard {
+                node: format!("{host}:{port}"),
+                slots: ranges.join(","),
+                up,
+            });
+        }
+        Some(shards)
     }
 
     /// `WAIT replicas timeout` for the writes this connection made, on a

@@ -36,7 +36,7 @@ use super::{ChannelState, Message, Polled, PolledMany, Published, Settings, Stre
 use crate::error::Error;
 use crate::hub::{self, Hub, Outcome, Poll, Since, Waiter};
 use crate::protocol::{Content, Ids, Meter};
-use crate::stats::RedisLink;
+use crate::stats::{RedisLink, Shard};
 
 /// Prefix of every key and topic comethub uses in Redis.
 const PREFIX: &str = "comethub:";
@@ -50,6 +50,8 @@ const REPLICA_WAIT: Duration = Duration::from_secs(1);
 /// Connections that carry publishes with `--redis-replicas`: `WAIT` holds
 /// its connection, so publishes take turns on a few.
 const DURABLE_CONNECTIONS: usize = 4;
+/// How often a cluster's masters are probed, and how long each may take.
+const SHARD_PROBE: Duration = Duration::from_secs(1);
 /// Reconnection backoff bounds.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -161,6 +163,8 @@ pub struct Redis {
     reconnects: AtomicU64,
     followed: AtomicUsize,
     errors: AtomicU64,
+    /// On a cluster: the masters as the last probe found them.
+    shards: Mutex<Vec<Shard>>,
 }
 
 #[derive(Debug, Clone)]
@@ -318,6 +322,7 @@ impl Redis {
             reconnects: AtomicU64::new(0),
             followed: AtomicUsize::new(0),
             errors: AtomicU64::new(0),
+            shards: Mutex::new(Vec::new()),
         })
     }
 
@@ -339,6 +344,11 @@ impl Redis {
             reconnects: self.reconnects.load(Relaxed),
             followed: self.followed.load(Relaxed),
             errors: self.errors.load(Relaxed),
+            shards: self
+                .shards
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
         }
     }
 
@@ -777,8 +787,38 @@ impl Redis {
         }
     }
 
-    /// Follows and unfollows channels on `link` until it drops.
+    /// Follows and unfollows channels on `link`, and on a cluster probes its
+    /// masters, until it drops.
     async fn serve_link(&self, link: Link, requests: &mut mpsc::UnboundedReceiver<Follow>) {
+        let probe = async {
+            let mut con = link.con.clone();
+            let mut tick = tokio::time::interval(SHARD_PROBE);
+            loop {
+                tick.tick().await;
+                match con.shards(SHARD_PROBE).await {
+                    Some(shards) => {
+                        *self.shards.lock().unwrap_or_else(PoisonError::into_inner) = shards;
+                    }
+                    // One server: nothing to probe.
+                    None if !matches!(con, Con::Cluster(_)) => {
+                        return std::future::pending().await;
+                    }
+                    None => {}
+                }
+            }
+        };
+        tokio::select! {
+            () = self.follow_channels(link.clone(), requests) => {}
+            () = probe => {}
+        }
+        self.shards
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    /// Follows and unfollows channels on `link` until it drops.
+    async fn follow_channels(&self, link: Link, requests: &mut mpsc::UnboundedReceiver<Follow>) {
         let mut con = link.con.clone();
         // A cluster's failure is one shard's: the others go on.
         let cluster = matches!(con, Con::Cluster(_));

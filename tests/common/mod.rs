@@ -547,7 +547,7 @@ impl Drop for Redis {
     }
 }
 
-/// A Redis Cluster of `masters` masters with one replica each, every node
+/// A Redis Cluster of `masters` masters with `replicas` replicas each, every node
 /// started as [`Redis`] (AOF, fixed ports), created with `redis-cli
 /// --cluster create`; ready (every slot served) when this returns.
 pub struct Cluster {
@@ -555,8 +555,8 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn start(masters: usize) -> Cluster {
-        let nodes: Vec<Redis> = (0..masters * 2)
+    pub fn start(masters: usize, replicas: usize) -> Cluster {
+        let nodes: Vec<Redis> = (0..masters * (1 + replicas))
             .map(|_| {
                 let bus = fixed_port().to_string();
                 Redis::start_as(Role::Server(
@@ -567,6 +567,9 @@ impl Cluster {
                         "nodes.conf",
                         "--cluster-node-timeout",
                         "2000",
+                        // The shards that are up go on serving their slots.
+                        "--cluster-require-full-coverage",
+                        "no",
                         "--cluster-port",
                         &bus,
                     ]
@@ -582,7 +585,7 @@ impl Cluster {
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli --cluster create");
         assert!(
