@@ -2,7 +2,8 @@
 # Publishing on one Redis against a Redis Cluster of three masters (no
 # replicas): one instance, wrk publishing over 1,000 channels for DURATION
 # seconds with 64 connections. Reports publishes per second and the CPU each
-# Redis process spent per publish. On this 2-core machine the instance and
+# Redis process spent per publish; then a fan-out to SUBSCRIBERS on one
+# channel (loadgen, 10 rounds): CPU per delivery of the instance and Redis. On this 2-core machine the instance and
 # wrk take most of both cores, so throughput says little about Redis; the
 # CPU per publish and how it splits over the shards is the figure to scale
 # from (docs/scaling.md).
@@ -10,6 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
+N=${SUBSCRIBERS:-10000}
 source benches/common.sh
 tune
 build
@@ -49,8 +51,12 @@ run() {
     shares+=("$(awk -v c="$used" -v n="$total" 'BEGIN { printf "%.1f", c * 1000 / n }')")
     sum=$((sum + used)); i=$((i + 1))
   done
+  local pids=() fan
+  for p in $spid "$@"; do pids+=(--pid "$p"); done
+  fan=$("$LOADGEN" fanout --addr 127.0.0.1:18080 "${pids[@]}" --subscribers "$N" --rounds 10 \
+    --channel fan | grep RESULT)
   kill $spid; wait $spid 2>/dev/null || true
-  echo "| $name | $rate | $(awk -v c="$sum" -v n="$total" 'BEGIN { printf "%.1f", c * 1000 / n }') | ${shares[*]} |"
+  echo "| $name | $rate | $(awk -v c="$sum" -v n="$total" 'BEGIN { printf "%.1f", c * 1000 / n }') | ${shares[*]} | $(val "$fan" cpu_us_per_delivery) | $(val "$fan" all_ms_median) |"
 }
 
 redis 18081
@@ -63,7 +69,7 @@ done
 redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >/dev/null
 until redis-cli -p 18082 cluster info | grep -q cluster_state:ok; do sleep 0.1; done
 
-echo "| Redis | publishes/s | Redis CPU per publish, µs (all) | per process, µs |"
-echo "|---|---:|---:|---|"
+echo "| Redis | publishes/s | Redis CPU per publish, µs (all) | per process, µs | fan-out: CPU per delivery (instance and Redis), µs | fan-out: time until all have it, ms |"
+echo "|---|---:|---:|---|---:|---:|"
 run "one server" redis://127.0.0.1:18081 $single
 run "cluster, 3 masters" redis+cluster://127.0.0.1:18082 "${cpids[@]}"
