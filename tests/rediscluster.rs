@@ -368,3 +368,60 @@ async fn a_dead_shard_refuses_only_its_own_channels_and_stats_say_which() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_hung_shard_refuses_only_its_own_channels() {
+    // No replicas: the hung master is not failed over meanwhile.
+    let cluster = Cluster::start(3, 0);
+    let a = instance(&cluster, &[]).await;
+    let masters: Vec<usize> = (0..cluster.nodes.len())
+        .filter(|&n| cluster.is_master(n))
+        .collect();
+    let hung = masters[0];
+    // A channel on the hung shard, and one on each of the others.
+    let mut on: Vec<Option<String>> = vec![None; cluster.nodes.len()];
+    for i in 0.. {
+        let channel = format!("ch{i}");
+        let master = cluster.master_of(cluster.slot(&stream_key(&channel)));
+        on[master].get_or_insert(channel);
+        if masters.iter().all(|&m| on[m].is_some()) {
+            break;
+        }
+    }
+    let stalled = on[hung].clone().unwrap();
+    cluster.nodes[hung].freeze();
+    wait_shard(&a, cluster.nodes[hung].port, false).await;
+    // The others answer at once, their scripts sent there for the first time.
+    let mut c = a.client().await;
+    for &m in masters.iter().filter(|&&m| m != hung) {
+        let channel = on[m].as_deref().unwrap();
+        let started = std::time::Instant::now();
+        let ok = c
+            .request(
+                Method::POST,
+                &format!("/publish?channel={channel}"),
+                &[],
+                "fine",
+            )
+            .await;
+        assert_eq!(ok.status, 200, "{:?}", ok.body);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    let refused = c
+        .request(
+            Method::POST,
+            &format!("/publish?channel={stalled}"),
+            &[],
+            "stuck",
+        )
+        .await;
+    refused.assert_refused(503);
+    cluster.nodes[hung].thaw();
+    wait_shard(&a, cluster.nodes[hung].port, true).await;
+    let mut c = a.client().await;
+    c.publish(&stalled, "unstuck").await;
+}

@@ -323,3 +323,73 @@ impl Con {
         }
     }
 }
+
+/// A Lua script, run by its hash (`EVALSHA`) and sent whole (`EVAL`) to a
+/// node that does not have it yet. `EVAL` goes to the node of the script's
+/// keys, where `SCRIPT LOAD` would go to every node of a cluster, and wait
+/// on one that hangs.
+#[derive(Debug)]
+pub struct Lua {
+    code: String,
+    hash: String,
+}
+
+/// One run of a [`Lua`] script: its keys and arguments.
+#[derive(Debug)]
+pub struct Call<'a> {
+    lua: &'a Lua,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl Lua {
+    /// A script of `code`.
+    pub fn new(code: String) -> Lua {
+        let hash = redis::Script::new(&code).get_hash().to_owned();
+        Lua { code, hash }
+    }
+
+    /// A run of it, keys and arguments to come.
+    pub fn call(&self) -> Call<'_> {
+        Call {
+            lua: self,
+            keys: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+}
+
+impl Call<'_> {
+    /// Adds a key (on a cluster, the first one names the node).
+    pub fn key(&mut self, key: impl redis::ToRedisArgs) -> &mut Self {
+        self.keys.extend(key.to_redis_args());
+        self
+    }
+
+    /// Adds an argument.
+    pub fn arg(&mut self, arg: impl redis::ToRedisArgs) -> &mut Self {
+        self.args.extend(arg.to_redis_args());
+        self
+    }
+
+    fn cmd(&self, name: &str, script: &str) -> Cmd {
+        let mut cmd = redis::cmd(name);
+        cmd.arg(script)
+            .arg(self.keys.len())
+            .arg(&self.keys)
+            .arg(&self.args);
+        cmd
+    }
+
+    /// Runs the script on `con`.
+    pub async fn run<T: redis::FromRedisValue>(&self, con: &mut Con) -> RedisResult<T> {
+        match self.cmd("EVALSHA", &self.lua.hash).query_async(con).await {
+            Err(err)
+                if err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                self.cmd("EVAL", &self.lua.code).query_async(con).await
+            }
+            result => result,
+        }
+    }
+}

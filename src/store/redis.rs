@@ -31,7 +31,7 @@ use tokio::sync::{Mutex as AsyncMutex, Notify, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::connection::{Con, Target};
+use super::connection::{Con, Lua, Target};
 use super::{ChannelState, Message, Polled, PolledMany, Published, Settings, Stream};
 use crate::error::Error;
 use crate::hub::{self, Hub, Outcome, Poll, Since, Waiter};
@@ -178,9 +178,9 @@ struct Link {
 
 #[derive(Debug)]
 struct Scripts {
-    publish: redis::Script,
-    read: redis::Script,
-    delete: redis::Script,
+    publish: Lua,
+    read: Lua,
+    delete: Lua,
 }
 
 /// A request to follow a channel's topic; answered once it is followed.
@@ -299,7 +299,7 @@ impl Redis {
     pub fn new(settings: &Settings, url: &str, replicas: u32) -> Result<Redis, String> {
         let target = Target::new(url)?;
         let (follow, requests) = mpsc::unbounded_channel();
-        let lib = |body: &str| redis::Script::new(&format!("{TRIM_AGE}{body}"));
+        let lib = |body: &str| Lua::new(format!("{TRIM_AGE}{body}"));
         let hub = Hub::new(settings.hub(hub::Mode::Cache { idle: COPY_IDLE }));
         Ok(Redis {
             meter: hub.meter().clone(),
@@ -316,7 +316,7 @@ impl Redis {
             scripts: Scripts {
                 publish: lib(PUBLISH),
                 read: lib(READ),
-                delete: redis::Script::new(DELETE),
+                delete: Lua::new(DELETE.to_owned()),
             },
             up: watch::Sender::new(false),
             reconnects: AtomicU64::new(0),
@@ -386,8 +386,8 @@ impl Redis {
         content_type: Bytes,
     ) -> Result<Published, Error> {
         let link = self.link()?;
-        let mut invocation = self.scripts.publish.key(stream_key(channel));
-        invocation.key(meta_key(channel));
+        let mut invocation = self.scripts.publish.call();
+        invocation.key(stream_key(channel)).key(meta_key(channel));
         if let Some(key) = key {
             invocation.key(key_key(channel, key));
         }
@@ -406,7 +406,7 @@ impl Redis {
             None => link.con.clone(),
         };
         let (id, instances, replayed): (Vec<u8>, usize, u8) = invocation
-            .invoke_async(&mut con)
+            .run(&mut con)
             .await
             .map_err(|e| self.failed(&link, &e))?;
         if self.replicas > 0 {
@@ -444,12 +444,13 @@ impl Redis {
         let (last, dropped, entries, length): (String, String, Vec<Entry>, usize) = self
             .scripts
             .read
+            .call()
             .key(stream_key(channel))
             .key(meta_key(channel))
             .arg(from)
             .arg(limit.min(self.history))
             .arg(self.age_ms)
-            .invoke_async(&mut link.con)
+            .run(&mut link.con)
             .await
             .map_err(|e| self.failed(&link, &e))?;
         let last = Ids::parse_stream(&last).unwrap_or(0);
@@ -651,11 +652,12 @@ impl Redis {
         let existed: i64 = self
             .scripts
             .delete
+            .call()
             .key(stream_key(channel))
             .key(meta_key(channel))
             .arg(topic(channel))
             .arg(link.con.publish_command())
-            .invoke_async(&mut link.con)
+            .run(&mut link.con)
             .await
             .map_err(|e| self.failed(&link, &e))?;
         Ok(existed > 0)
