@@ -20,29 +20,6 @@ async fn publish_keyed(c: &mut Client, channel: &str, key: &str, data: &str) -> 
         .await
 }
 
-/// Every message retained on `channel`, as (id, data), read from the oldest.
-async fn all_messages(server: &Server, channel: &str) -> Vec<(String, String)> {
-    let path = format!("/subscribe?channel={channel}&since=oldest&format=json&timeout=0");
-    let resp = server.get(&path).await;
-    if resp.status == 204 {
-        return Vec::new();
-    }
-    let batch = resp.json();
-    batch["messages"]
-        .as_array()
-        .map(|ms| {
-            ms.iter()
-                .map(|m| {
-                    (
-                        m["id"].as_str().unwrap().to_owned(),
-                        m["data"].as_str().unwrap().to_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The same key twice publishes once and answers the same id both times;
 /// another key, or the same key on another channel, publishes.
 async fn a_retry_with_the_same_key_publishes_nothing(server: &Server) {
@@ -72,7 +49,8 @@ async fn a_retry_with_the_same_key_publishes_nothing(server: &Server) {
     assert_ne!(other.id(), first.id());
     let elsewhere = publish_keyed(&mut c, "invoices", "order-17", "sent").await;
     assert_eq!(elsewhere.header("idempotent-replayed"), None);
-    let kept: Vec<String> = all_messages(server, "orders")
+    let kept: Vec<String> = server
+        .all_messages("orders")
         .await
         .into_iter()
         .map(|(_, data)| data)
@@ -100,7 +78,7 @@ async fn bad_keys_are_refused(server: &Server) {
         )
         .await;
     resp.assert_refused(400);
-    assert!(all_messages(server, "bad").await.is_empty());
+    assert!(server.all_messages("bad").await.is_empty());
     let fine = publish_keyed(&mut c, "bad", &"k".repeat(128), "x").await;
     assert_eq!(fine.status, 200);
 }
@@ -112,28 +90,11 @@ async fn in_memory_a_retried_publish_is_delivered_once() {
     bad_keys_are_refused(&server).await;
 }
 
-/// Starts an instance on `url` and waits until its link is up.
-async fn instance(url: &str, extra: &[&str]) -> Server {
-    let mut args = vec!["--redis", url];
-    args.extend_from_slice(extra);
-    let server = Server::start(&args);
-    wait_ready(&server).await;
-    server
-}
-
-async fn wait_ready(server: &Server) {
-    let deadline = tokio::time::Instant::now() + STEP;
-    while server.get("/health").await.status != 200 {
-        assert!(tokio::time::Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn on_redis_a_key_publishes_once_across_instances_until_its_window_ends() {
     let redis = Redis::start();
-    let a = instance(&redis.url(), &["--idempotency-window", "2"]).await;
-    let b = instance(&redis.url(), &["--idempotency-window", "2"]).await;
+    let a = Server::on_redis(&redis.url(), &["--idempotency-window", "2"]).await;
+    let b = Server::on_redis(&redis.url(), &["--idempotency-window", "2"]).await;
     a_retry_with_the_same_key_publishes_nothing(&a).await;
     bad_keys_are_refused(&b).await;
 
@@ -156,7 +117,7 @@ async fn on_redis_a_key_publishes_once_across_instances_until_its_window_ends() 
         let first = ids.entry(i).or_insert_with(|| id.clone());
         assert_eq!(*first, id, "key k{i} answered two ids");
     }
-    let kept = all_messages(&b, "race").await;
+    let kept = b.all_messages("race").await;
     assert_eq!(kept.len(), 50, "{kept:?}");
 
     // After the window the key publishes again.
@@ -166,14 +127,14 @@ async fn on_redis_a_key_publishes_once_across_instances_until_its_window_ends() 
     let second = publish_keyed(&mut c, "late", "k", "two").await;
     assert_eq!(second.header("idempotent-replayed"), None);
     assert_ne!(second.id(), first.id());
-    assert_eq!(all_messages(&a, "late").await.len(), 2);
+    assert_eq!(a.all_messages("late").await.len(), 2);
 }
 
 #[tokio::test]
 async fn with_redis_replicas_a_publish_is_acknowledged_only_once_a_replica_has_it() {
     let master = Redis::start();
     let mut replica = Redis::replica_of(&master);
-    let server = instance(&master.url(), &["--redis-replicas", "1"]).await;
+    let server = Server::on_redis(&master.url(), &["--redis-replicas", "1"]).await;
     let mut c = server.client().await;
 
     let ok = publish_keyed(&mut c, "ledger", "k1", "one").await;
@@ -203,7 +164,8 @@ async fn with_redis_replicas_a_publish_is_acknowledged_only_once_a_replica_has_i
     let retry = publish_keyed(&mut c, "ledger", "k2", "two").await;
     assert_eq!(retry.status, 200, "{:?}", retry.body);
     assert_eq!(retry.header("idempotent-replayed"), Some("true"));
-    let data: Vec<String> = all_messages(&server, "ledger")
+    let data: Vec<String> = server
+        .all_messages("ledger")
         .await
         .into_iter()
         .map(|(_, d)| d)
@@ -229,8 +191,8 @@ async fn through_a_sentinel_failover_every_acknowledged_publish_is_read_once_in_
         .map(|s| format!("127.0.0.1:{}", s.port))
         .collect();
     let url = format!("redis+sentinel://{}/main", hosts.join(","));
-    let a = instance(&url, &["--redis-replicas", "1"]).await;
-    let b = instance(&url, &["--redis-replicas", "1"]).await;
+    let a = Server::on_redis(&url, &["--redis-replicas", "1"]).await;
+    let b = Server::on_redis(&url, &["--redis-replicas", "1"]).await;
 
     // A publisher that retries every message with its key until it is
     // acknowledged, on either instance; the master dies a third of the way.
@@ -286,7 +248,7 @@ async fn through_a_sentinel_failover_every_acknowledged_publish_is_read_once_in_
         "the sentinels failed back: {logs:#?}"
     );
     for server in [&a, &b] {
-        wait_ready(server).await;
-        assert_eq!(all_messages(server, "feed").await, acknowledged);
+        server.wait_ready().await;
+        assert_eq!(server.all_messages("feed").await, acknowledged);
     }
 }

@@ -12,41 +12,11 @@ use common::{Client, Cluster, STEP, Server, join, spawn_get};
 use hyper::Method;
 
 async fn instance(cluster: &Cluster, extra: &[&str]) -> Server {
-    let url = cluster.url();
-    let mut args = vec!["--redis", url.as_str()];
-    args.extend_from_slice(extra);
-    let server = Server::start(&args);
-    let deadline = tokio::time::Instant::now() + STEP;
-    while server.get("/health").await.status != 200 {
-        assert!(tokio::time::Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    server
+    Server::on_redis(&cluster.url(), extra).await
 }
 
 fn stream_key(channel: &str) -> String {
     format!("comethub:{{{channel}}}:s")
-}
-
-/// Every message on `channel` from the oldest, as (id, data).
-async fn all_messages(server: &Server, channel: &str) -> Vec<(String, String)> {
-    let path = format!("/subscribe?channel={channel}&since=oldest&format=json&timeout=0");
-    let resp = server.get(&path).await;
-    if resp.status == 204 {
-        return Vec::new();
-    }
-    assert_eq!(resp.status, 200, "{:?}", resp.body);
-    resp.json()["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            (
-                m["id"].as_str().unwrap().to_owned(),
-                m["data"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
 }
 
 #[tokio::test]
@@ -205,7 +175,8 @@ async fn when_a_master_dies_every_acknowledged_publish_is_read_once_in_order() {
         assert_eq!(read, acknowledged);
     }
     for server in [&a, &b] {
-        let kept: Vec<String> = all_messages(server, "feed")
+        let kept: Vec<String> = server
+            .all_messages("feed")
             .await
             .into_iter()
             .map(|(_, d)| d)
@@ -253,7 +224,8 @@ async fn subscribers_waiting_on_a_slot_that_moves_get_what_is_published_after() 
         };
         assert_eq!(text, "after");
     }
-    let kept: Vec<String> = all_messages(&a, "moving")
+    let kept: Vec<String> = a
+        .all_messages("moving")
         .await
         .into_iter()
         .map(|(_, d)| d)

@@ -121,6 +121,44 @@ impl Server {
         self.get("/stats").await.json()
     }
 
+    /// Starts the binary on the Redis at `url` (any `--redis` form) with
+    /// extra flags, and waits until `/health` says it can serve.
+    pub async fn on_redis(url: &str, extra: &[&str]) -> Server {
+        let mut args = vec!["--redis", url];
+        args.extend_from_slice(extra);
+        let server = Server::start(&args);
+        server.wait_ready().await;
+        server
+    }
+
+    /// Waits until `/health` answers `200`.
+    pub async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + STEP;
+        while self.get("/health").await.status != 200 {
+            assert!(tokio::time::Instant::now() < deadline, "never ready");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Every message `channel` retains, from the oldest, as (id, data).
+    pub async fn all_messages(&self, channel: &str) -> Vec<(String, String)> {
+        let path = format!("/subscribe?channel={channel}&since=oldest&format=json&timeout=0");
+        let resp = self.get(&path).await;
+        if resp.status == 204 {
+            return Vec::new();
+        }
+        assert_eq!(resp.status, 200, "{:?}", resp.body);
+        let batch = resp.json();
+        let messages = batch["messages"].as_array().expect("messages");
+        messages
+            .iter()
+            .map(|m| {
+                let text = |field: &str| m[field].as_str().expect(field).to_owned();
+                (text("id"), text("data"))
+            })
+            .collect()
+    }
+
     /// Resident memory the server allocated (anonymous pages), in KiB: its
     /// code, mapped from the binary and shared, is left out, so a larger
     /// binary or code first run during a test does not count as memory taken.
