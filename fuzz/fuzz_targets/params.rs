@@ -60,6 +60,7 @@ fuzz_target!(|data: &[u8]| {
         max_channels: 8,
         max_subscribers: 8,
         max_bytes: 0,
+        idempotency_window: Duration::from_secs(300),
         mode: Mode::Source,
     });
     let channels: Vec<(String, Since)> = match &params.channels {
