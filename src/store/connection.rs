@@ -205,6 +205,14 @@ impl ConnectionLike for Con {
 }
 
 impl Con {
+    /// Whether this connection mends itself node by node (a cluster's, which
+    /// says so with a disconnection push): a failed command then fails only
+    /// itself, and the link need not start over; it also has shards to
+    /// probe.
+    pub fn mends_itself(&self) -> bool {
+        matches!(self, Con::Cluster(_))
+    }
+
     /// How a script announces: `SPUBLISH` on a cluster, so a publish
     /// touches one shard.
     pub fn publish_command(&self) -> &'static str {

@@ -372,7 +372,7 @@ impl Redis {
         // A master demoted by a failover refuses writes: find the new one.
         let demoted = err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
         let broken = err.is_io_error() || err.is_timeout() || err.is_connection_dropped();
-        if (broken || demoted) && !matches!(link.con, Con::Cluster(_)) {
+        if (broken || demoted) && !link.con.mends_itself() {
             link.down.notify_one();
         }
         Error::StoreUnavailable
@@ -386,8 +386,9 @@ impl Redis {
         content_type: Bytes,
     ) -> Result<Published, Error> {
         let link = self.link()?;
+        let stream = stream_key(channel);
         let mut invocation = self.scripts.publish.call();
-        invocation.key(stream_key(channel)).key(meta_key(channel));
+        invocation.key(&stream).key(meta_key(channel));
         if let Some(key) = key {
             invocation.key(key_key(channel, key));
         }
@@ -412,7 +413,7 @@ impl Redis {
         if self.replicas > 0 {
             // Waits for every write this connection made so far, this one's too.
             let confirmed = con
-                .wait(&stream_key(channel), self.replicas, REPLICA_WAIT)
+                .wait(&stream, self.replicas, REPLICA_WAIT)
                 .await
                 .map_err(|e| self.failed(&link, &e))?;
             if confirmed < self.replicas {
@@ -794,18 +795,15 @@ impl Redis {
     async fn serve_link(&self, link: Link, requests: &mut mpsc::UnboundedReceiver<Follow>) {
         let probe = async {
             let mut con = link.con.clone();
+            if !con.mends_itself() {
+                // One server: no shards to probe.
+                return std::future::pending().await;
+            }
             let mut tick = tokio::time::interval(SHARD_PROBE);
             loop {
                 tick.tick().await;
-                match con.shards(SHARD_PROBE).await {
-                    Some(shards) => {
-                        *self.shards.lock().unwrap_or_else(PoisonError::into_inner) = shards;
-                    }
-                    // One server: nothing to probe.
-                    None if !matches!(con, Con::Cluster(_)) => {
-                        return std::future::pending().await;
-                    }
-                    None => {}
+                if let Some(shards) = con.shards(SHARD_PROBE).await {
+                    *self.shards.lock().unwrap_or_else(PoisonError::into_inner) = shards;
                 }
             }
         };
@@ -823,7 +821,7 @@ impl Redis {
     async fn follow_channels(&self, link: Link, requests: &mut mpsc::UnboundedReceiver<Follow>) {
         let mut con = link.con.clone();
         // A cluster's failure is one shard's: the others go on.
-        let cluster = matches!(con, Con::Cluster(_));
+        let cluster = con.mends_itself();
         let mut followed: HashSet<Arc<str>> = HashSet::new();
         let mut unfollow = tokio::time::interval(UNFOLLOW_INTERVAL);
         loop {
