@@ -255,7 +255,7 @@ struct State<P> {
     closed: bool,
 }
 
-/// Idempotency keys remembered this long at most.
+/// Most idempotency keys remembered at once.
 pub const MAX_KEYS: usize = 65_536;
 
 /// The idempotency keys of recent publishes, each with the sequence it
@@ -271,9 +271,11 @@ struct Keys {
 }
 
 impl Keys {
-    /// Bytes one remembered key takes besides its text: two map and queue
+    /// Bytes a remembered key takes: its text, and two map and queue
     /// slots, the `Arc`'s counts and the allocator's rounding.
-    const OVERHEAD: usize = 96;
+    fn cost(name: &str) -> usize {
+        name.len() + 96
+    }
 
     fn name(channel: &str, key: &str) -> String {
         format!("{key}\n{channel}")
@@ -289,7 +291,7 @@ impl Keys {
         // An expired entry replaced here keeps its place in `order` (and
         // its bytes) until popped; popping it leaves the new one be.
         let name: Arc<str> = name.into();
-        self.bytes += name.len() + Keys::OVERHEAD;
+        self.bytes += Keys::cost(&name);
         self.seen.insert(name.clone(), (seq, now));
         self.order.push_back((name, now));
         while self.order.len() > MAX_KEYS {
@@ -310,7 +312,7 @@ impl Keys {
 
     fn pop(&mut self) {
         if let Some((name, at)) = self.order.pop_front() {
-            self.bytes -= name.len() + Keys::OVERHEAD;
+            self.bytes -= Keys::cost(&name);
             if self.seen.get(&name).is_some_and(|(_, a)| *a == at) {
                 self.seen.remove(&name);
             }
@@ -1157,8 +1159,7 @@ impl<P: Payload> Hub<P> {
         let seq = state.seq + 1;
         let message = Message::new(seq, make(seq));
         // Room first: evicting may free the channel itself.
-        let incoming =
-            message.payload.size() + key.as_ref().map_or(0, |k| k.len() + Keys::OVERHEAD);
+        let incoming = message.payload.size() + key.as_deref().map_or(0, Keys::cost);
         if !self.fit_in(&mut state, incoming) {
             return Err(Refused::Memory);
         }
