@@ -91,20 +91,56 @@ fn parse_epoch_since(value: Option<&str>, epoch: &str) -> Result<Since, Error> {
     if value == "oldest" {
         return Ok(Since::Oldest);
     }
-    let (prefix, seq) = value.rsplit_once('-').ok_or(Error::BadSince)?;
+    let at = value
+        .bytes()
+        .rposition(|b| b == b'-')
+        .ok_or(Error::BadSince)?;
+    let (prefix, seq) = (&value[..at], &value[at + 1..]);
     let prefix_ok = !prefix.is_empty()
         && prefix.len() <= 32
         && prefix.bytes().all(|b| b.is_ascii_alphanumeric());
-    let seq_ok = !seq.is_empty() && seq.len() <= 20 && seq.bytes().all(|b| b.is_ascii_digit());
-    if !prefix_ok || !seq_ok {
-        return Err(Error::BadSince);
-    }
-    let seq: u64 = seq.parse().map_err(|_| Error::BadSince)?;
+    let seq = decimal(seq).filter(|_| prefix_ok).ok_or(Error::BadSince)?;
     Ok(if prefix == epoch {
         Since::Id(seq)
     } else {
         Since::Foreign
     })
+}
+
+/// A decimal number of at most 20 digits (no sign) that fits in a `u64`.
+fn decimal(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 20 {
+        return None;
+    }
+    s.bytes().try_fold(0u64, |n, b| {
+        let digit = b.checked_sub(b'0').filter(|d| *d < 10)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
+}
+
+/// `s` split at every `sep` (ASCII). The lists and queries split here are
+/// short, where a byte loop beats a search per piece.
+fn pieces(s: &str, sep: u8) -> impl Iterator<Item = &str> {
+    let mut rest = Some(s);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        Some(match cut(r, sep) {
+            Some((piece, after)) => {
+                rest = Some(after);
+                piece
+            }
+            None => {
+                rest = None;
+                r
+            }
+        })
+    })
+}
+
+/// `s` before and after its first `sep` (ASCII).
+fn cut(s: &str, sep: u8) -> Option<(&str, &str)> {
+    let at = s.bytes().position(|b| b == sep)?;
+    Some((&s[..at], &s[at + 1..]))
 }
 
 /// Bits of a packed stream id that hold the sequence within a millisecond.
@@ -185,13 +221,8 @@ impl Ids {
 
     /// Packs a Redis stream id `MS-N`; `None` when it is not one or does not fit.
     pub fn parse_stream(id: &str) -> Option<u64> {
-        let (ms, n) = id.split_once('-')?;
-        let digits =
-            |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
-        if !digits(ms) || !digits(n) {
-            return None;
-        }
-        let (ms, n): (u64, u64) = (ms.parse().ok()?, n.parse().ok()?);
+        let (ms, n) = cut(id, b'-')?;
+        let (ms, n) = (decimal(ms)?, decimal(n)?);
         (ms < 1 << (64 - STREAM_SEQ_BITS) && n < 1 << STREAM_SEQ_BITS)
             .then_some(ms << STREAM_SEQ_BITS | n)
     }
@@ -282,8 +313,8 @@ impl<'a> Query<'a> {
     /// A query with nothing to decode, split on `&` and `=`.
     pub fn split(q: &'a str) -> Result<Query<'a>, Error> {
         let mut out = Query::default();
-        for pair in q.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        for pair in pieces(q, b'&').filter(|p| !p.is_empty()) {
+            let (key, value) = cut(pair, b'=').unwrap_or((pair, ""));
             let slot = match key {
                 "channel" => &mut out.channel,
                 "since" => &mut out.since,
@@ -540,9 +571,9 @@ pub fn batch_len(items: impl Iterator<Item = Bytes>, max: usize, extra: usize) -
 }
 
 /// Separates the channels of a request, and the entries of a composite cursor.
-pub const LIST_SEPARATOR: char = ',';
+pub const LIST_SEPARATOR: u8 = b',';
 /// Separates a channel from its id in a composite cursor entry.
-pub const CURSOR_SEPARATOR: char = '~';
+pub const CURSOR_SEPARATOR: u8 = b'~';
 /// Most entries a composite cursor may have (a client may keep entries of
 /// channels it no longer asks for; they are ignored).
 const MAX_CURSOR_ENTRIES: usize = 256;
@@ -581,10 +612,10 @@ pub fn cursor(ids: &Ids, channels: &[(String, Since)], at: &[u64]) -> Bytes {
     let mut out = Vec::with_capacity(len.saturating_sub(1));
     for (i, ((name, _), &seq)) in channels.iter().zip(at).enumerate() {
         if i > 0 {
-            out.push(LIST_SEPARATOR as u8);
+            out.push(LIST_SEPARATOR);
         }
         out.extend_from_slice(name.as_bytes());
-        out.push(CURSOR_SEPARATOR as u8);
+        out.push(CURSOR_SEPARATOR);
         ids.write(seq, &mut out);
     }
     out.into()
@@ -603,12 +634,12 @@ pub fn apply_cursor<S: AsRef<str>>(
     match value {
         None => {}
         Some("oldest") => channels.iter_mut().for_each(|(_, s)| *s = Since::Oldest),
-        Some(value) if value.contains(CURSOR_SEPARATOR) => {
-            for (n, entry) in value.split(LIST_SEPARATOR).enumerate() {
+        Some(value) if value.bytes().any(|b| b == CURSOR_SEPARATOR) => {
+            for (n, entry) in pieces(value, LIST_SEPARATOR).enumerate() {
                 if n >= MAX_CURSOR_ENTRIES {
                     return Err(Error::BadCursor);
                 }
-                let (channel, id) = entry.split_once(CURSOR_SEPARATOR).ok_or(Error::BadCursor)?;
+                let (channel, id) = cut(entry, CURSOR_SEPARATOR).ok_or(Error::BadCursor)?;
                 let since = ids.parse_since(Some(id)).map_err(|_| Error::BadCursor)?;
                 match channels
                     .iter_mut()
@@ -709,7 +740,7 @@ impl Query<'_> {
         // One channel (a comma is no name's): plain ids, or a cursor.
         if let Ok(channel) = channel_name(Some(list)) {
             let since = match ids.parse_since(since) {
-                Err(_) if since.is_some_and(|s| s.contains(CURSOR_SEPARATOR)) => {
+                Err(_) if since.is_some_and(|s| s.bytes().any(|b| b == CURSOR_SEPARATOR)) => {
                     let mut one = [(channel, Since::Next)];
                     apply_cursor(since, &mut one, ids)?;
                     one[0].1
@@ -718,11 +749,11 @@ impl Query<'_> {
             };
             return Ok(Channels::One(channel.to_owned(), since));
         }
-        if !list.contains(LIST_SEPARATOR) {
+        if !list.bytes().any(|b| b == LIST_SEPARATOR) {
             return Err(Error::BadChannel);
         }
         let mut channels: Vec<(String, Since)> = Vec::with_capacity(4);
-        for name in list.split(LIST_SEPARATOR) {
+        for name in pieces(list, LIST_SEPARATOR) {
             let name = channel_name(Some(name))?;
             if channels.len() == max {
                 return Err(Error::TooManyChannels(max));
@@ -868,6 +899,22 @@ mod tests {
         assert_eq!(channel_name(Some("é")), Err(Error::BadChannel));
         assert!(channel_name(Some(&"x".repeat(128))).is_ok());
         assert_eq!(channel_name(Some(&"x".repeat(129))), Err(Error::BadChannel));
+    }
+
+    #[test]
+    fn byte_splits_agree_with_str_split() {
+        for s in ["", ",", "a", "a,b", ",a,", "a,,b", "é,ü", "~,~~"] {
+            assert_eq!(
+                pieces(s, b',').collect::<Vec<_>>(),
+                s.split(',').collect::<Vec<_>>()
+            );
+            assert_eq!(cut(s, b'~'), s.split_once('~'));
+        }
+        assert_eq!(decimal("18446744073709551615"), Some(u64::MAX));
+        for bad in ["", "18446744073709551616", "+1", "-1", "1a", "٣"] {
+            assert_eq!(decimal(bad), None, "{bad}");
+        }
+        assert_eq!(decimal("007"), Some(7));
     }
 
     #[test]
