@@ -6,6 +6,7 @@
 //! JSON item, its SSE frame) are made at most once and shared by every subscriber
 //! it goes to.
 
+use smol_str::SmolStr;
 use std::borrow::Cow;
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -584,7 +585,7 @@ pub enum Channels {
     /// One channel, resumed by plain message ids (the v1 protocol).
     One(String, Since),
     /// Several (`channel=a,b`), resumed by composite cursors.
-    Several(Vec<(String, Since)>),
+    Several(Vec<(SmolStr, Since)>),
 }
 
 impl Channels {
@@ -603,7 +604,7 @@ impl Channels {
 /// id packed in its entry of `at` (that of the last message of it the
 /// reader has, or of where it stands), joined by commas. Made in one
 /// allocation: every answer to several channels carries one.
-pub fn cursor(ids: &Ids, channels: &[(String, Since)], at: &[u64]) -> Bytes {
+pub fn cursor(ids: &Ids, channels: &[(SmolStr, Since)], at: &[u64]) -> Bytes {
     let len = channels
         .iter()
         .zip(at)
@@ -752,7 +753,7 @@ impl Query<'_> {
         if !list.bytes().any(|b| b == LIST_SEPARATOR) {
             return Err(Error::BadChannel);
         }
-        let mut channels: Vec<(String, Since)> = Vec::with_capacity(4);
+        let mut channels: Vec<(SmolStr, Since)> = Vec::with_capacity(4);
         for name in pieces(list, LIST_SEPARATOR) {
             let name = channel_name(Some(name))?;
             if channels.len() == max {
@@ -761,7 +762,7 @@ impl Query<'_> {
             if channels.iter().any(|(n, _)| n == name) {
                 return Err(Error::DuplicateChannel);
             }
-            channels.push((name.to_owned(), Since::Next));
+            channels.push((name.into(), Since::Next));
         }
         apply_cursor(since, &mut channels, ids)?;
         Ok(Channels::Several(channels))
@@ -1058,7 +1059,7 @@ mod tests {
         );
         let list = |pairs: &[(&str, Since)]| {
             Ok(Channels::Several(
-                pairs.iter().map(|(c, s)| ((*c).to_owned(), *s)).collect(),
+                pairs.iter().map(|(c, s)| ((*c).into(), *s)).collect(),
             ))
         };
         assert_eq!(
@@ -1109,10 +1110,8 @@ mod tests {
     #[test]
     fn cursors_name_each_channel_with_its_id() {
         for ids in [Ids::Epoch("k3x9af".into()), Ids::Stream] {
-            let mut channels = vec![
-                ("a".to_owned(), Since::Next),
-                ("room.1".to_owned(), Since::Next),
-            ];
+            let mut channels: Vec<(SmolStr, Since)> =
+                vec![("a".into(), Since::Next), ("room.1".into(), Since::Next)];
             let at = [3, (1_764_080_000_000 << 20) | 12];
             let cursor = cursor(&ids, &channels, &at);
             let text = std::str::from_utf8(&cursor).unwrap();

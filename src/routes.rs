@@ -21,6 +21,7 @@
 //! | `/health`       | GET                | readiness: can this instance serve? |
 //! | `/live`         | GET                | liveness: is the process answering? |
 
+use smol_str::SmolStr;
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -810,7 +811,7 @@ fn long_poll_answer(channel: &str, format: Format, polled: Polled, max_batch: us
 /// message in `X-Channel`, and the channels that missed messages in `X-Gap`
 /// and in `gap`.
 fn many_answer(
-    channels: &[(String, protocol::Since)],
+    channels: &[(SmolStr, protocol::Since)],
     format: Format,
     polled: PolledMany,
     ids: &Ids,

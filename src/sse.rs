@@ -9,6 +9,7 @@
 //! is dropped, the task sees its queue closed and ends, and the store forgets
 //! the stream.
 
+use smol_str::SmolStr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -108,7 +109,7 @@ pub struct Polls {
     /// The store.
     pub store: Store,
     /// The channels, each from where it starts.
-    pub channels: Vec<(String, Since)>,
+    pub channels: Vec<(SmolStr, Since)>,
     /// Counts the stream as open while it is.
     pub counted: StreamGuard<Content>,
 }

@@ -63,8 +63,8 @@ fuzz_target!(|data: &[u8]| {
         idempotency_window: Duration::from_secs(300),
         mode: Mode::Source,
     });
-    let channels: Vec<(String, Since)> = match &params.channels {
-        Channels::One(name, since) => vec![(name.clone(), *since)],
+    let channels: Vec<(smol_str::SmolStr, Since)> = match &params.channels {
+        Channels::One(name, since) => vec![(name.as_str().into(), *since)],
         Channels::Several(list) => list.clone(),
     };
     for (channel, _) in &channels {

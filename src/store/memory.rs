@@ -1,6 +1,7 @@
 //! The in-memory store: the hub as the source of every message, with ids of
 //! this run's epoch.
 
+use smol_str::SmolStr;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -108,7 +109,7 @@ impl Memory {
     /// one's start, or the next message on any.
     pub(super) async fn poll_many(
         &self,
-        channels: &[(String, Since)],
+        channels: &[(SmolStr, Since)],
         limit: usize,
         timeout: Duration,
         count: bool,

@@ -10,6 +10,7 @@ pub mod connection;
 pub mod memory;
 pub mod redis;
 
+use smol_str::SmolStr;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -72,7 +73,7 @@ impl PolledMany {
 
     /// The names of the channels (of the request, `channels`) that missed
     /// messages.
-    pub fn missed<'c>(&self, channels: &'c [(String, Since)]) -> Vec<&'c str> {
+    pub fn missed<'c>(&self, channels: &'c [(SmolStr, Since)]) -> Vec<&'c str> {
         channels
             .iter()
             .zip(&self.gaps)
@@ -323,7 +324,7 @@ impl Store {
     /// (an event stream on several channels counts itself as a stream).
     pub async fn poll_many(
         &self,
-        channels: &[(String, Since)],
+        channels: &[(SmolStr, Since)],
         limit: usize,
         timeout: Duration,
         count: bool,

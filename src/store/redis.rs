@@ -19,6 +19,7 @@
 //! position, every event stream ends and the copies are dropped, so each client
 //! reads what it missed from the stream.
 
+use smol_str::SmolStr;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
@@ -574,7 +575,7 @@ impl Redis {
     /// where each channel stands.
     pub(super) async fn poll_many(
         &self,
-        channels: &[(String, Since)],
+        channels: &[(SmolStr, Since)],
         limit: usize,
         timeout: Duration,
         count: bool,
