@@ -5,7 +5,9 @@
 //! every subscriber that was waiting gets the message, and one that polls a moment
 //! later with `since` finds it in the history: nothing published between two polls
 //! is lost. A waiter removes itself when its request goes away, so no dead
-//! subscriber is ever kept.
+//! subscriber is ever kept. A long-poll on several channels is one [`Joint`]
+//! waiter with one sender, entered in each channel's waiters: the first channel
+//! to publish wakes it.
 //!
 //! It is pure: channels, waiters, history, sequence numbers and time. What a
 //! message carries is the caller's type ([`Payload`]); no HTTP, no Redis, no
@@ -147,7 +149,25 @@ impl Since {
 }
 
 /// A channel's waiting subscribers, by the hub's own waiter number.
-type Waiters<P> = HashMap<u64, oneshot::Sender<Wake<P>>, BuildHasherDefault<WaiterHasher>>;
+type Waiters<P> = HashMap<u64, Slot<P>, BuildHasherDefault<WaiterHasher>>;
+
+/// How a waiting subscriber is woken.
+#[derive(Debug)]
+enum Slot<P> {
+    /// It waits on this channel alone ([`Waiter`]).
+    Alone(oneshot::Sender<Wake<P>>),
+    /// It waits on several channels, this one at this place in its request
+    /// ([`Joint`]); its one sender is in `State::joints`, by its number.
+    Among(usize),
+}
+
+/// What wakes a [`Joint`] waiter: the wake, with the place in its request
+/// of the channel it came from.
+type JointSender<P> = oneshot::Sender<(usize, Wake<P>)>;
+
+/// The senders of [`Joint`] waiters, by number: whichever of its channels
+/// has a message first takes it.
+type Joints<P> = HashMap<u64, JointSender<P>, BuildHasherDefault<WaiterHasher>>;
 
 /// Hashes waiter numbers: the hub hands them out in sequence and no client
 /// chooses them, so a multiply spreads them well enough (channel names, which
@@ -239,11 +259,10 @@ pub struct Hub<P> {
 
 #[derive(Debug)]
 struct State<P> {
-    channels: HashMap<Arc<str>, Channel<P>>,
+    channels: Channels<P>,
     seq: u64,
-    next_waiter: u64,
-    waiting: usize,
-    streams: usize,
+    tally: Tally,
+    joints: Joints<P>,
     held: Held,
     /// With `max_bytes`: every retained message by channel, oldest first, so
     /// the oldest across channels is evicted first. Entries of messages that
@@ -253,6 +272,28 @@ struct State<P> {
     due: Due,
     keys: Keys,
     closed: bool,
+}
+
+/// Channels by name. hashbrown's map for its `entry_ref`, so that finding or
+/// making a channel hashes its name once; with std's keyed hash, as clients
+/// choose the names.
+type Channels<P> = hashbrown::HashMap<Arc<str>, Channel<P>, std::hash::RandomState>;
+
+/// Who is listening, for `max_subscribers`, and the next waiter's number.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Long-poll subscribers waiting (one on several channels counts once).
+    waiting: usize,
+    /// Open event streams.
+    streams: usize,
+    next_waiter: u64,
+}
+
+impl Tally {
+    /// Whether `max` (0: no limit) subscribers are listening already.
+    fn full(&self, max: usize) -> bool {
+        max > 0 && self.waiting + self.streams >= max
+    }
 }
 
 /// Most idempotency keys remembered at once.
@@ -386,6 +427,8 @@ struct Channel<P> {
     /// Waiters counted in the hub's `waiting`: a long-poll on several
     /// channels waits on each but counts once.
     counted: usize,
+    /// Waiters that are [`Slot::Among`].
+    among: usize,
     live: Option<broadcast::Sender<Arc<Message<P>>>>,
     /// Cache mode: the history holds every message after this sequence.
     covered: Option<u64>,
@@ -404,6 +447,7 @@ impl<P: Payload> Channel<P> {
             evicted: floor,
             waiters: Waiters::default(),
             counted: 0,
+            among: 0,
             live: None,
             covered: None,
             visited: Instant::now(),
@@ -537,15 +581,24 @@ pub enum Start<P: Payload> {
 pub struct Many<P: Payload> {
     /// Each channel's start, in the order asked.
     pub starts: Vec<Start<P>>,
-    /// When no channel read anything: a waiter on each that is not a miss,
-    /// with its channel's place in the order asked.
-    pub waiters: Vec<(usize, Waiter<P>)>,
+    /// When no channel read anything: one waiter on every channel that is
+    /// not a miss.
+    pub joint: Option<Joint<P>>,
+}
+
+/// What a long-poll's start registers when it reads nothing.
+enum Register<'j, P: Payload> {
+    /// Nothing (another channel of the request had messages).
+    No,
+    /// A [`Waiter`] on this channel alone; counted if true.
+    Alone(bool),
+    /// This channel, at this place in the request, joins the [`Joint`]
+    /// (made if none); counted if true.
+    Among(&'j mut Option<Joint<P>>, usize, bool),
 }
 
 /// Marks a waiter's key as not counted in `waiting`.
 const UNCOUNTED: u64 = 1 << 63;
-/// The key of a waiter already taken off its channel ([`Hub::release`]).
-const RELEASED: u64 = u64::MAX;
 
 /// How a wait ended.
 #[derive(Debug)]
@@ -633,46 +686,95 @@ impl<P: Payload> Waiter<P> {
 
 impl<P: Payload> Drop for Waiter<P> {
     fn drop(&mut self) {
-        if self.key == RELEASED {
-            return;
-        }
-        self.hub.state().unwait(self);
+        self.hub.state().take_off(&self.channel, self.key);
     }
 }
 
-impl<P: Payload> Hub<P> {
-    /// Takes `waiters` off their channels under one lock (a long-poll on
-    /// several channels gives up all of its waiters but one at once), and
-    /// frees the channels they leave idle.
-    pub fn release<'w>(&self, waiters: impl IntoIterator<Item = &'w mut Waiter<P>>) {
-        let mut state = self.state();
-        for waiter in waiters {
-            if waiter.key != RELEASED {
-                state.unwait(waiter);
-                waiter.key = RELEASED;
-            }
+/// A subscriber waiting for the next message on any of several channels:
+/// one wake, from whichever has a message first, so a poll on several
+/// channels costs one registration per channel and one sender. Dropping it
+/// (or being woken) takes it off every channel at once.
+#[derive(Debug)]
+pub struct Joint<P: Payload> {
+    rx: oneshot::Receiver<(usize, Wake<P>)>,
+    hub: Arc<Hub<P>>,
+    key: u64,
+    /// Each channel it waits on, with its place in the request, and its key
+    /// there (the counted one's without [`UNCOUNTED`]).
+    channels: Vec<(usize, Arc<str>, u64)>,
+}
+
+impl<P: Payload> Joint<P> {
+    /// Waits for a message on any channel, or deletion, a reset or
+    /// shutdown (with the place of the channel that had it), or `timeout`
+    /// (`None`); then leaves every channel.
+    pub async fn wait(mut self, timeout: Duration) -> Option<(usize, Outcome<P>)> {
+        let woken = tokio::time::timeout(timeout, &mut self.rx).await.ok();
+        let outcome = woken.map(|woken| match woken {
+            Ok((i, Wake::Message(m))) => (i, Outcome::Message(m)),
+            Ok((i, Wake::Deleted)) => (i, Outcome::Deleted),
+            Ok((i, Wake::Reset)) => (i, Outcome::Reset),
+            Ok((i, Wake::Shutdown)) => (i, self.shutdown(i)),
+            Err(_) => (0, self.shutdown(0)),
+        });
+        self.hub.state().leave(self.key, &mut self.channels);
+        outcome
+    }
+
+    /// Shutdown, with the last sequence of the channel at `place`.
+    fn shutdown(&self, place: usize) -> Outcome<P> {
+        let channel = self.channels.iter().find(|(p, ..)| *p == place);
+        Outcome::Shutdown(channel.map_or(0, |(_, name, _)| self.hub.last_seq(name)))
+    }
+}
+
+impl<P: Payload> Drop for Joint<P> {
+    fn drop(&mut self) {
+        if !self.channels.is_empty() {
+            self.hub.state().leave(self.key, &mut self.channels);
         }
     }
 }
 
 impl<P: Payload> State<P> {
-    /// Takes one waiter off its channel.
-    fn unwait(&mut self, waiter: &Waiter<P>) {
-        let state = self;
-        let Some(ch) = state.channels.get_mut(&waiter.channel) else {
+    /// Takes the waiter `key` off `channel`, and frees the channel if that
+    /// leaves it idle.
+    fn take_off(&mut self, channel: &str, key: u64) {
+        let Some(ch) = self.channels.get_mut(channel) else {
             return;
         };
-        let counted = ch.waiters.remove(&waiter.key).is_some() && waiter.key & UNCOUNTED == 0;
-        if counted {
+        match ch.waiters.remove(&key) {
+            Some(Slot::Among(_)) => ch.among -= 1,
+            Some(Slot::Alone(_)) => {}
+            None => return,
+        }
+        if key & UNCOUNTED == 0 {
             ch.counted -= 1;
+            self.tally.waiting -= 1;
         }
-        let idle = ch.is_idle();
-        if counted {
-            state.waiting -= 1;
+        if ch.is_idle() {
+            self.remove(channel);
         }
-        if idle {
-            state.remove(&waiter.channel);
+    }
+
+    /// Takes the joint waiter `key` off every channel it waits on.
+    fn leave(&mut self, key: u64, channels: &mut Vec<(usize, Arc<str>, u64)>) {
+        for (_, channel, key) in channels.drain(..) {
+            self.take_off(&channel, key);
         }
+        self.joints.remove(&key);
+    }
+
+    /// The senders of the joint waiters among `waiters`, each with the
+    /// place of the channel that wakes it.
+    fn joint_senders(&mut self, waiters: &Waiters<P>) -> Vec<(JointSender<P>, usize)> {
+        waiters
+            .iter()
+            .filter_map(|(key, slot)| match slot {
+                Slot::Among(place) => Some((self.joints.remove(&(key & !UNCOUNTED))?, *place)),
+                Slot::Alone(_) => None,
+            })
+            .collect()
     }
 }
 
@@ -703,7 +805,7 @@ pub struct StreamGuard<P: Payload> {
 impl<P: Payload> Drop for StreamGuard<P> {
     fn drop(&mut self) {
         let mut state = self.hub.state();
-        state.streams -= 1;
+        state.tally.streams -= 1;
         // Fields drop in order, so the receiver is already gone.
         if let Some(channel) = &self.channel {
             state.free_if_idle(channel);
@@ -754,20 +856,21 @@ const MAX_NAME_ESTIMATE: usize = 48;
 
 /// The channel `name`, made if it is not held (within `max_channels`).
 fn channel_in<'a, P: Payload>(
-    channels: &'a mut HashMap<Arc<str>, Channel<P>>,
+    channels: &'a mut Channels<P>,
     freed: &mut Freed,
     name: &str,
     config: &Config,
 ) -> Result<&'a mut Channel<P>, Refused> {
-    if !channels.contains_key(name) {
-        if config.max_channels > 0 && channels.len() >= config.max_channels {
-            return Err(Refused::Channels);
+    let full = config.max_channels > 0 && channels.len() >= config.max_channels;
+    match channels.entry_ref(name) {
+        hashbrown::hash_map::EntryRef::Occupied(held) => Ok(held.into_mut()),
+        hashbrown::hash_map::EntryRef::Vacant(_) if full => Err(Refused::Channels),
+        hashbrown::hash_map::EntryRef::Vacant(slot) => {
+            let name: Arc<str> = name.into();
+            let floor = freed.take(&name);
+            Ok(slot.insert_with_key(name.clone(), Channel::new(name, floor)))
         }
-        let name: Arc<str> = name.into();
-        let floor = freed.take(&name);
-        channels.insert(name.clone(), Channel::new(name, floor));
     }
-    channels.get_mut(name).ok_or(Refused::Channels)
 }
 
 impl<P: Payload> State<P> {
@@ -782,7 +885,7 @@ impl<P: Payload> State<P> {
     fn remove(&mut self, name: &str) -> Option<Channel<P>> {
         let ch = self.channels.remove(name)?;
         self.freed.record(ch.name.clone(), ch.last_seq);
-        self.waiting -= ch.counted;
+        self.tally.waiting -= ch.counted;
         self.held -= ch.held();
         Some(ch)
     }
@@ -846,11 +949,10 @@ impl<P: Payload> Hub<P> {
         Arc::new(Hub {
             config,
             state: Mutex::new(State {
-                channels: HashMap::new(),
+                channels: Channels::default(),
                 seq: 0,
-                next_waiter: 0,
-                waiting: 0,
-                streams: 0,
+                tally: Tally::default(),
+                joints: Joints::default(),
                 held: Held::default(),
                 order: VecDeque::new(),
                 freed: Freed::default(),
@@ -901,23 +1003,23 @@ impl<P: Payload> Hub<P> {
     ) -> Result<Poll<P>, Refused> {
         let mut guard = self.open()?;
         let state = &mut *guard;
-        match self.start(state, channel, since, limit)? {
-            Start::Miss => Ok(Poll::Miss),
-            Start::Read { messages, gap, .. } if !messages.is_empty() => {
-                Ok(Poll::Ready { messages, gap })
+        match self.start(state, channel, since, limit, Register::Alone(true)) {
+            Ok((_, Some(waiter))) => Ok(Poll::Wait(waiter)),
+            Ok((Start::Read { messages, gap, .. }, None)) => Ok(Poll::Ready { messages, gap }),
+            Ok((Start::Miss, None)) => Ok(Poll::Miss),
+            Err(refused) => {
+                state.free_if_idle(channel);
+                Err(refused)
             }
-            Start::Read { from, gap, .. } => self
-                .enqueue(state, channel, from, gap, true)
-                .map(Poll::Wait),
         }
     }
 
     /// Starts a long-poll on several channels at once, each from its own
     /// `since`, under one lock: what each holds after its start (at most
-    /// `limit` each) or, when none holds anything, a [`Waiter`] on each (the
-    /// first counted as a waiting subscriber if `count`). In cache mode a
-    /// channel the copy does not cover is a [`Start::Miss`] and gets no
-    /// waiter.
+    /// `limit` each) or, when none holds anything, one [`Joint`] waiter on
+    /// all of them (counted once as a waiting subscriber if `count`). In
+    /// cache mode a channel the copy does not cover is a [`Start::Miss`]
+    /// and is not waited on.
     pub fn poll_many<S: AsRef<str>>(
         self: &Arc<Self>,
         channels: &[(S, Since)],
@@ -927,10 +1029,26 @@ impl<P: Payload> Hub<P> {
         let mut guard = self.open()?;
         let state = &mut *guard;
         let mut starts = Vec::with_capacity(channels.len());
-        for (channel, since) in channels {
-            match self.start(state, channel.as_ref(), *since, limit) {
-                Ok(start) => starts.push(start),
+        let mut joint = None;
+        // Each channel joins the waiter as it is read, until one has
+        // messages, so that a poll that waits finds each channel once.
+        let mut ready = false;
+        for (i, (channel, since)) in channels.iter().enumerate() {
+            // Counted once: on the first channel it waits on.
+            let counted = count && joint.is_none();
+            let register = match ready {
+                false => Register::Among(&mut joint, i, counted),
+                true => Register::No,
+            };
+            match self.start(state, channel.as_ref(), *since, limit, register) {
+                Ok((start, _)) => {
+                    ready |= matches!(&start, Start::Read { messages, .. } if !messages.is_empty());
+                    starts.push(start);
+                }
                 Err(refused) => {
+                    if let Some(joint) = &mut joint {
+                        state.leave(joint.key, &mut joint.channels);
+                    }
                     for (channel, _) in channels {
                         state.free_if_idle(channel.as_ref());
                     }
@@ -938,72 +1056,78 @@ impl<P: Payload> Hub<P> {
                 }
             }
         }
-        let mut waiters = Vec::new();
-        let ready = starts
-            .iter()
-            .any(|s| matches!(s, Start::Read { messages, .. } if !messages.is_empty()));
-        if !ready {
-            waiters.reserve(channels.len());
-            let mut count = count;
-            for (i, ((channel, _), start)) in channels.iter().zip(&starts).enumerate() {
-                let Start::Read { from, gap, .. } = *start else {
-                    continue;
-                };
-                match self.enqueue(state, channel.as_ref(), from, gap, count) {
-                    Ok(waiter) => waiters.push((i, waiter)),
-                    Err(refused) => {
-                        // Dropping a waiter takes the lock.
-                        drop(guard);
-                        drop(waiters);
-                        let mut state = self.state();
-                        for (channel, _) in channels {
-                            state.free_if_idle(channel.as_ref());
-                        }
-                        return Err(refused);
-                    }
-                }
-                count = false;
+        if ready {
+            // Answered at once: the channels made only to be read go again.
+            if let Some(joint) = &mut joint {
+                state.leave(joint.key, &mut joint.channels);
+            }
+            joint = None;
+            for (channel, _) in channels {
+                state.free_if_idle(channel.as_ref());
             }
         }
-        Ok(Many { starts, waiters })
+        Ok(Many { starts, joint })
     }
 
-    /// Where a long-poll on `channel` from `since` starts, and what it reads.
+    /// Where a long-poll on `channel` from `since` starts, and what it
+    /// reads; when it reads nothing, it registers as `register` says.
     fn start(
-        &self,
+        self: &Arc<Self>,
         state: &mut State<P>,
         channel: &str,
         since: Since,
         limit: usize,
-    ) -> Result<Start<P>, Refused> {
+        register: Register<'_, P>,
+    ) -> Result<(Start<P>, Option<Waiter<P>>), Refused> {
         let now = Instant::now();
         let newest = state.seq;
+        let State {
+            channels,
+            freed,
+            due,
+            held,
+            tally,
+            joints,
+            ..
+        } = state;
         let ch = match self.config.mode {
-            Mode::Source => {
-                channel_in(&mut state.channels, &mut state.freed, channel, &self.config)?
-            }
-            Mode::Cache { .. } => match state.channels.get_mut(channel) {
+            Mode::Source => channel_in(channels, freed, channel, &self.config)?,
+            Mode::Cache { .. } => match channels.get_mut(channel) {
                 Some(ch) if ch.covered.is_some() => ch,
-                _ => return Ok(Start::Miss),
+                _ => return Ok((Start::Miss, None)),
             },
         };
-        state.held -= ch.refresh(&mut state.due, &self.config, now);
+        *held -= ch.refresh(due, &self.config, now);
         let (after, gap) = match (self.config.mode, ch.covered) {
             (Mode::Cache { .. }, Some(covered)) => match since {
                 Since::Next => (ch.last_seq, false),
                 Since::Id(x) if x >= covered && x >= ch.evicted && x <= ch.last_seq => (x, false),
-                _ => return Ok(Start::Miss),
+                _ => return Ok((Start::Miss, None)),
             },
             _ => since.start(ch.last_seq, ch.evicted, newest),
         };
         ch.visited = now;
-        Ok(Start::Read {
-            // What is missing below the history is reported as the gap; a
-            // reader resuming from here misses nothing more.
-            from: after.max(ch.evicted),
-            gap,
-            messages: ch.after(after, limit),
-        })
+        // What is missing below the history is reported as the gap; a
+        // reader resuming from here misses nothing more.
+        let from = after.max(ch.evicted);
+        let messages = ch.after(after, limit);
+        let waiter = match register {
+            _ if !messages.is_empty() => None,
+            Register::No => None,
+            Register::Alone(count) => Some(self.enqueue(ch, tally, from, gap, count)?),
+            Register::Among(joint, place, count) => {
+                self.join(ch, tally, joints, joint, place, count)?;
+                None
+            }
+        };
+        Ok((
+            Start::Read {
+                from,
+                gap,
+                messages,
+            },
+            waiter,
+        ))
     }
 
     /// Registers a waiter on `channel` for the next message, whatever the
@@ -1015,38 +1139,96 @@ impl<P: Payload> Hub<P> {
         let ch = channel_in(&mut state.channels, &mut state.freed, channel, &self.config)?;
         ch.visited = Instant::now();
         let after = ch.last_seq;
-        self.enqueue(state, channel, after, false, count)
+        let waiter = self.enqueue(ch, &mut state.tally, after, false, count);
+        if waiter.is_err() {
+            state.free_if_idle(channel);
+        }
+        waiter
     }
 
-    /// Puts a waiter on `channel` (held), within `max_subscribers`; counted
-    /// as a waiting subscriber if `count`.
+    /// Cache mode: `channel`, at `place` in a request, joins `joint` (made
+    /// if none), whatever the history holds (the caller reads it from the
+    /// source); counted as a waiting subscriber if `count`.
+    pub fn wait_among(
+        self: &Arc<Self>,
+        joint: &mut Option<Joint<P>>,
+        place: usize,
+        channel: &str,
+        count: bool,
+    ) -> Result<(), Refused> {
+        let mut guard = self.open()?;
+        let state = &mut *guard;
+        let ch = channel_in(&mut state.channels, &mut state.freed, channel, &self.config)?;
+        ch.visited = Instant::now();
+        let joined = self.join(ch, &mut state.tally, &mut state.joints, joint, place, count);
+        if joined.is_err() {
+            state.free_if_idle(channel);
+        }
+        joined
+    }
+
+    /// Puts `ch`, at `place` in a request, in `joint` (made if none),
+    /// within `max_subscribers`; counted as a waiting subscriber if `count`.
+    fn join(
+        self: &Arc<Self>,
+        ch: &mut Channel<P>,
+        tally: &mut Tally,
+        joints: &mut Joints<P>,
+        joint: &mut Option<Joint<P>>,
+        place: usize,
+        count: bool,
+    ) -> Result<(), Refused> {
+        if count && tally.full(self.config.max_subscribers) {
+            return Err(Refused::Subscribers);
+        }
+        let joint = joint.get_or_insert_with(|| {
+            let (tx, rx) = oneshot::channel();
+            let key = tally.next_waiter;
+            tally.next_waiter += 1;
+            joints.insert(key, tx);
+            Joint {
+                rx,
+                hub: self.clone(),
+                key,
+                channels: Vec::with_capacity(4),
+            }
+        });
+        let key = joint.key | if count { 0 } else { UNCOUNTED };
+        ch.waiters.insert(key, Slot::Among(place));
+        ch.among += 1;
+        if count {
+            ch.counted += 1;
+            tally.waiting += 1;
+        }
+        joint.channels.push((place, ch.name.clone(), key));
+        Ok(())
+    }
+
+    /// Puts a waiter on `ch`, within `max_subscribers`; counted as a
+    /// waiting subscriber if `count`.
     fn enqueue(
         self: &Arc<Self>,
-        state: &mut State<P>,
-        channel: &str,
+        ch: &mut Channel<P>,
+        tally: &mut Tally,
         after: u64,
         gap: bool,
         count: bool,
     ) -> Result<Waiter<P>, Refused> {
-        let max = self.config.max_subscribers;
-        if count && max > 0 && state.waiting + state.streams >= max {
-            state.free_if_idle(channel);
+        if count && tally.full(self.config.max_subscribers) {
             return Err(Refused::Subscribers);
         }
-        let ch = state.channels.get_mut(channel).ok_or(Refused::Channels)?;
         let (tx, rx) = oneshot::channel();
-        let key = state.next_waiter | if count { 0 } else { UNCOUNTED };
-        ch.waiters.insert(key, tx);
-        let channel = ch.name.clone();
-        state.next_waiter += 1;
+        let key = tally.next_waiter | if count { 0 } else { UNCOUNTED };
+        tally.next_waiter += 1;
+        ch.waiters.insert(key, Slot::Alone(tx));
         if count {
             ch.counted += 1;
-            state.waiting += 1;
+            tally.waiting += 1;
         }
         Ok(Waiter {
             rx,
             hub: self.clone(),
-            channel,
+            channel: ch.name.clone(),
             key,
             after,
             gap,
@@ -1075,7 +1257,7 @@ impl<P: Payload> Hub<P> {
         let mut guard = self.open()?;
         let state = &mut *guard;
         let max = self.config.max_subscribers;
-        if max > 0 && state.waiting + state.streams >= max {
+        if state.tally.full(max) {
             return Err(Refused::Subscribers);
         }
         let now = Instant::now();
@@ -1090,7 +1272,7 @@ impl<P: Payload> Hub<P> {
             .subscribe();
         let (after, gap) = since.start(ch.last_seq, ch.evicted, newest);
         let backlog = ch.after(after, usize::MAX);
-        state.streams += 1;
+        state.tally.streams += 1;
         Ok(Stream {
             after: backlog.last().map_or(after, |m| m.seq),
             backlog,
@@ -1108,10 +1290,10 @@ impl<P: Payload> Hub<P> {
     pub fn count_stream(self: &Arc<Self>) -> Result<StreamGuard<P>, Refused> {
         let mut state = self.open()?;
         let max = self.config.max_subscribers;
-        if max > 0 && state.waiting + state.streams >= max {
+        if state.tally.full(max) {
             return Err(Refused::Subscribers);
         }
-        state.streams += 1;
+        state.tally.streams += 1;
         Ok(StreamGuard {
             hub: self.clone(),
             channel: None,
@@ -1210,12 +1392,13 @@ impl<P: Payload> Hub<P> {
             kept = (self.config.max_bytes > 0).then(|| ch.name.clone());
         }
         let waiters = std::mem::take(&mut ch.waiters);
+        let among = std::mem::take(&mut ch.among);
         let streams = ch
             .live
             .as_ref()
             .and_then(|tx| tx.send(message.clone()).ok())
             .unwrap_or(0);
-        fields.waiting -= std::mem::take(&mut ch.counted);
+        fields.tally.waiting -= std::mem::take(&mut ch.counted);
         let idle = ch.is_idle();
         if let Some(name) = kept {
             state.keep_order(&name, message.seq);
@@ -1223,11 +1406,24 @@ impl<P: Payload> Hub<P> {
         if idle {
             state.remove(channel);
         }
+        // A joint waiter's sender is taken here, under the lock: whichever
+        // of its channels has a message first wakes it, and only that one.
+        let joints = match among {
+            0 => Vec::new(),
+            _ => state.joint_senders(&waiters),
+        };
         drop(state);
 
         let mut delivered = streams;
-        for tx in waiters.into_values() {
-            if tx.send(Wake::Message(message.clone())).is_ok() {
+        for slot in waiters.into_values() {
+            if let Slot::Alone(tx) = slot
+                && tx.send(Wake::Message(message.clone())).is_ok()
+            {
+                delivered += 1;
+            }
+        }
+        for (tx, place) in joints {
+            if tx.send((place, Wake::Message(message.clone()))).is_ok() {
                 delivered += 1;
             }
         }
@@ -1248,9 +1444,15 @@ impl<P: Payload> Hub<P> {
         let Some(ch) = state.remove(channel) else {
             return false;
         };
+        let joints = state.joint_senders(&ch.waiters);
         drop(state);
-        for tx in ch.waiters.into_values() {
-            let _ = tx.send(Wake::Deleted);
+        for slot in ch.waiters.into_values() {
+            if let Slot::Alone(tx) = slot {
+                let _ = tx.send(Wake::Deleted);
+            }
+        }
+        for (tx, place) in joints {
+            let _ = tx.send((place, Wake::Deleted));
         }
         true
     }
@@ -1382,9 +1584,11 @@ impl<P: Payload> Hub<P> {
         for ch in state.channels.values_mut() {
             waiters.extend(std::mem::take(&mut ch.waiters).into_values());
             ch.counted = 0;
+            ch.among = 0;
             ch.live = None;
         }
-        state.waiting = 0;
+        state.tally.waiting = 0;
+        let joints = std::mem::take(&mut state.joints);
         let idle: Vec<Arc<str>> = state
             .channels
             .values()
@@ -1395,8 +1599,13 @@ impl<P: Payload> Hub<P> {
             state.remove(&name);
         }
         drop(state);
-        for tx in waiters {
-            let _ = tx.send(wake());
+        for slot in waiters {
+            if let Slot::Alone(tx) = slot {
+                let _ = tx.send(wake());
+            }
+        }
+        for tx in joints.into_values() {
+            let _ = tx.send((0, wake()));
         }
     }
 
@@ -1425,8 +1634,8 @@ impl<P: Payload> Hub<P> {
     pub fn snapshot(&self) -> Snapshot {
         let state = self.state();
         Snapshot {
-            waiting: state.waiting,
-            streams: state.streams,
+            waiting: state.tally.waiting,
+            streams: state.tally.streams,
             channels: state.channels.len(),
             history_bytes: state.held.bytes + self.meter.bytes(),
             memory_bytes: state.used(&self.meter),
@@ -1935,11 +2144,22 @@ mod tests {
                 (0, false, vec![])
             ]
         );
-        assert!(
-            many.waiters.is_empty(),
-            "a channel had messages: nobody waits"
+        assert!(many.joint.is_none(), "a channel had messages: nobody waits");
+        let s = hub.snapshot();
+        assert_eq!(
+            (s.waiting, s.channels),
+            (0, 2),
+            "c, made to be read, went again"
         );
-        assert_eq!(hub.snapshot().waiting, 0);
+        // A channel with messages after ones that had nothing: those gave
+        // their waiters up, and what was made for them goes.
+        let channels = [("x", Since::Next), ("y", Since::Next), ("a", Since::Id(a1))];
+        let many = hub.poll_many(&channels, 10, true).unwrap();
+        assert_eq!(seqs(&many)[2], (a1, false, vec!["a2"]));
+        assert!(many.joint.is_none());
+        drop(many);
+        let s = hub.snapshot();
+        assert_eq!((s.waiting, s.channels), (0, 2));
         // An id this hub never gave is a gap, read from the oldest.
         let many = hub.poll_many(&[("a", Since::Foreign)], 10, true).unwrap();
         assert_eq!(seqs(&many), vec![(0, true, vec!["a1", "a2"])]);
@@ -1950,28 +2170,77 @@ mod tests {
     async fn a_poll_on_several_channels_waits_on_each_and_counts_once() {
         let hub = hub(10, 60);
         let channels = [("a", Since::Next), ("b", Since::Next), ("c", Since::Next)];
-        let many = hub.poll_many(&channels, 10, true).unwrap();
-        assert_eq!(many.waiters.len(), 3);
+        let joint = hub.poll_many(&channels, 10, true).unwrap().joint.unwrap();
         let s = hub.snapshot();
         assert_eq!((s.waiting, s.channels), (1, 3));
-        let mut waiters = many.waiters;
-        // A publish on the last channel wakes its waiter only.
+        assert_eq!(hub.info("b").subscribers, 1);
+        // A publish on the last channel wakes it, with that channel's place.
         let (_, delivered) = hub.publish("c", |_| "c1").unwrap();
         assert_eq!(delivered, 1);
-        let (_, c) = waiters.pop().unwrap();
-        let Outcome::Message(m) = c.wait(Duration::from_secs(1)).await else {
-            panic!("woken by c1");
+        let Some((2, Outcome::Message(m))) = joint.wait(Duration::from_secs(1)).await else {
+            panic!("woken by c1 on the third channel");
         };
         assert_eq!(m.payload, "c1");
-        // The counted waiter (on a) still waits; dropping the rest frees
-        // every channel that holds nothing.
-        assert_eq!(hub.snapshot().waiting, 1);
-        drop(waiters);
+        // Woken, it left every channel: those that hold nothing are freed.
         let s = hub.snapshot();
         assert_eq!((s.waiting, s.channels), (0, 1));
+        assert_eq!(hub.info("a").subscribers, 0);
+
+        // Two publishes before it runs: the first channel wakes it, once.
+        let joint = hub.poll_many(&channels, 10, true).unwrap().joint.unwrap();
+        assert_eq!(hub.publish("b", |_| "b1").unwrap().1, 1);
+        assert_eq!(hub.publish("a", |_| "a1").unwrap().1, 0);
+        let Some((1, Outcome::Message(m))) = joint.wait(Duration::from_secs(1)).await else {
+            panic!("woken by b1");
+        };
+        assert_eq!(m.payload, "b1");
+
+        // Nothing comes: the timeout, and nothing is left behind.
+        let joint = hub.poll_many(&[("x", Since::Next), ("y", Since::Next)], 10, true);
+        let woken = joint
+            .unwrap()
+            .joint
+            .unwrap()
+            .wait(Duration::from_secs(5))
+            .await;
+        assert!(woken.is_none());
+        let s = hub.snapshot();
+        assert_eq!((s.waiting, s.channels), (0, 3));
+
+        // Dropped (the client left): gone from every channel.
+        let joint = hub.poll_many(&channels, 10, true).unwrap().joint;
+        assert_eq!(hub.snapshot().waiting, 1);
+        drop(joint);
+        assert_eq!(hub.snapshot().waiting, 0);
+        assert_eq!(hub.publish("c", |_| "c2").unwrap().1, 0);
+
         // Uncounted waits (an event stream's) do not count at all.
-        let many = hub.poll_many(&channels, 10, false).unwrap();
-        assert_eq!((many.waiters.len(), hub.snapshot().waiting), (3, 0));
+        let joint = hub.poll_many(&channels, 10, false).unwrap().joint;
+        assert!(joint.is_some());
+        assert_eq!(hub.snapshot().waiting, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_on_several_channels_learns_of_deletion_and_shutdown() {
+        let hub = hub(10, 60);
+        let channels = [("a", Since::Next), ("b", Since::Next)];
+        let joint = hub.poll_many(&channels, 10, true).unwrap().joint.unwrap();
+        assert!(hub.delete("b"));
+        let woken = joint.wait(Duration::from_secs(1)).await;
+        assert!(matches!(woken, Some((1, Outcome::Deleted))));
+        assert_eq!(hub.snapshot().waiting, 0);
+
+        let a1 = publish(&hub, "a", "a1");
+        let joint = hub
+            .poll_many(&[("b", Since::Next), ("a", Since::Id(a1))], 10, true)
+            .unwrap()
+            .joint
+            .unwrap();
+        hub.close();
+        let woken = joint.wait(Duration::from_secs(1)).await;
+        assert!(matches!(woken, Some((0, Outcome::Shutdown(0)))));
+        let s = hub.snapshot();
+        assert_eq!((s.waiting, s.channels), (0, 1));
     }
 
     #[tokio::test(start_paused = true)]
@@ -1992,5 +2261,21 @@ mod tests {
         assert_eq!(hub.snapshot().streams, 1);
         drop(guard);
         assert_eq!(hub.snapshot().streams, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_refused_on_a_later_channel_gives_up_the_earlier_waiters() {
+        let hub: Arc<Hub<&'static str>> = Hub::new(Config {
+            max_channels: 2,
+            ..hub(10, 60).config.clone()
+        });
+        let _held = hub.poll_many(&[("x", Since::Next)], 10, true).unwrap();
+        // a is made and waited on, then b is one channel too many.
+        let refused = hub.poll_many(&[("a", Since::Next), ("b", Since::Next)], 10, true);
+        assert_eq!(refused.err(), Some(Refused::Channels));
+        let s = hub.snapshot();
+        assert_eq!((s.waiting, s.channels), (1, 1));
+        let (_, delivered) = hub.publish("x", |_| "x1").unwrap();
+        assert_eq!(delivered, 1, "only the held waiter was left");
     }
 }

@@ -86,10 +86,13 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if read == 0 {
-        assert_eq!(many.waiters.len(), channels.len());
+        assert!(many.joint.is_some());
+        for (channel, _) in &channels {
+            assert_eq!(hub.info(channel).subscribers, 1, "waits on each");
+        }
         assert_eq!(hub.snapshot().waiting, 1, "counted once");
     } else {
-        assert!(many.waiters.is_empty());
+        assert!(many.joint.is_none());
     }
     drop(many);
     assert_eq!(hub.snapshot().waiting, 0, "no waiter leaked");

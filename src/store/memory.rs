@@ -123,8 +123,7 @@ impl Memory {
         if !polled.messages.is_empty() {
             return Ok(polled.sorted());
         }
-        let mut waiters = many.waiters;
-        match first_woken(&mut waiters, timeout).await {
+        match first_woken(many.joint, timeout).await {
             Some((i, Outcome::Message(m))) => polled.messages.push((i, m)),
             Some((_, Outcome::Deleted)) => return Err(Error::Gone),
             Some((_, Outcome::Timeout(_) | Outcome::Shutdown(_) | Outcome::Reset)) | None => {}

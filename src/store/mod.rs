@@ -114,28 +114,18 @@ impl PolledMany {
     }
 }
 
-/// Waits for the first of `waiters` (each with its channel's place) to be
-/// woken, or `timeout` (`None`).
+/// Waits for `joint` (if any) to be woken, or `timeout` (`None`).
 async fn first_woken(
-    waiters: &mut [(usize, hub::Waiter<Content>)],
+    joint: Option<hub::Joint<Content>>,
     timeout: Duration,
 ) -> Option<(usize, hub::Outcome<Content>)> {
-    let sleep = tokio::time::sleep(timeout);
-    tokio::pin!(sleep);
-    let woken = std::future::poll_fn(|cx| {
-        for (i, waiter) in waiters.iter_mut() {
-            if let TaskPoll::Ready(outcome) = waiter.poll_woken(cx) {
-                return TaskPoll::Ready(Some((*i, outcome)));
-            }
+    match joint {
+        Some(joint) => joint.wait(timeout).await,
+        None => {
+            tokio::time::sleep(timeout).await;
+            None
         }
-        sleep.as_mut().poll(cx).map(|()| None)
-    })
-    .await;
-    if let Some((_, first)) = waiters.first() {
-        let hub = first.hub().clone();
-        hub.release(waiters.iter_mut().map(|(_, w)| w));
     }
-    woken
 }
 
 /// What a publish did.

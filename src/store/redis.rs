@@ -587,19 +587,19 @@ impl Redis {
         let mut gaps = vec![false; channels.len()];
         loop {
             let many = self.hub.poll_many(&asked, limit, count)?;
-            let mut counted = count && !many.waiters.is_empty();
-            let mut waiters = many.waiters;
+            let mut counted = count && many.joint.is_some();
+            let mut joint = many.joint;
             let mut polled = PolledMany::new(asked.len());
             for i in polled.read_starts(many.starts) {
                 let channel = asked[i].0;
                 let since = self.pin_next(channel, asked[i].1).await?;
-                let waiter = self.hub.wait(channel, count && !counted)?;
+                self.hub
+                    .wait_among(&mut joint, i, channel, count && !counted)?;
                 counted |= count;
                 self.follow(channel).await?;
                 let read = self.read(channel, since, limit).await?;
                 self.hub.cover_from(channel, read.last);
                 polled.read(i, read.from, read.gap, read.messages);
-                waiters.push((i, waiter));
             }
             for (gap, was) in polled.gaps.iter_mut().zip(&gaps) {
                 *gap |= was;
@@ -608,7 +608,7 @@ impl Redis {
                 return Ok(polled.sorted());
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            match super::first_woken(&mut waiters, left).await {
+            match super::first_woken(joint, left).await {
                 Some((i, Outcome::Message(m))) if m.seq > polled.from[i] => {
                     polled.messages.push((i, m));
                     return Ok(polled);
