@@ -6,7 +6,7 @@
 //! later with `since` finds it in the history: nothing published between two polls
 //! is lost. A waiter removes itself when its request goes away, so no dead
 //! subscriber is ever kept. A long-poll on several channels is one [`Joint`]
-//! waiter with one sender, entered in each channel's waiters: the first channel
+//! waiter with one sender, entered in each channel's joiners: the first channel
 //! to publish wakes it.
 //!
 //! It is pure: channels, waiters, history, sequence numbers and time. What a
@@ -149,25 +149,29 @@ impl Since {
 }
 
 /// A channel's waiting subscribers, by the hub's own waiter number.
-type Waiters<P> = HashMap<u64, Slot<P>, BuildHasherDefault<WaiterHasher>>;
+type Waiters<P> = HashMap<u64, oneshot::Sender<Wake<P>>, BuildHasherDefault<WaiterHasher>>;
 
-/// How a waiting subscriber is woken.
-#[derive(Debug)]
-enum Slot<P> {
-    /// It waits on this channel alone ([`Waiter`]).
-    Alone(oneshot::Sender<Wake<P>>),
-    /// It waits on several channels, this one at this place in its request
-    /// ([`Joint`]); its one sender is in `State::joints`, by its number.
-    Among(usize),
-}
+/// The [`Joint`] waiters on a channel, by number (with [`JOINT`]); a set
+/// beside [`Waiters`], so that a one-channel waiter's entry stays a number
+/// and a sender.
+type Joiners = std::collections::HashSet<u64, BuildHasherDefault<WaiterHasher>>;
 
 /// What wakes a [`Joint`] waiter: the wake, with the place in its request
 /// of the channel it came from.
 type JointSender<P> = oneshot::Sender<(usize, Wake<P>)>;
 
-/// The senders of [`Joint`] waiters, by number: whichever of its channels
-/// has a message first takes it.
-type Joints<P> = HashMap<u64, JointSender<P>, BuildHasherDefault<WaiterHasher>>;
+/// A [`Joint`] waiter, as the hub keeps it.
+#[derive(Debug)]
+struct Joined<P> {
+    /// Taken by the first of its channels to publish.
+    tx: Option<JointSender<P>>,
+    /// Each channel it waits on, with its place in the request and its key
+    /// there (the counted one's without [`UNCOUNTED`]).
+    channels: Vec<(usize, Arc<str>, u64)>,
+}
+
+/// The [`Joint`] waiters, by number.
+type Joints<P> = HashMap<u64, Joined<P>, BuildHasherDefault<WaiterHasher>>;
 
 /// Hashes waiter numbers: the hub hands them out in sequence and no client
 /// chooses them, so a multiply spreads them well enough (channel names, which
@@ -427,8 +431,7 @@ struct Channel<P> {
     /// Waiters counted in the hub's `waiting`: a long-poll on several
     /// channels waits on each but counts once.
     counted: usize,
-    /// Waiters that are [`Slot::Among`].
-    among: usize,
+    joiners: Joiners,
     live: Option<broadcast::Sender<Arc<Message<P>>>>,
     /// Cache mode: the history holds every message after this sequence.
     covered: Option<u64>,
@@ -447,7 +450,7 @@ impl<P: Payload> Channel<P> {
             evicted: floor,
             waiters: Waiters::default(),
             counted: 0,
-            among: 0,
+            joiners: Joiners::default(),
             live: None,
             covered: None,
             visited: Instant::now(),
@@ -456,7 +459,9 @@ impl<P: Payload> Channel<P> {
     }
 
     fn listened(&self) -> bool {
-        !self.waiters.is_empty() || self.live.as_ref().is_some_and(|tx| tx.receiver_count() > 0)
+        !self.waiters.is_empty()
+            || !self.joiners.is_empty()
+            || self.live.as_ref().is_some_and(|tx| tx.receiver_count() > 0)
     }
 
     fn is_idle(&self) -> bool {
@@ -599,6 +604,8 @@ enum Register<'j, P: Payload> {
 
 /// Marks a waiter's key as not counted in `waiting`.
 const UNCOUNTED: u64 = 1 << 63;
+/// Marks a [`Joint`] waiter's number.
+const JOINT: u64 = 1 << 62;
 
 /// How a wait ended.
 #[derive(Debug)]
@@ -699,9 +706,8 @@ pub struct Joint<P: Payload> {
     rx: oneshot::Receiver<(usize, Wake<P>)>,
     hub: Arc<Hub<P>>,
     key: u64,
-    /// Each channel it waits on, with its place in the request, and its key
-    /// there (the counted one's without [`UNCOUNTED`]).
-    channels: Vec<(usize, Arc<str>, u64)>,
+    /// Still on its channels.
+    joined: bool,
 }
 
 impl<P: Payload> Joint<P> {
@@ -717,21 +723,25 @@ impl<P: Payload> Joint<P> {
             Ok((i, Wake::Shutdown)) => (i, self.shutdown(i)),
             Err(_) => (0, self.shutdown(0)),
         });
-        self.hub.state().leave(self.key, &mut self.channels);
+        self.hub.state().leave(self.key);
+        self.joined = false;
         outcome
     }
 
     /// Shutdown, with the last sequence of the channel at `place`.
     fn shutdown(&self, place: usize) -> Outcome<P> {
-        let channel = self.channels.iter().find(|(p, ..)| *p == place);
-        Outcome::Shutdown(channel.map_or(0, |(_, name, _)| self.hub.last_seq(name)))
+        let channel = self.hub.state().joints.get(&self.key).and_then(|j| {
+            let (_, name, _) = j.channels.iter().find(|(p, ..)| *p == place)?;
+            Some(name.clone())
+        });
+        Outcome::Shutdown(channel.map_or(0, |name| self.hub.last_seq(&name)))
     }
 }
 
 impl<P: Payload> Drop for Joint<P> {
     fn drop(&mut self) {
-        if !self.channels.is_empty() {
-            self.hub.state().leave(self.key, &mut self.channels);
+        if self.joined {
+            self.hub.state().leave(self.key);
         }
     }
 }
@@ -743,10 +753,12 @@ impl<P: Payload> State<P> {
         let Some(ch) = self.channels.get_mut(channel) else {
             return;
         };
-        match ch.waiters.remove(&key) {
-            Some(Slot::Among(_)) => ch.among -= 1,
-            Some(Slot::Alone(_)) => {}
-            None => return,
+        let removed = match key & JOINT {
+            0 => ch.waiters.remove(&key).is_some(),
+            _ => ch.joiners.remove(&key),
+        };
+        if !removed {
+            return;
         }
         if key & UNCOUNTED == 0 {
             ch.counted -= 1;
@@ -758,21 +770,25 @@ impl<P: Payload> State<P> {
     }
 
     /// Takes the joint waiter `key` off every channel it waits on.
-    fn leave(&mut self, key: u64, channels: &mut Vec<(usize, Arc<str>, u64)>) {
-        for (_, channel, key) in channels.drain(..) {
-            self.take_off(&channel, key);
+    fn leave(&mut self, key: u64) {
+        if let Some(joined) = self.joints.remove(&key) {
+            for (_, channel, key) in joined.channels {
+                self.take_off(&channel, key);
+            }
         }
-        self.joints.remove(&key);
     }
 
-    /// The senders of the joint waiters among `waiters`, each with the
-    /// place of the channel that wakes it.
-    fn joint_senders(&mut self, waiters: &Waiters<P>) -> Vec<(JointSender<P>, usize)> {
-        waiters
+    /// The senders of the joint waiters `joiners` of `channel` that no
+    /// other channel woke yet, each with the place of `channel` in its
+    /// request.
+    fn joint_senders(&mut self, joiners: &Joiners, channel: &str) -> Vec<(JointSender<P>, usize)> {
+        let joints = &mut self.joints;
+        joiners
             .iter()
-            .filter_map(|(key, slot)| match slot {
-                Slot::Among(place) => Some((self.joints.remove(&(key & !UNCOUNTED))?, *place)),
-                Slot::Alone(_) => None,
+            .filter_map(|key| {
+                let joined = joints.get_mut(&(key & !UNCOUNTED))?;
+                let (place, ..) = joined.channels.iter().find(|(_, c, _)| **c == *channel)?;
+                Some((joined.tx.take()?, *place))
             })
             .collect()
     }
@@ -1047,7 +1063,8 @@ impl<P: Payload> Hub<P> {
                 }
                 Err(refused) => {
                     if let Some(joint) = &mut joint {
-                        state.leave(joint.key, &mut joint.channels);
+                        state.leave(joint.key);
+                        joint.joined = false;
                     }
                     for (channel, _) in channels {
                         state.free_if_idle(channel.as_ref());
@@ -1059,7 +1076,8 @@ impl<P: Payload> Hub<P> {
         if ready {
             // Answered at once: the channels made only to be read go again.
             if let Some(joint) = &mut joint {
-                state.leave(joint.key, &mut joint.channels);
+                state.leave(joint.key);
+                joint.joined = false;
             }
             joint = None;
             for (channel, _) in channels {
@@ -1183,24 +1201,34 @@ impl<P: Payload> Hub<P> {
         }
         let joint = joint.get_or_insert_with(|| {
             let (tx, rx) = oneshot::channel();
-            let key = tally.next_waiter;
+            let key = tally.next_waiter | JOINT;
             tally.next_waiter += 1;
-            joints.insert(key, tx);
+            let channels = Vec::with_capacity(4);
+            joints.insert(
+                key,
+                Joined {
+                    tx: Some(tx),
+                    channels,
+                },
+            );
             Joint {
                 rx,
                 hub: self.clone(),
                 key,
-                channels: Vec::with_capacity(4),
+                joined: true,
             }
         });
+        // Only leaving drops the record, and a joint that left joins no more.
+        let Some(joined) = joints.get_mut(&joint.key) else {
+            return Ok(());
+        };
         let key = joint.key | if count { 0 } else { UNCOUNTED };
-        ch.waiters.insert(key, Slot::Among(place));
-        ch.among += 1;
+        ch.joiners.insert(key);
         if count {
             ch.counted += 1;
             tally.waiting += 1;
         }
-        joint.channels.push((place, ch.name.clone(), key));
+        joined.channels.push((place, ch.name.clone(), key));
         Ok(())
     }
 
@@ -1220,7 +1248,7 @@ impl<P: Payload> Hub<P> {
         let (tx, rx) = oneshot::channel();
         let key = tally.next_waiter | if count { 0 } else { UNCOUNTED };
         tally.next_waiter += 1;
-        ch.waiters.insert(key, Slot::Alone(tx));
+        ch.waiters.insert(key, tx);
         if count {
             ch.counted += 1;
             tally.waiting += 1;
@@ -1392,7 +1420,7 @@ impl<P: Payload> Hub<P> {
             kept = (self.config.max_bytes > 0).then(|| ch.name.clone());
         }
         let waiters = std::mem::take(&mut ch.waiters);
-        let among = std::mem::take(&mut ch.among);
+        let joiners = std::mem::take(&mut ch.joiners);
         let streams = ch
             .live
             .as_ref()
@@ -1408,17 +1436,15 @@ impl<P: Payload> Hub<P> {
         }
         // A joint waiter's sender is taken here, under the lock: whichever
         // of its channels has a message first wakes it, and only that one.
-        let joints = match among {
-            0 => Vec::new(),
-            _ => state.joint_senders(&waiters),
+        let joints = match joiners.is_empty() {
+            true => Vec::new(),
+            false => state.joint_senders(&joiners, channel),
         };
         drop(state);
 
         let mut delivered = streams;
-        for slot in waiters.into_values() {
-            if let Slot::Alone(tx) = slot
-                && tx.send(Wake::Message(message.clone())).is_ok()
-            {
+        for tx in waiters.into_values() {
+            if tx.send(Wake::Message(message.clone())).is_ok() {
                 delivered += 1;
             }
         }
@@ -1444,12 +1470,10 @@ impl<P: Payload> Hub<P> {
         let Some(ch) = state.remove(channel) else {
             return false;
         };
-        let joints = state.joint_senders(&ch.waiters);
+        let joints = state.joint_senders(&ch.joiners, channel);
         drop(state);
-        for slot in ch.waiters.into_values() {
-            if let Slot::Alone(tx) = slot {
-                let _ = tx.send(Wake::Deleted);
-            }
+        for tx in ch.waiters.into_values() {
+            let _ = tx.send(Wake::Deleted);
         }
         for (tx, place) in joints {
             let _ = tx.send((place, Wake::Deleted));
@@ -1479,7 +1503,7 @@ impl<P: Payload> Hub<P> {
                     .filter(|m| now.saturating_duration_since(m.at) < self.config.history_age)
                     .count();
                 Info {
-                    subscribers: ch.waiters.len() + streams,
+                    subscribers: ch.waiters.len() + ch.joiners.len() + streams,
                     messages: fresh,
                     last_seq: ch.last_seq,
                 }
@@ -1584,11 +1608,16 @@ impl<P: Payload> Hub<P> {
         for ch in state.channels.values_mut() {
             waiters.extend(std::mem::take(&mut ch.waiters).into_values());
             ch.counted = 0;
-            ch.among = 0;
+            ch.joiners = Joiners::default();
             ch.live = None;
         }
         state.tally.waiting = 0;
-        let joints = std::mem::take(&mut state.joints);
+        // Joint waiters keep their record, to leave their channels by.
+        let joints: Vec<_> = state
+            .joints
+            .values_mut()
+            .filter_map(|j| j.tx.take())
+            .collect();
         let idle: Vec<Arc<str>> = state
             .channels
             .values()
@@ -1599,12 +1628,10 @@ impl<P: Payload> Hub<P> {
             state.remove(&name);
         }
         drop(state);
-        for slot in waiters {
-            if let Slot::Alone(tx) = slot {
-                let _ = tx.send(wake());
-            }
+        for tx in waiters {
+            let _ = tx.send(wake());
         }
-        for tx in joints.into_values() {
+        for tx in joints {
             let _ = tx.send((0, wake()));
         }
     }
