@@ -221,6 +221,51 @@ async fn a_cancelled_http2_stream_frees_its_waiter_and_the_connection_goes_on() 
 }
 
 #[tokio::test]
+async fn a_long_poll_on_several_channels_over_http2_answers_and_leaves_every_channel() {
+    let server = Server::start(&[]);
+    let sender = h2c(&server).await;
+    let poll = |path: String| {
+        let mut sender = sender.clone();
+        tokio::spawn(async move { sender.send_request(get(&path)).await })
+    };
+    let waiting = poll("/subscribe?channel=a,b,c&timeout=30".into());
+    server.wait_for_stat("waiting", 1).await;
+    server.client().await.publish("b", "on b").await;
+    let resp = tokio::time::timeout(STEP, waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), hyper::Version::HTTP_2);
+    assert_eq!(resp.headers()["x-channel"], "b");
+    let cursor = resp.headers()["x-message-id"].to_str().unwrap().to_owned();
+    let names: Vec<&str> = cursor
+        .split(',')
+        .map(|e| e.split('~').next().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["a", "b", "c"],
+        "the cursor covers every channel: {cursor}"
+    );
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"on b");
+    // Answered, it waits nowhere; only b, which holds the message, is kept.
+    server.wait_for_stat("waiting", 0).await;
+    server.wait_for_stat("channels", 1).await;
+    // Resumed from the cursor and cancelled mid-wait: off every channel.
+    let waiting = poll(format!(
+        "/subscribe?channel=a,b,c&since={cursor}&timeout=30"
+    ));
+    server.wait_for_stat("channels", 3).await;
+    server.wait_for_stat("waiting", 1).await;
+    waiting.abort();
+    server.wait_for_stat("waiting", 0).await;
+    server.wait_for_stat("channels", 1).await;
+}
+
+#[tokio::test]
 async fn limits_hold_on_http2() {
     let server = Server::start(&["--max-message", "1000", "--max-channels-per-request", "2"]);
     let mut sender = h2c(&server).await;
