@@ -296,7 +296,7 @@ pub fn check_url(url: &str) -> Result<(), String> {
 }
 
 impl Redis {
-    /// A store on the Redis at `url`; the link comes up in [`Redis::run_link`].
+    /// A store on the Redis at `url`; the link comes up once [`Store::run`](super::Store::run) runs.
     pub fn new(settings: &Settings, url: &str, replicas: u32) -> Result<Redis, String> {
         let target = Target::new(url)?;
         let (follow, requests) = mpsc::unbounded_channel();
