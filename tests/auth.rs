@@ -467,8 +467,7 @@ async fn the_auth_webhook_decides_once_per_credentials_and_fails_closed() {
 async fn an_https_auth_webhook_is_asked_over_tls_and_an_untrusted_one_fails_closed() {
     use std::sync::atomic::Ordering::SeqCst;
     let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let dir = std::env::temp_dir().join(format!("comethub-webhook-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::Temp::dir("webhook");
     let ca = dir.join("app.crt");
     std::fs::write(&ca, made.cert.pem()).unwrap();
     let key = rustls::pki_types::PrivateKeyDer::try_from(made.key_pair.serialize_der()).unwrap();

@@ -33,5 +33,6 @@ fn chat_page_in_a_real_browser() {
         .env("COMETHUB_TLS_KEY", tls.join("key.pem"))
         .status()
         .expect("run node");
+    let _ = std::fs::remove_dir_all(&tls);
     assert!(status.success(), "browser tests failed (output above)");
 }

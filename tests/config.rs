@@ -5,13 +5,11 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use common::{Server, comethub};
+use common::{Server, Temp, comethub};
 use hyper::Method;
 
-fn file(name: &str, text: &str) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("comethub-{name}-{}.toml", std::process::id()));
+fn file(name: &str, text: &str) -> Temp {
+    let path = Temp::path(name, ".toml");
     std::fs::write(&path, text).unwrap();
     path
 }

@@ -5,19 +5,17 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
-use common::{STEP, Server};
+use common::{STEP, Server, Temp};
 
-fn socket_path(name: &str) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("comethub-{name}-{}.sock", std::process::id()));
-    let _ = std::fs::remove_file(&path);
-    path
+fn socket_path(name: &str) -> Temp {
+    Temp::path(name, ".sock")
 }
 
 /// curl over the Unix socket at `path`: status and body.
-async fn curl_unix(path: &PathBuf, target: &str) -> (u16, String) {
+async fn curl_unix(path: &Path, target: &str) -> (u16, String) {
     let mut cmd = Command::new("curl");
     cmd.args(["-s", "-m", "15", "-w", "\n%{http_code}", "--unix-socket"])
         .arg(path)
@@ -38,7 +36,7 @@ async fn a_unix_socket_serves_beside_tcp_and_is_removed_at_the_end() {
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let waiting = {
-        let path = path.clone();
+        let path = path.to_path_buf();
         tokio::spawn(async move { curl_unix(&path, "/subscribe?channel=u&timeout=10").await })
     };
     server.wait_for_stat("waiting", 1).await;

@@ -16,6 +16,59 @@ use tokio::net::TcpStream;
 /// Every awaited step of a test is bounded by this.
 pub const STEP: Duration = Duration::from_secs(20);
 
+/// A file or directory in the temp directory, named for this test process,
+/// removed when dropped, so that a run leaves nothing behind.
+#[derive(Debug)]
+pub struct Temp(std::path::PathBuf);
+
+impl Temp {
+    /// `comethub-NAME-PID` followed by `ext`, with nothing there yet.
+    pub fn path(name: &str, ext: &str) -> Temp {
+        let name = format!("comethub-{name}-{}{ext}", std::process::id());
+        let temp = Temp(std::env::temp_dir().join(name));
+        temp.clear();
+        temp
+    }
+
+    /// A fresh directory `comethub-NAME-PID`.
+    pub fn dir(name: &str) -> Temp {
+        let temp = Temp::path(name, "");
+        std::fs::create_dir_all(&temp.0).expect("temp dir");
+        temp
+    }
+
+    fn clear(&self) {
+        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl std::ops::Deref for Temp {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for Temp {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Temp {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for Temp {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
 /// A running server process, killed on drop.
 pub struct Server {
     pub addr: SocketAddr,
