@@ -251,6 +251,20 @@ enum Wake<P> {
     Reset,
 }
 
+impl<P> Wake<P> {
+    /// What a wait comes to when woken by `woken` (`None`: its sender went
+    /// without a word, as when the hub is gone): shutdown carries the
+    /// channel's last sequence, from `last`.
+    fn outcome(woken: Option<Wake<P>>, last: impl FnOnce() -> u64) -> Outcome<P> {
+        match woken {
+            Some(Wake::Message(m)) => Outcome::Message(m),
+            Some(Wake::Deleted) => Outcome::Deleted,
+            Some(Wake::Reset) => Outcome::Reset,
+            Some(Wake::Shutdown) | None => Outcome::Shutdown(last()),
+        }
+    }
+}
+
 /// Channels, waiters and histories.
 #[derive(Debug)]
 pub struct Hub<P> {
@@ -674,20 +688,11 @@ impl<P: Payload> Future for Wait<P> {
 }
 
 impl<P: Payload> Waiter<P> {
-    /// The hub this waiter waits in.
-    pub fn hub(&self) -> &Arc<Hub<P>> {
-        &self.hub
-    }
-
     /// Whether something woke this waiter: a message, deletion, a reset or
     /// shutdown (never a timeout, which is its caller's).
-    pub fn poll_woken(&mut self, cx: &mut Context<'_>) -> TaskPoll<Outcome<P>> {
-        TaskPoll::Ready(match std::task::ready!(Pin::new(&mut self.rx).poll(cx)) {
-            Ok(Wake::Message(m)) => Outcome::Message(m),
-            Ok(Wake::Deleted) => Outcome::Deleted,
-            Ok(Wake::Reset) => Outcome::Reset,
-            Ok(Wake::Shutdown) | Err(_) => Outcome::Shutdown(self.hub.last_seq(&self.channel)),
-        })
+    fn poll_woken(&mut self, cx: &mut Context<'_>) -> TaskPoll<Outcome<P>> {
+        let woken = std::task::ready!(Pin::new(&mut self.rx).poll(cx)).ok();
+        TaskPoll::Ready(Wake::outcome(woken, || self.hub.last_seq(&self.channel)))
     }
 }
 
@@ -716,25 +721,22 @@ impl<P: Payload> Joint<P> {
     /// (`None`); then leaves every channel.
     pub async fn wait(mut self, timeout: Duration) -> Option<(usize, Outcome<P>)> {
         let woken = tokio::time::timeout(timeout, &mut self.rx).await.ok();
-        let outcome = woken.map(|woken| match woken {
-            Ok((i, Wake::Message(m))) => (i, Outcome::Message(m)),
-            Ok((i, Wake::Deleted)) => (i, Outcome::Deleted),
-            Ok((i, Wake::Reset)) => (i, Outcome::Reset),
-            Ok((i, Wake::Shutdown)) => (i, self.shutdown(i)),
-            Err(_) => (0, self.shutdown(0)),
+        let outcome = woken.map(|woken| {
+            let (place, wake) = woken.map_or((0, None), |(place, wake)| (place, Some(wake)));
+            (place, Wake::outcome(wake, || self.last_seq(place)))
         });
         self.hub.state().leave(self.key);
         self.joined = false;
         outcome
     }
 
-    /// Shutdown, with the last sequence of the channel at `place`.
-    fn shutdown(&self, place: usize) -> Outcome<P> {
+    /// The last sequence of the channel at `place`.
+    fn last_seq(&self, place: usize) -> u64 {
         let channel = self.hub.state().joints.get(&self.key).and_then(|j| {
             let (_, name, _) = j.channels.iter().find(|(p, ..)| *p == place)?;
             Some(name.clone())
         });
-        Outcome::Shutdown(channel.map_or(0, |name| self.hub.last_seq(&name)))
+        channel.map_or(0, |name| self.hub.last_seq(&name))
     }
 }
 
@@ -1049,6 +1051,7 @@ impl<P: Payload> Hub<P> {
         // Each channel joins the waiter as it is read, until one has
         // messages, so that a poll that waits finds each channel once.
         let mut ready = false;
+        let mut refused = None;
         for (i, (channel, since)) in channels.iter().enumerate() {
             // Counted once: on the first channel it waits on.
             let counted = count && joint.is_none();
@@ -1061,30 +1064,27 @@ impl<P: Payload> Hub<P> {
                     ready |= matches!(&start, Start::Read { messages, .. } if !messages.is_empty());
                     starts.push(start);
                 }
-                Err(refused) => {
-                    if let Some(joint) = &mut joint {
-                        state.leave(joint.key);
-                        joint.joined = false;
-                    }
-                    for (channel, _) in channels {
-                        state.free_if_idle(channel.as_ref());
-                    }
-                    return Err(refused);
+                Err(err) => {
+                    refused = Some(err);
+                    break;
                 }
             }
         }
-        if ready {
-            // Answered at once: the channels made only to be read go again.
-            if let Some(joint) = &mut joint {
+        if ready || refused.is_some() {
+            // Answered at once, or refused: nothing waits, and the channels
+            // made only for this poll go again.
+            if let Some(mut joint) = joint.take() {
                 state.leave(joint.key);
                 joint.joined = false;
             }
-            joint = None;
             for (channel, _) in channels {
                 state.free_if_idle(channel.as_ref());
             }
         }
-        Ok(Many { starts, joint })
+        match refused {
+            Some(refused) => Err(refused),
+            None => Ok(Many { starts, joint }),
+        }
     }
 
     /// Where a long-poll on `channel` from `since` starts, and what it
