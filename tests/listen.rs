@@ -10,10 +10,6 @@ use std::process::{Command, Stdio};
 
 use common::{STEP, Server, Temp};
 
-fn socket_path(name: &str) -> Temp {
-    Temp::path(name, ".sock")
-}
-
 /// curl over the Unix socket at `path`: status and body.
 async fn curl_unix(path: &Path, target: &str) -> (u16, String) {
     let mut cmd = Command::new("curl");
@@ -30,7 +26,7 @@ async fn curl_unix(path: &Path, target: &str) -> (u16, String) {
 
 #[tokio::test]
 async fn a_unix_socket_serves_beside_tcp_and_is_removed_at_the_end() {
-    let path = socket_path("beside");
+    let path = Temp::path("beside", ".sock");
     let listen = format!("unix:{}", path.display());
     let server = Server::start(&["--listen", &listen, "--unix-mode", "600"]);
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
@@ -57,7 +53,7 @@ async fn a_unix_socket_serves_beside_tcp_and_is_removed_at_the_end() {
 
 #[tokio::test]
 async fn a_stale_socket_file_is_replaced_and_a_live_one_is_left_alone() {
-    let path = socket_path("stale");
+    let path = Temp::path("stale", ".sock");
     // A socket file whose server is gone.
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(path.exists());
@@ -105,7 +101,7 @@ async fn a_listener_passed_by_systemd_is_served_and_listen_is_not_bound() {
 
 #[tokio::test]
 async fn with_publish_on_only_that_listener_takes_publishes() {
-    let path = socket_path("publish");
+    let path = Temp::path("publish", ".sock");
     let listen = format!("unix:{}", path.display());
     let server = Server::start(&["--listen", &listen, "--publish-on", &listen]);
     // The public TCP listener serves subscribers, not publishers.

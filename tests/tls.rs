@@ -31,10 +31,6 @@ fn certificate(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
-fn temp_dir(name: &str) -> Temp {
-    Temp::dir(name)
-}
-
 fn tls_server(cert: &Path, key: &Path) -> Server {
     Server::start(&[
         "--tls-cert",
@@ -92,7 +88,7 @@ async fn until_stat(server: &Server, ca: &Path, field: &str, value: u64) {
 
 #[tokio::test]
 async fn long_polls_streams_and_publishes_go_over_https_with_http2() {
-    let dir = temp_dir("https");
+    let dir = Temp::dir("https");
     let (cert, key) = certificate(&dir, "a");
     let server = tls_server(&cert, &key);
     let waiting = {
@@ -295,7 +291,7 @@ async fn limits_hold_on_http2() {
 
 #[tokio::test]
 async fn sighup_serves_a_new_certificate_while_an_open_stream_stays() {
-    let dir = temp_dir("sighup");
+    let dir = Temp::dir("sighup");
     let (cert, key) = certificate(&dir, "live");
     let old_ca = dir.join("old.crt");
     std::fs::copy(&cert, &old_ca).unwrap();
