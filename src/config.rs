@@ -402,6 +402,9 @@ pub fn to_toml(matches: &clap::ArgMatches) -> String {
             continue;
         }
         let value = |s: &String| -> toml::Value {
+            if key == "auth-url" {
+                return toml::Value::String(crate::auth::redact_userinfo(s));
+            }
             match s.parse::<i64>() {
                 Ok(n) => toml::Value::Integer(n),
                 Err(_) => toml::Value::String(s.clone()),
@@ -473,8 +476,8 @@ impl Config {
                 "--redis-replicas needs --redis: in memory there are no replicas".to_owned(),
             );
         }
-        self.verifier()?;
-        self.webhook()?;
+        self.verifier(crate::hub::Meter::default())?;
+        self.webhook(crate::hub::Meter::default())?;
         if (self.subscribe_auth == "webhook") != self.auth_url.is_some() {
             return Err(
                 "--subscribe-auth webhook and --auth-url go together: give both or neither"
@@ -526,8 +529,12 @@ impl Config {
         })
     }
 
-    /// The auth webhook `--auth-url` names, if any.
-    pub fn webhook(&self) -> Result<Option<crate::auth::Webhook>, String> {
+    /// The auth webhook `--auth-url` names, if any; what it keeps is
+    /// counted in `meter`.
+    pub fn webhook(
+        &self,
+        meter: crate::hub::Meter,
+    ) -> Result<Option<crate::auth::Webhook>, String> {
         let Some(url) = &self.auth_url else {
             return Ok(None);
         };
@@ -536,12 +543,18 @@ impl Config {
             Duration::from_secs(self.auth_cache_ttl),
             Duration::from_secs(self.auth_timeout),
             self.auth_ca.as_deref(),
+            crate::auth::cache_budget(self.max_memory()),
+            meter,
         )
         .map(Some)
     }
 
-    /// The token verifier `--jwt-key` asks for, if any.
-    pub fn verifier(&self) -> Result<Option<crate::auth::Verifier>, String> {
+    /// The token verifier `--jwt-key` asks for, if any; what it keeps is
+    /// counted in `meter`.
+    pub fn verifier(
+        &self,
+        meter: crate::hub::Meter,
+    ) -> Result<Option<crate::auth::Verifier>, String> {
         let Some(key) = &self.jwt_key else {
             return Ok(None);
         };
@@ -549,6 +562,8 @@ impl Config {
             key,
             self.jwt_audience.as_deref(),
             self.jwt_issuer.as_deref(),
+            crate::auth::cache_budget(self.max_memory()),
+            meter,
         )
         .map(Some)
     }

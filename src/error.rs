@@ -68,6 +68,9 @@ pub enum Error {
     /// An `Idempotency-Key` that is empty, too long (the limit, in bytes) or
     /// has a byte outside visible ASCII, or two different ones in a request.
     BadIdempotencyKey(usize),
+    /// An `Idempotency-Key` used within its window for another message on
+    /// the channel (another body or type).
+    KeyReused,
     /// `--redis-replicas`: the message was stored, but fewer replicas than
     /// asked confirmed it in time, so a failover may lose it.
     NotReplicated,
@@ -102,6 +105,7 @@ impl Error {
             | Error::NotReplicated
             | Error::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Error::Gone => StatusCode::GONE,
+            Error::KeyReused => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 
@@ -133,6 +137,7 @@ impl Error {
             Error::StoreUnavailable => Reason::StoreUnavailable,
             Error::BadIdempotencyKey(_) => Reason::BadIdempotencyKey,
             Error::NotReplicated => Reason::NotReplicated,
+            Error::KeyReused => Reason::KeyReused,
         }
     }
 
@@ -204,11 +209,13 @@ pub enum Reason {
     BadIdempotencyKey,
     /// See [`Error::NotReplicated`].
     NotReplicated,
+    /// See [`Error::KeyReused`].
+    KeyReused,
 }
 
 impl Reason {
     /// Every reason, in the order of their counters.
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 25] = [
         Reason::BadChannel,
         Reason::BadSince,
         Reason::BadTimeout,
@@ -233,6 +240,7 @@ impl Reason {
         Reason::TooManyChannels,
         Reason::BadIdempotencyKey,
         Reason::NotReplicated,
+        Reason::KeyReused,
     ];
 
     /// Its label.
@@ -262,6 +270,7 @@ impl Reason {
             Reason::TooManyChannels => "too_many_channels",
             Reason::BadIdempotencyKey => "bad_idempotency_key",
             Reason::NotReplicated => "not_replicated",
+            Reason::KeyReused => "idempotency_key_reused",
         }
     }
 }
@@ -317,6 +326,10 @@ impl fmt::Display for Error {
             Error::BadIdempotencyKey(limit) => write!(
                 f,
                 "bad idempotency key: use 1-{limit} visible ASCII characters, one key per request"
+            ),
+            Error::KeyReused => f.write_str(
+                "this Idempotency-Key was already used for another message on this channel: \
+                 a retry must send the same message, a new message needs a new key",
             ),
             Error::NotReplicated => f.write_str(
                 "stored, but not confirmed by the replicas --redis-replicas asks for: it may not \

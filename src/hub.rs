@@ -273,6 +273,7 @@ pub struct Hub<P> {
     delivered: AtomicU64,
     evictions: AtomicU64,
     meter: Meter,
+    outside: Meter,
 }
 
 #[derive(Debug)]
@@ -324,7 +325,7 @@ pub const MAX_KEYS: usize = 65_536;
 #[derive(Debug, Default)]
 struct Keys {
     /// By `KEY \n CHANNEL` (a key has no newline).
-    seen: HashMap<Arc<str>, (u64, Instant)>,
+    seen: HashMap<Arc<str>, (u64, Instant, Fingerprint)>,
     order: VecDeque<(Arc<str>, Instant)>,
     bytes: usize,
 }
@@ -333,25 +334,26 @@ impl Keys {
     /// Bytes a remembered key takes: its text, and two map and queue
     /// slots, the `Arc`'s counts and the allocator's rounding.
     fn cost(name: &str) -> usize {
-        name.len() + 96
+        name.len() + 112
     }
 
     fn name(channel: &str, key: &str) -> String {
         format!("{key}\n{channel}")
     }
 
-    /// The sequence published under `name` within `window` of `now`.
-    fn get(&self, name: &str, window: Duration, now: Instant) -> Option<u64> {
-        let (seq, at) = self.seen.get(name)?;
-        (now.saturating_duration_since(*at) < window).then_some(*seq)
+    /// The sequence published under `name` within `window` of `now`, and
+    /// what it published.
+    fn get(&self, name: &str, window: Duration, now: Instant) -> Option<(u64, Fingerprint)> {
+        let (seq, at, print) = self.seen.get(name)?;
+        (now.saturating_duration_since(*at) < window).then_some((*seq, *print))
     }
 
-    fn insert(&mut self, name: String, seq: u64, now: Instant) {
+    fn insert(&mut self, name: String, seq: u64, print: Fingerprint, now: Instant) {
         // An expired entry replaced here keeps its place in `order` (and
         // its bytes) until popped; popping it leaves the new one be.
         let name: Arc<str> = name.into();
         self.bytes += Keys::cost(&name);
-        self.seen.insert(name.clone(), (seq, now));
+        self.seen.insert(name.clone(), (seq, now, print));
         self.order.push_back((name, now));
         while self.order.len() > MAX_KEYS {
             self.pop();
@@ -372,7 +374,7 @@ impl Keys {
     fn pop(&mut self) {
         if let Some((name, at)) = self.order.pop_front() {
             self.bytes -= Keys::cost(&name);
-            if self.seen.get(&name).is_some_and(|(_, a)| *a == at) {
+            if self.seen.get(&name).is_some_and(|(_, a, _)| *a == at) {
                 self.seen.remove(&name);
             }
         }
@@ -558,10 +560,17 @@ impl<P: Payload> Channel<P> {
 pub enum Published<P> {
     /// Published this message, handed to this many.
     New(Arc<Message<P>>, usize),
-    /// The key was used within the window: nothing published; the sequence
-    /// published then.
+    /// The key was used within the window for the same message: nothing
+    /// published; the sequence published then.
     Replayed(u64),
+    /// The key was used within the window for another message: nothing
+    /// published.
+    Conflict,
 }
+
+/// What an idempotent publish carried (a digest of its body and type), so
+/// that a key reused for another message is told apart from a retry.
+pub type Fingerprint = [u8; 16];
 
 /// What a long-poll gets at once.
 #[derive(Debug)]
@@ -855,8 +864,11 @@ pub struct Snapshot {
     pub history_bytes: usize,
     /// Messages held in histories.
     pub messages: usize,
-    /// Bytes counted against `max_bytes`: `history_bytes` and the channels.
+    /// Bytes counted against `max_bytes`: `history_bytes`, the channels and
+    /// `outside_bytes`.
     pub memory_bytes: usize,
+    /// Bytes held outside the hub, counted against `max_bytes`.
+    pub outside_bytes: usize,
     /// Messages evicted to stay within `max_bytes`.
     pub evicted: u64,
     /// Deliveries (one per subscriber per message).
@@ -909,15 +921,16 @@ impl<P: Payload> State<P> {
     }
 
     /// Evicts the oldest messages across channels until `incoming` more bytes
-    /// fit within `max` (with what `meter` counts); returns how many it evicted,
-    /// or `None` if no more can go and they still do not fit.
-    fn make_room(&mut self, max: usize, meter: &Meter, incoming: usize) -> Option<u64> {
-        if meter.bytes() + incoming > max {
+    /// fit within `max` (with the `metered` bytes held beside the messages);
+    /// returns how many it evicted, or `None` if no more can go and they still
+    /// do not fit.
+    fn make_room(&mut self, max: usize, metered: usize, incoming: usize) -> Option<u64> {
+        if metered + incoming > max {
             // Not even an empty history would make room: evict nothing.
             return None;
         }
         let mut evicted = 0;
-        while self.used(meter) + incoming > max {
+        while self.used(metered) + incoming > max {
             let (name, seq) = self.order.pop_front()?;
             let Some(ch) = self.channels.get_mut(&name) else {
                 continue;
@@ -937,13 +950,11 @@ impl<P: Payload> State<P> {
         Some(evicted)
     }
 
-    /// Bytes counted against `max_bytes`: the messages, what they grew by, and
-    /// the channels holding them.
-    fn used(&self, meter: &Meter) -> usize {
-        self.held.bytes
-            + meter.bytes()
-            + self.channels.len() * channel_cost::<P>()
-            + self.keys.bytes
+    /// Bytes counted against `max_bytes`: the messages, the `metered` bytes
+    /// (what they grew by, and what is held outside the hub), and the
+    /// channels holding them.
+    fn used(&self, metered: usize) -> usize {
+        self.held.bytes + metered + self.channels.len() * channel_cost::<P>() + self.keys.bytes
     }
 
     /// Notes a message kept in `channel`'s history, in publish order.
@@ -981,6 +992,7 @@ impl<P: Payload> Hub<P> {
             delivered: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
             meter: Meter::default(),
+            outside: Meter::default(),
         })
     }
 
@@ -992,6 +1004,17 @@ impl<P: Payload> Hub<P> {
     /// Where payloads count what they come to hold after they are made.
     pub fn meter(&self) -> &Meter {
         &self.meter
+    }
+
+    /// Where what is held outside the hub against its bound is counted
+    /// (what the server remembers for clients, such as verified tokens).
+    pub fn outside(&self) -> &Meter {
+        &self.outside
+    }
+
+    /// The bytes both meters count.
+    fn metered(&self) -> usize {
+        self.meter.bytes() + self.outside.bytes()
     }
 
     fn state(&self) -> MutexGuard<'_, State<P>> {
@@ -1341,21 +1364,24 @@ impl<P: Payload> Hub<P> {
     }
 
     /// [`Hub::publish`] under an idempotency key: if the key was used on
-    /// this channel within the window, nothing is published and the first
-    /// publish's sequence is returned.
+    /// this channel within the window, nothing is published, and the first
+    /// publish's sequence is returned if it carried the same `print`.
     pub fn publish_once(
         &self,
         channel: &str,
         key: &str,
+        print: Fingerprint,
         make: impl FnOnce(u64) -> P,
     ) -> Result<Published<P>, Refused> {
         let state = self.open()?;
         let name = Keys::name(channel, key);
         let window = self.config.idempotency_window;
-        if let Some(seq) = state.keys.get(&name, window, Instant::now()) {
-            return Ok(Published::Replayed(seq));
+        match state.keys.get(&name, window, Instant::now()) {
+            Some((seq, first)) if first == print => return Ok(Published::Replayed(seq)),
+            Some(_) => return Ok(Published::Conflict),
+            None => {}
         }
-        let (message, delivered) = self.publish_in(state, channel, Some(name), make)?;
+        let (message, delivered) = self.publish_in(state, channel, Some((name, print)), make)?;
         Ok(Published::New(message, delivered))
     }
 
@@ -1363,13 +1389,13 @@ impl<P: Payload> Hub<P> {
         &self,
         mut state: MutexGuard<'_, State<P>>,
         channel: &str,
-        key: Option<String>,
+        key: Option<(String, Fingerprint)>,
         make: impl FnOnce(u64) -> P,
     ) -> Result<(Arc<Message<P>>, usize), Refused> {
         let seq = state.seq + 1;
         let message = Message::new(seq, make(seq));
         // Room first: evicting may free the channel itself.
-        let incoming = message.payload.size() + key.as_deref().map_or(0, Keys::cost);
+        let incoming = message.payload.size() + key.as_ref().map_or(0, |(k, _)| Keys::cost(k));
         if !self.fit_in(&mut state, incoming) {
             return Err(Refused::Memory);
         }
@@ -1381,8 +1407,8 @@ impl<P: Payload> Hub<P> {
             &self.config,
         )?;
         state.seq = seq;
-        if let Some(name) = key {
-            state.keys.insert(name, seq, message.at);
+        if let Some((name, print)) = key {
+            state.keys.insert(name, seq, print, message.at);
         }
         Ok(self.append(state, channel, message))
     }
@@ -1651,7 +1677,7 @@ impl<P: Payload> Hub<P> {
         if self.config.max_bytes == 0 {
             return true;
         }
-        let evicted = state.make_room(self.config.max_bytes, &self.meter, incoming);
+        let evicted = state.make_room(self.config.max_bytes, self.metered(), incoming);
         self.evictions
             .fetch_add(evicted.unwrap_or_default(), Relaxed);
         evicted.is_some()
@@ -1665,7 +1691,8 @@ impl<P: Payload> Hub<P> {
             streams: state.tally.streams,
             channels: state.channels.len(),
             history_bytes: state.held.bytes + self.meter.bytes(),
-            memory_bytes: state.used(&self.meter),
+            memory_bytes: state.used(self.metered()),
+            outside_bytes: self.outside.bytes(),
             messages: state.held.messages,
             evicted: self.evictions.load(Relaxed),
             delivered: self.delivered.load(Relaxed),
@@ -1893,18 +1920,27 @@ mod tests {
         assert!(w.gap, "b was deleted unread");
     }
 
+    /// Two messages' fingerprints.
+    const P1: Fingerprint = [1; 16];
+    const P2: Fingerprint = [2; 16];
+
     #[tokio::test(start_paused = true)]
     async fn a_retried_key_publishes_nothing_within_its_window() {
         // hub(..) remembers keys for 60 s.
         let hub = hub(10, 300);
-        let first = hub.publish_once("a", "k1", |_| "m1").unwrap();
+        let first = hub.publish_once("a", "k1", P1, |_| "m1").unwrap();
         let Published::New(m1, _) = first else {
             panic!("first publish replayed");
         };
         let w = hub.poll("a", Since::Id(m1.seq), 10).unwrap();
         assert!(matches!(
-            hub.publish_once("a", "k1", |_| "again"),
+            hub.publish_once("a", "k1", P1, |_| "again"),
             Ok(Published::Replayed(seq)) if seq == m1.seq
+        ));
+        // The same key for another message is a conflict, not a replay.
+        assert!(matches!(
+            hub.publish_once("a", "k1", P2, |_| "other"),
+            Ok(Published::Conflict)
         ));
         // Nothing was handed out or kept.
         let Poll::Wait(waiter) = w else {
@@ -1917,17 +1953,17 @@ mod tests {
         assert_eq!(hub.info("a").messages, 1);
         // Another key, or the same key on another channel, publishes.
         assert!(matches!(
-            hub.publish_once("a", "k2", |_| "m2"),
+            hub.publish_once("a", "k2", P2, |_| "m2"),
             Ok(Published::New(..))
         ));
         assert!(matches!(
-            hub.publish_once("b", "k1", |_| "b1"),
+            hub.publish_once("b", "k1", P2, |_| "b1"),
             Ok(Published::New(..))
         ));
         // Past the window the key is forgotten, and the sweep frees it.
         tokio::time::advance(Duration::from_secs(59)).await;
         assert!(matches!(
-            hub.publish_once("a", "k1", |_| "x"),
+            hub.publish_once("a", "k1", P1, |_| "x"),
             Ok(Published::Replayed(_))
         ));
         let held = hub.snapshot().memory_bytes;
@@ -1935,7 +1971,7 @@ mod tests {
         hub.sweep();
         assert!(hub.snapshot().memory_bytes < held);
         assert!(matches!(
-            hub.publish_once("a", "k1", |_| "m3"),
+            hub.publish_once("a", "k1", P2, |_| "m3"),
             Ok(Published::New(..))
         ));
         assert_eq!(hub.info("a").messages, 3);
@@ -1945,15 +1981,15 @@ mod tests {
     fn keys_past_the_bound_forget_the_oldest() {
         let hub = hub(1, 300);
         for i in 0..=MAX_KEYS {
-            hub.publish_once("a", &i.to_string(), |_| "m").unwrap();
+            hub.publish_once("a", &i.to_string(), P1, |_| "m").unwrap();
         }
         assert!(matches!(
-            hub.publish_once("a", "0", |_| "m"),
+            hub.publish_once("a", "0", P1, |_| "m"),
             Ok(Published::New(..))
         ));
         let newest = MAX_KEYS.to_string();
         assert!(matches!(
-            hub.publish_once("a", &newest, |_| "m"),
+            hub.publish_once("a", &newest, P1, |_| "m"),
             Ok(Published::Replayed(_))
         ));
         assert!(hub.state().keys.seen.len() <= MAX_KEYS);

@@ -15,7 +15,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-pub use crate::hub::{Meter, Since};
+pub use crate::hub::{Fingerprint, Meter, Since};
 
 /// The channel used when a request names none.
 pub const DEFAULT_CHANNEL: &str = "default";
@@ -885,6 +885,19 @@ pub fn base64(data: &[u8]) -> String {
         }
     }
     out
+}
+
+/// What an idempotent publish carried: the first 16 bytes of a SHA-256 of
+/// its type and body, the same on every instance (the Redis store keeps it).
+pub fn fingerprint(data: &[u8], content_type: &[u8]) -> Fingerprint {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    digest.update((content_type.len() as u64).to_be_bytes());
+    digest.update(content_type);
+    digest.update(data);
+    let mut print = [0; 16];
+    print.copy_from_slice(&digest.finalize()[..16]);
+    print
 }
 
 #[cfg(test)]

@@ -593,6 +593,7 @@ impl Routes {
             history_bytes: gauges.hub.history_bytes,
             messages: gauges.hub.messages,
             memory_bytes: gauges.hub.memory_bytes,
+            auth_cache_bytes: gauges.hub.outside_bytes,
             max_memory: self.settings.max_memory,
             evicted: gauges.hub.evicted,
             uptime_seconds: self.started.elapsed().as_secs(),
@@ -651,10 +652,8 @@ impl Routes {
             return Err(Error::AuthUnavailable);
         };
         let public = &self.settings.public_channels;
-        for channel in channels.names().filter(|c| !public.matches(c)) {
-            Box::pin(webhook.check(&credentials, channel)).await?;
-        }
-        Ok(())
+        let private: Vec<&str> = channels.names().filter(|c| !public.matches(c)).collect();
+        Box::pin(webhook.check(&credentials, &private)).await
     }
 
     /// Publishing on `channel`: the publish token; with `--jwt-key`, a token
@@ -694,7 +693,7 @@ impl Routes {
 
     /// The request's JWT: `Authorization: Bearer`, the token cookie, or `?token=`.
     fn token<'r>(&self, req: &'r Request, query: &'r Query) -> Option<&'r str> {
-        let bearer = req.authorization.and_then(|v| v.strip_prefix(b"Bearer "));
+        let bearer = req.authorization.and_then(crate::auth::bearer);
         let cookie = || {
             let name = self.settings.jwt_cookie.as_deref()?.as_bytes();
             req.cookie?.split(|&b| b == b';').find_map(|pair| {
@@ -734,7 +733,7 @@ fn bearer(req: &Request, token: Option<&str>, what: &'static str) -> Result<(), 
     };
     let given = req
         .authorization
-        .and_then(|v| v.strip_prefix(b"Bearer "))
+        .and_then(crate::auth::bearer)
         .unwrap_or_default();
     if constant_time_eq(given, token.as_bytes()) {
         Ok(())
@@ -894,7 +893,9 @@ fn preflight(allow: &'static str) -> Answer {
         )
         .with(
             header::ACCESS_CONTROL_ALLOW_HEADERS,
-            Bytes::from_static(b"Authorization, Content-Type, Last-Event-ID, Cache-Control"),
+            Bytes::from_static(
+                b"Authorization, Content-Type, Last-Event-ID, Cache-Control, Idempotency-Key",
+            ),
         )
         .with(header::ACCESS_CONTROL_MAX_AGE, Bytes::from_static(b"86400"))
 }

@@ -73,14 +73,14 @@ pub async fn run(listeners: Vec<Listener>, mut config: Config, shutdown: impl Fu
             return;
         }
     };
-    let verifier = match config.verifier() {
+    let verifier = match config.verifier(store.outside().clone()) {
         Ok(verifier) => verifier.map(Arc::new),
         Err(err) => {
             error!(%err, "cannot start");
             return;
         }
     };
-    let webhook = match config.webhook() {
+    let webhook = match config.webhook(store.outside().clone()) {
         Ok(webhook) => webhook.map(Arc::new),
         Err(err) => {
             error!(%err, "cannot start");

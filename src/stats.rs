@@ -64,8 +64,11 @@ pub struct Snapshot {
     pub history_bytes: usize,
     /// Messages retained in histories.
     pub messages: usize,
-    /// Bytes counted against `--max-memory`: `history_bytes` and the channels.
+    /// Bytes counted against `--max-memory`: `history_bytes`, the channels
+    /// and `auth_cache_bytes`.
     pub memory_bytes: usize,
+    /// Bytes auth's caches take (verified tokens, the webhook's answers).
+    pub auth_cache_bytes: usize,
     /// The memory bound (`--max-memory`).
     pub max_memory: usize,
     /// Messages evicted, oldest first, to stay within the memory bound.
@@ -164,8 +167,14 @@ impl Snapshot {
         metric(
             "memory_bytes",
             "gauge",
-            "Bytes counted against the memory bound: retained messages and their channels.",
+            "Bytes counted against the memory bound: retained messages, their channels and auth's caches.",
             self.memory_bytes as u64,
+        );
+        metric(
+            "auth_cache_bytes",
+            "gauge",
+            "Bytes auth's caches take (verified tokens, the webhook's answers).",
+            self.auth_cache_bytes as u64,
         );
         metric(
             "max_memory_bytes",

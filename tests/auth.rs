@@ -123,6 +123,16 @@ async fn expired_early_misdirected_forged_and_unsigned_tokens_get_401() {
             "another issuer",
             hs256(SECRET, good(json!({"iss": "evil"}))),
         ),
+        ("no aud, though one is set", {
+            let mut claims = good(json!({}));
+            claims.as_object_mut().unwrap().remove("aud");
+            hs256(SECRET, claims)
+        }),
+        ("no iss, though one is set", {
+            let mut claims = good(json!({}));
+            claims.as_object_mut().unwrap().remove("iss");
+            hs256(SECRET, claims)
+        }),
         ("no exp", {
             let mut claims = good(json!({}));
             claims.as_object_mut().unwrap().remove("exp");
@@ -363,7 +373,8 @@ async fn the_token_command_mints_what_the_server_accepts() {
 }
 
 /// A stand-in for the application's auth endpoint on port 0: `session=good`
-/// may read, `session=bad` may not (403), no cookie is 401. Counts its calls.
+/// may read `room` and `room.*`, `session=bad` may not (403), anything else
+/// is 401. Counts its calls.
 /// Over TLS with `tls`.
 async fn auth_app(
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -389,7 +400,15 @@ async fn auth_app(
                     move |req: hyper::Request<hyper::body::Incoming>| {
                         calls.fetch_add(1, SeqCst);
                         let cookie = req.headers().get("cookie").map(|v| v.as_bytes().to_vec());
-                        let channel_named = req.uri().query() == Some("channel=room");
+                        // One question names every channel: `room` and `room.*` may be read.
+                        let channel_named = req
+                            .uri()
+                            .query()
+                            .and_then(|q| q.strip_prefix("channel="))
+                            .is_some_and(|list| {
+                                list.split(',')
+                                    .all(|c| c == "room" || c.starts_with("room."))
+                            });
                         let status = match cookie.as_deref() {
                             Some(b"session=good") if channel_named => 200,
                             Some(b"session=bad") => 403,
@@ -512,4 +531,186 @@ async fn an_https_auth_webhook_is_asked_over_tls_and_an_untrusted_one_fails_clos
         2,
         "no request went out over an untrusted connection"
     );
+}
+
+#[tokio::test]
+async fn a_request_for_many_channels_asks_the_webhook_once() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (addr, calls, _app) = auth_app(None).await;
+    let url = format!("http://{addr}/auth");
+    let server = Server::start(&["--subscribe-auth", "webhook", "--auth-url", &url]);
+    let mut c = server.client().await;
+    let good = [("cookie", "session=good")];
+    let channels: Vec<String> = (0..64).map(|i| format!("room.{i}")).collect();
+    let poll = format!("/subscribe?channel={}&timeout=0", channels.join(","));
+    for _ in 0..3 {
+        assert_eq!(c.request(Method::GET, &poll, &good, "").await.status, 204);
+    }
+    assert_eq!(
+        calls.load(SeqCst),
+        1,
+        "64 channels, three polls, one question"
+    );
+    // A request with one channel the app refuses is refused whole, in one
+    // question for what it had not answered yet; a repeat asks nothing.
+    let mixed = "/subscribe?channel=room.1,room.2,secret,other&timeout=0";
+    c.request(Method::GET, mixed, &good, "")
+        .await
+        .assert_refused(401);
+    c.request(Method::GET, mixed, &good, "")
+        .await
+        .assert_refused(401);
+    assert_eq!(calls.load(SeqCst), 2);
+    assert_eq!(server.stats().await["waiting"], 0);
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_may_be_written_in_any_case() {
+    let server = Server::start(&[
+        "--jwt-key",
+        SECRET,
+        "--subscribe-auth",
+        "token",
+        "--publish-token",
+        "pub-token",
+        "--admin-token",
+        "admin-token",
+    ]);
+    let mut c = server.client().await;
+    let publish = "/publish?channel=x&message=hi";
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let auth = format!("{scheme} pub-token");
+        let resp = c
+            .request(Method::GET, publish, &[("authorization", &auth)], "")
+            .await;
+        assert_eq!(resp.status, 200, "{scheme}");
+        let auth = format!("{scheme} admin-token");
+        let resp = c
+            .request(Method::GET, "/stats", &[("authorization", &auth)], "")
+            .await;
+        assert_eq!(resp.status, 200, "{scheme}");
+    }
+    let token = hs256(SECRET, claims(&["x"], &[]));
+    let auth = format!("bearer {token}");
+    let resp = c
+        .request(
+            Method::GET,
+            "/subscribe?channel=x&since=oldest",
+            &[("authorization", &auth)],
+            "",
+        )
+        .await;
+    assert_eq!(resp.text(), "hi");
+    // Another scheme is still no token.
+    let resp = c
+        .request(
+            Method::GET,
+            publish,
+            &[("authorization", "Basic pub-token")],
+            "",
+        )
+        .await;
+    resp.assert_refused(401);
+}
+
+#[tokio::test]
+async fn the_token_command_signs_with_sec1_ec_and_pkcs1_rsa_keys() {
+    for (private, public) in [
+        ("ec-private-sec1.pem", "ec-public.pem"),
+        ("rsa-private-pkcs1.pem", "rsa-public.pem"),
+    ] {
+        let token = common::mint_token(&["--private-key", &keys(private), "--subscribe", "*"]);
+        let server = Server::start(&["--jwt-key", &keys(public), "--subscribe-auth", "token"]);
+        let resp = server
+            .get(&format!("/subscribe?channel=any&timeout=0&token={token}"))
+            .await;
+        assert_eq!(resp.status, 204, "{private}");
+    }
+}
+
+/// The resident growth, in KiB, that the caches may cause at the most under
+/// the floods below: what a 4 MiB memory bound allows them, with room for
+/// the allocator and the connections.
+const FLOOD_RSS_KIB: u64 = 16 * 1024;
+
+#[tokio::test]
+async fn a_flood_of_distinct_cookies_stays_within_the_cache_budget() {
+    let (addr, _calls, _app) = auth_app(None).await;
+    let url = format!("http://{addr}/auth");
+    let server = Server::start(&[
+        "--subscribe-auth",
+        "webhook",
+        "--auth-url",
+        &url,
+        "--max-memory",
+        "4M",
+    ]);
+    let budget = comethub::auth::cache_budget(4 << 20) as u64;
+    let mut c = server.client().await;
+    c.get("/stats").await;
+    let before = server.rss_kib();
+    let filler = "x".repeat(15_000);
+    for i in 0..3_000 {
+        let cookie = format!("session=anon{i}; pad={filler}");
+        let resp = c
+            .request(
+                Method::GET,
+                "/subscribe?channel=room&timeout=0",
+                &[("cookie", &cookie)],
+                "",
+            )
+            .await;
+        resp.assert_refused(401);
+    }
+    let stats = server.stats().await;
+    let cached = stats["auth_cache_bytes"].as_u64().unwrap();
+    assert!(
+        cached > 0 && cached <= budget,
+        "{cached} of {budget}: {stats}"
+    );
+    assert!(stats["memory_bytes"].as_u64().unwrap() >= cached, "{stats}");
+    let grown = server.rss_kib().saturating_sub(before);
+    assert!(grown < FLOOD_RSS_KIB, "grew by {grown} KiB");
+}
+
+#[tokio::test]
+async fn a_flood_of_distinct_large_tokens_stays_within_the_cache_budget() {
+    let server = Server::start(&[
+        "--jwt-key",
+        SECRET,
+        "--subscribe-auth",
+        "token",
+        "--max-memory",
+        "4M",
+        "--max-header-bytes",
+        "65536",
+    ]);
+    let budget = comethub::auth::cache_budget(4 << 20) as u64;
+    let mut c = server.client().await;
+    c.get("/stats").await;
+    let before = server.rss_kib();
+    let patterns: Vec<String> = (0..1_000).map(|i| format!("room.{i:09}")).collect();
+    let patterns: Vec<&str> = patterns.iter().map(String::as_str).collect();
+    for i in 0..2_000 {
+        let mut claims = claims(&patterns, &[]);
+        claims["n"] = json!(i);
+        let auth = format!("Bearer {}", hs256(SECRET, claims));
+        let resp = c
+            .request(
+                Method::GET,
+                "/subscribe?channel=room.000000007&timeout=0",
+                &[("authorization", &auth)],
+                "",
+            )
+            .await;
+        assert_eq!(resp.status, 204);
+    }
+    let stats = server.stats().await;
+    let cached = stats["auth_cache_bytes"].as_u64().unwrap();
+    assert!(
+        cached > 0 && cached <= budget,
+        "{cached} of {budget}: {stats}"
+    );
+    let grown = server.rss_kib().saturating_sub(before);
+    assert!(grown < FLOOD_RSS_KIB, "grew by {grown} KiB");
 }

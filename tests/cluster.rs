@@ -548,3 +548,40 @@ async fn health_says_whether_an_instance_can_serve_and_liveness_that_it_answers(
     wait_link(&server, true).await;
     assert_eq!(server.get("/health").await.status, 200);
 }
+
+#[tokio::test]
+async fn one_channel_and_several_wait_through_an_outage_alike() {
+    let mut redis = Redis::start();
+    let a = instance(&redis, &[]).await;
+    let mut c = a.client().await;
+    let one = c.publish("o1", "before").await;
+    let two = c.publish("o2", "before").await;
+    // Redis stalls before either subscriber has read its channels: both are
+    // counted as waiting, then stuck following them; then Redis dies.
+    redis.freeze();
+    let single = spawn_get(
+        a.addr,
+        &format!("/subscribe?channel=o1&since={one}&timeout=30"),
+    );
+    let cursor = format!("o1~{one},o2~{two}");
+    let several = spawn_get(
+        a.addr,
+        &format!("/subscribe?channel=o1,o2&since={cursor}&timeout=30"),
+    );
+    a.wait_for_stat("waiting", 2).await;
+    redis.kill();
+    wait_link(&a, false).await;
+    // Neither is answered while Redis is away (a new request is, with 503).
+    a.get("/subscribe?channel=o3&timeout=0")
+        .await
+        .assert_refused(503);
+    assert_eq!(a.stats().await["waiting"], 2);
+    redis.restart();
+    wait_link(&a, true).await;
+    // Each is told to poll again from where it stood, and nothing is lost.
+    let single = join(single).await;
+    assert_eq!((single.status.as_u16(), single.id()), (204, one.clone()));
+    let several = join(several).await;
+    assert_eq!((several.status.as_u16(), several.id()), (204, cursor));
+    assert_eq!(a.stats().await["waiting"], 0);
+}

@@ -139,3 +139,70 @@ fn a_bad_config_file_stops_the_start_with_the_reason() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("many"));
 }
+
+#[test]
+fn a_jwt_key_naming_a_file_that_cannot_be_read_stops_the_start() {
+    for key in [
+        "/etc/comethub/keys/jwt-public.key",
+        "keys/jwt-public-key-of-a-long-name",
+        "file:jwt-public-key-of-a-long-name",
+    ] {
+        let out = comethub()
+            .args(["--listen", "127.0.0.1:0", "--jwt-key", key])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{key}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("cannot read the key file"),
+            "{key}: {stderr}"
+        );
+    }
+    // The token command refuses to sign with a path as the secret, too.
+    let out = comethub()
+        .args(["token", "--key", "/etc/comethub/keys/jwt-public.key"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--private-key"));
+}
+
+#[tokio::test]
+async fn an_explicit_secret_may_hold_a_slash() {
+    let secret = "c2VjcmV0/c2VjcmV0+c2VjcmV0/c2VjcmV0c2Vj";
+    let key = format!("secret:{secret}");
+    let server = Server::start(&["--jwt-key", &key, "--subscribe-auth", "token"]);
+    let token = common::mint_token(&["--key", &key, "--subscribe", "s"]);
+    let resp = server
+        .get(&format!("/subscribe?channel=s&timeout=0&token={token}"))
+        .await;
+    assert_eq!(resp.status, 204);
+}
+
+#[test]
+fn an_auth_url_with_credentials_is_refused_and_never_printed() {
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--subscribe-auth",
+        "webhook",
+        "--auth-url",
+        "http://app:hunter2@127.0.0.1:9/auth",
+    ];
+    let printed = comethub()
+        .args(args)
+        .arg("--print-config")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(printed.stdout).unwrap();
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(
+        text.contains("auth-url = \"http://(not shown)@127.0.0.1:9/auth\""),
+        "{text}"
+    );
+    let out = comethub().args(args).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("credentials in the URL"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}

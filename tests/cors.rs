@@ -66,6 +66,8 @@ async fn preflight_allows_the_protocol_methods_and_headers() {
         .to_ascii_lowercase();
     assert!(allowed.contains("authorization") && allowed.contains("content-type"));
     assert!(allowed.contains("last-event-id"));
+    // A browser's publish retried with its key passes the preflight.
+    assert!(allowed.contains("idempotency-key"), "{allowed}");
     let sub = c.get("/subscribe?timeout=0").await;
     assert_eq!(
         sub.header("access-control-allow-origin"),

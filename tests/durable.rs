@@ -12,10 +12,14 @@ use std::time::Duration;
 use common::{Client, Redis, STEP, Server};
 use hyper::Method;
 
-/// Publishes `data` on `channel` under `key` (as the header); returns the answer.
+/// Publishes `data` on `channel` under `key` (as the header), as text
+/// (the type a `?message=` publish has); returns the answer.
 async fn publish_keyed(c: &mut Client, channel: &str, key: &str, data: &str) -> common::Resp {
     let path = format!("/publish?channel={channel}");
-    let headers = [("content-type", "text/plain"), ("idempotency-key", key)];
+    let headers = [
+        ("content-type", "text/plain; charset=utf-8"),
+        ("idempotency-key", key),
+    ];
     c.request(Method::POST, &path, &headers, data.to_owned())
         .await
 }
@@ -44,6 +48,29 @@ async fn a_retry_with_the_same_key_publishes_nothing(server: &Server) {
     assert_eq!(query.id(), first.id());
     let quoted = publish_keyed(&mut c, "orders", "\"order-17\"", "paid").await;
     assert_eq!(quoted.id(), first.id());
+    // The same key for another message is a client's mistake, not a retry:
+    // 422, and nothing published (another body, or the same one as
+    // another type).
+    let reused = publish_keyed(&mut c, "orders", "order-17", "refunded").await;
+    reused.assert_refused(422);
+    assert!(
+        reused.text().contains("Idempotency-Key"),
+        "{}",
+        reused.text()
+    );
+    let retyped = c
+        .request(
+            Method::POST,
+            "/publish?channel=orders",
+            &[
+                ("content-type", "application/json"),
+                ("idempotency-key", "order-17"),
+            ],
+            "paid",
+        )
+        .await;
+    retyped.assert_refused(422);
+    assert_eq!(server.stats().await["refused"]["idempotency_key_reused"], 2);
 
     let other = publish_keyed(&mut c, "orders", "order-18", "shipped").await;
     assert_ne!(other.id(), first.id());

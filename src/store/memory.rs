@@ -142,11 +142,13 @@ impl Memory {
         data: Bytes,
         content_type: Bytes,
     ) -> Result<Published, Error> {
+        let key = key.map(|key| (key, crate::protocol::fingerprint(&data, &content_type)));
         let make = |seq| Content::new(self.ids.id(seq), data, content_type, self.hub.meter());
         let (message, subscribers) = match key {
             None => self.hub.publish(channel, make)?,
-            Some(key) => match self.hub.publish_once(channel, key, make)? {
+            Some((key, print)) => match self.hub.publish_once(channel, key, print, make)? {
                 hub::Published::New(message, subscribers) => (message, subscribers),
+                hub::Published::Conflict => return Err(Error::KeyReused),
                 hub::Published::Replayed(seq) => {
                     return Ok(Published {
                         id: self.ids.id(seq),

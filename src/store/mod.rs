@@ -388,6 +388,12 @@ impl Store {
         self.hub().fit();
     }
 
+    /// Where what the server keeps outside the store (auth's caches) is
+    /// counted against the memory bound.
+    pub fn outside(&self) -> &crate::hub::Meter {
+        self.hub().outside()
+    }
+
     fn hub(&self) -> &Arc<Hub<Content>> {
         match self {
             Store::Memory(m) => m.hub(),

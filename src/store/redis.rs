@@ -82,19 +82,23 @@ end
 "#;
 
 /// KEYS: stream, meta, and the idempotency key's if one is given. ARGV:
-/// topic, history, age ms, meta ttl ms, type, data, key window ms, and the
-/// command that announces (`PUBLISH`, or `SPUBLISH` on a cluster). Returns
-/// `{id, instances, replayed}`: a key seen within its window publishes
-/// nothing and returns the id it published then. It still writes the key
-/// again (unchanged, with its expiry), so that a `WAIT` after it covers the
-/// first publish too, wherever that was made.
+/// topic, history, age ms, meta ttl ms, type, data, key window ms, the
+/// command that announces (`PUBLISH`, or `SPUBLISH` on a cluster), and the
+/// message's fingerprint (hex). Returns `{id, instances, replayed}`: a key
+/// seen within its window publishes nothing; for the same fingerprint it
+/// returns the id it published then (`replayed` 1), for another one
+/// `replayed` 2. It still writes the key again (unchanged, with its
+/// expiry), so that a `WAIT` after it covers the first publish too,
+/// wherever that was made. The key holds `ID FINGERPRINT`.
 const PUBLISH: &str = r#"
 local s, m = KEYS[1], KEYS[2]
 if KEYS[3] then
   local first = redis.call('GET', KEYS[3])
   if first then
     redis.call('SET', KEYS[3], first, 'KEEPTTL')
-    return {first, 0, 1}
+    local id, print = string.match(first, '^(%S+) ?(%S*)$')
+    if print ~= '' and print ~= ARGV[9] then return {id, 0, 2} end
+    return {id, 0, 1}
   end
 end
 local history, age = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -113,7 +117,7 @@ trim_age(s, m, age)
 redis.call('HSET', m, 'last', id)
 redis.call('PEXPIRE', s, age)
 redis.call('PEXPIRE', m, ARGV[4])
-if KEYS[3] then redis.call('SET', KEYS[3], id, 'PX', ARGV[7]) end
+if KEYS[3] then redis.call('SET', KEYS[3], id .. ' ' .. ARGV[9], 'PX', ARGV[7]) end
 local n = redis.call(ARGV[8], ARGV[1], 'm' .. id .. '\n' .. ARGV[5] .. '\n' .. ARGV[6])
 return {id, n, 0}
 "#;
@@ -259,6 +263,15 @@ fn announcement(payload: &[u8], meter: &Meter) -> Option<Result<Message, ()>> {
     }
 }
 
+/// Where a reader from `since` (pinned: not `Next`) stands: after this
+/// sequence (0: before the oldest).
+fn position(since: Since) -> u64 {
+    match since {
+        Since::Id(seq) => seq,
+        _ => 0,
+    }
+}
+
 /// Waits until `deadline` for the message after `position`. `None` when the one
 /// that came may not follow `position` directly, so the caller reads again.
 async fn wait_after(
@@ -280,6 +293,10 @@ async fn wait_after(
         }),
         Outcome::Deleted => Err(Error::Gone),
     })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn bulk(value: &Value) -> Option<&[u8]> {
@@ -401,7 +418,10 @@ impl Redis {
             .arg(content_type.as_ref())
             .arg(data.as_ref())
             .arg(self.key_window_ms)
-            .arg(link.con.publish_command());
+            .arg(link.con.publish_command())
+            .arg(key.map_or_else(String::new, |_| {
+                hex(&crate::protocol::fingerprint(&data, &content_type))
+            }));
         let turn = self.turn.fetch_add(1, Relaxed);
         let mut con = match link.durable.get(turn % link.durable.len().max(1)) {
             Some(durable) => durable.clone(),
@@ -411,6 +431,9 @@ impl Redis {
             .run(&mut con)
             .await
             .map_err(|e| self.failed(&link, &e))?;
+        if replayed == 2 {
+            return Err(Error::KeyReused);
+        }
         if self.replicas > 0 {
             // Waits for every write this connection made so far, this one's too.
             let confirmed = con
@@ -532,10 +555,7 @@ impl Redis {
                 // it goes on waiting, and once the link is back it is answered
                 // with its own position (or it times out there).
                 Err(Error::StoreUnavailable) => {
-                    let position = match since {
-                        Since::Id(seq) => seq,
-                        _ => 0,
-                    };
+                    let position = position(since);
                     let left = deadline.saturating_duration_since(Instant::now());
                     match waiter.wait(left).await {
                         // It came before this subscriber read the stream:
@@ -590,16 +610,38 @@ impl Redis {
             let mut counted = count && many.joint.is_some();
             let mut joint = many.joint;
             let mut polled = PolledMany::new(asked.len());
-            for i in polled.read_starts(many.starts) {
+            let missed = polled.read_starts(many.starts);
+            // Each channel's place pinned first, as `poll` does: a request
+            // that cannot start gets 503.
+            let mut pinned = Vec::with_capacity(missed.len());
+            for &i in &missed {
+                asked[i].1 = self.pin_next(asked[i].0, asked[i].1).await?;
+                polled.from[i] = position(asked[i].1);
+                pinned.push((i, asked[i].1));
+            }
+            let mut down = false;
+            for (i, since) in pinned {
                 let channel = asked[i].0;
-                let since = self.pin_next(channel, asked[i].1).await?;
+                // Counted as waiting from here on: like a one-channel
+                // waiter, it waits through an outage (below).
                 self.hub
                     .wait_among(&mut joint, i, channel, count && !counted)?;
                 counted |= count;
-                self.follow(channel).await?;
-                let read = self.read(channel, since, limit).await?;
-                self.hub.cover_from(channel, read.last);
-                polled.read(i, read.from, read.gap, read.messages);
+                let read = match self.follow(channel).await {
+                    Ok(()) => self.read(channel, since, limit).await,
+                    Err(err) => Err(err),
+                };
+                match read {
+                    Ok(read) => {
+                        self.hub.cover_from(channel, read.last);
+                        polled.read(i, read.from, read.gap, read.messages);
+                    }
+                    Err(Error::StoreUnavailable) => {
+                        down = true;
+                        break;
+                    }
+                    Err(err) => return Err(err),
+                }
             }
             for (gap, was) in polled.gaps.iter_mut().zip(&gaps) {
                 *gap |= was;
@@ -609,6 +651,9 @@ impl Redis {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             match super::first_woken(joint, left).await {
+                // Woken during an outage, before every channel was read:
+                // read them all again from where they were asked.
+                Some((_, Outcome::Message(_))) if down => continue,
                 Some((i, Outcome::Message(m))) if m.seq > polled.from[i] => {
                     polled.messages.push((i, m));
                     return Ok(polled);

@@ -11,10 +11,9 @@
 //! `{"comethub": {"subscribe": ["room.*", "user.42"], "publish": ["room.*"]}}`.
 //! A pattern is a channel name in which `*` stands for any run of characters.
 
-use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -23,24 +22,35 @@ use crate::error::Error;
 
 /// Seconds a token's `exp` and `nbf` may be off by.
 pub const LEEWAY_SECS: u64 = 5;
-/// Verified tokens, or webhook answers, kept at most.
-const CACHED: usize = 65_536;
 
-/// Makes room in a cache of at most [`CACHED`] entries: drops those no longer
-/// `alive`, and everything if that is not enough.
-fn make_room<K, V, S>(cache: &mut HashMap<K, V, S>, alive: impl Fn(&V) -> bool) {
-    if cache.len() >= CACHED {
-        cache.retain(|_, v| alive(v));
-        if cache.len() >= CACHED {
-            cache.clear();
-        }
-    }
+mod cache;
+mod webhook;
+
+pub use webhook::{Credentials, Webhook, redact_userinfo};
+
+/// Verified tokens, with what they allow.
+type Verified = cache::Bounded<Box<str>, Arc<Grant>, BuildHasherDefault<TokenHasher>>;
+
+/// The bytes each of auth's caches may take: a sixteenth of the memory
+/// bound, and at most 64 MiB.
+pub fn cache_budget(max_memory: usize) -> usize {
+    (max_memory / 16).min(64 << 20)
 }
 
 /// Until when (seconds since the epoch) a token that expires at `exp` is
 /// accepted: the one place the leeway is applied.
 fn accepted_until(exp: u64) -> u64 {
     exp + LEEWAY_SECS
+}
+
+/// The credentials of an `Authorization: Bearer CREDENTIALS` header. The
+/// scheme's name is case-insensitive (RFC 9110 §11.1), and spaces may follow it.
+pub fn bearer(authorization: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = authorization.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || rest.first() != Some(&b' ') {
+        return None;
+    }
+    Some(rest.trim_ascii_start()).filter(|c| !c.is_empty())
 }
 
 /// What a request wants to do on a channel.
@@ -130,11 +140,55 @@ struct ChannelClaims {
     publish: Vec<String>,
 }
 
+/// What `--jwt-key` (and `comethub token --key`) names: never guessed from a
+/// value that could be either.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwtKey {
+    /// A PEM public key file, which must be readable.
+    File(std::path::PathBuf),
+    /// An HMAC secret of at least [`MIN_SECRET`] bytes.
+    Secret(String),
+}
+
+/// Shortest HMAC secret accepted, in bytes (HS256's own output size).
+pub const MIN_SECRET: usize = 32;
+
+impl JwtKey {
+    /// `file:PATH` and `secret:VALUE` say which it is. A bare value that
+    /// names a file, has a `/` or ends in `.pem` or `.key` is a key file,
+    /// so that a mistyped path is refused instead of becoming the secret;
+    /// anything else is a secret.
+    pub fn parse(value: &str) -> Result<JwtKey, String> {
+        let file = |path: &str| Ok(JwtKey::File(path.into()));
+        if let Some(path) = value.strip_prefix("file:") {
+            return file(path);
+        }
+        let secret = match value.strip_prefix("secret:") {
+            Some(secret) => secret,
+            None if value.contains('/')
+                || value.ends_with(".pem")
+                || value.ends_with(".key")
+                || std::path::Path::new(value).exists() =>
+            {
+                return file(value);
+            }
+            None => value,
+        };
+        if secret.len() < MIN_SECRET {
+            return Err(format!(
+                "--jwt-key: an HMAC secret must be at least {MIN_SECRET} bytes (or name a \
+                 PEM public key file, as file:PATH)"
+            ));
+        }
+        Ok(JwtKey::Secret(secret.to_owned()))
+    }
+}
+
 /// The verifier: the key, what is checked, and the tokens already verified.
 pub struct Verifier {
     key: DecodingKey,
     validation: Validation,
-    verified: Mutex<HashMap<Box<str>, Arc<Grant>, BuildHasherDefault<TokenHasher>>>,
+    verified: Mutex<Verified>,
 }
 
 /// Hashes tokens for the verified-token cache, eight bytes at a step. Only
@@ -177,29 +231,25 @@ impl std::fmt::Debug for Verifier {
 }
 
 impl Verifier {
-    /// A verifier for `key`: the path of a PEM public key file (one that does
-    /// not exist is refused if it ends in `.pem`), or else an HMAC secret (at
-    /// least 32 bytes). `audience` and `issuer` are checked
-    /// when given.
+    /// A verifier for `key`, as [`JwtKey::parse`] reads it. `audience` and
+    /// `issuer`, when given, are required in every token and checked. The
+    /// tokens it has verified take at most `budget` bytes, counted in `meter`.
     pub fn new(
         key: &str,
         audience: Option<&str>,
         issuer: Option<&str>,
+        budget: usize,
+        meter: crate::hub::Meter,
     ) -> Result<Verifier, String> {
-        let (key, algorithms) = match std::fs::read(key) {
-            Ok(pem) => public_key(&pem).map_err(|e| format!("--jwt-key {key}: {e}"))?,
-            Err(_) if key.ends_with(".pem") => {
-                return Err(format!("--jwt-key {key}: cannot read the key file"));
+        let (key, algorithms) = match JwtKey::parse(key)? {
+            JwtKey::File(path) => {
+                let shown = path.display();
+                let pem = std::fs::read(&path)
+                    .map_err(|e| format!("--jwt-key {shown}: cannot read the key file: {e}"))?;
+                public_key(&pem).map_err(|e| format!("--jwt-key {shown}: {e}"))?
             }
-            Err(_) if key.len() < 32 => {
-                return Err(
-                    "--jwt-key: an HMAC secret must be at least 32 bytes (or give a PEM \
-                     public key file)"
-                        .to_owned(),
-                );
-            }
-            Err(_) => (
-                DecodingKey::from_secret(key.as_bytes()),
+            JwtKey::Secret(secret) => (
+                DecodingKey::from_secret(secret.as_bytes()),
                 vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512],
             ),
         };
@@ -208,16 +258,21 @@ impl Verifier {
         validation.leeway = LEEWAY_SECS;
         validation.validate_nbf = true;
         validation.validate_aud = audience.is_some();
+        // When set, the claim is required: a token without it is refused.
+        let mut required = vec!["exp"];
         if let Some(aud) = audience {
             validation.set_audience(&[aud]);
+            required.push("aud");
         }
         if let Some(iss) = issuer {
             validation.set_issuer(&[iss]);
+            required.push("iss");
         }
+        validation.set_required_spec_claims(&required);
         Ok(Verifier {
             key,
             validation,
-            verified: Mutex::new(HashMap::default()),
+            verified: Mutex::new(Verified::new(budget, meter)),
         })
     }
 
@@ -241,198 +296,22 @@ impl Verifier {
             publish: Patterns::new(claims.comethub.publish),
             exp: claims.exp,
         });
+        // The token, and its patterns again in the grant.
+        let size = 2 * token.len();
         let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
-        make_room(&mut verified, |g| accepted_until(g.exp) > now);
-        verified.insert(token.into(), grant.clone());
+        verified.insert(token.into(), grant.clone(), size, |g| {
+            accepted_until(g.exp) > now
+        });
         Ok(grant)
     }
-}
 
-/// A subscriber's credentials, copied to ask the auth webhook with.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Credentials {
-    /// Its `Cookie` header.
-    pub cookie: Option<Box<[u8]>>,
-    /// Its `Authorization` header.
-    pub authorization: Option<Box<[u8]>>,
-}
-
-/// The application's auth endpoint (`--auth-url`), asked whether a subscriber
-/// may read a channel: `2xx` allows, `401` and `403` refuse, anything else
-/// (or no answer within the timeout) is `503`, and never opens the channel.
-/// Answers are kept for `ttl` per credentials and channel, so re-polls do not
-/// ask again.
-#[derive(Debug)]
-pub struct Webhook {
-    authority: String,
-    path: String,
-    /// For `https://`: the connector and the name the certificate must have.
-    tls: Option<(
-        Arc<rustls::ClientConfig>,
-        rustls::pki_types::ServerName<'static>,
-    )>,
-    ttl: Duration,
-    timeout: Duration,
-    answers: Mutex<HashMap<(Credentials, Box<str>), Answer>>,
-}
-
-/// A webhook's answer for credentials and a channel, and until when it holds.
-type Answer = (Result<(), Error>, tokio::time::Instant);
-
-impl Webhook {
-    /// A webhook at `url` (`http[s]://HOST[:PORT]/PATH`); an https one
-    /// trusts the public roots and the certificates in `ca`.
-    pub fn new(
-        url: &str,
-        ttl: Duration,
-        timeout: Duration,
-        ca: Option<&std::path::Path>,
-    ) -> Result<Webhook, String> {
-        let uri: http::Uri = url.parse().map_err(|e| format!("--auth-url {url}: {e}"))?;
-        let (host, port, tls) = match (uri.scheme_str(), uri.host()) {
-            (Some("http"), Some(host)) => (host, uri.port_u16().unwrap_or(80), false),
-            (Some("https"), Some(host)) => (host, uri.port_u16().unwrap_or(443), true),
-            _ => return Err(format!("--auth-url {url}: use http[s]://HOST[:PORT]/PATH")),
-        };
-        let authority = format!("{host}:{port}");
-        let tls = match tls {
-            false => None,
-            true => Some(tls_client(host, ca).map_err(|e| format!("--auth-url {url}: {e}"))?),
-        };
-        let path = uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str())
-            .to_owned();
-        Ok(Webhook {
-            authority,
-            path,
-            tls,
-            ttl,
-            timeout,
-            answers: Mutex::new(HashMap::new()),
-        })
+    /// Bytes the verified tokens take.
+    pub fn cached_bytes(&self) -> usize {
+        self.verified
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .bytes()
     }
-
-    /// Whether `credentials` may subscribe to `channel`.
-    pub async fn check(&self, credentials: &Credentials, channel: &str) -> Result<(), Error> {
-        let key = (credentials.clone(), Box::<str>::from(channel));
-        let now = tokio::time::Instant::now();
-        {
-            let answers = self.answers.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some((answer, until)) = answers.get(&key)
-                && *until > now
-            {
-                return answer.clone();
-            }
-        }
-        let answer = tokio::time::timeout(self.timeout, self.ask(credentials, channel))
-            .await
-            .unwrap_or(Err(Error::AuthUnavailable));
-        if answer != Err(Error::AuthUnavailable) {
-            let mut answers = self.answers.lock().unwrap_or_else(PoisonError::into_inner);
-            make_room(&mut answers, |(_, until)| *until > now);
-            answers.insert(key, (answer.clone(), now + self.ttl));
-        }
-        answer
-    }
-
-    async fn ask(&self, credentials: &Credentials, channel: &str) -> Result<(), Error> {
-        use http_body_util::Empty;
-        let down = |_| Error::AuthUnavailable;
-        let joiner = if self.path.contains('?') { '&' } else { '?' };
-        let mut request = http::Request::get(format!("{}{joiner}channel={channel}", self.path))
-            .header(http::header::HOST, &self.authority);
-        let forward = [
-            (http::header::COOKIE, &credentials.cookie),
-            (http::header::AUTHORIZATION, &credentials.authorization),
-        ];
-        for (name, value) in forward {
-            if let Some(value) = value
-                && let Ok(value) = http::HeaderValue::from_bytes(value)
-            {
-                request = request.header(name, value);
-            }
-        }
-        let request = request.body(Empty::<bytes::Bytes>::new()).map_err(down)?;
-        let stream = tokio::net::TcpStream::connect(&self.authority)
-            .await
-            .map_err(|_| Error::AuthUnavailable)?;
-        let status = match &self.tls {
-            None => send(stream, request).await?,
-            Some((config, name)) => {
-                let stream = tokio_rustls::TlsConnector::from(config.clone())
-                    .connect(name.clone(), stream)
-                    .await
-                    .map_err(|_| Error::AuthUnavailable)?;
-                send(stream, request).await?
-            }
-        };
-        match status.as_u16() {
-            200..=299 => Ok(()),
-            401 => Err(Error::InvalidToken),
-            403 => Err(Error::Forbidden),
-            _ => Err(Error::AuthUnavailable),
-        }
-    }
-}
-
-/// Sends `request` on a fresh HTTP/1.1 connection over `io`; its status.
-async fn send<I>(
-    io: I,
-    request: http::Request<http_body_util::Empty<bytes::Bytes>>,
-) -> Result<http::StatusCode, Error>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
-            .await
-            .map_err(|_| Error::AuthUnavailable)?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|_| Error::AuthUnavailable)?;
-    Ok(response.status())
-}
-
-/// A TLS client for `host` that trusts the public roots and `ca`'s
-/// certificates.
-fn tls_client(
-    host: &str,
-    ca: Option<&std::path::Path>,
-) -> Result<
-    (
-        Arc<rustls::ClientConfig>,
-        rustls::pki_types::ServerName<'static>,
-    ),
-    String,
-> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    if let Some(ca) = ca {
-        let certs = rustls::pki_types::CertificateDer::pem_file_iter(ca)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("--auth-ca {}: {e}", ca.display()))?;
-        for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| format!("--auth-ca {}: {e}", ca.display()))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
-        .map_err(|e| format!("{host}: {e}"))?;
-    Ok((Arc::new(config), name))
 }
 
 /// How `comethub token` signs.
@@ -471,14 +350,27 @@ pub fn mint(
         publish: &'a [String],
     }
     let (key, alg) = match signer {
-        Signer::Secret(secret) if secret.len() < 32 => {
-            return Err("--key: an HMAC secret must be at least 32 bytes".to_owned());
-        }
-        Signer::Secret(secret) => (
-            EncodingKey::from_secret(secret.as_bytes()),
-            Algorithm::HS256,
-        ),
+        Signer::Secret(value) => match JwtKey::parse(value) {
+            Ok(JwtKey::Secret(secret)) => (
+                EncodingKey::from_secret(secret.as_bytes()),
+                Algorithm::HS256,
+            ),
+            Ok(JwtKey::File(path)) => {
+                return Err(format!(
+                    "--key {}: names a key file, not a secret; sign with --private-key \
+                     (the private half)",
+                    path.display()
+                ));
+            }
+            Err(_) => {
+                return Err(format!(
+                    "--key: an HMAC secret must be at least {MIN_SECRET} bytes"
+                ));
+            }
+        },
         Signer::PrivateKey(pem) => {
+            let pem = sec1_as_pkcs8(pem).unwrap_or_else(|| pem.to_vec());
+            let pem = pem.as_slice();
             if let Ok(key) = EncodingKey::from_ec_pem(pem) {
                 (key, Algorithm::ES256)
             } else if let Ok(key) = EncodingKey::from_rsa_pem(pem) {
@@ -486,7 +378,12 @@ pub fn mint(
             } else if let Ok(key) = EncodingKey::from_ed_pem(pem) {
                 (key, Algorithm::EdDSA)
             } else {
-                return Err("--private-key: not a PEM private key (RSA, EC or Ed25519)".to_owned());
+                return Err(
+                    "--private-key: not a PEM private key: use RSA (PKCS#1 'RSA PRIVATE \
+                            KEY' or PKCS#8), EC P-256 (SEC1 'EC PRIVATE KEY' or PKCS#8) or \
+                            Ed25519 (PKCS#8 'PRIVATE KEY')"
+                        .to_owned(),
+                );
             }
         }
     };
@@ -499,6 +396,18 @@ pub fn mint(
         comethub: MintedChannels { subscribe, publish },
     };
     jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &claims, &key).map_err(|e| e.to_string())
+}
+
+/// An EC P-256 private key in SEC1 form (`EC PRIVATE KEY`, as `openssl
+/// ecparam -genkey` writes it, perhaps after an `EC PARAMETERS` block) as
+/// PKCS#8, the only form jsonwebtoken reads.
+fn sec1_as_pkcs8(pem: &[u8]) -> Option<Vec<u8>> {
+    use p256::pkcs8::{EncodePrivateKey, LineEnding};
+    const BEGIN: &str = "-----BEGIN EC PRIVATE KEY-----";
+    let text = std::str::from_utf8(pem).ok()?;
+    let block = &text[text.find(BEGIN)?..];
+    let key = p256::SecretKey::from_sec1_pem(block).ok()?;
+    Some(key.to_pkcs8_pem(LineEnding::LF).ok()?.as_bytes().to_vec())
 }
 
 /// A PEM public key and the algorithms it verifies.
@@ -543,5 +452,48 @@ mod tests {
         }
         assert!(Patterns::new(vec!["*".into()]).matches("anything"));
         assert!(!Patterns::default().matches("anything"));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        for header in ["Bearer abc", "bearer abc", "BEARER  abc", "bEaReR abc"] {
+            assert_eq!(bearer(header.as_bytes()), Some(&b"abc"[..]), "{header}");
+        }
+        for header in [
+            "Bearerabc",
+            "Basic abc",
+            "Bearer",
+            "Bearer ",
+            "Bear abc",
+            "",
+        ] {
+            assert_eq!(bearer(header.as_bytes()), None, "{header}");
+        }
+    }
+
+    #[test]
+    fn a_jwt_key_that_looks_like_a_path_is_never_taken_for_a_secret() {
+        let long = "a-secret-of-more-than-thirty-two-bytes";
+        assert_eq!(JwtKey::parse(long), Ok(JwtKey::Secret(long.into())));
+        for path in [
+            "/etc/comethub/keys/jwt-public.key",
+            "keys/jwt-public-with-a-long-name",
+            "jwt-public-key-with-a-long-name.pem",
+            "jwt-public-key-with-a-long-name.key",
+            "file:anything",
+        ] {
+            assert!(matches!(JwtKey::parse(path), Ok(JwtKey::File(_))), "{path}");
+        }
+        // A file that exists is a file, whatever its name.
+        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        assert!(matches!(JwtKey::parse(manifest), Ok(JwtKey::File(_))));
+        // An explicit secret may hold a slash (base64 does).
+        let slashed = "secret:c2VjcmV0/c2VjcmV0+c2VjcmV0/c2VjcmV0c2Vj";
+        assert_eq!(
+            JwtKey::parse(slashed),
+            Ok(JwtKey::Secret(slashed["secret:".len()..].into()))
+        );
+        assert!(JwtKey::parse("short").is_err());
+        assert!(JwtKey::parse("secret:short").is_err());
     }
 }
