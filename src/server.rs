@@ -12,13 +12,12 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use hyper_util::rt::TokioTimer;
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
@@ -122,10 +121,16 @@ pub async fn run(listeners: Vec<Listener>, mut config: Config, shutdown: impl Fu
     if !routes.store().ready(STORE_START).await {
         warn!("redis not reachable yet; answering 503 until it is");
     }
-    let trimmer = tokio::spawn(trim_memory(counters.clone(), routes.clone()));
+    let stalled = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let trimmer = tokio::spawn(trim_memory(
+        counters.clone(),
+        routes.clone(),
+        stalled.clone(),
+    ));
 
     let max_connections = config.max_connections();
-    let mut builder = adapter::Builder::new(TokioExecutor::new());
+    let write_timeout = Duration::from_secs(config.write_timeout);
+    let mut builder = adapter::Builder::new(adapter::StreamExecutor::new(write_timeout, stalled));
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -152,7 +157,6 @@ pub async fn run(listeners: Vec<Listener>, mut config: Config, shutdown: impl Fu
         _ => None,
     };
     let reloader = tls.clone().map(|tls| tokio::spawn(reload_on_hangup(tls)));
-    let graceful = GracefulShutdown::new();
     let (closing_tx, closing) = watch::channel(false);
     let tracker = Arc::new(Tracker::default());
     let connections = Arc::new(Connections {
@@ -161,7 +165,7 @@ pub async fn run(listeners: Vec<Listener>, mut config: Config, shutdown: impl Fu
         limits: lean::Limits {
             header_timeout: config.header_timeout(),
             max_head: config.max_header_bytes as usize,
-            write_timeout: Duration::from_secs(config.write_timeout),
+            write_timeout,
         },
         closing,
         tracker: tracker.clone(),
@@ -200,7 +204,7 @@ pub async fn run(listeners: Vec<Listener>, mut config: Config, shutdown: impl Fu
                     continue;
                 }
                 let open = OpenConnection::new(counters.clone());
-                connections.spawn_unix(stream, graceful.watcher(), open, read_only);
+                connections.spawn_unix(stream, open, read_only);
                 continue;
             }
         };
@@ -218,17 +222,16 @@ pub async fn run(listeners: Vec<Listener>, mut config: Config, shutdown: impl Fu
         }
         let _ = stream.set_nodelay(true);
         let open = OpenConnection::new(counters.clone());
-        let watcher = graceful.watcher();
         // Round robin over this reactor (slot 0) and the others.
         next_reactor = (next_reactor + 1) % (reactors.len() + 1);
         if next_reactor == 0 {
-            connections.spawn(stream, watcher, open, read_only);
+            connections.spawn(stream, open, read_only);
         } else {
             match stream.into_std() {
                 Ok(stream) => {
                     let _ = reactors[next_reactor - 1]
                         .handover
-                        .send((stream, watcher, open, read_only));
+                        .send((stream, open, read_only));
                 }
                 Err(err) => debug!(cause = %err, "connection lost in hand-over"),
             }
@@ -238,12 +241,8 @@ pub async fn run(listeners: Vec<Listener>, mut config: Config, shutdown: impl Fu
     drop(listeners);
     let _ = closing_tx.send(true);
     routes.store().close();
-    let all_closed = async {
-        graceful.shutdown().await;
-        tracker.wait_empty().await;
-    };
     tokio::select! {
-        _ = all_closed => info!("all connections closed"),
+        _ = tracker.wait_empty() => info!("all connections closed"),
         _ = tokio::time::sleep(GRACE) => warn!("grace period over; closing the rest"),
     }
     tracker.abort_all();
@@ -278,12 +277,14 @@ async fn reload_on_hangup(tls: Arc<Certificates>) {
 }
 
 /// Hands freed heap pages back after many connections have closed, so the
-/// resident size falls again once a crowd of subscribers has left, and while
-/// messages are being evicted, so what the memory bound frees is given back.
-async fn trim_memory(counters: Arc<Counters>, routes: Arc<Routes>) {
+/// resident size falls again once a crowd of subscribers has left, while
+/// messages are being evicted, so what the memory bound frees is given back,
+/// and after `stalled` HTTP/2 streams were reset with their queues.
+async fn trim_memory(counters: Arc<Counters>, routes: Arc<Routes>, stalled: Arc<AtomicU64>) {
     let mut tick = tokio::time::interval(TRIM_INTERVAL);
     let mut closed_at_trim = 0;
     let mut evicted_at_trim = 0;
+    let mut stalled_at_trim = 0;
     loop {
         tick.tick().await;
         // Open first: a connection accepted between the two loads then only
@@ -291,10 +292,15 @@ async fn trim_memory(counters: Arc<Counters>, routes: Arc<Routes>) {
         let open = counters.connections.load(Relaxed);
         let closed = counters.accepted.load(Relaxed).saturating_sub(open);
         let evicted = routes.store().gauges().hub.evicted;
-        if closed >= closed_at_trim + TRIM_AFTER_CLOSED || evicted > evicted_at_trim {
+        let resets = stalled.load(Relaxed);
+        if closed >= closed_at_trim + TRIM_AFTER_CLOSED
+            || evicted > evicted_at_trim
+            || resets > stalled_at_trim
+        {
             crate::os::release_free_memory();
             closed_at_trim = closed;
             evicted_at_trim = evicted;
+            stalled_at_trim = resets;
         }
     }
 }
@@ -369,7 +375,7 @@ impl Tracker {
 }
 
 /// A new connection, handed to the reactor that will serve it.
-type HandOver = (std::net::TcpStream, Watcher, OpenConnection, bool);
+type HandOver = (std::net::TcpStream, OpenConnection, bool);
 
 /// Another reactor: where to send it connections, and how to know it ended.
 #[derive(Debug)]
@@ -393,20 +399,14 @@ struct Connections {
 impl Connections {
     /// Serves `stream` on the current reactor: the lean path first, hyper for
     /// what it hands over.
-    fn spawn(
-        self: &Arc<Self>,
-        stream: TcpStream,
-        watcher: Watcher,
-        open: OpenConnection,
-        read_only: bool,
-    ) {
+    fn spawn(self: &Arc<Self>, stream: TcpStream, open: OpenConnection, read_only: bool) {
         let this = self.clone();
         if let Some(tls) = &self.tls {
             let acceptor = tls.acceptor();
             self.tracker.spawn(|tracked| async move {
                 let limit = this.limits.header_timeout;
                 match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => this.hyper(stream, watcher, read_only).await,
+                    Ok(Ok(stream)) => this.hyper(stream, read_only).await,
                     Ok(Err(err)) => debug!(cause = %err, "TLS handshake failed"),
                     Err(_) => debug!("TLS handshake too slow"),
                 }
@@ -418,15 +418,7 @@ impl Connections {
             let next =
                 lean::serve(stream, &this.routes, &this.limits, &this.closing, read_only).await;
             if let lean::Next::Hyper(io) = next {
-                let routes = this.routes.clone();
-                Box::pin(adapter::serve(
-                    io,
-                    routes,
-                    &this.builder,
-                    watcher,
-                    read_only,
-                ))
-                .await;
+                Box::pin(this.serve_hyper(io, read_only)).await;
             }
             drop((open, tracked));
         });
@@ -434,36 +426,38 @@ impl Connections {
 
     /// Serves a Unix socket connection (a proxy in front) with hyper on the
     /// current reactor.
-    fn spawn_unix(
-        self: &Arc<Self>,
-        stream: UnixStream,
-        watcher: Watcher,
-        open: OpenConnection,
-        read_only: bool,
-    ) {
+    fn spawn_unix(self: &Arc<Self>, stream: UnixStream, open: OpenConnection, read_only: bool) {
         let this = self.clone();
         self.tracker.spawn(|tracked| async move {
-            this.hyper(stream, watcher, read_only).await;
+            this.hyper(stream, read_only).await;
             drop((open, tracked));
         });
     }
 
     /// Serves a connection hyper takes from its first byte (TLS, Unix
     /// sockets), under the write timeout.
-    async fn hyper<S>(&self, stream: S, watcher: Watcher, read_only: bool)
+    async fn hyper<S>(&self, stream: S, read_only: bool)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let io = lean::Rewind::wrap(stream, self.limits.write_timeout);
-        let routes = self.routes.clone();
-        Box::pin(adapter::serve(
-            io,
-            routes,
-            &self.builder,
-            watcher,
+        Box::pin(self.serve_hyper(io, read_only)).await;
+    }
+
+    /// Serves the rest of a connection with hyper, under the same header
+    /// timeout and shutdown as the lean path.
+    async fn serve_hyper<S>(&self, io: lean::Rewind<S>, read_only: bool)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let serving = adapter::Serving {
+            routes: self.routes.clone(),
+            builder: &self.builder,
+            closing: self.closing.clone(),
+            idle: self.limits.header_timeout,
             read_only,
-        ))
-        .await;
+        };
+        adapter::serve(io, serving).await;
     }
 
     /// Starts another single-threaded reactor on its own thread (`--threads`); it
@@ -481,9 +475,9 @@ impl Connections {
             .name(format!("comethub-{index}"))
             .spawn(move || {
                 runtime.block_on(async move {
-                    while let Some((stream, watcher, open, read_only)) = rx.recv().await {
+                    while let Some((stream, open, read_only)) = rx.recv().await {
                         match TcpStream::from_std(stream) {
-                            Ok(stream) => self.spawn(stream, watcher, open, read_only),
+                            Ok(stream) => self.spawn(stream, open, read_only),
                             Err(err) => debug!(cause = %err, "connection lost in hand-over"),
                         }
                     }

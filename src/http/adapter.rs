@@ -3,12 +3,23 @@
 //! requests into the routes' [`Request`] and their [`Answer`]s into hyper's
 //! responses. On HTTP/2 each request is a stream; one that the client cancels
 //! drops its handler, and with it its place in the hub, at once.
+//!
+//! The limits the lean path keeps hold here too, where hyper has none of its
+//! own: a connection that sends no request within the header timeout (after
+//! the TLS handshake, or a partial HTTP/2 preface) is closed; one with no
+//! request open for as long is closed (HTTP/2 with a GOAWAY); and an HTTP/2
+//! stream that takes no byte of its answer for the write timeout (its
+//! flow-control window held at 0) is reset, and what it held freed
+//! ([`StreamExecutor`]).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -16,11 +27,11 @@ use hyper::Response;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::header::HeaderValue;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::Watcher;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
 use tracing::debug;
 
 use super::lean::Rewind;
@@ -31,27 +42,216 @@ use crate::routes::{Request, Route, Routes};
 /// How hyper serves a connection: HTTP/1.1, or HTTP/2 when it opens with the
 /// HTTP/2 preface (after ALPN `h2` on TLS, or with prior knowledge in the
 /// clear).
-pub type Builder = auto::Builder<TokioExecutor>;
+pub type Builder = auto::Builder<StreamExecutor>;
+
+/// What serving a connection with hyper needs.
+#[derive(Debug)]
+pub struct Serving<'a> {
+    /// The routes.
+    pub routes: Arc<Routes>,
+    /// hyper's settings.
+    pub builder: &'a Builder,
+    /// Turns true when the server shuts down.
+    pub closing: watch::Receiver<bool>,
+    /// How long a connection may go without a request open (the first one
+    /// included) before it is closed: the header timeout.
+    pub idle: Duration,
+    /// Came on a listener that takes no publishes.
+    pub read_only: bool,
+}
 
 /// Serves the rest of a connection with hyper.
-pub async fn serve<S>(
-    io: Rewind<S>,
-    routes: Arc<Routes>,
-    builder: &Builder,
-    watcher: Watcher,
-    read_only: bool,
-) where
+pub async fn serve<S>(io: Rewind<S>, serving: Serving<'_>)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Serving {
+        routes,
+        builder,
+        mut closing,
+        idle,
+        read_only,
+    } = serving;
+    let activity = Arc::new(Activity::default());
     let conn = builder.serve_connection(
         TokioIo::new(io),
-        service_fn(move |req| {
-            let routes = routes.clone();
-            async move { Ok::<_, Infallible>(response(handle(&routes, req, read_only).await)) }
+        service_fn({
+            let activity = activity.clone();
+            move |req| {
+                let routes = routes.clone();
+                let open = Open::new(&activity);
+                async move {
+                    let answer = handle(&routes, req, read_only).await;
+                    Ok::<_, Infallible>(response(answer, open))
+                }
+            }
         }),
     );
-    if let Err(err) = watcher.watch(conn).await {
-        debug!(cause = %err, "connection ended with an error");
+    tokio::pin!(conn);
+    let mut idle_since = Some(Instant::now());
+    let mut shutting = false;
+    loop {
+        let changed = activity.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if activity.open.load(Relaxed) > 0 {
+            idle_since = None;
+        } else if idle_since.is_none() {
+            idle_since = Some(Instant::now());
+        }
+        let idle_until = idle_since.map(|since| since + idle);
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(err) = result {
+                    debug!(cause = %err, "connection ended with an error");
+                }
+                return;
+            }
+            _ = &mut changed => {}
+            _ = closing.wait_for(|&c| c), if !shutting => {
+                shutting = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = tokio::time::sleep_until(idle_until.unwrap_or_else(Instant::now)), if idle_until.is_some() => {
+                if activity.requests.load(Relaxed) == 0 || shutting {
+                    debug!("no request within the header timeout: closed");
+                    return;
+                }
+                // Idle: HTTP/2 says GOAWAY, HTTP/1.1 closes; a peer that
+                // does not let that finish is dropped a timeout later.
+                shutting = true;
+                conn.as_mut().graceful_shutdown();
+                idle_since = Some(Instant::now());
+            }
+        }
+    }
+}
+
+/// What a connection has open, for its idle timer.
+#[derive(Debug, Default)]
+struct Activity {
+    /// Requests whose answer is not over.
+    open: AtomicUsize,
+    /// Requests ever received.
+    requests: AtomicUsize,
+    /// Told whenever `open` changes.
+    changed: Notify,
+}
+
+/// A request open on its connection until its answer's body is dropped.
+#[derive(Debug)]
+struct Open(Arc<Activity>);
+
+impl Open {
+    fn new(activity: &Arc<Activity>) -> Open {
+        activity.open.fetch_add(1, Relaxed);
+        activity.requests.fetch_add(1, Relaxed);
+        activity.changed.notify_one();
+        Open(activity.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Relaxed);
+        self.0.changed.notify_one();
+    }
+}
+
+/// Runs hyper's HTTP/2 streams, each under a watchdog: a stream whose
+/// answer has had bytes waiting, untaken, for the write timeout (the peer
+/// keeps its flow-control window shut while answering PINGs, so the socket
+/// stays writable) is dropped, which resets it, and its queue is freed.
+#[derive(Debug, Clone)]
+pub struct StreamExecutor {
+    write_timeout: Duration,
+    resets: Arc<AtomicU64>,
+}
+
+impl StreamExecutor {
+    /// Streams that take no byte for `write_timeout` are reset, and counted
+    /// in `resets`.
+    pub fn new(write_timeout: Duration, resets: Arc<AtomicU64>) -> StreamExecutor {
+        StreamExecutor {
+            write_timeout,
+            resets,
+        }
+    }
+}
+
+tokio::task_local! {
+    /// The progress of the stream whose task this is, for its answer's body.
+    static PROGRESS: Arc<Progress>;
+}
+
+impl<F> hyper::rt::Executor<F> for StreamExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, stream: F) {
+        let progress = Arc::new(Progress::default());
+        let limit = self.write_timeout;
+        let resets = self.resets.clone();
+        let watched = {
+            let progress = progress.clone();
+            async move {
+                let stalled = async {
+                    loop {
+                        match progress.waiting_since() {
+                            Some(since) if since.elapsed() >= limit => return,
+                            Some(since) => tokio::time::sleep_until(since + limit).await,
+                            None => tokio::time::sleep(limit).await,
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = stream => {}
+                    _ = stalled => {
+                        debug!("HTTP/2 stream took no byte for the write timeout: reset");
+                        resets.fetch_add(1, Relaxed);
+                    }
+                }
+            }
+        };
+        tokio::spawn(PROGRESS.scope(progress, watched));
+    }
+}
+
+/// Since when an answer's body has had a frame out that hyper has not come
+/// back for (it asks for the next frame once it has sent the last one).
+#[derive(Debug, Default)]
+struct Progress {
+    /// Milliseconds since [`epoch`], plus one; 0 while nothing waits.
+    waiting: AtomicU64,
+}
+
+/// The instant [`Progress`] counts from.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl Progress {
+    fn waiting_since(&self) -> Option<Instant> {
+        match self.waiting.load(Relaxed) {
+            0 => None,
+            ms => Some(epoch() + Duration::from_millis(ms - 1)),
+        }
+    }
+
+    /// A frame went out: waiting for hyper to take the next from now.
+    fn sent(&self) {
+        let ms = Instant::now()
+            .saturating_duration_since(epoch())
+            .as_millis();
+        self.waiting
+            .store(u64::try_from(ms).unwrap_or(u64::MAX - 1) + 1, Relaxed);
+    }
+
+    /// Hyper came back for more and there is none: nothing waits.
+    fn drained(&self) {
+        self.waiting.store(0, Relaxed);
     }
 }
 
@@ -97,13 +297,19 @@ async fn handle(routes: &Routes, req: hyper::Request<Incoming>, read_only: bool)
     }
 }
 
-/// An answer as hyper's response.
-fn response(answer: Answer) -> Response<AnswerBody> {
-    let body = match answer.body {
-        Body::Empty => AnswerBody::Parts(VecDeque::new()),
-        Body::Full(b) => AnswerBody::Parts(VecDeque::from([b])),
-        Body::Parts(parts) => AnswerBody::Parts(parts.into()),
-        Body::Stream(rx) => AnswerBody::Stream(rx),
+/// An answer as hyper's response; the request stays `open` as long as its
+/// body.
+fn response(answer: Answer, open: Open) -> Response<AnswerBody> {
+    let frames = match answer.body {
+        Body::Empty => Frames::Parts(VecDeque::new()),
+        Body::Full(b) => Frames::Parts(VecDeque::from([b])),
+        Body::Parts(parts) => Frames::Parts(parts.into()),
+        Body::Stream(rx) => Frames::Stream(rx),
+    };
+    let body = AnswerBody {
+        frames,
+        progress: PROGRESS.try_with(Arc::clone).ok(),
+        _open: open,
     };
     let mut response = Response::new(body);
     *response.status_mut() = answer.status;
@@ -116,9 +322,18 @@ fn response(answer: Answer) -> Response<AnswerBody> {
     response
 }
 
-/// A response body: an answer's buffers, or an event stream's frames.
+/// A response body: an answer's buffers, or an event stream's frames; on
+/// HTTP/2 it tells its stream's watchdog how hyper takes them.
 #[derive(Debug)]
-pub enum AnswerBody {
+pub struct AnswerBody {
+    frames: Frames,
+    progress: Option<Arc<Progress>>,
+    _open: Open,
+}
+
+/// What an answer's body holds.
+#[derive(Debug)]
+enum Frames {
     /// Known buffers.
     Parts(VecDeque<Bytes>),
     /// Frames until the sender goes away.
@@ -133,22 +348,30 @@ impl HttpBody for AnswerBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        match self.get_mut() {
-            AnswerBody::Parts(parts) => Poll::Ready(parts.pop_front().map(|b| Ok(Frame::data(b)))),
-            AnswerBody::Stream(rx) => rx.poll_recv(cx).map(|f| f.map(|b| Ok(Frame::data(b)))),
+        let this = self.get_mut();
+        let polled = match &mut this.frames {
+            Frames::Parts(parts) => Poll::Ready(parts.pop_front()),
+            Frames::Stream(rx) => rx.poll_recv(cx),
+        };
+        if let Some(progress) = &this.progress {
+            match &polled {
+                Poll::Ready(Some(_)) => progress.sent(),
+                _ => progress.drained(),
+            }
         }
+        polled.map(|f| f.map(|b| Ok(Frame::data(b))))
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self, AnswerBody::Parts(parts) if parts.is_empty())
+        matches!(&self.frames, Frames::Parts(parts) if parts.is_empty())
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            AnswerBody::Parts(parts) => {
+        match &self.frames {
+            Frames::Parts(parts) => {
                 SizeHint::with_exact(parts.iter().map(|b| b.len() as u64).sum())
             }
-            AnswerBody::Stream(_) => SizeHint::default(),
+            Frames::Stream(_) => SizeHint::default(),
         }
     }
 }
