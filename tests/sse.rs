@@ -174,3 +174,71 @@ async fn binary_data_goes_as_a_base64_binary_event() {
     );
     assert_eq!(events.message().await.1, "text after");
 }
+
+/// Reads from `s` until `text` has arrived; everything read so far.
+async fn read_until(s: &mut tokio::net::TcpStream, seen: &mut String, text: &str) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    while !seen.contains(text) {
+        let n = tokio::time::timeout(STEP, s.read(&mut buf))
+            .await
+            .expect("in time")
+            .unwrap();
+        assert!(n > 0, "closed before {text:?}: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
+#[tokio::test]
+async fn on_the_wire_a_stream_is_chunked_on_http11_and_runs_to_the_close_on_http10() {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start(&[]);
+    let mut c = server.client().await;
+    for (version, chunked) in [("HTTP/1.1", true), ("HTTP/1.0", false)] {
+        let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let request = format!("GET /events?channel=wire {version}\r\nHost: x\r\n\r\n");
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut seen = String::new();
+        read_until(&mut s, &mut seen, "retry: ").await;
+        let head = seen.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        assert!(head.contains("content-type: text/event-stream"), "{head}");
+        assert!(!head.contains("content-length"), "{head}");
+        assert_eq!(
+            head.contains("transfer-encoding: chunked"),
+            chunked,
+            "{head}"
+        );
+        server.wait_for_stat("streams", 1).await;
+        c.publish("wire", "over the wire").await;
+        read_until(&mut s, &mut seen, "data: over the wire\n\n").await;
+        // A client that hangs up is forgotten.
+        drop(s);
+        server.wait_for_stat("streams", 0).await;
+    }
+}
+
+#[tokio::test]
+async fn a_stream_whose_reader_takes_nothing_is_closed_after_the_write_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start(&["--write-timeout", "1"]);
+    // A socket that never reads: its receive window fills, then stays shut.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(server.addr).await.unwrap();
+    stalled
+        .write_all(b"GET /events?channel=shut HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    server.wait_for_stat("streams", 1).await;
+    let mut c = server.client().await;
+    let big = "z".repeat(60_000);
+    // More than the kernel's buffers on both sides hold.
+    for _ in 0..200 {
+        c.publish("shut", &big).await;
+    }
+    // Given up on, and forgotten; everyone else is served meanwhile.
+    server.wait_for_stat("streams", 0).await;
+    assert_eq!(c.get("/subscribe?channel=shut&timeout=0").await.status, 204);
+    drop(stalled);
+}

@@ -96,6 +96,12 @@ pub async fn serve(
                 return Next::Hyper(Rewind::new(buf, stream, limits.write_timeout));
             }
             Step::Answer(answer, close, http10) => (answer, close, http10),
+            Step::Stream(answer, http10) if matches!(answer.body, Body::Stream(_)) => {
+                Box::pin(events(&mut stream, answer, http10, limits)).await;
+                return Next::Closed;
+            }
+            // Refused: an ordinary answer, and the connection closes.
+            Step::Stream(answer, http10) => (answer, true, http10),
             Step::Wait(params, close, http10) => {
                 let poll = std::pin::pin!(routes.subscribe(params));
                 match wait(&mut stream, poll, &mut buf, limits).await {
@@ -131,6 +137,9 @@ enum Step {
     Wait(Subscribe, bool, bool),
     /// An answer to write; then close? HTTP/1.0?
     Answer(Answer, bool, bool),
+    /// An event stream (or its refusal) to write until it ends, then close;
+    /// HTTP/1.0?
+    Stream(Answer, bool),
     /// Left to hyper; `buf` holds what was read.
     Hyper,
     /// The client left or was too slow.
@@ -155,7 +164,14 @@ async fn next(
         return Step::Hyper;
     };
     let answer = match routed {
-        Ok(Route::Events(..)) => return Step::Hyper,
+        Ok(Route::Events(params, expires, ask)) => {
+            // Nothing of the head is kept while the stream lasts.
+            buf.clear();
+            buf.shrink_to_fit();
+            let route = Route::Events(params, expires, ask);
+            let answer = Box::pin(routes.serve(route, Bytes::new())).await;
+            return Step::Stream(answer, http10);
+        }
         Ok(Route::Subscribe(params, ask)) => {
             // Free the head before waiting; keep only pipelined bytes, if any.
             buf.drain(..end);
@@ -578,7 +594,7 @@ async fn write(
     let (head, mut written) = SCRATCH.with(|scratch| {
         let mut head = scratch.borrow_mut();
         head.clear();
-        write_head(&mut head, answer, close, http10);
+        write_head(&mut head, answer, close, http10, false);
         let mut slices = [IoSlice::new(&[]); SLICES];
         slices[0] = IoSlice::new(&head);
         for (slot, part) in slices[1..].iter_mut().zip(parts) {
@@ -624,11 +640,119 @@ async fn write(
     }
 }
 
+/// Writes an event stream: its head, then each frame as it comes (chunked on
+/// HTTP/1.1, until the close on HTTP/1.0), until the stream ends, the client
+/// leaves, or it takes no byte for the write timeout. The connection holds
+/// the stream's queue and no buffer of its own.
+async fn events(stream: &mut TcpStream, answer: Answer, http10: bool, limits: &Limits) {
+    let chunked = !http10;
+    let mut head = Vec::with_capacity(256);
+    write_head(&mut head, &answer, true, http10, chunked);
+    let Body::Stream(mut frames) = answer.body else {
+        return;
+    };
+    if write_all(stream, &[&head], limits.write_timeout)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    drop(head);
+    loop {
+        let frame = tokio::select! {
+            frame = frames.recv() => frame,
+            () = gone(stream) => return,
+        };
+        let Some(frame) = frame else { break };
+        let written = if chunked {
+            let mut size = [0u8; 18];
+            let size = chunk_size(&mut size, frame.len());
+            write_all(stream, &[size, &frame, b"\r\n"], limits.write_timeout).await
+        } else {
+            write_all(stream, &[&frame], limits.write_timeout).await
+        };
+        if written.is_err() {
+            return;
+        }
+    }
+    if chunked {
+        let _ = write_all(stream, &[b"0\r\n\r\n"], limits.write_timeout).await;
+    }
+    let _ = tokio::time::timeout(limits.write_timeout, stream.shutdown()).await;
+}
+
+/// A chunk's size line (`HEX\r\n`) in `out`.
+fn chunk_size(out: &mut [u8; 18], len: usize) -> &[u8] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut at = 16;
+    let mut n = len;
+    loop {
+        at -= 1;
+        out[at] = HEX[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out[16] = b'\r';
+    out[17] = b'\n';
+    &out[at..]
+}
+
+/// Resolves when the client of an event stream hangs up (end of stream or
+/// an error); what it sends meanwhile is read and dropped.
+async fn gone(stream: &TcpStream) {
+    loop {
+        if stream.readable().await.is_err() {
+            return;
+        }
+        let mut chunk = [0u8; 64];
+        match stream.try_read(&mut chunk) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Writes all of `parts`; fails once the client takes nothing for
+/// `write_timeout`.
+async fn write_all(
+    stream: &mut TcpStream,
+    parts: &[&[u8]],
+    write_timeout: Duration,
+) -> io::Result<()> {
+    let (mut part, mut offset) = (0, 0);
+    while part < parts.len() {
+        let mut slices = [IoSlice::new(&[]); 4];
+        let mut n = 0;
+        for (i, p) in parts[part..].iter().take(slices.len()).enumerate() {
+            slices[n] = IoSlice::new(if i == 0 { &p[offset..] } else { p });
+            n += 1;
+        }
+        let wrote = tokio::time::timeout(write_timeout, stream.write_vectored(&slices[..n]));
+        let mut written = match wrote.await {
+            Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+        };
+        while part < parts.len() && written >= parts[part].len() - offset {
+            written -= parts[part].len() - offset;
+            (part, offset) = (part + 1, 0);
+        }
+        offset += written;
+    }
+    Ok(())
+}
+
 /// Buffers one vectored write takes at most.
 const SLICES: usize = 64;
 
-/// An answer's head: status line, its headers, length, date, connection.
-fn write_head(head: &mut Vec<u8>, answer: &Answer, close: bool, http10: bool) {
+/// An answer's head: status line, its headers, length (or chunked), date,
+/// connection.
+fn write_head(head: &mut Vec<u8>, answer: &Answer, close: bool, http10: bool, chunked: bool) {
     head.extend_from_slice(b"HTTP/1.1 ");
     head.extend_from_slice(answer.status.as_str().as_bytes());
     head.push(b' ');
@@ -641,7 +765,11 @@ fn write_head(head: &mut Vec<u8>, answer: &Answer, close: bool, http10: bool) {
         head.extend_from_slice(value);
         head.extend_from_slice(b"\r\n");
     }
-    if answer.has_body() {
+    if chunked {
+        head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    } else if matches!(answer.body, Body::Stream(_)) {
+        // Until the close.
+    } else if answer.has_body() {
         head.extend_from_slice(b"content-length: ");
         crate::protocol::push_decimal(head, answer.body.len().unwrap_or(0) as u64);
         head.extend_from_slice(b"\r\n");
@@ -872,7 +1000,7 @@ mod tests {
             vec![Bytes::from_static(b"hel"), Bytes::from_static(b"lo")],
         );
         let mut head = Vec::new();
-        write_head(&mut head, &answer, true, false);
+        write_head(&mut head, &answer, true, false, false);
         let text = String::from_utf8(head).unwrap();
         assert!(text.starts_with(
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\ndate: "
@@ -880,7 +1008,7 @@ mod tests {
         assert!(text.ends_with("\r\nconnection: close\r\n\r\n"));
         let empty = Answer::status(StatusCode::NO_CONTENT);
         let mut head = Vec::new();
-        write_head(&mut head, &empty, false, true);
+        write_head(&mut head, &empty, false, true, false);
         let text = String::from_utf8(head).unwrap();
         assert!(!text.contains("content-length"));
         assert!(text.ends_with("connection: keep-alive\r\n\r\n"));
