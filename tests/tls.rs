@@ -13,9 +13,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{STEP, Server, Temp};
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
 
 /// A fresh self-signed certificate for localhost, written as `NAME.crt` and
 /// `NAME.key` in `dir`.
@@ -135,36 +132,20 @@ async fn long_polls_streams_and_publishes_go_over_https_with_http2() {
     assert_eq!(String::from_utf8_lossy(&plain.stdout), "000");
 }
 
-/// An HTTP/2 connection in the clear (prior knowledge).
-async fn h2c(server: &Server) -> SendRequest<Full<Bytes>> {
-    let stream = TcpStream::connect(server.addr).await.unwrap();
-    let (sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    sender
-}
-
-fn get(path: &str) -> hyper::Request<Full<Bytes>> {
-    hyper::Request::get(format!("http://localhost{path}"))
-        .body(Full::new(Bytes::new()))
-        .unwrap()
-}
-
 #[tokio::test]
 async fn fifty_event_streams_share_one_http2_connection_and_all_receive() {
     let server = Server::start(&[]);
-    let sender = h2c(&server).await;
+    let sender = common::h2c(&server, None).await.0;
     let mut streams = Vec::new();
     for _ in 0..50 {
         let mut sender = sender.clone();
-        let resp = tokio::time::timeout(STEP, sender.send_request(get("/events?channel=many")))
-            .await
-            .unwrap()
-            .unwrap();
+        let resp = tokio::time::timeout(
+            STEP,
+            sender.send_request(common::h2_get("/events?channel=many")),
+        )
+        .await
+        .unwrap()
+        .unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.version(), hyper::Version::HTTP_2);
         streams.push(resp.into_body());
@@ -191,12 +172,12 @@ async fn fifty_event_streams_share_one_http2_connection_and_all_receive() {
 #[tokio::test]
 async fn a_cancelled_http2_stream_frees_its_waiter_and_the_connection_goes_on() {
     let server = Server::start(&[]);
-    let mut sender = h2c(&server).await;
+    let mut sender = common::h2c(&server, None).await.0;
     let waiting = {
         let mut sender = sender.clone();
         tokio::spawn(async move {
             sender
-                .send_request(get("/subscribe?channel=c&timeout=30"))
+                .send_request(common::h2_get("/subscribe?channel=c&timeout=30"))
                 .await
         })
     };
@@ -206,7 +187,7 @@ async fn a_cancelled_http2_stream_frees_its_waiter_and_the_connection_goes_on() 
     server.wait_for_stat("waiting", 0).await;
     server.wait_for_stat("channels", 0).await;
     let resp = sender
-        .send_request(get("/subscribe?channel=c&timeout=0"))
+        .send_request(common::h2_get("/subscribe?channel=c&timeout=0"))
         .await
         .unwrap();
     assert_eq!(resp.status(), 204);
@@ -217,10 +198,10 @@ async fn a_cancelled_http2_stream_frees_its_waiter_and_the_connection_goes_on() 
 #[tokio::test]
 async fn a_long_poll_on_several_channels_over_http2_answers_and_leaves_every_channel() {
     let server = Server::start(&[]);
-    let sender = h2c(&server).await;
+    let sender = common::h2c(&server, None).await.0;
     let poll = |path: String| {
         let mut sender = sender.clone();
-        tokio::spawn(async move { sender.send_request(get(&path)).await })
+        tokio::spawn(async move { sender.send_request(common::h2_get(&path)).await })
     };
     let waiting = poll("/subscribe?channel=a,b,c&timeout=30".into());
     server.wait_for_stat("waiting", 1).await;
@@ -262,7 +243,7 @@ async fn a_long_poll_on_several_channels_over_http2_answers_and_leaves_every_cha
 #[tokio::test]
 async fn limits_hold_on_http2() {
     let server = Server::start(&["--max-message", "1000", "--max-channels-per-request", "2"]);
-    let mut sender = h2c(&server).await;
+    let mut sender = common::h2c(&server, None).await.0;
     let big = hyper::Request::post("http://localhost/publish?channel=l")
         .header("content-type", "text/plain")
         .body(Full::new(Bytes::from(vec![b'x'; 5000])))
@@ -272,7 +253,7 @@ async fn limits_hold_on_http2() {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert!(String::from_utf8_lossy(&body).contains("message too large"));
     let resp = sender
-        .send_request(get("/subscribe?channel=a,b,c"))
+        .send_request(common::h2_get("/subscribe?channel=a,b,c"))
         .await
         .unwrap();
     assert_eq!(resp.status(), 400);

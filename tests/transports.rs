@@ -10,10 +10,8 @@ mod common;
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use common::{STEP, Server, Temp};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -118,46 +116,17 @@ async fn a_connection_that_sends_no_request_in_time_is_closed_on_every_transport
     }
 }
 
-/// An HTTP/2 connection in the clear, with `window` as its streams' initial
-/// flow-control window; a receiver that fires when the connection ends.
-async fn h2c(
-    server: &Server,
-    window: Option<u32>,
-) -> (
-    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
-    tokio::sync::oneshot::Receiver<()>,
-) {
-    let stream = TcpStream::connect(server.addr).await.unwrap();
-    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-    if let Some(window) = window {
-        builder.initial_stream_window_size(window);
-    }
-    let (sender, conn) = builder.handshake(TokioIo::new(stream)).await.unwrap();
-    let (ended_tx, ended) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let _ = conn.await;
-        let _ = ended_tx.send(());
-    });
-    (sender, ended)
-}
-
-fn get(path: &str) -> hyper::Request<Full<Bytes>> {
-    hyper::Request::get(format!("http://localhost{path}"))
-        .body(Full::new(Bytes::new()))
-        .unwrap()
-}
-
 #[tokio::test]
 async fn an_http2_connection_with_nothing_open_is_closed_with_a_goaway() {
     let server = Server::start(&["--header-timeout", "1"]);
-    let (mut sender, ended) = h2c(&server, None).await;
-    let resp = sender.send_request(get("/stats")).await.unwrap();
+    let (mut sender, ended) = common::h2c(&server, None).await;
+    let resp = sender.send_request(common::h2_get("/stats")).await.unwrap();
     assert_eq!(resp.status(), 200);
     resp.into_body().collect().await.unwrap();
     // A connection with a stream open stays, however long it waits.
-    let (mut busy, mut busy_ended) = h2c(&server, None).await;
+    let (mut busy, mut busy_ended) = common::h2c(&server, None).await;
     let waiting = tokio::spawn(async move {
-        busy.send_request(get("/subscribe?channel=w&timeout=3"))
+        busy.send_request(common::h2_get("/subscribe?channel=w&timeout=3"))
             .await
             .unwrap()
             .status()
@@ -175,14 +144,17 @@ async fn an_http2_connection_with_nothing_open_is_closed_with_a_goaway() {
 #[tokio::test]
 async fn an_http2_stream_whose_window_stays_shut_is_reset_and_freed() {
     let server = Server::start(&["--write-timeout", "2"]);
-    let (sender, _ended) = h2c(&server, Some(0)).await;
+    let (sender, _ended) = common::h2c(&server, Some(0)).await;
     let mut streams = Vec::new();
     for _ in 0..50 {
         let mut sender = sender.clone();
-        let resp = tokio::time::timeout(STEP, sender.send_request(get("/events?channel=wa,wb")))
-            .await
-            .unwrap()
-            .unwrap();
+        let resp = tokio::time::timeout(
+            STEP,
+            sender.send_request(common::h2_get("/events?channel=wa,wb")),
+        )
+        .await
+        .unwrap()
+        .unwrap();
         assert_eq!(resp.status(), 200);
         streams.push(resp.into_body());
     }

@@ -874,3 +874,35 @@ impl Events {
         }
     }
 }
+
+/// An HTTP/2 connection in the clear (prior knowledge), with `window` as its
+/// streams' initial flow-control window if given; a receiver that fires
+/// when the connection ends.
+pub async fn h2c(
+    server: &Server,
+    window: Option<u32>,
+) -> (
+    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    tokio::sync::oneshot::Receiver<()>,
+) {
+    let stream = TcpStream::connect(server.addr).await.unwrap();
+    let mut builder =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+    if let Some(window) = window {
+        builder.initial_stream_window_size(window);
+    }
+    let (sender, conn) = builder.handshake(TokioIo::new(stream)).await.unwrap();
+    let (ended_tx, ended) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _ = conn.await;
+        let _ = ended_tx.send(());
+    });
+    (sender, ended)
+}
+
+/// A GET for `path` with an empty body, for [`h2c`].
+pub fn h2_get(path: &str) -> Request<Full<Bytes>> {
+    Request::get(format!("http://localhost{path}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
