@@ -96,12 +96,12 @@ pub async fn serve(
                 return Next::Hyper(Rewind::new(buf, stream, limits.write_timeout));
             }
             Step::Answer(answer, close, http10) => (answer, close, http10),
-            Step::Stream(answer, http10) if matches!(answer.body, Body::Stream(_)) => {
+            Step::Stream(answer, _, http10) if matches!(answer.body, Body::Stream(_)) => {
                 Box::pin(events(&mut stream, answer, http10, limits)).await;
                 return Next::Closed;
             }
-            // Refused: an ordinary answer, and the connection closes.
-            Step::Stream(answer, http10) => (answer, true, http10),
+            // Refused: an ordinary answer.
+            Step::Stream(answer, close, http10) => (answer, close, http10),
             Step::Wait(params, close, http10) => {
                 let poll = std::pin::pin!(routes.subscribe(params));
                 match wait(&mut stream, poll, &mut buf, limits).await {
@@ -137,9 +137,9 @@ enum Step {
     Wait(Subscribe, bool, bool),
     /// An answer to write; then close? HTTP/1.0?
     Answer(Answer, bool, bool),
-    /// An event stream (or its refusal) to write until it ends, then close;
-    /// HTTP/1.0?
-    Stream(Answer, bool),
+    /// An event stream to write until it ends, then close; or its refusal,
+    /// then close? HTTP/1.0?
+    Stream(Answer, bool, bool),
     /// Left to hyper; `buf` holds what was read.
     Hyper,
     /// The client left or was too slow.
@@ -165,12 +165,15 @@ async fn next(
     };
     let answer = match routed {
         Ok(Route::Events(params, expires, ask)) => {
-            // Nothing of the head is kept while the stream lasts.
-            buf.clear();
+            // Nothing of the head is kept while the stream lasts; what was
+            // pipelined after it is answered if the stream is refused (a
+            // body, which no stream reads, closes the connection instead).
+            close |= length > 0;
+            buf.drain(..end);
             buf.shrink_to_fit();
             let route = Route::Events(params, expires, ask);
             let answer = Box::pin(routes.serve(route, Bytes::new())).await;
-            return Step::Stream(answer, http10);
+            return Step::Stream(answer, close, http10);
         }
         Ok(Route::Subscribe(params, ask)) => {
             // Free the head before waiting; keep only pipelined bytes, if any.
