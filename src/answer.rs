@@ -41,8 +41,45 @@ pub enum Body {
     Full(Bytes),
     /// Buffers sent one after another (written vectored on the lean path).
     Parts(Vec<Bytes>),
-    /// Frames as they come, until the sender is dropped (`/events`).
-    Stream(mpsc::Receiver<Bytes>),
+    /// Frames as they come, until the stream ends (`/events`).
+    Stream(Events),
+}
+
+/// An event stream's frames.
+#[derive(Debug)]
+pub enum Events {
+    /// Made by a task, queued until the sender is dropped.
+    Queue(mpsc::Receiver<Bytes>),
+    /// Made as they are asked for, by whoever writes them (one channel).
+    Live(Box<crate::sse::Live>),
+}
+
+impl Events {
+    /// The next frame, or `None` when the stream is over.
+    pub async fn next(&mut self) -> Option<Bytes> {
+        match self {
+            Events::Queue(rx) => rx.recv().await,
+            Events::Live(live) => live.next().await,
+        }
+    }
+
+    /// Resolves once the writer of a live stream has fallen too far behind
+    /// (a queue's own task sees to that itself).
+    pub async fn lagging(&self) {
+        match self {
+            Events::Queue(_) => std::future::pending().await,
+            Events::Live(live) => live.lagging().await,
+        }
+    }
+
+    /// The frames as a queue that a task of their own fills: for a writer
+    /// that polls rather than awaits (hyper's body).
+    pub fn into_queue(self) -> mpsc::Receiver<Bytes> {
+        match self {
+            Events::Queue(rx) => rx,
+            Events::Live(live) => crate::sse::pump(*live),
+        }
+    }
 }
 
 impl Body {
@@ -149,6 +186,11 @@ impl Answer {
     /// Whether it has a header.
     pub fn has(&self, name: &HeaderName) -> bool {
         self.headers.iter().any(|(n, _)| n == name)
+    }
+
+    /// Its body; the rest is dropped.
+    pub fn into_body(self) -> Body {
+        self.body
     }
 
     /// Whether the status allows a body (and so a Content-Length).

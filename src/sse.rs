@@ -2,12 +2,14 @@
 //!
 //! A stream first sends the history after `since` (or `Last-Event-ID`), then every
 //! new message as it is published, each as its shared SSE frame, and a `: ping`
-//! comment after 15 s (`--ping`) of silence. One small task per stream copies
-//! frames from the channel's broadcast into a bounded queue that the answer's
-//! body drains: a client that stops reading falls behind the broadcast and is
-//! dropped, and the others are not held up. When the client goes away the body
-//! is dropped, the task sees its queue closed and ends, and the store forgets
-//! the stream.
+//! comment after 15 s (`--ping`) of silence. On one channel the frames are made
+//! as the writer asks for them ([`Live`]): the lean HTTP/1.1 path writes them
+//! from the connection's own task, so an idle stream costs little more than a
+//! waiting long-poll; hyper's path gets them through a small task and a bounded
+//! queue ([`pump`]). Either way a client that stops reading falls behind the
+//! channel's broadcast and is dropped, and the others are not held up; when the
+//! client goes away the stream is dropped and the store forgets it. On several
+//! channels a task reads long-polls on the store ([`answer_many`]).
 
 use smol_str::SmolStr;
 use std::time::Duration;
@@ -18,7 +20,7 @@ use http::header::HeaderName;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
-use crate::answer::{Answer, Body, NOSNIFF};
+use crate::answer::{Answer, Body, Events, NOSNIFF};
 use crate::hub::{STREAM_BACKLOG, Since, StreamGuard};
 use crate::protocol::{self, Content};
 use crate::store::{Message, Store, Stream};
@@ -35,66 +37,133 @@ const LAG_CHECK: Duration = Duration::from_millis(250);
 /// Answers an `/events` request with `stream`: its backlog, then live
 /// messages, until `ends` (when the token it was opened with expires), if set.
 /// Then an `event: expired` says why, and the stream ends; the client opens a
-/// new one with a fresh token and its `Last-Event-ID`.
-pub fn answer(mut stream: Stream, ping: Duration, ends: Option<Instant>) -> Answer {
-    let (tx, rx) = mpsc::channel(QUEUE);
-    let mut head = format!("retry: {RETRY_MS}\n\n");
-    if stream.gap {
-        head.push_str("event: gap\ndata: some messages are no longer retained\n\n");
+/// new one with a fresh token and its `Last-Event-ID`. The frames are made
+/// as the writer asks for them ([`Live`]): the lean path writes them from
+/// the connection's own task; hyper's gets them through [`pump`].
+pub fn answer(stream: Stream, ping: Duration, ends: Option<Instant>) -> Answer {
+    event_stream(Events::Live(Box::new(Live::new(stream, ping, ends))))
+}
+
+/// A one-channel event stream's frames, made as they are asked for: the
+/// head, the backlog, then live messages and pings. A writer that falls a
+/// whole broadcast buffer behind (its client stopped reading) gets `None`,
+/// and the stream ends; the browser resumes from the history.
+#[derive(Debug)]
+pub struct Live {
+    stream: Stream,
+    head: Option<Bytes>,
+    backlog: std::vec::IntoIter<Message>,
+    /// Silence after which a ping goes out, and when the next one is due.
+    ping: Duration,
+    next_ping: Instant,
+    ends: Option<Instant>,
+    over: bool,
+}
+
+impl Live {
+    fn new(mut stream: Stream, ping: Duration, ends: Option<Instant>) -> Live {
+        let mut head = format!("retry: {RETRY_MS}\n\n");
+        if stream.gap {
+            head.push_str("event: gap\ndata: some messages are no longer retained\n\n");
+        }
+        let backlog = std::mem::take(&mut stream.backlog).into_iter();
+        Live {
+            stream,
+            head: Some(Bytes::from(head)),
+            backlog,
+            ping,
+            next_ping: Instant::now() + ping,
+            ends,
+            over: false,
+        }
     }
-    let backlog = std::mem::take(&mut stream.backlog);
-    tokio::spawn(async move {
-        // Own the whole stream, so that its guard lives as long as this task.
-        let mut stream = stream;
-        if tx.send(Bytes::from(head)).await.is_err() {
-            return;
+
+    /// The next frame, or `None` when the stream is over.
+    pub async fn next(&mut self) -> Option<Bytes> {
+        if self.over {
+            return None;
         }
-        for message in &backlog {
-            if !deliver(&tx, message.payload.sse(), &stream.live).await {
-                return;
-            }
+        if let Some(head) = self.head.take() {
+            return Some(head);
         }
-        drop(backlog);
-        let mut ping = tokio::time::interval_at(Instant::now() + ping, ping);
-        let expiry = async {
-            match ends {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
+        if let Some(message) = self.backlog.next() {
+            return Some(message.payload.sse());
+        }
+        // One timer for the next ping and the token's expiry, whichever
+        // comes first.
+        let wake = match self.ends {
+            Some(ends) => ends.min(self.next_ping),
+            None => self.next_ping,
         };
-        tokio::pin!(expiry);
+        let timer = tokio::time::sleep_until(wake);
+        tokio::pin!(timer);
         loop {
-            let frame = tokio::select! {
-                received = stream.live.recv() => match received {
-                    Ok(message) if message.seq <= stream.after => continue,
-                    Ok(message) => message.payload.sse(),
+            tokio::select! {
+                received = self.stream.live.recv() => match received {
+                    Ok(message) if message.seq <= self.stream.after => continue,
+                    Ok(message) => {
+                        self.next_ping = Instant::now() + self.ping;
+                        return Some(message.payload.sse());
+                    }
                     // Fell too far behind, or the channel was deleted or the server
                     // is stopping: end the stream; the browser reconnects with its
                     // Last-Event-ID and resumes from the history.
                     Err(broadcast::error::RecvError::Lagged(_))
-                    | Err(broadcast::error::RecvError::Closed) => return,
+                    | Err(broadcast::error::RecvError::Closed) => return None,
                 },
-                _ = ping.tick() => Bytes::from_static(b": ping\n\n"),
-                () = &mut expiry => {
-                    let _ = tx.try_send(Bytes::from_static(EXPIRED));
-                    return;
+                () = &mut timer => {
+                    if self.ends.is_some_and(|ends| ends <= wake) {
+                        self.over = true;
+                        return Some(Bytes::from_static(EXPIRED));
+                    }
+                    self.next_ping = wake + self.ping;
+                    return Some(Bytes::from_static(b": ping\n\n"));
                 }
-                _ = tx.closed() => return,
-            };
-            if !deliver(&tx, frame, &stream.live).await {
-                return;
             }
-            ping.reset();
         }
-    });
-    event_stream(rx)
+    }
 }
 
-fn event_stream(rx: mpsc::Receiver<Bytes>) -> Answer {
+impl Live {
+    /// Resolves once the writer has fallen a whole broadcast buffer behind
+    /// (its client is not reading): it is given up on, as a queue's would be.
+    pub async fn lagging(&self) {
+        let mut check = tokio::time::interval(LAG_CHECK);
+        loop {
+            check.tick().await;
+            if self.stream.live.len() >= STREAM_BACKLOG {
+                return;
+            }
+        }
+    }
+}
+
+/// A task that makes `live`'s frames into a bounded queue, for a writer
+/// that polls (hyper's body): a reader that stops reading falls behind the
+/// broadcast and is dropped, and the others are not held up. When the queue's
+/// reader goes away the task ends, and the store forgets the stream.
+pub fn pump(mut live: Live) -> mpsc::Receiver<Bytes> {
+    let (tx, rx) = mpsc::channel(QUEUE);
+    tokio::spawn(async move {
+        loop {
+            let frame = tokio::select! {
+                frame = live.next() => frame,
+                _ = tx.closed() => return,
+            };
+            let Some(frame) = frame else { return };
+            if !deliver(&tx, frame, &live.stream.live).await {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn event_stream(events: Events) -> Answer {
     Answer::full(
         StatusCode::OK,
         Bytes::from_static(b"text/event-stream"),
-        Body::Stream(rx),
+        Body::Stream(events),
     )
     .with(
         HeaderName::from_static("x-accel-buffering"),
@@ -179,7 +248,7 @@ pub fn answer_many(polls: Polls, ping: Duration, ends: Option<Instant>) -> Answe
             }
         }
     });
-    event_stream(rx)
+    event_stream(Events::Queue(rx))
 }
 
 /// One event of a stream on several channels: `id:` the cursor, `data:` the

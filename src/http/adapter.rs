@@ -304,7 +304,7 @@ fn response(answer: Answer, open: Open) -> Response<AnswerBody> {
         Body::Empty => Frames::Parts(VecDeque::new()),
         Body::Full(b) => Frames::Parts(VecDeque::from([b])),
         Body::Parts(parts) => Frames::Parts(parts.into()),
-        Body::Stream(rx) => Frames::Stream(rx),
+        Body::Stream(events) => Frames::Stream(events.into_queue()),
     };
     let body = AnswerBody {
         frames,

@@ -651,7 +651,8 @@ async fn events(stream: &mut TcpStream, answer: Answer, http10: bool, limits: &L
     let chunked = !http10;
     let mut head = Vec::with_capacity(256);
     write_head(&mut head, &answer, true, http10, chunked);
-    let Body::Stream(mut frames) = answer.body else {
+    // The rest of the answer (its headers) is not kept while the stream lasts.
+    let Body::Stream(mut frames) = answer.into_body() else {
         return;
     };
     if write_all(stream, &[&head], limits.write_timeout)
@@ -663,18 +664,20 @@ async fn events(stream: &mut TcpStream, answer: Answer, http10: bool, limits: &L
     drop(head);
     loop {
         let frame = tokio::select! {
-            frame = frames.recv() => frame,
+            frame = frames.next() => frame,
             () = gone(stream) => return,
         };
         let Some(frame) = frame else { break };
-        let written = if chunked {
-            let mut size = [0u8; 18];
-            let size = chunk_size(&mut size, frame.len());
-            write_all(stream, &[size, &frame, b"\r\n"], limits.write_timeout).await
-        } else {
-            write_all(stream, &[&frame], limits.write_timeout).await
+        let mut size = [0u8; 18];
+        let parts: [&[u8]; 3] = match chunked {
+            true => [chunk_size(&mut size, frame.len()), &frame, b"\r\n"],
+            false => [&frame, b"", b""],
         };
-        if written.is_err() {
+        let written = tokio::select! {
+            written = write_all(stream, &parts, limits.write_timeout) => written.is_ok(),
+            () = frames.lagging() => false,
+        };
+        if !written {
             return;
         }
     }
