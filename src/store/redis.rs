@@ -520,6 +520,19 @@ impl Redis {
         Ok(())
     }
 
+    /// Follows `channel`, then reads its stream after `since`: what a
+    /// waiter already registered does, so that a message published at any
+    /// point is in the read or reaches the waiter.
+    async fn follow_and_read(
+        &self,
+        channel: &str,
+        since: Since,
+        limit: usize,
+    ) -> Result<Read, Error> {
+        self.follow(channel).await?;
+        self.read(channel, since, limit).await
+    }
+
     pub(super) async fn poll(
         &self,
         channel: &str,
@@ -545,11 +558,7 @@ impl Redis {
             // Waiter first, then follow, then read: a message published at any
             // point is in the read or reaches the waiter.
             let waiter = self.hub.wait(channel, true)?;
-            let read = match self.follow(channel).await {
-                Ok(()) => self.read(channel, since, limit).await,
-                Err(err) => Err(err),
-            };
-            let read = match read {
+            let read = match self.follow_and_read(channel, since, limit).await {
                 Ok(read) => read,
                 // Redis went away while this subscriber was already waiting:
                 // it goes on waiting, and once the link is back it is answered
@@ -613,25 +622,19 @@ impl Redis {
             let missed = polled.read_starts(many.starts);
             // Each channel's place pinned first, as `poll` does: a request
             // that cannot start gets 503.
-            let mut pinned = Vec::with_capacity(missed.len());
             for &i in &missed {
                 asked[i].1 = self.pin_next(asked[i].0, asked[i].1).await?;
                 polled.from[i] = position(asked[i].1);
-                pinned.push((i, asked[i].1));
             }
             let mut down = false;
-            for (i, since) in pinned {
-                let channel = asked[i].0;
+            for i in missed {
+                let (channel, since) = asked[i];
                 // Counted as waiting from here on: like a one-channel
                 // waiter, it waits through an outage (below).
                 self.hub
                     .wait_among(&mut joint, i, channel, count && !counted)?;
                 counted |= count;
-                let read = match self.follow(channel).await {
-                    Ok(()) => self.read(channel, since, limit).await,
-                    Err(err) => Err(err),
-                };
-                match read {
+                match self.follow_and_read(channel, since, limit).await {
                     Ok(read) => {
                         self.hub.cover_from(channel, read.last);
                         polled.read(i, read.from, read.gap, read.messages);
@@ -686,8 +689,7 @@ impl Redis {
         self.link()?;
         let since = self.pin_next(channel, since).await?;
         let mut stream = self.hub.stream(channel, Since::Next)?;
-        self.follow(channel).await?;
-        let read = self.read(channel, since, usize::MAX).await?;
+        let read = self.follow_and_read(channel, since, usize::MAX).await?;
         stream.after = read.messages.last().map_or(read.position, |m| m.seq);
         stream.gap = read.gap;
         stream.backlog = read.messages;
