@@ -122,18 +122,22 @@ impl Live {
             }
         }
     }
-}
 
-impl Live {
     /// Resolves once the writer has fallen a whole broadcast buffer behind
     /// (its client is not reading): it is given up on, as a queue's would be.
     pub async fn lagging(&self) {
-        let mut check = tokio::time::interval(LAG_CHECK);
-        loop {
-            check.tick().await;
-            if self.stream.live.len() >= STREAM_BACKLOG {
-                return;
-            }
+        fell_behind(&self.stream.live).await;
+    }
+}
+
+/// Resolves once `live` holds a whole broadcast buffer not yet read: its
+/// reader has stopped keeping up.
+async fn fell_behind(live: &broadcast::Receiver<Message>) {
+    let mut check = tokio::time::interval(LAG_CHECK);
+    loop {
+        check.tick().await;
+        if live.len() >= STREAM_BACKLOG {
+            return;
         }
     }
 }
@@ -277,19 +281,12 @@ async fn deliver(
         Err(mpsc::error::TrySendError::Closed(_)) => return false,
         Err(mpsc::error::TrySendError::Full(frame)) => frame,
     };
-    let mut check = tokio::time::interval(LAG_CHECK);
-    loop {
-        tokio::select! {
-            permit = tx.reserve() => {
-                let Ok(permit) = permit else { return false };
-                permit.send(frame);
-                return true;
-            }
-            _ = check.tick() => {
-                if live.len() >= STREAM_BACKLOG {
-                    return false;
-                }
-            }
+    tokio::select! {
+        permit = tx.reserve() => {
+            let Ok(permit) = permit else { return false };
+            permit.send(frame);
+            true
         }
+        () = fell_behind(live) => false,
     }
 }
