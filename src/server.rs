@@ -121,7 +121,7 @@ pub async fn run(listeners: Vec<Listener>, mut config: Config, shutdown: impl Fu
     if !routes.store().ready(STORE_START).await {
         warn!("redis not reachable yet; answering 503 until it is");
     }
-    let stalled = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stalled = Arc::new(AtomicU64::new(0));
     let trimmer = tokio::spawn(trim_memory(
         counters.clone(),
         routes.clone(),

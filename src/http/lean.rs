@@ -594,7 +594,7 @@ async fn write(
         Body::Parts(parts) => parts,
         Body::Empty | Body::Stream(_) => &[],
     };
-    let (head, mut written) = SCRATCH.with(|scratch| {
+    let (head, written) = SCRATCH.with(|scratch| {
         let mut head = scratch.borrow_mut();
         head.clear();
         write_head(&mut head, answer, close, http10, false);
@@ -611,42 +611,14 @@ async fn write(
         let head_rest = head[written.min(head.len())..].to_vec();
         Ok((head_rest, written.saturating_sub(head.len())))
     })?;
-    let mut head = &head[..];
-    // Where the body goes on: a part and an offset in it.
-    let (mut part, mut offset) = (0, 0);
-    loop {
-        while part < parts.len() && written >= parts[part].len() - offset {
-            written -= parts[part].len() - offset;
-            (part, offset) = (part + 1, 0);
-        }
-        offset += written;
-        if head.is_empty() && part == parts.len() {
-            return Ok(());
-        }
-        let mut slices = [IoSlice::new(&[]); SLICES];
-        slices[0] = IoSlice::new(head);
-        let mut n = 1;
-        for (i, p) in parts[part..].iter().take(SLICES - 1).enumerate() {
-            slices[n] = IoSlice::new(if i == 0 { &p[offset..] } else { p });
-            n += 1;
-        }
-        let wrote = tokio::time::timeout(write_timeout, stream.write_vectored(&slices[..n]));
-        written = match wrote.await {
-            Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(io::ErrorKind::TimedOut.into()),
-        };
-        let from_head = written.min(head.len());
-        head = &head[from_head..];
-        written -= from_head;
-    }
+    write_all::<_, 1>(stream, &[head], 0, write_timeout).await?;
+    write_all::<_, SLICES>(stream, parts, written, write_timeout).await
 }
 
 /// Writes an event stream: its head, then each frame as it comes (chunked on
 /// HTTP/1.1, until the close on HTTP/1.0), until the stream ends, the client
-/// leaves, or it takes no byte for the write timeout. The connection holds
-/// the stream's queue and no buffer of its own.
+/// leaves, falls a whole broadcast buffer behind, or takes no byte for the
+/// write timeout. The connection keeps no buffer of its own meanwhile.
 async fn events(stream: &mut TcpStream, answer: Answer, http10: bool, limits: &Limits) {
     let chunked = !http10;
     let mut head = Vec::with_capacity(256);
@@ -655,7 +627,7 @@ async fn events(stream: &mut TcpStream, answer: Answer, http10: bool, limits: &L
     let Body::Stream(mut frames) = answer.into_body() else {
         return;
     };
-    if write_all(stream, &[&head], limits.write_timeout)
+    if write_all::<_, 1>(stream, &[&head], 0, limits.write_timeout)
         .await
         .is_err()
     {
@@ -674,7 +646,7 @@ async fn events(stream: &mut TcpStream, answer: Answer, http10: bool, limits: &L
             false => [&frame, b"", b""],
         };
         let written = tokio::select! {
-            written = write_all(stream, &parts, limits.write_timeout) => written.is_ok(),
+            written = write_all::<_, 3>(stream, &parts, 0, limits.write_timeout) => written.is_ok(),
             () = frames.lagging() => false,
         };
         if !written {
@@ -682,7 +654,7 @@ async fn events(stream: &mut TcpStream, answer: Answer, http10: bool, limits: &L
         }
     }
     if chunked {
-        let _ = write_all(stream, &[b"0\r\n\r\n"], limits.write_timeout).await;
+        let _ = write_all::<_, 1>(stream, &[b"0\r\n\r\n"], 0, limits.write_timeout).await;
     }
     let _ = tokio::time::timeout(limits.write_timeout, stream.shutdown()).await;
 }
@@ -722,35 +694,41 @@ async fn gone(stream: &TcpStream) {
     }
 }
 
-/// Writes all of `parts`; fails once the client takes nothing for
-/// `write_timeout`.
-async fn write_all(
+/// Writes `parts` but their first `written` bytes, at most `N` buffers a
+/// vectored write, as they are, never copied; fails once the client takes
+/// nothing for `write_timeout`.
+async fn write_all<B: AsRef<[u8]>, const N: usize>(
     stream: &mut TcpStream,
-    parts: &[&[u8]],
+    parts: &[B],
+    mut written: usize,
     write_timeout: Duration,
 ) -> io::Result<()> {
+    // Where the bytes go on: a part and an offset in it.
     let (mut part, mut offset) = (0, 0);
-    while part < parts.len() {
-        let mut slices = [IoSlice::new(&[]); 4];
+    loop {
+        while part < parts.len() && written >= parts[part].as_ref().len() - offset {
+            written -= parts[part].as_ref().len() - offset;
+            (part, offset) = (part + 1, 0);
+        }
+        offset += written;
+        if part == parts.len() {
+            return Ok(());
+        }
+        let mut slices = [IoSlice::new(&[]); N];
         let mut n = 0;
-        for (i, p) in parts[part..].iter().take(slices.len()).enumerate() {
+        for (i, p) in parts[part..].iter().take(N).enumerate() {
+            let p = p.as_ref();
             slices[n] = IoSlice::new(if i == 0 { &p[offset..] } else { p });
             n += 1;
         }
         let wrote = tokio::time::timeout(write_timeout, stream.write_vectored(&slices[..n]));
-        let mut written = match wrote.await {
+        written = match wrote.await {
             Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(Ok(n)) => n,
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(io::ErrorKind::TimedOut.into()),
         };
-        while part < parts.len() && written >= parts[part].len() - offset {
-            written -= parts[part].len() - offset;
-            (part, offset) = (part + 1, 0);
-        }
-        offset += written;
     }
-    Ok(())
 }
 
 /// Buffers one vectored write takes at most.
