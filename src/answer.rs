@@ -143,11 +143,13 @@ impl Answer {
         #[derive(Serialize)]
         struct Refusal {
             error: String,
+            reason: &'static str,
         }
         let answer = Answer::json(
             err.status(),
             &Refusal {
                 error: err.to_string(),
+                reason: err.reason().name(),
             },
         );
         match err {

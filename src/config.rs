@@ -3,6 +3,7 @@
 //! One struct serves the binary (parsed by clap) and the library (built with
 //! [`Config::default`] and adjusted field by field, as the tests do).
 
+use crate::routes::SubscribeAuth;
 use std::time::Duration;
 
 use clap::Parser;
@@ -160,8 +161,8 @@ pub struct Config {
     /// Who must show what to subscribe: `none`; `token` (a JWT allowing the
     /// channel); or `webhook` (whatever `--auth-url` accepts). The
     /// `--public-channels` are open either way.
-    #[arg(long, default_value = "none", value_parser = ["none", "token", "webhook"])]
-    pub subscribe_auth: String,
+    #[arg(long, default_value = "none", value_enum)]
+    pub subscribe_auth: crate::routes::SubscribeAuth,
 
     /// The application's auth endpoint (`http[s]://HOST[:PORT]/PATH`) for
     /// `--subscribe-auth webhook`: asked with the subscriber's cookies and
@@ -478,13 +479,13 @@ impl Config {
         }
         self.verifier(crate::hub::Meter::default())?;
         self.webhook(crate::hub::Meter::default())?;
-        if (self.subscribe_auth == "webhook") != self.auth_url.is_some() {
+        if (self.subscribe_auth == SubscribeAuth::Webhook) != self.auth_url.is_some() {
             return Err(
                 "--subscribe-auth webhook and --auth-url go together: give both or neither"
                     .to_owned(),
             );
         }
-        if self.subscribe_auth == "token" && self.jwt_key.is_none() {
+        if self.subscribe_auth == SubscribeAuth::Token && self.jwt_key.is_none() {
             return Err("--subscribe-auth token needs --jwt-key to check tokens with".to_owned());
         }
         if self.jwt_key.is_none()

@@ -8,7 +8,7 @@ use http::StatusCode;
 use crate::hub::Refused;
 
 /// A request the server refuses. Each maps to one status and a short message
-/// that goes out as `{"error":"…"}`.
+/// that goes out as `{"error":"…","reason":"…"}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Error {
     /// The channel name is empty, too long or has a character outside `[A-Za-z0-9_.:@-]`.

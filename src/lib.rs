@@ -20,6 +20,13 @@
 //!    subscribe and publish: tokens and channel patterns) and [`store`] (the
 //!    memory hub or Redis, behind one interface).
 //! 6. [`hub`]: channels, waiters, history, sequence numbers and time; pure.
+//!    In rooms: messages and `Since`, channels, polls and their waiter, event
+//!    streams, idempotency keys, the memory bound, the sweep.
+//!
+//! A subscription is a list of channels, one channel a list of one: the
+//! store, the routes and SSE have one path for both, and what a client of
+//! one channel sees differently (plain ids) is decided in
+//! [`protocol::Channels`].
 //!
 //! Beside them, used from any layer: [`error`] (every refusal and its status),
 //! [`stats`] (counters), [`os`] (the open-files limit, handing memory back) and

@@ -8,7 +8,7 @@
 
 use smol_str::SmolStr;
 use std::borrow::Cow;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -152,7 +152,7 @@ const STREAM_SEQ_BITS: u32 = 20;
 pub enum Ids {
     /// In memory: `EPOCH-SEQ`, with a fresh epoch every run, so an id from an
     /// earlier run is foreign.
-    Epoch(String),
+    Epoch(Arc<str>),
     /// On Redis: the channel stream's ids `MS-N`, valid on every instance and
     /// after any restart. Kept as one `u64`, `MS << 20 | N`, so they order as
     /// numbers.
@@ -579,24 +579,124 @@ pub const CURSOR_SEPARATOR: u8 = b'~';
 /// channels it no longer asks for; they are ignored).
 const MAX_CURSOR_ENTRIES: usize = 256;
 
-/// The channels a subscription reads, each with where it starts.
+/// The channels a subscription reads, each with where it starts, in the
+/// order asked. A subscription is a list of channels, one channel a list of
+/// one; what clients of one channel see differently (the v1 protocol: plain
+/// ids, `gap` as a boolean, no `X-Channel`, plain SSE frames) from clients of
+/// several (`channel=a,b`: composite cursors, the channels that missed
+/// messages, JSON items in SSE) is decided here and nowhere else.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Channels {
-    /// One channel, resumed by plain message ids (the v1 protocol).
-    One(String, Since),
-    /// Several (`channel=a,b`), resumed by composite cursors.
-    Several(Vec<(SmolStr, Since)>),
-}
+pub struct Channels(pub Vec<(SmolStr, Since)>);
 
 impl Channels {
+    /// The channels, each with where it starts.
+    pub fn list(&self) -> &[(SmolStr, Since)] {
+        &self.0
+    }
+
     /// The channels' names, in the order asked.
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        let (one, several) = match self {
-            Channels::One(name, _) => (Some(name.as_str()), &[][..]),
-            Channels::Several(list) => (None, &list[..]),
-        };
-        one.into_iter()
-            .chain(several.iter().map(|(name, _)| name.as_str()))
+        self.0.iter().map(|(name, _)| name.as_str())
+    }
+
+    /// The name of the channel at `place`.
+    pub fn name(&self, place: usize) -> &str {
+        self.0.get(place).map_or("", |(name, _)| name.as_str())
+    }
+
+    /// Several channels: resumed by composite cursors.
+    fn several(&self) -> bool {
+        self.0.len() > 1
+    }
+
+    /// Where a reader stands with each channel at the sequence in `at`
+    /// (that of the last message it has, or of where it stood): a plain id
+    /// on one channel (`last`'s own, when it is the last message answered),
+    /// a composite cursor on several.
+    pub fn position(&self, ids: &Ids, at: &[u64], last: Option<&Content>) -> Bytes {
+        match (self.several(), last) {
+            (false, Some(last)) => last.id.clone(),
+            (false, None) => ids.id(at.first().copied().unwrap_or_default()),
+            (true, _) => cursor(ids, &self.0, at),
+        }
+    }
+
+    /// `X-Gap`, when a channel missed messages: `1` on one channel, the
+    /// names of those that did on several.
+    pub fn gap_header(&self, gaps: &[bool]) -> Option<Bytes> {
+        if !gaps.contains(&true) {
+            return None;
+        }
+        Some(match self.several() {
+            false => Bytes::from_static(b"1"),
+            true => Bytes::from(self.missed(gaps).join(",")),
+        })
+    }
+
+    /// A JSON batch's `gap`: `true`/`false` on one channel, the list of
+    /// those that missed messages on several.
+    pub fn gap_json(&self, gaps: &[bool]) -> Vec<u8> {
+        match self.several() {
+            false if gaps.contains(&true) => b"true".to_vec(),
+            false => b"false".to_vec(),
+            true => serde_json::to_vec(&self.missed(gaps)).unwrap_or_else(|_| b"[]".to_vec()),
+        }
+    }
+
+    /// A JSON batch's `channel`: the names, joined by commas.
+    pub fn joined(&self) -> String {
+        self.names().collect::<Vec<_>>().join(",")
+    }
+
+    /// `X-Channel` of a raw message from the channel at `place`: on several
+    /// channels only.
+    pub fn x_channel(&self, place: usize) -> Option<Bytes> {
+        self.several()
+            .then(|| Bytes::copy_from_slice(self.name(place).as_bytes()))
+    }
+
+    /// The SSE event of `message`, from the channel at `place`, the
+    /// channels then standing at `at`: its shared frame on one channel; on
+    /// several, `id:` the composite cursor and `data:` its JSON item (one
+    /// line: JSON escapes line breaks).
+    pub fn event(&self, ids: &Ids, at: &[u64], place: usize, message: &Content) -> Bytes {
+        if !self.several() {
+            return message.sse();
+        }
+        let cursor = cursor(ids, &self.0, at);
+        let item = message.json(self.name(place));
+        let mut out = Vec::with_capacity(cursor.len() + item.len() + 16);
+        out.extend_from_slice(b"id: ");
+        out.extend_from_slice(&cursor);
+        out.extend_from_slice(b"\ndata: ");
+        out.extend_from_slice(&item);
+        out.extend_from_slice(b"\n\n");
+        out.into()
+    }
+
+    /// The SSE event that says messages were missed, if any were.
+    pub fn gap_event(&self, gaps: &[bool]) -> Option<Bytes> {
+        if !gaps.contains(&true) {
+            return None;
+        }
+        Some(match self.several() {
+            false => {
+                Bytes::from_static(b"event: gap\ndata: some messages are no longer retained\n\n")
+            }
+            true => {
+                let list = serde_json::to_string(&self.missed(gaps)).unwrap_or_default();
+                Bytes::from(format!("event: gap\ndata: {{\"channels\":{list}}}\n\n"))
+            }
+        })
+    }
+
+    /// The names of the channels that missed messages.
+    fn missed(&self, gaps: &[bool]) -> Vec<&str> {
+        self.names()
+            .zip(gaps)
+            .filter(|(_, gap)| **gap)
+            .map(|(name, _)| name)
+            .collect()
     }
 }
 
@@ -740,15 +840,15 @@ impl Query<'_> {
         let list = self.channel.as_deref().unwrap_or(DEFAULT_CHANNEL);
         // One channel (a comma is no name's): plain ids, or a cursor.
         if let Ok(channel) = channel_name(Some(list)) {
-            let since = match ids.parse_since(since) {
+            let mut one = vec![(SmolStr::from(channel), Since::Next)];
+            one[0].1 = match ids.parse_since(since) {
                 Err(_) if since.is_some_and(|s| s.bytes().any(|b| b == CURSOR_SEPARATOR)) => {
-                    let mut one = [(channel, Since::Next)];
                     apply_cursor(since, &mut one, ids)?;
                     one[0].1
                 }
                 since => since?,
             };
-            return Ok(Channels::One(channel.to_owned(), since));
+            return Ok(Channels(one));
         }
         if !list.bytes().any(|b| b == LIST_SEPARATOR) {
             return Err(Error::BadChannel);
@@ -765,7 +865,7 @@ impl Query<'_> {
             channels.push((name.into(), Since::Next));
         }
         apply_cursor(since, &mut channels, ids)?;
-        Ok(Channels::Several(channels))
+        Ok(Channels(channels))
     }
 
     /// The query as `/subscribe` parameters (at most `max_channels`).
@@ -867,24 +967,8 @@ pub fn published_message(
 
 /// Standard base64 with padding, for message data that is not UTF-8.
 pub fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use ::base64::Engine;
+    ::base64::engine::general_purpose::STANDARD.encode(data)
 }
 
 /// What an idempotent publish carried: the first 16 bytes of a SHA-256 of
@@ -1064,14 +1148,14 @@ mod tests {
         // One channel keeps plain ids; a composite cursor naming it works too.
         assert_eq!(
             several("channel=a&since=k3x9af-7", None),
-            Ok(Channels::One("a".into(), Since::Id(7)))
+            Ok(Channels(vec![("a".into(), Since::Id(7))]))
         );
         assert_eq!(
             several("channel=a&since=b~k3x9af-1,a~k3x9af-7", None),
-            Ok(Channels::One("a".into(), Since::Id(7)))
+            Ok(Channels(vec![("a".into(), Since::Id(7))]))
         );
         let list = |pairs: &[(&str, Since)]| {
-            Ok(Channels::Several(
+            Ok(Channels(
                 pairs.iter().map(|(c, s)| ((*c).into(), *s)).collect(),
             ))
         };

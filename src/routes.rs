@@ -21,7 +21,6 @@
 //! | `/health`       | GET                | readiness: can this instance serve? |
 //! | `/live`         | GET                | liveness: is the process answering? |
 
-use smol_str::SmolStr;
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -38,7 +37,7 @@ use crate::auth::{Action, Credentials, Patterns, Verifier, Webhook};
 use crate::error::{Error, Reason};
 use crate::protocol::{self, Channels, Events, Format, Ids, PublishAnswer, Query, Subscribe};
 use crate::stats::{Counters, Snapshot};
-use crate::store::{Polled, PolledMany, Store};
+use crate::store::{Polled, Store};
 
 /// `Last-Event-ID`, the SSE resume header, also read by long-polls.
 pub const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
@@ -88,8 +87,9 @@ pub struct Settings {
 /// the credentials to ask the auth webhook with.
 type Admission = (Option<u64>, Option<Box<Credentials>>);
 
-/// Who must show what to subscribe (`--subscribe-auth`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Who must show what to subscribe (`--subscribe-auth`, parsed by clap
+/// straight into this: the one place its values are spelled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum SubscribeAuth {
     /// Anyone may.
     None,
@@ -448,24 +448,20 @@ impl Routes {
     /// this future, so it holds only its parameters and the store's wait.
     pub async fn subscribe(&self, params: Subscribe) -> Answer {
         let limit = params.limit();
-        let max_batch = self.settings.max_batch;
-        let answer = match &params.channels {
-            Channels::One(channel, since) => self
-                .store
-                .poll(channel, *since, limit, params.timeout)
-                .await
-                .map(|polled| long_poll_answer(channel, params.format, polled, max_batch)),
-            // Boxed: the one-channel wait, which most subscribers park in,
-            // stays as small as it is.
-            Channels::Several(channels) => {
-                Box::pin(self.store.poll_many(channels, limit, params.timeout, true))
-                    .await
-                    .map(|polled| {
-                        let ids = self.store.ids();
-                        many_answer(channels, params.format, polled, ids, max_batch)
-                    })
-            }
-        };
+        let answer = self
+            .store
+            .poll(params.channels.list(), limit, params.timeout)
+            .await
+            .map(|polled| {
+                let ids = self.store.ids();
+                long_poll_answer(
+                    &params.channels,
+                    params.format,
+                    polled,
+                    ids,
+                    self.settings.max_batch,
+                )
+            });
         if params.format == Format::Json {
             // A batch may have made encodings: they count against the bound.
             self.store.fit();
@@ -477,21 +473,14 @@ impl Routes {
     /// A stream opened with a token ends when the token does.
     pub async fn events(&self, params: Events, expires: Option<u64>) -> Result<Answer, Error> {
         let ends = expires.map(crate::auth::instant);
-        match params.channels {
-            Channels::One(channel, since) => {
-                let stream = self.store.stream(&channel, since).await?;
-                Ok(crate::sse::answer(stream, self.settings.ping, ends))
-            }
-            Channels::Several(channels) => {
-                let counted = self.store.count_stream()?;
-                let polls = crate::sse::Polls {
-                    store: self.store.clone(),
-                    channels,
-                    counted,
-                };
-                Ok(crate::sse::answer_many(polls, self.settings.ping, ends))
-            }
-        }
+        let stream = self.store.stream(params.channels.list()).await?;
+        Ok(crate::sse::answer(
+            stream,
+            params.channels,
+            self.store.ids().clone(),
+            self.settings.ping,
+            ends,
+        ))
     }
 
     /// `GET|POST /publish`: publishes one message and says how many got it.
@@ -760,104 +749,70 @@ fn content_type(value: &[u8]) -> Bytes {
 
 /// Compares two byte strings in time that depends only on their lengths.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
-/// A long-poll's answer: the first message raw, the messages as a JSON batch of
-/// at most `max_batch` bytes, or `204` with the position to resume from.
-fn long_poll_answer(channel: &str, format: Format, polled: Polled, max_batch: usize) -> Answer {
-    let gap_header = |answer: Answer, gap: bool| {
-        if gap {
-            answer.with(X_GAP, Bytes::from_static(b"1"))
-        } else {
-            answer
-        }
-    };
-    match polled {
-        Polled::Empty { last_id, gap } => gap_header(
-            Answer::status(StatusCode::NO_CONTENT).with(X_MESSAGE_ID, last_id),
-            gap,
-        ),
-        Polled::Messages { messages, gap } => {
-            let (Some(first), Some(last)) = (messages.first(), messages.last()) else {
-                return Answer::refusal(&Error::NotFound);
-            };
-            let answer = match format {
-                Format::Raw => raw_message(first).with(X_MESSAGE_ID, first.payload.id.clone()),
-                Format::Json => {
-                    let items = || messages.iter().map(|m| m.payload.json(channel));
-                    let held = protocol::batch_len(items(), max_batch, 0);
-                    let last = messages[..held].last().unwrap_or(last);
-                    let last_id = &last.payload.id;
-                    let gap_json: &[u8] = if gap { b"true" } else { b"false" };
-                    let parts =
-                        protocol::json_batch(channel, items().take(held), last_id, gap_json);
-                    Answer::full(StatusCode::OK, json_type(), parts)
-                        .with(X_MESSAGE_ID, last_id.clone())
-                }
-            };
-            gap_header(answer.with_static(NOSNIFF), gap)
-        }
-    }
-}
-
-/// A long-poll's answer on several channels, as [`long_poll_answer`], with
-/// a composite cursor in `X-Message-Id` and `last_id` (each channel at its
-/// last message in the answer, or where it stood), the channel of a raw
-/// message in `X-Channel`, and the channels that missed messages in `X-Gap`
-/// and in `gap`.
-fn many_answer(
-    channels: &[(SmolStr, protocol::Since)],
+/// A long-poll's answer: the first message raw (with `X-Channel` on
+/// several channels), the messages as a JSON batch of at most `max_batch`
+/// bytes, or `204`; `X-Message-Id` and `last_id` say where the reader
+/// stands (each channel at its last message in the answer, or where it
+/// stood), `X-Gap` and `gap` which channels missed messages.
+fn long_poll_answer(
+    channels: &Channels,
     format: Format,
-    polled: PolledMany,
+    polled: Polled,
     ids: &Ids,
     max_batch: usize,
 ) -> Answer {
-    let missed = polled.missed(channels);
-    let PolledMany {
-        from, mut messages, ..
+    let Polled {
+        from,
+        gaps,
+        mut messages,
     } = polled;
-    let name = |i: usize| channels[i].0.as_str();
     let held = match format {
         Format::Raw => messages.len().min(1),
         Format::Json => {
-            let items = messages.iter().map(|(i, m)| m.payload.json(name(*i)));
-            protocol::batch_len(items, max_batch, channels.len() - 1)
+            let items = messages
+                .iter()
+                .map(|(i, m)| m.payload.json(channels.name(*i)));
+            protocol::batch_len(items, max_batch, channels.list().len() - 1)
         }
     };
     messages.truncate(held);
-    // Each channel at its last message in the answer (messages are in
-    // sequence order), or where it stood.
+    // Messages are in sequence order: each channel ends at its last one.
     let mut at = from;
     for (i, m) in &messages {
         at[*i] = m.seq;
     }
-    let cursor = protocol::cursor(ids, channels, &at);
+    let last = messages.last().map(|(_, m)| &m.payload);
+    let position = channels.position(ids, &at, last);
     let answer = match (format, messages.first()) {
         (_, None) => Answer::status(StatusCode::NO_CONTENT),
-        (Format::Raw, Some((i, m))) => raw_message(m)
-            .with(X_CHANNEL, Bytes::copy_from_slice(name(*i).as_bytes()))
-            .with_static(NOSNIFF),
+        (Format::Raw, Some((i, m))) => {
+            let answer = raw_message(m).with_static(NOSNIFF);
+            match channels.x_channel(*i) {
+                Some(name) => answer.with(X_CHANNEL, name),
+                None => answer,
+            }
+        }
         (Format::Json, Some(_)) => {
-            let joined = channels
+            let items = messages
                 .iter()
-                .map(|(n, _)| n.as_str())
-                .collect::<Vec<_>>()
-                .join(",");
-            let gap_json = serde_json::to_vec(&missed).unwrap_or_else(|_| b"[]".to_vec());
-            let items = messages.iter().map(|(i, m)| m.payload.json(name(*i)));
-            let parts = protocol::json_batch(&joined, items, &cursor, &gap_json);
+                .map(|(i, m)| m.payload.json(channels.name(*i)));
+            let parts = protocol::json_batch(
+                &channels.joined(),
+                items,
+                &position,
+                &channels.gap_json(&gaps),
+            );
             Answer::full(StatusCode::OK, json_type(), parts).with_static(NOSNIFF)
         }
     };
-    let answer = answer.with(X_MESSAGE_ID, cursor);
-    if missed.is_empty() {
-        answer
-    } else {
-        answer.with(X_GAP, Bytes::from(missed.join(",")))
+    let answer = answer.with(X_MESSAGE_ID, position);
+    match channels.gap_header(&gaps) {
+        Some(gap) => answer.with(X_GAP, gap),
+        None => answer,
     }
 }
 

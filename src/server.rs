@@ -102,11 +102,7 @@ pub async fn run(listeners: Vec<Listener>, mut config: Config, shutdown: impl Fu
             publish_token: config.publish_token.clone(),
             admin_token: config.admin_token.clone(),
             verifier,
-            subscribe_auth: match config.subscribe_auth.as_str() {
-                "token" => routes::SubscribeAuth::Token,
-                "webhook" => routes::SubscribeAuth::Webhook,
-                _ => routes::SubscribeAuth::None,
-            },
+            subscribe_auth: config.subscribe_auth,
             webhook,
             public_channels: crate::auth::Patterns::new(config.public_channels.clone()),
             jwt_cookie: config.jwt_cookie.clone(),

@@ -1,29 +1,32 @@
 //! `GET /events`: Server-Sent Events.
 //!
-//! A stream first sends the history after `since` (or `Last-Event-ID`), then every
-//! new message as it is published, each as its shared SSE frame, and a `: ping`
-//! comment after 15 s (`--ping`) of silence. On one channel the frames are made
+//! A stream first sends the history after `since` (or `Last-Event-ID`) of each
+//! of its channels, then every new message as it is published, and a `: ping`
+//! comment after 15 s (`--ping`) of silence. What an event looks like (the
+//! shared frame of one channel, or a composite cursor and a JSON item on
+//! several) is the protocol's to say ([`Channels::event`]). The frames are made
 //! as the writer asks for them ([`Live`]): the lean HTTP/1.1 path writes them
 //! from the connection's own task, so an idle stream costs little more than a
 //! waiting long-poll; hyper's path gets them through a small task and a bounded
 //! queue ([`pump`]). Either way a client that stops reading falls behind the
-//! channel's broadcast and is dropped, and the others are not held up; when the
-//! client goes away the stream is dropped and the store forgets it. On several
-//! channels a task reads long-polls on the store ([`answer_many`]).
+//! channels' broadcasts and is dropped, and the others are not held up; when
+//! the client goes away the stream is dropped and the store forgets it.
 
-use smol_str::SmolStr;
+use std::future::Future;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::StatusCode;
 use http::header::HeaderName;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::answer::{Answer, Body, Events, NOSNIFF};
-use crate::hub::{STREAM_BACKLOG, Since, StreamGuard};
-use crate::protocol::{self, Content};
-use crate::store::{Message, Store, Stream};
+use crate::hub::{Following, STREAM_BACKLOG};
+use crate::protocol::{Channels, Content, Ids};
+use crate::store::{Message, PerChannel, Stream};
 
 /// The last event of a stream whose token expired.
 const EXPIRED: &[u8] = b"event: expired\ndata: the token expired: reconnect with a fresh one\n\n";
@@ -34,25 +37,38 @@ const QUEUE: usize = 16;
 /// How often a blocked stream checks whether its reader has fallen too far behind.
 const LAG_CHECK: Duration = Duration::from_millis(250);
 
-/// Answers an `/events` request with `stream`: its backlog, then live
-/// messages, until `ends` (when the token it was opened with expires), if set.
-/// Then an `event: expired` says why, and the stream ends; the client opens a
-/// new one with a fresh token and its `Last-Event-ID`. The frames are made
-/// as the writer asks for them ([`Live`]): the lean path writes them from
-/// the connection's own task; hyper's gets them through [`pump`].
-pub fn answer(stream: Stream, ping: Duration, ends: Option<Instant>) -> Answer {
-    event_stream(Events::Live(Box::new(Live::new(stream, ping, ends))))
+/// Answers an `/events` request on `channels` with `stream`: the backlog,
+/// then live messages, until `ends` (when the token it was opened with
+/// expires), if set. Then an `event: expired` says why, and the stream ends;
+/// the client opens a new one with a fresh token and its `Last-Event-ID`.
+pub fn answer(
+    stream: Stream,
+    channels: Channels,
+    ids: Ids,
+    ping: Duration,
+    ends: Option<Instant>,
+) -> Answer {
+    let live = Live::new(stream, channels, ids, ping, ends);
+    event_stream(Events::Live(Box::new(live)))
 }
 
-/// A one-channel event stream's frames, made as they are asked for: the
-/// head, the backlog, then live messages and pings. A writer that falls a
-/// whole broadcast buffer behind (its client stopped reading) gets `None`,
-/// and the stream ends; the browser resumes from the history.
+/// An event stream's frames, made as they are asked for: the head, the
+/// backlog, then live messages (in sequence order across channels) and
+/// pings. A writer that falls a whole broadcast buffer behind (its client
+/// stopped reading) gets `None`, and the stream ends; the browser resumes
+/// from the history.
 #[derive(Debug)]
 pub struct Live {
     stream: Stream,
+    channels: Channels,
+    ids: Ids,
+    /// Each channel at the last message sent, or where it stood.
+    at: PerChannel<u64>,
+    /// Per channel, a live message taken from its broadcast and not sent
+    /// yet, so that what several channels have ready goes out oldest first.
+    ready: PerChannel<Option<Message>>,
     head: Option<Bytes>,
-    backlog: std::vec::IntoIter<Message>,
+    backlog: std::vec::IntoIter<(usize, Message)>,
     /// Silence after which a ping goes out, and when the next one is due.
     ping: Duration,
     next_ping: Instant,
@@ -61,14 +77,25 @@ pub struct Live {
 }
 
 impl Live {
-    fn new(mut stream: Stream, ping: Duration, ends: Option<Instant>) -> Live {
-        let mut head = format!("retry: {RETRY_MS}\n\n");
-        if stream.gap {
-            head.push_str("event: gap\ndata: some messages are no longer retained\n\n");
+    fn new(
+        mut stream: Stream,
+        channels: Channels,
+        ids: Ids,
+        ping: Duration,
+        ends: Option<Instant>,
+    ) -> Live {
+        let gaps: PerChannel<bool> = stream.channels.iter().map(|c| c.gap).collect();
+        let mut head = format!("retry: {RETRY_MS}\n\n").into_bytes();
+        if let Some(gap) = channels.gap_event(&gaps) {
+            head.extend_from_slice(&gap);
         }
         let backlog = std::mem::take(&mut stream.backlog).into_iter();
         Live {
+            at: stream.channels.iter().map(|c| c.from).collect(),
+            ready: stream.channels.iter().map(|_| None).collect(),
             stream,
+            channels,
+            ids,
             head: Some(Bytes::from(head)),
             backlog,
             ping,
@@ -86,32 +113,34 @@ impl Live {
         if let Some(head) = self.head.take() {
             return Some(head);
         }
-        if let Some(message) = self.backlog.next() {
-            return Some(message.payload.sse());
+        if let Some((place, message)) = self.backlog.next() {
+            return Some(self.event(place, &message));
         }
-        // One timer for the next ping and the token's expiry, whichever
-        // comes first.
-        let wake = match self.ends {
-            Some(ends) => ends.min(self.next_ping),
-            None => self.next_ping,
-        };
-        let timer = tokio::time::sleep_until(wake);
-        tokio::pin!(timer);
         loop {
+            if let Some((place, message)) = self.take_ready()? {
+                self.next_ping = Instant::now() + self.ping;
+                return Some(self.event(place, &message));
+            }
+            // One timer for the next ping and the token's expiry, whichever
+            // comes first.
+            let wake = match self.ends {
+                Some(ends) => ends.min(self.next_ping),
+                None => self.next_ping,
+            };
             tokio::select! {
-                received = self.stream.live.recv() => match received {
-                    Ok(message) if message.seq <= self.stream.after => continue,
+                (place, received) = recv_any(&mut self.stream.channels) => match received {
                     Ok(message) => {
-                        self.next_ping = Instant::now() + self.ping;
-                        return Some(message.payload.sse());
+                        if message.seq > self.stream.channels[place].after {
+                            self.ready[place] = Some(message);
+                        }
                     }
-                    // Fell too far behind, or the channel was deleted or the server
-                    // is stopping: end the stream; the browser reconnects with its
-                    // Last-Event-ID and resumes from the history.
-                    Err(broadcast::error::RecvError::Lagged(_))
-                    | Err(broadcast::error::RecvError::Closed) => return None,
+                    // Fell too far behind, or a channel was deleted or the
+                    // server is stopping: end the stream; the browser
+                    // reconnects with its Last-Event-ID and resumes from the
+                    // history.
+                    Err(_) => return None,
                 },
-                () = &mut timer => {
+                () = tokio::time::sleep_until(wake) => {
                     if self.ends.is_some_and(|ends| ends <= wake) {
                         self.over = true;
                         return Some(Bytes::from_static(EXPIRED));
@@ -123,20 +152,75 @@ impl Live {
         }
     }
 
+    /// The event of `message`, from the channel at `place`, which now
+    /// stands there.
+    fn event(&mut self, place: usize, message: &Message) -> Bytes {
+        if let Some(at) = self.at.get_mut(place) {
+            *at = message.seq;
+        }
+        self.channels
+            .event(&self.ids, &self.at, place, &message.payload)
+    }
+
+    /// Fills each channel's ready slot from what its broadcast holds, and
+    /// takes the oldest; `None` (the outer) once the stream must end.
+    fn take_ready(&mut self) -> Option<Option<(usize, Message)>> {
+        for (following, slot) in self.stream.channels.iter_mut().zip(&mut self.ready) {
+            while slot.is_none() {
+                match following.live.try_recv() {
+                    Ok(message) if message.seq <= following.after => {}
+                    Ok(message) => *slot = Some(message),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Lagged(_) | TryRecvError::Closed) => return None,
+                }
+            }
+        }
+        let oldest = self
+            .ready
+            .iter()
+            .enumerate()
+            .filter_map(|(place, m)| Some((place, m.as_ref()?.seq)))
+            .min_by_key(|(_, seq)| *seq)
+            .map(|(place, _)| place);
+        Some(oldest.and_then(|place| Some((place, self.ready[place].take()?))))
+    }
+
     /// Resolves once the writer has fallen a whole broadcast buffer behind
     /// (its client is not reading): it is given up on, as a queue's would be.
     pub async fn lagging(&self) {
-        fell_behind(&self.stream.live).await;
+        fell_behind(&self.stream.channels).await;
     }
 }
 
-/// Resolves once `live` holds a whole broadcast buffer not yet read: its
-/// reader has stopped keeping up.
-async fn fell_behind(live: &broadcast::Receiver<Message>) {
+/// The next message (or error) from any of `channels`' broadcasts, with its
+/// channel's place.
+async fn recv_any(channels: &mut [Following<Content>]) -> (usize, Result<Message, RecvError>) {
+    if let [one] = channels {
+        return (0, one.live.recv().await);
+    }
+    let mut receiving: Vec<_> = channels
+        .iter_mut()
+        .enumerate()
+        .map(|(place, following)| Box::pin(async move { (place, following.live.recv().await) }))
+        .collect();
+    std::future::poll_fn(|cx| {
+        for receive in &mut receiving {
+            if let Poll::Ready(received) = receive.as_mut().poll(cx) {
+                return Poll::Ready(received);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Resolves once one of `channels` holds a whole broadcast buffer not yet
+/// read: its reader has stopped keeping up.
+async fn fell_behind(channels: &[Following<Content>]) {
     let mut check = tokio::time::interval(LAG_CHECK);
     loop {
         check.tick().await;
-        if live.len() >= STREAM_BACKLOG {
+        if channels.iter().any(|c| c.live.len() >= STREAM_BACKLOG) {
             return;
         }
     }
@@ -155,7 +239,7 @@ pub fn pump(mut live: Live) -> mpsc::Receiver<Bytes> {
                 _ = tx.closed() => return,
             };
             let Some(frame) = frame else { return };
-            if !deliver(&tx, frame, &live.stream.live).await {
+            if !deliver(&tx, frame, &live.stream.channels).await {
                 return;
             }
         }
@@ -176,105 +260,10 @@ fn event_stream(events: Events) -> Answer {
     .with_static(NOSNIFF)
 }
 
-/// An event stream on several channels, read by long-polls on the store.
-#[derive(Debug)]
-pub struct Polls {
-    /// The store.
-    pub store: Store,
-    /// The channels, each from where it starts.
-    pub channels: Vec<(SmolStr, Since)>,
-    /// Counts the stream as open while it is.
-    pub counted: StreamGuard<Content>,
-}
-
-/// Answers an `/events` request for several channels: what each holds
-/// after its start, then every new message, each event with the composite
-/// cursor after it; a `: ping` after `ping` of silence; ends at `ends` with
-/// `event: expired`, and when a channel is deleted, the store goes away or
-/// the server stops.
-pub fn answer_many(polls: Polls, ping: Duration, ends: Option<Instant>) -> Answer {
-    let (tx, rx) = mpsc::channel(QUEUE);
-    tokio::spawn(async move {
-        let Polls {
-            store,
-            mut channels,
-            counted: _counted,
-        } = polls;
-        let head = format!("retry: {RETRY_MS}\n\n");
-        if tx.send(Bytes::from(head)).await.is_err() {
-            return;
-        }
-        let expiry = async {
-            match ends {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(expiry);
-        // The first look does not wait, so a gap is told at once even when
-        // nothing is left to send after it.
-        let mut wait = Duration::ZERO;
-        loop {
-            let polled = tokio::select! {
-                polled = store.poll_many(&channels, usize::MAX, wait, false) => polled,
-                () = &mut expiry => {
-                    let _ = tx.try_send(Bytes::from_static(EXPIRED));
-                    return;
-                }
-                _ = tx.closed() => return,
-            };
-            let Ok(polled) = polled else { return };
-            let missed = polled.missed(&channels);
-            let mut frames = Vec::with_capacity(polled.messages.len() + 1);
-            if !missed.is_empty() {
-                let list = serde_json::to_string(&missed).unwrap_or_default();
-                frames.push(Bytes::from(format!(
-                    "event: gap\ndata: {{\"channels\":{list}}}\n\n"
-                )));
-            }
-            if polled.messages.is_empty() && missed.is_empty() && !wait.is_zero() {
-                frames.push(Bytes::from_static(b": ping\n\n"));
-            }
-            wait = ping;
-            let mut at = polled.from;
-            for (i, m) in &polled.messages {
-                at[*i] = m.seq;
-                let cursor = protocol::cursor(store.ids(), &channels, &at);
-                frames.push(event(&cursor, &m.payload.json(&channels[*i].0)));
-            }
-            for ((_, since), seq) in channels.iter_mut().zip(at) {
-                *since = Since::Id(seq);
-            }
-            for frame in frames {
-                if tx.send(frame).await.is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    event_stream(Events::Queue(rx))
-}
-
-/// One event of a stream on several channels: `id:` the cursor, `data:` the
-/// message's JSON item (one line: JSON escapes line breaks).
-fn event(cursor: &[u8], item: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(cursor.len() + item.len() + 16);
-    out.extend_from_slice(b"id: ");
-    out.extend_from_slice(cursor);
-    out.extend_from_slice(b"\ndata: ");
-    out.extend_from_slice(item);
-    out.extend_from_slice(b"\n\n");
-    out.into()
-}
-
 /// Queues a frame for the connection. While the queue is full (the client is not
 /// reading), gives up once the client has fallen a whole broadcast buffer behind,
 /// or has gone away; returns whether the frame was queued.
-async fn deliver(
-    tx: &mpsc::Sender<Bytes>,
-    frame: Bytes,
-    live: &broadcast::Receiver<Message>,
-) -> bool {
+async fn deliver(tx: &mpsc::Sender<Bytes>, frame: Bytes, channels: &[Following<Content>]) -> bool {
     // The usual case: there is room, and no timer is needed.
     let frame = match tx.try_send(frame) {
         Ok(()) => return true,
@@ -287,6 +276,6 @@ async fn deliver(
             permit.send(frame);
             true
         }
-        () = fell_behind(live) => false,
+        () = fell_behind(channels) => false,
     }
 }

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::Server;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -51,6 +49,6 @@ async fn a_subscriber_that_hangs_up_does_not_take_a_message() {
     let resp = server.get("/publish?channel=q&message=one").await;
     assert_eq!(resp.json()["subscribers"], 1);
     assert_eq!(common::join(stays).await.text(), "one");
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Counted when handed out, before the publish answered.
     assert_eq!(server.stats().await["delivered"], 1);
 }

@@ -150,6 +150,8 @@ async fn on_redis_a_key_publishes_once_across_instances_until_its_window_ends() 
     // After the window the key publishes again.
     let mut c = a.client().await;
     let first = publish_keyed(&mut c, "late", "k", "one").await;
+    // The key lives in Redis with a TTL of the window (2 s here), which
+    // Redis expires on its own clock: nothing to await but the time.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let second = publish_keyed(&mut c, "late", "k", "two").await;
     assert_eq!(second.header("idempotent-replayed"), None);

@@ -26,26 +26,27 @@ async fn bad_parameters_get_400() {
     let server = Server::start(&[]);
     let mut c = server.client().await;
     let long = "x".repeat(129);
-    for path in [
-        "/subscribe?channel=",
-        "/subscribe?channel=a%20b",
-        "/subscribe?channel=%C3%A9",
-        &format!("/subscribe?channel={long}"),
-        "/subscribe?since=garbage",
-        "/subscribe?since=abc-",
-        "/subscribe?since=%FF%FE-1",
-        "/subscribe?timeout=-1",
-        "/subscribe?timeout=soon",
-        "/subscribe?timeout=NaN",
-        "/subscribe?format=xml",
-        "/subscribe?channel=a&channel=b",
-        "/events?since=garbage",
-        "/events?channel=no/slash",
-        "/publish?channel=bad%20name&message=x",
-        "/publish?channel=ok",
-        "/channels/bad%20name",
+    // Each refused for its own reason, not merely refused.
+    for (path, reason) in [
+        ("/subscribe?channel=", "bad_channel"),
+        ("/subscribe?channel=a%20b", "bad_channel"),
+        ("/subscribe?channel=%C3%A9", "bad_channel"),
+        (&format!("/subscribe?channel={long}"), "bad_channel"),
+        ("/subscribe?since=garbage", "bad_since"),
+        ("/subscribe?since=abc-", "bad_since"),
+        ("/subscribe?since=%FF%FE-1", "bad_since"),
+        ("/subscribe?timeout=-1", "bad_timeout"),
+        ("/subscribe?timeout=soon", "bad_timeout"),
+        ("/subscribe?timeout=NaN", "bad_timeout"),
+        ("/subscribe?format=xml", "bad_format"),
+        ("/subscribe?channel=a&channel=b", "bad_query"),
+        ("/events?since=garbage", "bad_since"),
+        ("/events?channel=no/slash", "bad_channel"),
+        ("/publish?channel=bad%20name&message=x", "bad_channel"),
+        ("/publish?channel=ok", "missing_message"),
+        ("/channels/bad%20name", "bad_channel"),
     ] {
-        c.get(path).await.assert_refused(400);
+        c.get(path).await.assert_refused_for(400, reason);
     }
     let bad_header = [("last-event-id", "not-an-id!")];
     c.request(Method::GET, "/subscribe", &bad_header, "")
@@ -373,7 +374,9 @@ async fn the_connection_limit_answers_503_and_closes() {
         answer.contains(&format!("access-control-allow-origin: {origin}\r\n")),
         "{answer}"
     );
-    assert!(answer.ends_with("{\"error\":\"too many connections: try again later\"}\n"));
+    assert!(answer.ends_with(
+        "{\"error\":\"too many connections: try again later\",\"reason\":\"connection_limit\"}\n"
+    ));
     for h in held {
         h.abort();
     }

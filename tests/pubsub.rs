@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{Server, join, spawn_get};
 use hyper::Method;
 
@@ -242,7 +240,8 @@ async fn old_messages_leave_the_history() {
     let stats = server.stats().await;
     assert_eq!(stats["messages"], 1);
     assert!(stats["history_bytes"].as_u64().unwrap() >= 9);
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // The sweep (every second) drops it once it is a second old.
+    server.wait_for_stat("messages", 0).await;
     let got = client
         .get("/subscribe?channel=aging&since=oldest&timeout=0.2")
         .await;

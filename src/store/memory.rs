@@ -10,54 +10,44 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{ChannelState, Polled, PolledMany, Published, Settings, Stream, first_woken};
+use super::{ChannelState, Polled, Published, Settings};
 use crate::error::Error;
-use crate::hub::{self, Hub, Outcome, Poll, Since};
+use crate::hub::{self, Hub, Outcome, Since};
 use crate::protocol::{Content, Ids};
 
 /// How a long-poll on the memory store starts.
 #[derive(Debug)]
-pub enum Started<'a> {
+pub enum Started {
     /// Answered from the history.
     Ready(Polled),
     /// Waiting for the next message.
-    Wait(MemoryWait<'a>),
+    Wait(MemoryWait),
 }
 
 pin_project_lite::pin_project! {
-    /// A long-poll waiting on the memory store: the hub's wait, and what turns
-    /// its outcome into an answer.
+    /// A long-poll waiting on the memory store: what it read (nothing yet,
+    /// and where each channel stands) and the hub's wait.
     #[derive(Debug)]
-    pub struct MemoryWait<'a> {
-        memory: &'a Memory,
-        gap: bool,
-        after: u64,
+    pub struct MemoryWait {
+        polled: Polled,
         #[pin]
         wait: hub::Wait<Content>,
     }
 }
 
-impl Future for MemoryWait<'_> {
+impl Future for MemoryWait {
     type Output = Result<Polled, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> TaskPoll<Self::Output> {
         let this = self.project();
-        let gap = *this.gap;
-        let last = match std::task::ready!(this.wait.poll(cx)) {
-            Outcome::Message(m) => {
-                return TaskPoll::Ready(Ok(Polled::Messages {
-                    messages: vec![m],
-                    gap,
-                }));
-            }
+        let (place, outcome) = std::task::ready!(this.wait.poll(cx));
+        let mut polled = std::mem::take(this.polled);
+        match outcome {
+            Outcome::Message(m) => polled.messages.push((place, m)),
             Outcome::Deleted => return TaskPoll::Ready(Err(Error::Gone)),
-            Outcome::Timeout(last) | Outcome::Shutdown(last) => last,
-            Outcome::Reset => *this.after,
-        };
-        TaskPoll::Ready(Ok(Polled::Empty {
-            last_id: this.memory.ids.id(last),
-            gap,
-        }))
+            Outcome::Timeout | Outcome::Shutdown | Outcome::Reset => {}
+        }
+        TaskPoll::Ready(Ok(polled))
     }
 }
 
@@ -73,7 +63,7 @@ impl Memory {
     pub fn new(settings: &Settings) -> Memory {
         Memory {
             hub: Hub::new(settings.hub(hub::Mode::Source)),
-            ids: Ids::Epoch(crate::protocol::new_epoch()),
+            ids: Ids::Epoch(crate::protocol::new_epoch().into()),
         }
     }
 
@@ -85,54 +75,30 @@ impl Memory {
         &self.hub
     }
 
-    /// A long-poll: answered at once, or a wait to await.
+    /// A long-poll on `channels`: what the history holds after each one's
+    /// start, or a wait for the next message on any.
     pub(super) fn poll(
-        &self,
-        channel: &str,
-        since: Since,
-        limit: usize,
-        timeout: Duration,
-    ) -> Result<Started<'_>, Error> {
-        match self.hub.poll(channel, since, limit)? {
-            Poll::Ready { messages, gap } => Ok(Started::Ready(Polled::Messages { messages, gap })),
-            Poll::Wait(waiter) => Ok(Started::Wait(MemoryWait {
-                memory: self,
-                gap: waiter.gap,
-                after: waiter.after,
-                wait: waiter.wait(timeout),
-            })),
-            Poll::Miss => Err(Error::StoreUnavailable),
-        }
-    }
-
-    /// A long-poll on several channels: what the history holds after each
-    /// one's start, or the next message on any.
-    pub(super) async fn poll_many(
         &self,
         channels: &[(SmolStr, Since)],
         limit: usize,
         timeout: Duration,
-        count: bool,
-    ) -> Result<PolledMany, Error> {
-        let many = self.hub.poll_many(channels, limit, count)?;
-        let mut polled = PolledMany::new(channels.len());
-        if !polled.read_starts(many.starts).is_empty() {
+    ) -> Result<Started, Error> {
+        let mut polled = Polled::new(channels.len());
+        let mut missed = Vec::new();
+        let waiter = self.hub.poll(channels, limit, |i, start| {
+            polled.start(i, start, &mut missed)
+        })?;
+        if !missed.is_empty() {
             // A source hub never misses.
             return Err(Error::StoreUnavailable);
         }
-        if !polled.messages.is_empty() {
-            return Ok(polled.sorted());
-        }
-        match first_woken(many.joint, timeout).await {
-            Some((i, Outcome::Message(m))) => polled.messages.push((i, m)),
-            Some((_, Outcome::Deleted)) => return Err(Error::Gone),
-            Some((_, Outcome::Timeout(_) | Outcome::Shutdown(_) | Outcome::Reset)) | None => {}
-        }
-        Ok(polled)
-    }
-
-    pub(super) fn stream(&self, channel: &str, since: Since) -> Result<Stream, Error> {
-        Ok(self.hub.stream(channel, since)?)
+        Ok(match waiter {
+            Some(waiter) => Started::Wait(MemoryWait {
+                polled,
+                wait: waiter.wait(timeout),
+            }),
+            None => Started::Ready(polled.sorted()),
+        })
     }
 
     pub(super) fn publish(

@@ -30,73 +30,44 @@ pub type Message = Arc<hub::Message<Content>>;
 /// An open event stream.
 pub type Stream = hub::Stream<Content>;
 
-/// What a long-poll got.
-#[derive(Debug)]
-pub enum Polled {
-    /// Messages after `since`, oldest first.
-    Messages {
-        /// The messages.
-        messages: Vec<Message>,
-        /// Some messages after `since` were no longer retained.
-        gap: bool,
-    },
-    /// Nothing before the timeout (or shutdown, or a link reset).
-    Empty {
-        /// The id to poll from next.
-        last_id: Bytes,
-        /// Some messages after `since` were no longer retained.
-        gap: bool,
-    },
-}
+/// One value per channel of a request, held inline for one channel: every
+/// parked one-channel subscriber keeps its poll's, and allocates nothing for
+/// it.
+pub type PerChannel<T> = smallvec::SmallVec<[T; 1]>;
 
-/// What a long-poll on several channels got ([`Store::poll_many`]).
+/// What a long-poll got.
 #[derive(Debug, Default)]
-pub struct PolledMany {
+pub struct Polled {
     /// Per channel, in the order asked: the reader now has, or was told it
     /// missed, every message up to this sequence (beyond what `messages` has).
-    pub from: Vec<u64>,
+    pub from: PerChannel<u64>,
     /// Per channel: some messages after its `since` were no longer retained.
-    pub gaps: Vec<bool>,
+    pub gaps: PerChannel<bool>,
     /// Messages, each with its channel's place in the request; in publish
     /// order within each channel, and by sequence across them.
     pub messages: Vec<(usize, Message)>,
 }
 
-impl PolledMany {
-    fn new(channels: usize) -> PolledMany {
-        PolledMany {
-            from: vec![0; channels],
-            gaps: vec![false; channels],
+impl Polled {
+    fn new(channels: usize) -> Polled {
+        Polled {
+            from: smallvec::smallvec![0; channels],
+            gaps: smallvec::smallvec![false; channels],
             messages: Vec::new(),
         }
     }
 
-    /// The names of the channels (of the request, `channels`) that missed
-    /// messages.
-    pub fn missed<'c>(&self, channels: &'c [(SmolStr, Since)]) -> Vec<&'c str> {
-        channels
-            .iter()
-            .zip(&self.gaps)
-            .filter(|(_, gap)| **gap)
-            .map(|((name, _), _)| name.as_str())
-            .collect()
-    }
-
-    /// What a poll on the hub read, channel by channel; returns the places
-    /// of the channels it could not read (a cache's misses).
-    fn read_starts(&mut self, starts: Vec<hub::Start<Content>>) -> Vec<usize> {
-        let mut missed = Vec::new();
-        for (i, start) in starts.into_iter().enumerate() {
-            match start {
-                hub::Start::Read {
-                    from,
-                    gap,
-                    messages,
-                } => self.read(i, from, gap, messages),
-                hub::Start::Miss => missed.push(i),
-            }
+    /// What a poll on the hub read on channel `i`; a cache's miss goes to
+    /// `missed`.
+    fn start(&mut self, i: usize, start: hub::Start<Content>, missed: &mut Vec<usize>) {
+        match start {
+            hub::Start::Read {
+                from,
+                gap,
+                messages,
+            } => self.read(i, from, gap, messages),
+            hub::Start::Miss => missed.push(i),
         }
-        missed
     }
 
     /// What channel `i` read: everything up to `from`, and `messages`.
@@ -108,23 +79,11 @@ impl PolledMany {
 
     /// Orders the messages by sequence: publish order in memory (one
     /// sequence for every channel), time order on Redis (stream ids).
-    fn sorted(mut self) -> PolledMany {
-        self.messages.sort_by_key(|(_, m)| m.seq);
-        self
-    }
-}
-
-/// Waits for `joint` (if any) to be woken, or `timeout` (`None`).
-async fn first_woken(
-    joint: Option<hub::Joint<Content>>,
-    timeout: Duration,
-) -> Option<(usize, hub::Outcome<Content>)> {
-    match joint {
-        Some(joint) => joint.wait(timeout).await,
-        None => {
-            tokio::time::sleep(timeout).await;
-            None
+    fn sorted(mut self) -> Polled {
+        if self.from.len() > 1 {
+            self.messages.sort_by_key(|(_, m)| m.seq);
         }
+        self
     }
 }
 
@@ -207,7 +166,7 @@ pin_project_lite::pin_project! {
     enum PollState<'a> {
         // Answered (or refused) at once; taken when polled.
         Done { result: Option<Result<Polled, Error>> },
-        Memory { #[pin] wait: memory::MemoryWait<'a> },
+        Memory { #[pin] wait: memory::MemoryWait },
         Redis { poll: BoxedPoll<'a> },
     }
 }
@@ -282,18 +241,18 @@ impl Store {
         }
     }
 
-    /// A long-poll: up to `limit` messages after `since`, or the next one, or
-    /// nothing by `timeout`. Every parked subscriber holds the future, so it is
-    /// only as large as the memory store's wait; Redis's is boxed.
+    /// A long-poll on `channels`, each from its own `since`: up to `limit`
+    /// messages of each after it, or the next one on any of them, or nothing
+    /// by `timeout`. Every parked subscriber holds the future, so it is only
+    /// as large as the memory store's wait; Redis's is boxed.
     pub fn poll<'a>(
         &'a self,
-        channel: &'a str,
-        since: Since,
+        channels: &'a [(SmolStr, Since)],
         limit: usize,
         timeout: Duration,
     ) -> StorePoll<'a> {
         match self {
-            Store::Memory(m) => match m.poll(channel, since, limit, timeout) {
+            Store::Memory(m) => match m.poll(channels, limit, timeout) {
                 Ok(memory::Started::Wait(wait)) => StorePoll {
                     state: PollState::Memory { wait },
                 },
@@ -302,41 +261,18 @@ impl Store {
             },
             Store::Redis(r) => StorePoll {
                 state: PollState::Redis {
-                    poll: Box::pin(r.poll(channel, since, limit, timeout)),
+                    poll: Box::pin(r.poll(channels, limit, timeout)),
                 },
             },
         }
     }
 
-    /// A long-poll on several channels, each from its own `since`: up to
-    /// `limit` messages of each after it, or the next one on any of them, or
-    /// nothing by `timeout`. Counted as one waiting subscriber if `count`
-    /// (an event stream on several channels counts itself as a stream).
-    pub async fn poll_many(
-        &self,
-        channels: &[(SmolStr, Since)],
-        limit: usize,
-        timeout: Duration,
-        count: bool,
-    ) -> Result<PolledMany, Error> {
+    /// An event stream on `channels`: the messages after each one's
+    /// `since`, then live ones.
+    pub async fn stream(&self, channels: &[(SmolStr, Since)]) -> Result<Stream, Error> {
         match self {
-            Store::Memory(m) => m.poll_many(channels, limit, timeout, count).await,
-            // Boxed, as in `poll`: the memory store's wait stays small.
-            Store::Redis(r) => Box::pin(r.poll_many(channels, limit, timeout, count)).await,
-        }
-    }
-
-    /// Counts an event stream on several channels (read by
-    /// [`Store::poll_many`]) as open until the guard is dropped.
-    pub fn count_stream(&self) -> Result<hub::StreamGuard<Content>, Error> {
-        Ok(self.hub().count_stream()?)
-    }
-
-    /// An event stream: the messages after `since`, then live ones.
-    pub async fn stream(&self, channel: &str, since: Since) -> Result<Stream, Error> {
-        match self {
-            Store::Memory(m) => m.stream(channel, since),
-            Store::Redis(r) => r.stream(channel, since).await,
+            Store::Memory(m) => Ok(m.hub().stream(channels)?),
+            Store::Redis(r) => r.stream(channels).await,
         }
     }
 

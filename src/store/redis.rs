@@ -33,9 +33,9 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::connection::{Con, Lua, Target};
-use super::{ChannelState, Message, Polled, PolledMany, Published, Settings, Stream};
+use super::{ChannelState, Message, Polled, Published, Settings, Stream};
 use crate::error::Error;
-use crate::hub::{self, Hub, Outcome, Poll, Since, Waiter};
+use crate::hub::{self, Hub, Outcome, Since, Waiter};
 use crate::protocol::{Content, Ids, Meter};
 use crate::stats::{RedisLink, Shard};
 
@@ -272,27 +272,18 @@ fn position(since: Since) -> u64 {
     }
 }
 
-/// Waits until `deadline` for the message after `position`. `None` when the one
-/// that came may not follow `position` directly, so the caller reads again.
-async fn wait_after(
-    waiter: Waiter<Content>,
-    position: u64,
-    deadline: Instant,
-    gap: bool,
-) -> Option<Result<Polled, Error>> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    Some(match waiter.wait(left).await {
-        Outcome::Message(m) if m.seq > position => Ok(Polled::Messages {
-            messages: vec![m],
-            gap,
-        }),
-        Outcome::Message(_) => return None,
-        Outcome::Timeout(_) | Outcome::Shutdown(_) | Outcome::Reset => Ok(Polled::Empty {
-            last_id: Ids::Stream.id(position),
-            gap,
-        }),
-        Outcome::Deleted => Err(Error::Gone),
-    })
+/// Waits for `waiter` (if any) to be woken, or `timeout`.
+async fn first_woken(
+    waiter: Option<Waiter<Content>>,
+    timeout: Duration,
+) -> (usize, Outcome<Content>) {
+    match waiter {
+        Some(waiter) => waiter.wait(timeout).await,
+        None => {
+            tokio::time::sleep(timeout).await;
+            (0, Outcome::Timeout)
+        }
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -533,95 +524,34 @@ impl Redis {
         self.read(channel, since, limit).await
     }
 
+    /// A long-poll on `channels`. The channels this instance's copy covers
+    /// are read from it under one lock; each other one is read after a
+    /// waiter is on it and the instance follows it: waiter, follow, then
+    /// the stream, so that a message published at any point is in the read
+    /// or reaches the waiter. A message that may not directly follow what
+    /// was read starts it all again from where each channel stands. When
+    /// Redis goes away while the subscriber is already waiting, it goes on
+    /// waiting, and once the link is back it is answered with its own
+    /// position (or it times out there).
     pub(super) async fn poll(
         &self,
-        channel: &str,
-        since: Since,
+        channels: &[(SmolStr, Since)],
         limit: usize,
         timeout: Duration,
     ) -> Result<Polled, Error> {
         let deadline = Instant::now() + timeout;
         self.link()?;
-        match self.hub.poll(channel, since, limit)? {
-            Poll::Ready { messages, gap } => return Ok(Polled::Messages { messages, gap }),
-            Poll::Wait(waiter) => {
-                let after = waiter.after;
-                if let Some(polled) = wait_after(waiter, after, deadline, false).await {
-                    return polled;
-                }
-            }
-            Poll::Miss => {}
-        }
-        let mut since = self.pin_next(channel, since).await?;
-        let mut gap = false;
-        loop {
-            // Waiter first, then follow, then read: a message published at any
-            // point is in the read or reaches the waiter.
-            let waiter = self.hub.wait(channel, true)?;
-            let read = match self.follow_and_read(channel, since, limit).await {
-                Ok(read) => read,
-                // Redis went away while this subscriber was already waiting:
-                // it goes on waiting, and once the link is back it is answered
-                // with its own position (or it times out there).
-                Err(Error::StoreUnavailable) => {
-                    let position = position(since);
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    match waiter.wait(left).await {
-                        // It came before this subscriber read the stream:
-                        // read from `since` again, so nothing before it is
-                        // skipped.
-                        Outcome::Message(_) => continue,
-                        Outcome::Deleted => return Err(Error::Gone),
-                        Outcome::Timeout(_) | Outcome::Shutdown(_) | Outcome::Reset => {
-                            return Ok(Polled::Empty {
-                                last_id: Ids::Stream.id(position),
-                                gap,
-                            });
-                        }
-                    }
-                }
-                Err(err) => return Err(err),
-            };
-            self.hub.cover_from(channel, read.last);
-            gap |= read.gap;
-            if !read.messages.is_empty() {
-                return Ok(Polled::Messages {
-                    messages: read.messages,
-                    gap,
-                });
-            }
-            match wait_after(waiter, read.position, deadline, gap).await {
-                Some(polled) => return polled,
-                None => since = Since::Id(read.position),
-            }
-        }
-    }
-
-    /// A long-poll on several channels. The channels this instance's copy
-    /// covers are read from it under one lock; each other one as
-    /// [`Redis::poll`] reads it: waiter, follow, then the stream. A message
-    /// that may not directly follow what was read starts it all again from
-    /// where each channel stands.
-    pub(super) async fn poll_many(
-        &self,
-        channels: &[(SmolStr, Since)],
-        limit: usize,
-        timeout: Duration,
-        count: bool,
-    ) -> Result<PolledMany, Error> {
-        let deadline = Instant::now() + timeout;
-        self.link()?;
         let mut asked: Vec<(&str, Since)> =
             channels.iter().map(|(c, s)| (c.as_str(), *s)).collect();
-        let mut gaps = vec![false; channels.len()];
+        let mut gaps: super::PerChannel<bool> = smallvec::smallvec![false; channels.len()];
         loop {
-            let many = self.hub.poll_many(&asked, limit, count)?;
-            let mut counted = count && many.joint.is_some();
-            let mut joint = many.joint;
-            let mut polled = PolledMany::new(asked.len());
-            let missed = polled.read_starts(many.starts);
-            // Each channel's place pinned first, as `poll` does: a request
-            // that cannot start gets 503.
+            let mut polled = Polled::new(asked.len());
+            let mut missed = Vec::new();
+            let mut waiter = self.hub.poll(&asked, limit, |i, start| {
+                polled.start(i, start, &mut missed)
+            })?;
+            // Each channel's place pinned first: a request that cannot
+            // start gets 503.
             for &i in &missed {
                 asked[i].1 = self.pin_next(asked[i].0, asked[i].1).await?;
                 polled.from[i] = position(asked[i].1);
@@ -629,11 +559,7 @@ impl Redis {
             let mut down = false;
             for i in missed {
                 let (channel, since) = asked[i];
-                // Counted as waiting from here on: like a one-channel
-                // waiter, it waits through an outage (below).
-                self.hub
-                    .wait_among(&mut joint, i, channel, count && !counted)?;
-                counted |= count;
+                self.hub.wait_among(&mut waiter, i, channel)?;
                 match self.follow_and_read(channel, since, limit).await {
                     Ok(read) => {
                         self.hub.cover_from(channel, read.last);
@@ -653,24 +579,22 @@ impl Redis {
                 return Ok(polled.sorted());
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            match super::first_woken(joint, left).await {
+            match first_woken(waiter, left).await {
                 // Woken during an outage, before every channel was read:
                 // read them all again from where they were asked.
-                Some((_, Outcome::Message(_))) if down => continue,
-                Some((i, Outcome::Message(m))) if m.seq > polled.from[i] => {
+                (_, Outcome::Message(_)) if down => continue,
+                (i, Outcome::Message(m)) if m.seq > polled.from[i] => {
                     polled.messages.push((i, m));
                     return Ok(polled);
                 }
-                Some((_, Outcome::Message(_))) => {
+                (_, Outcome::Message(_)) => {
                     for ((_, since), from) in asked.iter_mut().zip(&polled.from) {
                         *since = Since::Id(*from);
                     }
                     gaps = polled.gaps;
                 }
-                Some((_, Outcome::Deleted)) => return Err(Error::Gone),
-                Some((_, Outcome::Timeout(_) | Outcome::Shutdown(_) | Outcome::Reset)) | None => {
-                    return Ok(polled);
-                }
+                (_, Outcome::Deleted) => return Err(Error::Gone),
+                (_, Outcome::Timeout | Outcome::Shutdown | Outcome::Reset) => return Ok(polled),
             }
         }
     }
@@ -685,14 +609,31 @@ impl Redis {
         })
     }
 
-    pub(super) async fn stream(&self, channel: &str, since: Since) -> Result<Stream, Error> {
+    /// An event stream on `channels`: each one pinned, then the stream
+    /// opened on the copy, then each followed and read from Redis, so that
+    /// a message published at any point is in the backlog or arrives live.
+    pub(super) async fn stream(&self, channels: &[(SmolStr, Since)]) -> Result<Stream, Error> {
         self.link()?;
-        let since = self.pin_next(channel, since).await?;
-        let mut stream = self.hub.stream(channel, Since::Next)?;
-        let read = self.follow_and_read(channel, since, usize::MAX).await?;
-        stream.after = read.messages.last().map_or(read.position, |m| m.seq);
-        stream.gap = read.gap;
-        stream.backlog = read.messages;
+        let mut pinned = Vec::with_capacity(channels.len());
+        for (channel, since) in channels {
+            pinned.push(self.pin_next(channel, *since).await?);
+        }
+        let next: Vec<(&str, Since)> = channels
+            .iter()
+            .map(|(c, _)| (c.as_str(), Since::Next))
+            .collect();
+        let mut stream = self.hub.stream(&next)?;
+        for (i, ((channel, _), since)) in channels.iter().zip(pinned).enumerate() {
+            let read = self.follow_and_read(channel, since, usize::MAX).await?;
+            let following = &mut stream.channels[i];
+            following.after = read.messages.last().map_or(read.position, |m| m.seq);
+            following.from = read.from;
+            following.gap = read.gap;
+            stream
+                .backlog
+                .extend(read.messages.into_iter().map(|m| (i, m)));
+        }
+        stream.backlog.sort_by_key(|(_, m)| m.seq);
         Ok(stream)
     }
 

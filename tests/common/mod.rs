@@ -314,7 +314,7 @@ impl Resp {
     pub fn gap(&self) -> bool {
         self.header("x-gap") == Some("1")
     }
-    /// Asserts a refusal: the status and a one-line `{"error":"…"}` body.
+    /// Asserts a refusal: the status and a one-line `{"error":"…","reason":"…"}` body.
     pub fn assert_refused(&self, status: u16) {
         assert_eq!(self.status.as_u16(), status, "body: {:?}", self.body);
         assert_eq!(self.header("content-type"), Some("application/json"));
@@ -325,6 +325,17 @@ impl Resp {
             error.as_str().is_some_and(|e| !e.is_empty()),
             "error text: {text}"
         );
+        let reason = &self.json()["reason"];
+        assert!(
+            reason.as_str().is_some_and(|r| !r.is_empty()),
+            "reason: {text}"
+        );
+    }
+
+    /// A refusal with this status, for this reason (its name in `/stats`).
+    pub fn assert_refused_for(&self, status: u16, reason: &str) {
+        self.assert_refused(status);
+        assert_eq!(self.json()["reason"], reason, "body: {:?}", self.body);
     }
 }
 
