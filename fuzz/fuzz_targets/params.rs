@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use comethub::hub::{Config, Hub, Mode, Since, Start};
-use comethub::protocol::{self, Channels, Content, Ids, Meter, Query};
+use comethub::protocol::{self, Content, Ids, Meter, Query};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -63,19 +63,19 @@ fuzz_target!(|data: &[u8]| {
         idempotency_window: Duration::from_secs(300),
         mode: Mode::Source,
     });
-    let channels: Vec<(smol_str::SmolStr, Since)> = match &params.channels {
-        Channels::One(name, since) => vec![(name.as_str().into(), *since)],
-        Channels::Several(list) => list.clone(),
-    };
-    for (channel, _) in &channels {
+    let channels: &[(smol_str::SmolStr, Since)] = params.channels.list();
+    for (channel, _) in channels {
         hub.publish(channel, |seq| {
             Content::new(ids.id(seq), message.clone(), content_type.clone(), &meter)
         })
         .expect("publish");
     }
-    let many = hub.poll_many(&channels, params.limit(), true).expect("poll");
+    let mut starts = Vec::new();
+    let waiter = hub
+        .poll(channels, params.limit(), |_, start| starts.push(start))
+        .expect("poll");
     let mut read = 0;
-    for start in &many.starts {
+    for start in &starts {
         match start {
             Start::Read { messages, .. } => {
                 assert!(messages.len() <= params.limit());
@@ -86,17 +86,17 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if read == 0 {
-        assert!(many.joint.is_some());
-        for (channel, _) in &channels {
+        assert!(waiter.is_some());
+        for (channel, _) in channels {
             assert_eq!(hub.info(channel).subscribers, 1, "waits on each");
         }
         assert_eq!(hub.snapshot().waiting, 1, "counted once");
     } else {
-        assert!(many.joint.is_none());
+        assert!(waiter.is_none());
     }
-    drop(many);
+    drop(waiter);
     assert_eq!(hub.snapshot().waiting, 0, "no waiter leaked");
-    for (channel, _) in &channels {
+    for (channel, _) in channels {
         assert!(hub.delete(channel));
     }
     assert_eq!(hub.snapshot().channels, 0);
