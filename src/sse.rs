@@ -130,9 +130,7 @@ impl Live {
             tokio::select! {
                 (place, received) = recv_any(&mut self.stream.channels) => match received {
                     Ok(message) => {
-                        if message.seq > self.stream.channels[place].after {
-                            self.ready[place] = Some(message);
-                        }
+                        self.ready[place] = unsent(&self.stream.channels[place], message);
                     }
                     // Fell too far behind, or a channel was deleted or the
                     // server is stopping: end the stream; the browser
@@ -168,8 +166,7 @@ impl Live {
         for (following, slot) in self.stream.channels.iter_mut().zip(&mut self.ready) {
             while slot.is_none() {
                 match following.live.try_recv() {
-                    Ok(message) if message.seq <= following.after => {}
-                    Ok(message) => *slot = Some(message),
+                    Ok(message) => *slot = unsent(following, message),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Lagged(_) | TryRecvError::Closed) => return None,
                 }
@@ -190,6 +187,12 @@ impl Live {
     pub async fn lagging(&self) {
         fell_behind(&self.stream.channels).await;
     }
+}
+
+/// `message`, unless `following` sent it already in its backlog (read from
+/// elsewhere after subscribing, a backlog can overlap the live messages).
+fn unsent(following: &Following<Content>, message: Message) -> Option<Message> {
+    (message.seq > following.after).then_some(message)
 }
 
 /// The next message (or error) from any of `channels`' broadcasts, with its
