@@ -30,22 +30,56 @@ pub const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self
      connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; \
      frame-ancestors 'none'";
 
-/// The chat page, one of its two files, or the library, by path.
-pub fn asset(path: &str) -> Option<Answer> {
-    let (content_type, body) = match path {
-        "/" => ("text/html; charset=utf-8", PAGE),
-        "/chat.js" => ("text/javascript; charset=utf-8", SCRIPT),
-        "/chat.css" => ("text/css; charset=utf-8", STYLE),
-        "/comethub.js" => ("text/javascript; charset=utf-8", LIBRARY),
-        _ => return None,
-    };
-    let answer = Answer::full(
-        StatusCode::OK,
-        Bytes::from_static(content_type.as_bytes()),
-        Bytes::from_static(body.as_bytes()),
-    )
-    .with_static(NOSNIFF);
-    Some(if path == "/" {
+/// A file served as it is.
+#[derive(Debug)]
+pub struct Asset {
+    /// Where it is served.
+    pub path: &'static str,
+    content_type: &'static str,
+    body: &'static str,
+}
+
+/// Every file served: the page, its script and style, and the library.
+pub const ASSETS: [Asset; 4] = [
+    Asset {
+        path: "/",
+        content_type: "text/html; charset=utf-8",
+        body: PAGE,
+    },
+    Asset {
+        path: "/chat.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: SCRIPT,
+    },
+    Asset {
+        path: "/chat.css",
+        content_type: "text/css; charset=utf-8",
+        body: STYLE,
+    },
+    Asset {
+        path: "/comethub.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: LIBRARY,
+    },
+];
+
+impl Asset {
+    /// The file served at `path`, if any.
+    pub fn at(path: &str) -> Option<&'static Asset> {
+        ASSETS.iter().find(|a| a.path == path)
+    }
+
+    /// The file as an answer; the page with its policy.
+    pub fn answer(&self) -> Answer {
+        let answer = Answer::full(
+            StatusCode::OK,
+            Bytes::from_static(self.content_type.as_bytes()),
+            Bytes::from_static(self.body.as_bytes()),
+        )
+        .with_static(NOSNIFF);
+        if self.path != "/" {
+            return answer;
+        }
         answer
             .with(
                 header::CONTENT_SECURITY_POLICY,
@@ -55,7 +89,5 @@ pub fn asset(path: &str) -> Option<Answer> {
                 HeaderName::from_static("referrer-policy"),
                 Bytes::from_static(b"no-referrer"),
             )
-    } else {
-        answer
-    })
+    }
 }

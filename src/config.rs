@@ -443,14 +443,6 @@ impl Config {
         Duration::from_secs(self.idempotency_window.unwrap_or(self.history_age))
     }
 
-    /// The connection limit: the flag, or the open-files limit minus a margin.
-    pub fn max_connections(&self) -> usize {
-        match self.max_connections {
-            0 => crate::os::connections_for(crate::os::raise_nofile().unwrap_or(1024)),
-            n => n,
-        }
-    }
-
     /// Refuses a configuration that would quietly serve something other than
     /// what was asked: the server does not start on it (exit code 2).
     pub fn check(&self) -> Result<(), String> {
@@ -477,8 +469,6 @@ impl Config {
                 "--redis-replicas needs --redis: in memory there are no replicas".to_owned(),
             );
         }
-        self.verifier(crate::hub::Meter::default())?;
-        self.webhook(crate::hub::Meter::default())?;
         if (self.subscribe_auth == SubscribeAuth::Webhook) != self.auth_url.is_some() {
             return Err(
                 "--subscribe-auth webhook and --auth-url go together: give both or neither"

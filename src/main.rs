@@ -2,13 +2,14 @@
 
 use std::process::ExitCode;
 
-use comethub::{Config, listen, os, server, shutdown};
-use tracing::{error, info};
+use comethub::server::Server;
+use comethub::{Config, listen, os, shutdown};
+use tracing::error;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     os::tune_allocator();
-    let (mut config, matches) = match Config::load_from(std::env::args_os().collect()) {
+    let (config, matches) = match Config::load_from(std::env::args_os().collect()) {
         Ok(loaded) => loaded,
         Err(comethub::config::LoadError::Args(err)) => err.exit(),
         Err(comethub::config::LoadError::File(err)) => {
@@ -66,25 +67,6 @@ fn main() -> ExitCode {
         logs.init();
     }
 
-    if let Err(err) = config.check() {
-        error!(%err, "cannot start");
-        return ExitCode::from(2);
-    }
-    if let Some(url) = &config.redis
-        && let Err(err) = comethub::store::redis::check_url(url)
-    {
-        error!(%err, "cannot start");
-        return ExitCode::from(2);
-    }
-    let nofile = match os::raise_nofile() {
-        Ok(n) => n,
-        Err(err) => {
-            error!(cause = %err, "cannot read the open-files limit");
-            1024
-        }
-    };
-    config.max_connections = config.max_connections();
-    config.max_memory = Some(config.max_memory());
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -96,9 +78,17 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
+        // Every check is made before anything is bound.
+        let server = match Server::new(config) {
+            Ok(server) => server,
+            Err(err) => {
+                error!(%err, "cannot start");
+                return ExitCode::from(2);
+            }
+        };
         let listeners = match listen::inherited() {
             Ok(Some(inherited)) => inherited,
-            Ok(None) => match listen::bind(&config.listen, config.unix_mode) {
+            Ok(None) => match listen::bind(server.listen(), server.unix_mode()) {
                 Ok(bound) => bound,
                 Err(err) => {
                     error!(%err, "cannot listen");
@@ -110,34 +100,12 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        if let Err(err) = listen::read_only(&listeners, &config.publish_on) {
-            error!(%err, "cannot start");
-            return ExitCode::from(2);
+        match server.serve(listeners, shutdown::signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                error!(%err, "cannot start");
+                ExitCode::from(2)
+            }
         }
-        let addresses: Vec<String> = listeners.iter().map(listen::Listener::address).collect();
-        info!(
-            addr = %addresses.first().map_or("", String::as_str),
-            listeners = %addresses.join(","),
-            nofile,
-            timeout = config.timeout,
-            history = config.history,
-            history_age = config.history_age,
-            max_message = config.max_message,
-            max_memory = config.max_memory,
-            max_batch_bytes = config.max_batch_bytes,
-            write_timeout = config.write_timeout,
-            cors_origin = %config.cors_origin,
-            header_timeout = config.header_timeout,
-            max_connections = config.max_connections,
-            max_subscribers = config.max_subscribers,
-            max_channels = config.max_channels,
-            publish_token = config.publish_token.is_some(),
-            admin_token = config.admin_token.is_some(),
-            cluster = config.redis.is_some(),
-            tls = config.tls_cert.is_some(),
-            "listening"
-        );
-        server::run(listeners, config, shutdown::signal()).await;
-        ExitCode::SUCCESS
     })
 }

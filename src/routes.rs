@@ -1,17 +1,19 @@
 //! The routes: one request model, one route table, one handler per endpoint.
 //!
-//! Both HTTP paths (the lean HTTP/1.1 one and hyper's) fill the same
-//! [`Request`], ask [`Routes::route`] what it is, read a publish's body within
-//! the limit and time the route gives, and get an [`Answer`] from the same
-//! handler. Every answer passes [`Routes::finish`], which counts and logs
-//! refusals and adds the headers every answer carries (CORS,
-//! `Cache-Control: no-store`).
+//! Both HTTP paths (the lean HTTP/1.1 one and hyper's) make two calls per
+//! request: they fill the same [`Request`] and ask [`Routes::route`] what it
+//! is (the access decisions are made there), read a publish's body within the
+//! limit and time the route gives, and then [`Routes::serve`] the route, which
+//! asks the auth webhook where it decides, runs the one handler and returns
+//! the [`Answer`]. Every answer, and every refusal an HTTP path meets itself
+//! ([`Routes::refusal`]), counts and logs refusals and carries the headers
+//! every answer carries (CORS, `Cache-Control: no-store`).
 //!
 //! | path            | methods            | handler                  |
 //! |-----------------|--------------------|--------------------------|
-//! | `/subscribe`    | GET                | [`Routes::subscribe`]    |
-//! | `/publish`      | GET, POST, DELETE  | [`Routes::publish`], [`Routes::delete`] |
-//! | `/events`       | GET                | [`Routes::events`]       |
+//! | `/subscribe`    | GET                | `subscribe`: a long-poll |
+//! | `/publish`      | GET, POST, DELETE  | `publish`, `delete`      |
+//! | `/events`       | GET                | `events`: an event stream |
 //! | `/stats`        | GET                | JSON counters            |
 //! | `/metrics`      | GET                | Prometheus counters      |
 //! | `/channels/C`   | GET                | one channel's state      |
@@ -22,8 +24,11 @@
 //! | `/live`         | GET                | liveness: is the process answering? |
 
 use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll as TaskPoll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,6 +39,7 @@ use tracing::{debug, warn};
 
 use crate::answer::{Answer, NOSNIFF, SANDBOX, X_CHANNEL, X_GAP, X_MESSAGE_ID};
 use crate::auth::{Action, Credentials, Patterns, Verifier, Webhook};
+use crate::chat::Asset;
 use crate::error::{Error, Reason};
 use crate::protocol::{self, Channels, Events, Format, Ids, PublishAnswer, Query, Subscribe};
 use crate::stats::{Counters, Snapshot};
@@ -189,8 +195,53 @@ pub enum Route {
     Health,
     /// `GET /live`: liveness.
     Live,
-    /// `GET /` and the page's files: the path.
-    Page(&'static str),
+    /// `GET /` and the page's files, and the client library.
+    Page(&'static Asset),
+}
+
+/// What a path is: the one list of the paths served, each with the methods
+/// it allows.
+#[derive(Debug, Clone, Copy)]
+enum Endpoint<'a> {
+    Subscribe,
+    Events,
+    Publish,
+    Stats,
+    Metrics,
+    Health,
+    Live,
+    /// `/channels/C`: the name as it came.
+    Channel(&'a str),
+    Page(&'static Asset),
+}
+
+impl<'a> Endpoint<'a> {
+    fn at(path: &'a str) -> Option<Endpoint<'a>> {
+        Some(match path {
+            "/subscribe" => Endpoint::Subscribe,
+            "/events" => Endpoint::Events,
+            "/publish" => Endpoint::Publish,
+            "/stats" => Endpoint::Stats,
+            "/metrics" => Endpoint::Metrics,
+            "/health" => Endpoint::Health,
+            "/live" => Endpoint::Live,
+            _ => match path.strip_prefix("/channels/") {
+                Some(name) => Endpoint::Channel(name),
+                None => Endpoint::Page(Asset::at(path)?),
+            },
+        })
+    }
+
+    /// The methods allowed, as `Allow` spells them. A long-poll or a stream
+    /// answered without its body would be a wait for nothing; the other reads
+    /// answer HEAD as GET, without the body.
+    fn allow(self) -> &'static str {
+        match self {
+            Endpoint::Subscribe | Endpoint::Events => "GET, OPTIONS",
+            Endpoint::Publish => "GET, POST, DELETE, OPTIONS",
+            _ => "GET, HEAD, OPTIONS",
+        }
+    }
 }
 
 /// A publish, before its body is read.
@@ -211,6 +262,27 @@ impl Publish {
     /// The refusal of a body over [`Publish::body_limit`].
     pub fn too_large(&self) -> Error {
         Error::TooLarge(self.max_message)
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// What [`Routes::serve`] returns: a long-poll's wait in place, or any
+    /// other answer boxed.
+    #[project = ServingProj]
+    enum Serving<'a, W> {
+        Wait { #[pin] wait: W, routes: &'a Routes },
+        Other { other: Pin<Box<dyn Future<Output = Answer> + Send + 'a>> },
+    }
+}
+
+impl<W: Future<Output = Result<Answer, Error>>> Future for Serving<'_, W> {
+    type Output = Answer;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> TaskPoll<Answer> {
+        match self.project() {
+            ServingProj::Wait { wait, routes } => wait.poll(cx).map(|r| routes.finish(r)),
+            ServingProj::Other { other } => other.as_mut().poll(cx),
+        }
     }
 }
 
@@ -269,6 +341,11 @@ impl Routes {
         &self.store
     }
 
+    /// The server's counters.
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
     /// Time a publish body has to arrive.
     pub fn body_timeout(&self) -> Duration {
         self.settings.body_timeout
@@ -280,25 +357,22 @@ impl Routes {
         protocol::form_limit(self.settings.max_message)
     }
 
-    /// The route table: what `req` asks for, with its parameters checked.
+    /// The route table: what `req` asks for, with its parameters checked and
+    /// the access decisions made.
     pub fn route(&self, req: &Request) -> Result<Route, Error> {
-        let path = req.path;
-        let allow = match path {
-            // A long-poll or a stream answered without its body would be a wait
-            // for nothing; the other reads answer HEAD as GET, without the body.
-            "/subscribe" | "/events" => "GET, OPTIONS",
-            "/stats" | "/metrics" | "/" | "/chat.js" | "/chat.css" | "/comethub.js" | "/health"
-            | "/live" => "GET, HEAD, OPTIONS",
-            "/publish" => "GET, POST, DELETE, OPTIONS",
-            p if p.starts_with("/channels/") => "GET, HEAD, OPTIONS",
-            _ => return Err(Error::NotFound),
-        };
+        let endpoint = Endpoint::at(req.path).ok_or(Error::NotFound)?;
+        let allow = endpoint.allow();
+        if req.method == Method::OPTIONS {
+            return Ok(Route::Preflight(allow));
+        }
+        if !allow.split(", ").any(|m| m == req.method.as_str()) {
+            return Err(Error::MethodNotAllowed(allow));
+        }
         let query = || Query::parse(req.query);
         let ids = self.store.ids();
         let last_event_id = req.last_event_id;
-        Ok(match (&req.method, path) {
-            (&Method::OPTIONS, _) => Route::Preflight(allow),
-            (&Method::GET, "/subscribe") => {
+        Ok(match endpoint {
+            Endpoint::Subscribe => {
                 let query = query()?;
                 let params = query.subscribe(
                     last_event_id,
@@ -309,17 +383,23 @@ impl Routes {
                 let (_, ask) = self.may_subscribe(req, &query, &params.channels)?;
                 Route::Subscribe(params, ask)
             }
-            (&Method::GET, "/events") => {
+            Endpoint::Events => {
                 let query = query()?;
                 let params = query.events(last_event_id, ids, self.settings.max_channels)?;
                 let (expires, ask) = self.may_subscribe(req, &query, &params.channels)?;
                 Route::Events(params, expires, ask)
             }
-            (&Method::GET | &Method::POST, "/publish") if req.read_only => {
-                return Err(Error::ReadOnlyListener);
+            Endpoint::Publish if req.read_only => return Err(Error::ReadOnlyListener),
+            Endpoint::Publish if req.method == Method::DELETE => {
+                let query = query()?;
+                let channel = query.channel()?;
+                match &self.settings.admin_token {
+                    Some(_) => self.admin(req)?,
+                    None => self.may_publish(req, &query, &channel)?,
+                }
+                Route::Delete(channel)
             }
-            (&Method::DELETE, "/publish") if req.read_only => return Err(Error::ReadOnlyListener),
-            (&Method::GET | &Method::POST, "/publish") => {
+            Endpoint::Publish => {
                 let query = query()?;
                 self.may_publish(req, &query, &query.channel()?)?;
                 let body_limit = if protocol::is_form(req.content_type) {
@@ -341,55 +421,49 @@ impl Routes {
                     max_message: self.settings.max_message,
                 })
             }
-            (&Method::DELETE, "/publish") => {
-                let query = query()?;
-                let channel = query.channel()?;
-                match &self.settings.admin_token {
-                    Some(_) => self.admin(req)?,
-                    None => self.may_publish(req, &query, &channel)?,
-                }
-                Route::Delete(channel)
-            }
-            (&Method::GET | &Method::HEAD, "/stats") => {
+            Endpoint::Stats => {
                 self.admin(req)?;
                 Route::Stats
             }
-            (&Method::GET | &Method::HEAD, "/metrics") => {
+            Endpoint::Metrics => {
                 self.admin(req)?;
                 Route::Metrics
             }
-            (&Method::GET | &Method::HEAD, "/") => Route::Page("/"),
-            (&Method::GET | &Method::HEAD, "/chat.js") => Route::Page("/chat.js"),
-            (&Method::GET | &Method::HEAD, "/chat.css") => Route::Page("/chat.css"),
-            (&Method::GET | &Method::HEAD, "/comethub.js") => Route::Page("/comethub.js"),
-            (&Method::GET | &Method::HEAD, "/health") => Route::Health,
-            (&Method::GET | &Method::HEAD, "/live") => Route::Live,
-            (&Method::GET | &Method::HEAD, p) if p.starts_with("/channels/") => {
+            Endpoint::Channel(name) => {
                 self.admin(req)?;
-                Route::Channel(protocol::channel_name(Some(&p["/channels/".len()..]))?.to_owned())
+                Route::Channel(protocol::channel_name(Some(name))?.to_owned())
             }
-            _ => return Err(Error::MethodNotAllowed(allow)),
+            Endpoint::Health => Route::Health,
+            Endpoint::Live => Route::Live,
+            Endpoint::Page(asset) => Route::Page(asset),
         })
     }
 
-    /// Answers a route; `body` is a publish's body, read by the HTTP path.
-    pub async fn serve(&self, route: Route, body: Bytes) -> Answer {
+    /// Answers a route, with the headers every answer carries: the one call
+    /// into the routes after [`Routes::route`]. `body` is a publish's body,
+    /// read by the HTTP path within the limit and time the route gives.
+    ///
+    /// A parked long-poll is this future, so it holds the long-poll's wait in
+    /// place and nothing else; every other answer is made in a boxed future.
+    pub fn serve(&self, route: Route, body: Bytes) -> impl Future<Output = Answer> + Send + '_ {
+        match route {
+            Route::Subscribe(params, ask) => Serving::Wait {
+                wait: self.subscribe(params, ask),
+                routes: self,
+            },
+            other => Serving::Other {
+                other: Box::pin(self.answer(other, body)),
+            },
+        }
+    }
+
+    /// Answers any route but a long-poll.
+    async fn answer(&self, route: Route, body: Bytes) -> Answer {
         let result = match route {
+            Route::Subscribe(params, ask) => self.subscribe(params, ask).await,
             Route::Preflight(allow) => Ok(preflight(allow)),
-            Route::Subscribe(params, ask) => {
-                if let Err(err) = self.admitted(ask, &params.channels).await {
-                    return self.finish(Err(err));
-                }
-                return self.subscribe(params).await;
-            }
-            Route::Events(params, expires, ask) => {
-                match self.admitted(ask, &params.channels).await {
-                    Ok(()) => self.events(params, expires).await,
-                    Err(err) => Err(err),
-                }
-            }
-            // Boxed: a waiting subscriber's task is sized by the largest branch.
-            Route::Publish(publish) => Box::pin(self.publish(publish, body)).await,
+            Route::Events(params, expires, ask) => self.events(params, expires, ask).await,
+            Route::Publish(publish) => self.publish(publish, body).await,
             Route::Delete(channel) => self.delete(channel).await,
             Route::Stats => Ok(Answer::json(StatusCode::OK, &self.snapshot())),
             Route::Metrics => Ok(Answer::full(
@@ -398,19 +472,35 @@ impl Routes {
                 Bytes::from(self.snapshot().to_prometheus()),
             )),
             Route::Channel(channel) => self.channel(channel).await,
-            Route::Page(path) => crate::chat::asset(path).ok_or(Error::NotFound),
+            Route::Page(asset) => Ok(asset.answer()),
             Route::Health => Ok(self.health()),
             Route::Live => Ok(Answer::json(StatusCode::OK, &Status { status: "live" })),
         };
         self.finish(result)
     }
 
+    /// The answer to a refusal the HTTP path meets itself (a route refused, a
+    /// body too slow, the connection limit), with the headers every answer
+    /// carries.
+    pub fn refusal(&self, err: &Error) -> Answer {
+        let mut answer = self.refuse(err);
+        self.carry(&mut answer);
+        answer
+    }
+
     /// A refusal or an answer, with the headers every answer carries.
-    pub fn finish(&self, result: Result<Answer, Error>) -> Answer {
+    fn finish(&self, result: Result<Answer, Error>) -> Answer {
         let mut answer = match result {
             Ok(answer) => answer,
             Err(err) => self.refuse(&err),
         };
+        self.carry(&mut answer);
+        answer
+    }
+
+    /// Adds the headers every answer carries: CORS, and `no-store` unless
+    /// the answer says how it may be cached.
+    fn carry(&self, answer: &mut Answer) {
         answer.headers.push((
             header::ACCESS_CONTROL_ALLOW_ORIGIN,
             self.settings.cors_origin.clone(),
@@ -424,7 +514,6 @@ impl Routes {
                 .headers
                 .push((header::CACHE_CONTROL, Bytes::from_static(b"no-store")));
         }
-        answer
     }
 
     /// Counts and logs a refusal and makes its answer.
@@ -443,10 +532,16 @@ impl Routes {
         Answer::refusal(err)
     }
 
-    /// `GET /subscribe`: answers at once from the history, or waits for the next
-    /// message, the timeout, deletion or shutdown. Every parked subscriber keeps
-    /// this future, so it holds only its parameters and the store's wait.
-    pub async fn subscribe(&self, params: Subscribe) -> Answer {
+    /// `GET /subscribe`: once the auth webhook (if it decides) allows it,
+    /// answers at once from the history, or waits for the next message, the
+    /// timeout, deletion or shutdown. Every parked subscriber keeps this
+    /// future, so it holds only its parameters and the store's wait.
+    async fn subscribe(
+        &self,
+        params: Subscribe,
+        ask: Option<Box<Credentials>>,
+    ) -> Result<Answer, Error> {
+        self.admitted(ask, &params.channels).await?;
         let limit = params.limit();
         let answer = self
             .store
@@ -466,12 +561,18 @@ impl Routes {
             // A batch may have made encodings: they count against the bound.
             self.store.fit();
         }
-        self.finish(answer)
+        answer
     }
 
-    /// `GET /events`: an event stream.
-    /// A stream opened with a token ends when the token does.
-    pub async fn events(&self, params: Events, expires: Option<u64>) -> Result<Answer, Error> {
+    /// `GET /events`: once the auth webhook (if it decides) allows it, an
+    /// event stream. A stream opened with a token ends when the token does.
+    async fn events(
+        &self,
+        params: Events,
+        expires: Option<u64>,
+        ask: Option<Box<Credentials>>,
+    ) -> Result<Answer, Error> {
+        self.admitted(ask, &params.channels).await?;
         let ends = expires.map(crate::auth::instant);
         let stream = self.store.stream(params.channels.list()).await?;
         Ok(crate::sse::answer(
@@ -484,7 +585,7 @@ impl Routes {
     }
 
     /// `GET|POST /publish`: publishes one message and says how many got it.
-    pub async fn publish(&self, publish: Publish, body: Bytes) -> Result<Answer, Error> {
+    async fn publish(&self, publish: Publish, body: Bytes) -> Result<Answer, Error> {
         let (data, content_type) = protocol::published_message(
             publish.message,
             publish.content_type.filter(|_| publish.has_body),
@@ -515,7 +616,7 @@ impl Routes {
     }
 
     /// `DELETE /publish`: drops a channel; its waiting subscribers get 410.
-    pub async fn delete(&self, channel: String) -> Result<Answer, Error> {
+    async fn delete(&self, channel: String) -> Result<Answer, Error> {
         #[derive(Serialize)]
         struct Deleted<'a> {
             channel: &'a str,
@@ -626,10 +727,10 @@ impl Routes {
     }
 
     /// Asks the auth webhook, when the route says to, whether the subscriber
-    /// may read each of `channels` but the public ones. Both HTTP paths await
-    /// it before a long-poll waits or a stream opens, so a refused or
-    /// unanswered request never opens one.
-    pub async fn admitted(
+    /// may read each of `channels` but the public ones: before a long-poll
+    /// waits or a stream opens, so a refused or unanswered request never
+    /// opens one.
+    async fn admitted(
         &self,
         ask: Option<Box<Credentials>>,
         channels: &Channels,

@@ -26,10 +26,11 @@ use tracing::{debug, error, info, warn};
 use crate::config::Config;
 use crate::error::Error;
 use crate::http::{adapter, lean};
+use crate::hub;
 use crate::listen::{Connection, Listener};
 use crate::routes::{self, Routes};
 use crate::stats::Counters;
-use crate::store::{self, Store};
+use crate::store::Store;
 use crate::tls::Certificates;
 
 /// Longest time shutdown waits for connections to finish.
@@ -41,219 +42,229 @@ const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 /// How long start-up waits for the store (Redis) before serving anyway.
 const STORE_START: Duration = Duration::from_secs(3);
 
-/// The store `config` asks for.
-pub fn store(config: &Config) -> Result<Store, String> {
-    let settings = store::Settings {
-        history: config.history,
-        history_age: config.history_age(),
-        max_channels: config.max_channels,
-        max_subscribers: config.max_subscribers,
-        max_bytes: config.max_memory(),
-        idempotency_window: config.idempotency_window(),
-    };
-    match &config.redis {
-        None => Ok(Store::memory(&settings)),
-        Some(url) => Store::redis(&settings, url, config.redis_replicas),
+/// The server, built from its configuration: everything it needs before it
+/// takes a connection. Every start-up check is made here, once; a
+/// configuration it refuses never serves.
+#[derive(Debug)]
+pub struct Server {
+    config: Config,
+    routes: Arc<Routes>,
+    counters: Arc<Counters>,
+    builder: adapter::Builder,
+    stalled: Arc<AtomicU64>,
+    tls: Option<Arc<Certificates>>,
+    max_connections: usize,
+    nofile: u64,
+}
+
+impl Server {
+    /// Checks `config` and builds the store, the routes with their auth, the
+    /// certificates and the HTTP settings; `Err` says why it cannot start.
+    pub fn new(mut config: Config) -> Result<Server, String> {
+        // Read the machine's memory and open-files limit once, for everything
+        // that depends on them.
+        let nofile = crate::os::raise_nofile().unwrap_or_else(|err| {
+            error!(cause = %err, "cannot read the open-files limit");
+            1024
+        });
+        config.max_memory = Some(config.max_memory());
+        if config.max_connections == 0 {
+            config.max_connections = crate::os::connections_for(nofile);
+        }
+        config.check()?;
+        let limits = hub::Limits {
+            history: config.history,
+            history_age: config.history_age(),
+            max_channels: config.max_channels,
+            max_subscribers: config.max_subscribers,
+            max_bytes: config.max_memory(),
+            idempotency_window: config.idempotency_window(),
+        };
+        let store = match &config.redis {
+            None => Store::memory(&limits),
+            Some(url) => Store::redis(&limits, url, config.redis_replicas)?,
+        };
+        let verifier = config.verifier(store.outside().clone())?.map(Arc::new);
+        let webhook = config.webhook(store.outside().clone())?.map(Arc::new);
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(Arc::new(Certificates::load(cert, key)?)),
+            _ => None,
+        };
+        let counters = Arc::new(Counters::default());
+        let routes = Arc::new(Routes::new(
+            store,
+            counters.clone(),
+            routes::Settings {
+                timeout: config.timeout(),
+                ping: Duration::from_secs(config.ping),
+                body_timeout: config.header_timeout(),
+                max_message: config.max_message,
+                max_batch: config.max_batch_bytes,
+                max_channels: config.max_channels_per_request,
+                max_memory: config.max_memory(),
+                cors_origin: Bytes::from(config.cors_origin.clone()),
+                publish_token: config.publish_token.clone(),
+                admin_token: config.admin_token.clone(),
+                verifier,
+                subscribe_auth: config.subscribe_auth,
+                webhook,
+                public_channels: crate::auth::Patterns::new(config.public_channels.clone()),
+                jwt_cookie: config.jwt_cookie.clone(),
+            },
+        ));
+        let stalled = Arc::new(AtomicU64::new(0));
+        let write_timeout = Duration::from_secs(config.write_timeout);
+        let mut builder =
+            adapter::Builder::new(adapter::StreamExecutor::new(write_timeout, stalled.clone()));
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_timeout())
+            .max_buf_size(config.max_header_bytes as usize);
+        // An HTTP/2 connection outlives its requests, as browsers expect; one
+        // whose peer has gone (no answer to a ping within the header timeout) is
+        // closed, and everything it held freed.
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(config.max_concurrent_streams)
+            .max_header_list_size(config.max_header_bytes)
+            .keep_alive_interval(Duration::from_secs(config.ping))
+            .keep_alive_timeout(config.header_timeout());
+        Ok(Server {
+            max_connections: config.max_connections,
+            nofile,
+            config,
+            routes,
+            counters,
+            builder,
+            stalled,
+            tls,
+        })
+    }
+
+    /// Where the configuration says to listen (when no listener is inherited).
+    pub fn listen(&self) -> &[crate::listen::Address] {
+        &self.config.listen
+    }
+
+    /// The mode of the Unix sockets it makes.
+    pub fn unix_mode(&self) -> u32 {
+        self.config.unix_mode
+    }
+
+    /// Serves `listeners` until `shutdown` completes, then shuts down
+    /// gracefully. `Err`: the listeners do not fit the configuration
+    /// (`--publish-on`), and nothing was served.
+    pub async fn serve(
+        self,
+        listeners: Vec<Listener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), String> {
+        let Server {
+            config,
+            routes,
+            counters,
+            builder,
+            stalled,
+            tls,
+            max_connections,
+            nofile,
+        } = self;
+        let read_only = crate::listen::read_only(&listeners, &config.publish_on)?;
+        log_start(&listeners, &config, nofile);
+
+        let (store_stop, store_stopped) = watch::channel(false);
+        let store_task = tokio::spawn({
+            let routes = routes.clone();
+            async move { routes.store().run(store_stopped).await }
+        });
+        if !routes.store().ready(STORE_START).await {
+            warn!("redis not reachable yet; answering 503 until it is");
+        }
+        let trimmer = tokio::spawn(trim_memory(counters.clone(), routes.clone(), stalled));
+        let reloader = tls.clone().map(|tls| tokio::spawn(reload_on_hangup(tls)));
+        let (closing_tx, closing) = watch::channel(false);
+        let tracker = Arc::new(Tracker::default());
+        let connections = Arc::new(Connections {
+            routes: routes.clone(),
+            builder,
+            limits: lean::Limits {
+                header_timeout: config.header_timeout(),
+                max_head: config.max_header_bytes as usize,
+                write_timeout: Duration::from_secs(config.write_timeout),
+            },
+            closing,
+            tracker: tracker.clone(),
+            tls,
+        });
+        let reactors: Vec<Reactor> = (1..usize::from(config.threads))
+            .filter_map(|i| connections.clone().reactor(i))
+            .collect();
+
+        connections
+            .accept_until(&listeners, &read_only, &reactors, max_connections, shutdown)
+            .await;
+
+        drop(listeners);
+        let _ = closing_tx.send(true);
+        routes.store().close();
+        tokio::select! {
+            _ = tracker.wait_empty() => info!("all connections closed"),
+            _ = tokio::time::sleep(GRACE) => warn!("grace period over; closing the rest"),
+        }
+        tracker.abort_all();
+        for reactor in reactors {
+            drop(reactor.handover);
+            let _ = reactor.ended.await;
+        }
+        let _ = store_stop.send(true);
+        let _ = store_task.await;
+        trimmer.abort();
+        let _ = trimmer.await;
+        if let Some(reloader) = reloader {
+            reloader.abort();
+            let _ = reloader.await;
+        }
+        Ok(())
     }
 }
 
-/// Serves `listener` until `shutdown` completes, then shuts down gracefully.
-pub async fn run(listeners: Vec<Listener>, mut config: Config, shutdown: impl Future<Output = ()>) {
-    // Read the machine's memory once, for the store and the stats alike.
-    config.max_memory = Some(config.max_memory());
-    if let Err(err) = config.check() {
-        error!(%err, "cannot start");
-        return;
-    }
-    let store = match store(&config) {
-        Ok(store) => store,
-        Err(err) => {
-            error!(%err, "cannot start");
-            return;
-        }
-    };
-    let verifier = match config.verifier(store.outside().clone()) {
-        Ok(verifier) => verifier.map(Arc::new),
-        Err(err) => {
-            error!(%err, "cannot start");
-            return;
-        }
-    };
-    let webhook = match config.webhook(store.outside().clone()) {
-        Ok(webhook) => webhook.map(Arc::new),
-        Err(err) => {
-            error!(%err, "cannot start");
-            return;
-        }
-    };
-    let counters = Arc::new(Counters::default());
-    let routes = Arc::new(Routes::new(
-        store,
-        counters.clone(),
-        routes::Settings {
-            timeout: config.timeout(),
-            ping: Duration::from_secs(config.ping),
-            body_timeout: config.header_timeout(),
-            max_message: config.max_message,
-            max_batch: config.max_batch_bytes,
-            max_channels: config.max_channels_per_request,
-            max_memory: config.max_memory(),
-            cors_origin: Bytes::from(config.cors_origin.clone()),
-            publish_token: config.publish_token.clone(),
-            admin_token: config.admin_token.clone(),
-            verifier,
-            subscribe_auth: config.subscribe_auth,
-            webhook,
-            public_channels: crate::auth::Patterns::new(config.public_channels.clone()),
-            jwt_cookie: config.jwt_cookie.clone(),
-        },
-    ));
+/// Builds the server from `config` and serves `listeners` until `shutdown`
+/// completes; `Err` says why it could not start.
+pub async fn run(
+    listeners: Vec<Listener>,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), String> {
+    Server::new(config)?.serve(listeners, shutdown).await
+}
 
-    let (store_stop, store_stopped) = watch::channel(false);
-    let store_task = tokio::spawn({
-        let routes = routes.clone();
-        async move { routes.store().run(store_stopped).await }
-    });
-    if !routes.store().ready(STORE_START).await {
-        warn!("redis not reachable yet; answering 503 until it is");
-    }
-    let stalled = Arc::new(AtomicU64::new(0));
-    let trimmer = tokio::spawn(trim_memory(
-        counters.clone(),
-        routes.clone(),
-        stalled.clone(),
-    ));
-
-    let max_connections = config.max_connections();
-    let write_timeout = Duration::from_secs(config.write_timeout);
-    let mut builder = adapter::Builder::new(adapter::StreamExecutor::new(write_timeout, stalled));
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_timeout())
-        .max_buf_size(config.max_header_bytes as usize);
-    // An HTTP/2 connection outlives its requests, as browsers expect; one
-    // whose peer has gone (no answer to a ping within the header timeout) is
-    // closed, and everything it held freed.
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(config.max_concurrent_streams)
-        .max_header_list_size(config.max_header_bytes)
-        .keep_alive_interval(Duration::from_secs(config.ping))
-        .keep_alive_timeout(config.header_timeout());
-    let tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => match Certificates::load(cert, key) {
-            Ok(certificates) => Some(Arc::new(certificates)),
-            Err(err) => {
-                error!(%err, "cannot start");
-                return;
-            }
-        },
-        _ => None,
-    };
-    let reloader = tls.clone().map(|tls| tokio::spawn(reload_on_hangup(tls)));
-    let (closing_tx, closing) = watch::channel(false);
-    let tracker = Arc::new(Tracker::default());
-    let connections = Arc::new(Connections {
-        routes: routes.clone(),
-        builder,
-        limits: lean::Limits {
-            header_timeout: config.header_timeout(),
-            max_head: config.max_header_bytes as usize,
-            write_timeout,
-        },
-        closing,
-        tracker: tracker.clone(),
-        tls,
-    });
-    let reactors: Vec<Reactor> = (1..usize::from(config.threads))
-        .filter_map(|i| connections.clone().reactor(i))
-        .collect();
-    let mut next_reactor = 0;
-
-    let read_only = match crate::listen::read_only(&listeners, &config.publish_on) {
-        Ok(read_only) => read_only,
-        Err(err) => {
-            error!(%err, "cannot start");
-            return;
-        }
-    };
-    tokio::pin!(shutdown);
-    let mut first = 0;
-    loop {
-        let accepted = tokio::select! {
-            accepted = accept(&listeners, &mut first) => match accepted {
-                Ok((i, connection)) => (read_only[i], connection),
-                Err(err) => {
-                    accept_failed(err).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        let (read_only, stream) = match accepted {
-            (read_only, Connection::Tcp(stream)) => (read_only, stream),
-            (read_only, Connection::Unix(stream)) => {
-                if counters.connections.load(Relaxed) as usize >= max_connections {
-                    debug!("connection limit: a Unix socket connection closed at once");
-                    continue;
-                }
-                let open = OpenConnection::new(counters.clone());
-                connections.spawn_unix(stream, open, read_only);
-                continue;
-            }
-        };
-        if counters.connections.load(Relaxed) as usize >= max_connections {
-            if connections.tls.is_some() {
-                // No handshake for a connection refused: closed at once.
-                continue;
-            }
-            let answer = routes.finish(Err(Error::ConnectionLimit));
-            tracker.spawn(|tracked| async move {
-                lean::refuse(stream, answer).await;
-                drop(tracked);
-            });
-            continue;
-        }
-        let _ = stream.set_nodelay(true);
-        let open = OpenConnection::new(counters.clone());
-        // Round robin over this reactor (slot 0) and the others.
-        next_reactor = (next_reactor + 1) % (reactors.len() + 1);
-        if next_reactor == 0 {
-            connections.spawn(stream, open, read_only);
-        } else {
-            match stream.into_std() {
-                Ok(stream) => {
-                    let _ = reactors[next_reactor - 1]
-                        .handover
-                        .send((stream, open, read_only));
-                }
-                Err(err) => debug!(cause = %err, "connection lost in hand-over"),
-            }
-        }
-    }
-
-    drop(listeners);
-    let _ = closing_tx.send(true);
-    routes.store().close();
-    tokio::select! {
-        _ = tracker.wait_empty() => info!("all connections closed"),
-        _ = tokio::time::sleep(GRACE) => warn!("grace period over; closing the rest"),
-    }
-    tracker.abort_all();
-    for reactor in reactors {
-        drop(reactor.handover);
-        let _ = reactor.ended.await;
-    }
-    let _ = store_stop.send(true);
-    let _ = store_task.await;
-    trimmer.abort();
-    let _ = trimmer.await;
-    if let Some(reloader) = reloader {
-        reloader.abort();
-        let _ = reloader.await;
-    }
+/// The start-up line: where the server listens, and its limits.
+fn log_start(listeners: &[Listener], config: &Config, nofile: u64) {
+    let addresses: Vec<String> = listeners.iter().map(Listener::address).collect();
+    info!(
+        addr = %addresses.first().map_or("", String::as_str),
+        listeners = %addresses.join(","),
+        nofile,
+        timeout = config.timeout,
+        history = config.history,
+        history_age = config.history_age,
+        max_message = config.max_message,
+        max_memory = config.max_memory,
+        max_batch_bytes = config.max_batch_bytes,
+        write_timeout = config.write_timeout,
+        cors_origin = %config.cors_origin,
+        header_timeout = config.header_timeout,
+        max_connections = config.max_connections,
+        max_subscribers = config.max_subscribers,
+        max_channels = config.max_channels,
+        publish_token = config.publish_token.is_some(),
+        admin_token = config.admin_token.is_some(),
+        cluster = config.redis.is_some(),
+        tls = config.tls_cert.is_some(),
+        "listening"
+    );
 }
 
 /// Reads the certificate files again on every `SIGHUP`; a connection
@@ -393,6 +404,75 @@ struct Connections {
 }
 
 impl Connections {
+    /// Takes connections off `listeners` until `shutdown`, refusing those over
+    /// `max_connections` and dealing the rest out to this reactor and the others.
+    async fn accept_until(
+        self: &Arc<Self>,
+        listeners: &[Listener],
+        read_only: &[bool],
+        reactors: &[Reactor],
+        max_connections: usize,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let counters = self.routes.counters();
+        let mut next_reactor = 0;
+        tokio::pin!(shutdown);
+        let mut first = 0;
+        loop {
+            let accepted = tokio::select! {
+                accepted = accept(listeners, &mut first) => match accepted {
+                    Ok((i, connection)) => (read_only[i], connection),
+                    Err(err) => {
+                        accept_failed(err).await;
+                        continue;
+                    }
+                },
+                _ = &mut shutdown => return,
+            };
+            let full = counters.connections.load(Relaxed) as usize >= max_connections;
+            let (read_only, stream) = match accepted {
+                (read_only, Connection::Tcp(stream)) => (read_only, stream),
+                (_, Connection::Unix(_)) if full => {
+                    debug!("connection limit: a Unix socket connection closed at once");
+                    continue;
+                }
+                (read_only, Connection::Unix(stream)) => {
+                    let open = OpenConnection::new(counters.clone());
+                    self.spawn_unix(stream, open, read_only);
+                    continue;
+                }
+            };
+            if full {
+                if self.tls.is_some() {
+                    // No handshake for a connection refused: closed at once.
+                    continue;
+                }
+                let answer = self.routes.refusal(&Error::ConnectionLimit);
+                self.tracker.spawn(|tracked| async move {
+                    lean::refuse(stream, answer).await;
+                    drop(tracked);
+                });
+                continue;
+            }
+            let _ = stream.set_nodelay(true);
+            let open = OpenConnection::new(counters.clone());
+            // Round robin over this reactor (slot 0) and the others.
+            next_reactor = (next_reactor + 1) % (reactors.len() + 1);
+            if next_reactor == 0 {
+                self.spawn(stream, open, read_only);
+            } else {
+                match stream.into_std() {
+                    Ok(stream) => {
+                        let _ = reactors[next_reactor - 1]
+                            .handover
+                            .send((stream, open, read_only));
+                    }
+                    Err(err) => debug!(cause = %err, "connection lost in hand-over"),
+                }
+            }
+        }
+    }
+
     /// Serves `stream` on the current reactor: the lean path first, hyper for
     /// what it hands over.
     fn spawn(self: &Arc<Self>, stream: TcpStream, open: OpenConnection, read_only: bool) {

@@ -11,7 +11,13 @@ use common::{Client, STEP, join, spawn_get};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-async fn start(threads: u16) -> (SocketAddr, oneshot::Sender<()>, JoinHandle<()>) {
+async fn start(
+    threads: u16,
+) -> (
+    SocketAddr,
+    oneshot::Sender<()>,
+    JoinHandle<Result<(), String>>,
+) {
     let listener = comethub::listen::tcp("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
     let config = comethub::Config {
@@ -63,10 +69,29 @@ async fn run_serves_then_answers_its_waiters_and_returns_when_stopped() {
         tokio::time::timeout(STEP, server)
             .await
             .expect("run returned")
-            .unwrap();
+            .unwrap()
+            .expect("no start-up error");
         assert!(
             tokio::net::TcpStream::connect(addr).await.is_err(),
             "no longer listening"
         );
     }
+}
+
+#[tokio::test]
+async fn run_refuses_a_configuration_it_cannot_serve_and_binds_nothing_of_it() {
+    let listener = comethub::listen::tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = comethub::Config {
+        redis: None,
+        publish_token: None,
+        max_message: 0,
+        ..Default::default()
+    };
+    // Never completes: a server that started would serve until stopped.
+    let refused = comethub::run(vec![listener.into()], config, std::future::pending()).await;
+    let err = refused.expect_err("a server that refuses every message does not start");
+    assert!(err.contains("--max-message 0"), "{err}");
+    // The listener it was given is closed, not left accepting.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }

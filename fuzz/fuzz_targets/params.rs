@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use comethub::hub::{Config, Hub, Mode, Since, Start};
+use comethub::hub::{Hub, Limits, Mode, Since, Start};
 use comethub::protocol::{self, Content, Ids, Meter, Query};
 use libfuzzer_sys::fuzz_target;
 
@@ -54,15 +54,14 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(meter.bytes(), 0, "encodings given back");
 
     let Ok(params) = q.subscribe(None, &ids, Duration::from_secs(30), 8) else { return };
-    let hub = Hub::new(Config {
+    let hub = Hub::new(Limits {
         history: 4,
         history_age: Duration::from_secs(300),
         max_channels: 8,
         max_subscribers: 8,
         max_bytes: 0,
         idempotency_window: Duration::from_secs(300),
-        mode: Mode::Source,
-    });
+    }, Mode::Source);
     let channels: &[(smol_str::SmolStr, Since)] = params.channels.list();
     for (channel, _) in channels {
         hub.publish(channel, |seq| {

@@ -273,7 +273,7 @@ async fn handle(routes: &Routes, req: hyper::Request<Incoming>, read_only: bool)
         .and_then(|v| v.parse().ok());
     let route = match routes.route(&request) {
         Ok(route) => route,
-        Err(err) => return routes.finish(Err(err)),
+        Err(err) => return routes.refusal(&err),
     };
     let body = match &route {
         Route::Publish(publish) if publish.has_body => {
@@ -293,7 +293,7 @@ async fn handle(routes: &Routes, req: hyper::Request<Incoming>, read_only: bool)
     };
     match body {
         Ok(body) => Box::pin(routes.serve(route, body)).await,
-        Err(err) => routes.finish(Err(err)),
+        Err(err) => routes.refusal(&err),
     }
 }
 

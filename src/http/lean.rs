@@ -28,7 +28,6 @@ use tokio::time::Instant;
 
 use crate::answer::{Answer, Body};
 use crate::error::Error;
-use crate::protocol::Subscribe;
 use crate::routes::{Request, Route, Routes};
 
 /// Most header lines a request may have on this path (hyper's default too).
@@ -102,8 +101,8 @@ pub async fn serve(
             }
             // Refused: an ordinary answer.
             Step::Stream(answer, close, http10) => (answer, close, http10),
-            Step::Wait(params, close, http10) => {
-                let poll = std::pin::pin!(routes.subscribe(params));
+            Step::Wait(route, close, http10) => {
+                let poll = std::pin::pin!(routes.serve(route, Bytes::new()));
                 match wait(&mut stream, poll, &mut buf, limits).await {
                     Some(answer) => (answer, close, http10),
                     None => return Next::Closed,
@@ -133,8 +132,10 @@ pub async fn serve(
 /// What the next request on a connection comes to.
 #[derive(Debug)]
 enum Step {
-    /// A long-poll to wait for; then close? HTTP/1.0?
-    Wait(Subscribe, bool, bool),
+    /// A long-poll to wait for (asking the auth webhook first, where it
+    /// decides, while the client is watched like any waiter); then close?
+    /// HTTP/1.0?
+    Wait(Route, bool, bool),
     /// An answer to write; then close? HTTP/1.0?
     Answer(Answer, bool, bool),
     /// An event stream to write until it ends, then close; or its refusal,
@@ -164,26 +165,21 @@ async fn next(
         return Step::Hyper;
     };
     let answer = match routed {
-        Ok(Route::Events(params, expires, ask)) => {
+        Ok(route @ Route::Events(..)) => {
             // Nothing of the head is kept while the stream lasts; what was
             // pipelined after it is answered if the stream is refused (a
             // body, which no stream reads, closes the connection instead).
             close |= length > 0;
             buf.drain(..end);
             buf.shrink_to_fit();
-            let route = Route::Events(params, expires, ask);
             let answer = Box::pin(routes.serve(route, Bytes::new())).await;
             return Step::Stream(answer, close, http10);
         }
-        Ok(Route::Subscribe(params, ask)) => {
+        Ok(route @ Route::Subscribe(..)) => {
             // Free the head before waiting; keep only pipelined bytes, if any.
             buf.drain(..end);
             buf.shrink_to_fit();
-            // Asked here, not while waiting: a parked subscriber holds nothing of it.
-            if let Err(err) = routes.admitted(ask, &params.channels).await {
-                return Step::Answer(routes.finish(Err(err)), close, http10);
-            }
-            return Step::Wait(params, close, http10);
+            return Step::Wait(route, close, http10);
         }
         routed => {
             // The body is read whole, and dropped where nothing takes it (a
@@ -200,11 +196,11 @@ async fn next(
                 (Ok(_), None) => return Step::Closed,
                 (Ok(_), Some(Err(err))) => {
                     close = true;
-                    routes.finish(Err(err))
+                    routes.refusal(&err)
                 }
                 (Err(err), body) => {
                     close |= !matches!(body, Some(Ok(_)));
-                    routes.finish(Err(err))
+                    routes.refusal(&err)
                 }
             }
         }

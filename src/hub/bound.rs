@@ -66,7 +66,7 @@ impl<P: Payload> Hub<P> {
     /// Evicts the oldest messages until what the payloads grew by since the
     /// last publish (encodings made on first use) fits within `max_bytes`.
     pub fn fit(&self) {
-        if self.config.max_bytes > 0 {
+        if self.limits.max_bytes > 0 {
             self.fit_in(&mut self.state(), 0);
         }
     }
@@ -75,10 +75,10 @@ impl<P: Payload> Hub<P> {
     /// `incoming` more bytes fit, and counts what it evicted; returns whether
     /// they fit.
     pub(super) fn fit_in(&self, state: &mut State<P>, incoming: usize) -> bool {
-        if self.config.max_bytes == 0 {
+        if self.limits.max_bytes == 0 {
             return true;
         }
-        let evicted = state.make_room(self.config.max_bytes, self.metered(), incoming);
+        let evicted = state.make_room(self.limits.max_bytes, self.metered(), incoming);
         self.evictions
             .fetch_add(evicted.unwrap_or_default(), Relaxed);
         evicted.is_some()

@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::message::{Held, Message, Payload};
 use super::poll::{Joiners, Waiters};
-use super::{Config, Refused, State};
+use super::{Limits, Refused, State};
 
 /// Freed channels whose last sequence is remembered exactly; older ones fold
 /// into one floor (see [`Hub::poll`](super::Hub::poll) on gaps).
@@ -72,18 +72,18 @@ impl<P: Payload> Channel<P> {
     }
 
     /// Adds `message` as the newest; returns what was trimmed to make room.
-    pub(super) fn append(&mut self, message: &Arc<Message<P>>, config: &Config) -> Held {
+    pub(super) fn append(&mut self, message: &Arc<Message<P>>, limits: &Limits) -> Held {
         self.last_seq = message.seq;
         self.history.push_back(message.clone());
-        self.trim(config, message.at)
+        self.trim(limits, message.at)
     }
 
     /// Drops messages past the count or age limit; returns what it freed.
-    pub(super) fn trim(&mut self, config: &Config, now: Instant) -> Held {
+    pub(super) fn trim(&mut self, limits: &Limits, now: Instant) -> Held {
         let mut freed = Held::default();
         while let Some(front) = self.history.front() {
-            let too_many = self.history.len() > config.history;
-            let too_old = now.saturating_duration_since(front.at) >= config.history_age;
+            let too_many = self.history.len() > limits.history;
+            let too_old = now.saturating_duration_since(front.at) >= limits.history_age;
             if !(too_many || too_old) {
                 break;
             }
@@ -174,9 +174,9 @@ pub(super) fn channel_in<'a, P: Payload>(
     channels: &'a mut Channels<P>,
     freed: &mut Freed,
     name: &str,
-    config: &Config,
+    limits: &Limits,
 ) -> Result<&'a mut Channel<P>, Refused> {
-    let full = config.max_channels > 0 && channels.len() >= config.max_channels;
+    let full = limits.max_channels > 0 && channels.len() >= limits.max_channels;
     match channels.entry_ref(name) {
         hashbrown::hash_map::EntryRef::Occupied(held) => Ok(held.into_mut()),
         hashbrown::hash_map::EntryRef::Vacant(_) if full => Err(Refused::Channels),

@@ -108,7 +108,7 @@ impl<P: Payload> Hub<P> {
     ) -> Result<Published<P>, Refused> {
         let state = self.open()?;
         let name = Keys::name(channel, key);
-        let window = self.config.idempotency_window;
+        let window = self.limits.idempotency_window;
         match state.keys.get(&name, window, Instant::now()) {
             Some((seq, first)) if first == print => return Ok(Published::Replayed(seq)),
             Some(_) => return Ok(Published::Conflict),

@@ -16,7 +16,7 @@ pub trait Payload: Send + Sync + 'static {
 
 /// Bytes that a hub's payloads hold beyond their [`Payload::size`]: added when
 /// a payload grows, taken back when it is dropped. Counted against
-/// [`Config::max_bytes`](super::Config::max_bytes) with the history.
+/// [`Config::max_bytes`](super::Limits::max_bytes) with the history.
 #[derive(Debug, Clone, Default)]
 pub struct Meter(Arc<AtomicUsize>);
 

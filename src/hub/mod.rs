@@ -80,9 +80,10 @@ pub enum Mode {
     },
 }
 
-/// Limits and mode.
+/// What a hub holds at most, and for how long: the one source of these
+/// limits, which the store takes from the configuration as they are.
 #[derive(Debug, Clone)]
-pub struct Config {
+pub struct Limits {
     /// Messages a channel keeps.
     pub history: usize,
     /// Age after which a message leaves the history.
@@ -96,14 +97,13 @@ pub struct Config {
     pub max_bytes: usize,
     /// How long a publish's idempotency key is remembered.
     pub idempotency_window: Duration,
-    /// Source or cache.
-    pub mode: Mode,
 }
 
 /// Channels, waiters and histories.
 #[derive(Debug)]
 pub struct Hub<P> {
-    config: Config,
+    limits: Limits,
+    mode: Mode,
     state: Mutex<State<P>>,
     delivered: AtomicU64,
     evictions: AtomicU64,
@@ -182,9 +182,10 @@ pub struct Snapshot {
 
 impl<P: Payload> Hub<P> {
     /// An empty hub.
-    pub fn new(config: Config) -> Arc<Hub<P>> {
+    pub fn new(limits: Limits, mode: Mode) -> Arc<Hub<P>> {
         Arc::new(Hub {
-            config,
+            limits,
+            mode,
             state: Mutex::new(State {
                 channels: Channels::default(),
                 seq: 0,
@@ -206,7 +207,7 @@ impl<P: Payload> Hub<P> {
 
     /// The bound on bytes held (0: none).
     pub fn max_bytes(&self) -> usize {
-        self.config.max_bytes
+        self.limits.max_bytes
     }
 
     /// Where payloads count what they come to hold after they are made.
@@ -249,7 +250,7 @@ impl<P: Payload> Hub<P> {
             ch.covered = Some(last);
             ch.last_seq = ch.last_seq.max(last);
             ch.visited = Instant::now();
-            let at = ch.next_due(&self.config);
+            let at = ch.next_due(&self.limits, self.mode);
             ch.schedule(&mut state.due, at);
         }
     }
@@ -285,7 +286,7 @@ impl<P: Payload> Hub<P> {
             &mut state_ref.channels,
             &mut state_ref.freed,
             channel,
-            &self.config,
+            &self.limits,
         )?;
         state.seq = seq;
         if let Some((name, print)) = key {
@@ -319,12 +320,12 @@ impl<P: Payload> Hub<P> {
         };
         let mut kept = None;
         if message.seq > ch.last_seq {
-            let freed = ch.append(&message, &self.config);
-            let at = ch.next_due(&self.config);
+            let freed = ch.append(&message, &self.limits);
+            let at = ch.next_due(&self.limits, self.mode);
             ch.schedule(&mut fields.due, at);
             fields.held += Held::of(&message);
             fields.held -= freed;
-            kept = (self.config.max_bytes > 0).then(|| ch.name.clone());
+            kept = (self.limits.max_bytes > 0).then(|| ch.name.clone());
         }
         let streams = ch
             .live
@@ -382,7 +383,7 @@ impl<P: Payload> Hub<P> {
                 let fresh = ch
                     .history
                     .iter()
-                    .filter(|m| now.saturating_duration_since(m.at) < self.config.history_age)
+                    .filter(|m| now.saturating_duration_since(m.at) < self.limits.history_age)
                     .count();
                 Info {
                     subscribers: ch.waiters.len() + ch.joiners.len() + streams,
@@ -479,42 +480,48 @@ mod testing {
     }
 
     pub(super) fn hub(history: usize, age: u64) -> Arc<Hub<&'static str>> {
-        Hub::new(Config {
-            history,
-            history_age: Duration::from_secs(age),
-            max_channels: 0,
-            max_subscribers: 0,
-            max_bytes: 0,
-            idempotency_window: Duration::from_secs(60),
-            mode: Mode::Source,
-        })
+        Hub::new(
+            Limits {
+                history,
+                history_age: Duration::from_secs(age),
+                max_channels: 0,
+                max_subscribers: 0,
+                max_bytes: 0,
+                idempotency_window: Duration::from_secs(60),
+            },
+            Mode::Source,
+        )
     }
 
     /// A hub bounded to `bytes` of messages held in `channels` channels.
     pub(super) fn bounded(bytes: usize, channels: usize) -> Arc<Hub<&'static str>> {
-        Hub::new(Config {
-            history: 100,
-            history_age: Duration::from_secs(300),
-            max_channels: 0,
-            max_subscribers: 0,
-            max_bytes: bytes + channels * channel::channel_cost::<&'static str>(),
-            idempotency_window: Duration::from_secs(60),
-            mode: Mode::Source,
-        })
+        Hub::new(
+            Limits {
+                history: 100,
+                history_age: Duration::from_secs(300),
+                max_channels: 0,
+                max_subscribers: 0,
+                max_bytes: bytes + channels * channel::channel_cost::<&'static str>(),
+                idempotency_window: Duration::from_secs(60),
+            },
+            Mode::Source,
+        )
     }
 
     pub(super) fn cache(idle: u64) -> Arc<Hub<&'static str>> {
-        Hub::new(Config {
-            history: 100,
-            history_age: Duration::from_secs(300),
-            max_channels: 0,
-            max_subscribers: 0,
-            max_bytes: 0,
-            idempotency_window: Duration::from_secs(60),
-            mode: Mode::Cache {
+        Hub::new(
+            Limits {
+                history: 100,
+                history_age: Duration::from_secs(300),
+                max_channels: 0,
+                max_subscribers: 0,
+                max_bytes: 0,
+                idempotency_window: Duration::from_secs(60),
+            },
+            Mode::Cache {
                 idle: Duration::from_secs(idle),
             },
-        })
+        )
     }
 
     /// What a poll got at once: each channel's start, and the waiter.

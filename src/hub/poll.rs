@@ -283,15 +283,15 @@ impl<P: Payload> Hub<P> {
             joints,
             ..
         } = state;
-        let ch = match self.config.mode {
-            Mode::Source => channel_in(channels, freed, channel, &self.config)?,
+        let ch = match self.mode {
+            Mode::Source => channel_in(channels, freed, channel, &self.limits)?,
             Mode::Cache { .. } => match channels.get_mut(channel) {
                 Some(ch) if ch.covered.is_some() => ch,
                 _ => return Ok(Start::Miss),
             },
         };
-        *held -= ch.refresh(due, &self.config, now);
-        let (after, gap) = match (self.config.mode, ch.covered) {
+        *held -= ch.refresh(due, &self.limits, self.mode, now);
+        let (after, gap) = match (self.mode, ch.covered) {
             (Mode::Cache { .. }, Some(covered)) => match since {
                 Since::Next => (ch.last_seq, false),
                 Since::Id(x) if x >= covered && x >= ch.evicted && x <= ch.last_seq => (x, false),
@@ -332,7 +332,7 @@ impl<P: Payload> Hub<P> {
     ) -> Result<(), Refused> {
         let mut guard = self.open()?;
         let state = &mut *guard;
-        let ch = channel_in(&mut state.channels, &mut state.freed, channel, &self.config)?;
+        let ch = channel_in(&mut state.channels, &mut state.freed, channel, &self.limits)?;
         ch.visited = Instant::now();
         let count = slot.is_none();
         let joined = self.join(ch, &mut state.tally, &mut state.joints, slot, place, count);
@@ -354,7 +354,7 @@ impl<P: Payload> Hub<P> {
         place: usize,
         count: bool,
     ) -> Result<(), Refused> {
-        if count && tally.full(self.config.max_subscribers) {
+        if count && tally.full(self.limits.max_subscribers) {
             return Err(Refused::Subscribers);
         }
         let waiter = slot.get_or_insert_with(|| {
@@ -397,7 +397,7 @@ impl<P: Payload> Hub<P> {
         ch: &mut Channel<P>,
         tally: &mut Tally,
     ) -> Result<Waiter<P>, Refused> {
-        if tally.full(self.config.max_subscribers) {
+        if tally.full(self.limits.max_subscribers) {
             return Err(Refused::Subscribers);
         }
         let (tx, rx) = oneshot::channel();
@@ -615,15 +615,17 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn limits_refuse_and_leave_nothing_behind() {
-        let hub: Arc<Hub<&'static str>> = Hub::new(Config {
-            history: 10,
-            history_age: Duration::from_secs(60),
-            max_channels: 1,
-            max_subscribers: 1,
-            max_bytes: 0,
-            idempotency_window: Duration::from_secs(60),
-            mode: Mode::Source,
-        });
+        let hub: Arc<Hub<&'static str>> = Hub::new(
+            Limits {
+                history: 10,
+                history_age: Duration::from_secs(60),
+                max_channels: 1,
+                max_subscribers: 1,
+                max_bytes: 0,
+                idempotency_window: Duration::from_secs(60),
+            },
+            Mode::Source,
+        );
         let _w = poll(&hub, &[("a", Since::Next)], 1).unwrap();
         assert_eq!(
             poll(&hub, &[("a", Since::Next)], 1).err(),
@@ -773,10 +775,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_poll_on_several_channels_over_the_subscriber_limit_leaves_nothing() {
-        let hub: Arc<Hub<&'static str>> = Hub::new(Config {
-            max_subscribers: 1,
-            ..hub(10, 60).config.clone()
-        });
+        let hub: Arc<Hub<&'static str>> = Hub::new(
+            Limits {
+                max_subscribers: 1,
+                ..hub(10, 60).limits.clone()
+            },
+            Mode::Source,
+        );
         let _held = poll(&hub, &[("x", Since::Next)], 10).unwrap();
         let refused = poll(&hub, &[("a", Since::Next), ("b", Since::Next)], 10);
         assert_eq!(refused.err(), Some(Refused::Subscribers));
@@ -797,10 +802,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_poll_refused_on_a_later_channel_gives_up_the_earlier_waiters() {
-        let hub: Arc<Hub<&'static str>> = Hub::new(Config {
-            max_channels: 2,
-            ..hub(10, 60).config.clone()
-        });
+        let hub: Arc<Hub<&'static str>> = Hub::new(
+            Limits {
+                max_channels: 2,
+                ..hub(10, 60).limits.clone()
+            },
+            Mode::Source,
+        );
         let _held = poll(&hub, &[("x", Since::Next)], 10).unwrap();
         // a is made and waited on, then b is one channel too many.
         let refused = poll(&hub, &[("a", Since::Next), ("b", Since::Next)], 10);

@@ -69,7 +69,7 @@ impl<P: Payload> Hub<P> {
     ) -> Result<Stream<P>, Refused> {
         let mut guard = self.open()?;
         let state = &mut *guard;
-        if state.tally.full(self.config.max_subscribers) {
+        if state.tally.full(self.limits.max_subscribers) {
             return Err(Refused::Subscribers);
         }
         let now = Instant::now();
@@ -82,7 +82,7 @@ impl<P: Payload> Hub<P> {
                 &mut state.channels,
                 &mut state.freed,
                 channel.as_ref(),
-                &self.config,
+                &self.limits,
             ) {
                 Ok(ch) => ch,
                 Err(refused) => {
@@ -93,7 +93,7 @@ impl<P: Payload> Hub<P> {
                     return Err(refused);
                 }
             };
-            state.held -= ch.refresh(&mut state.due, &self.config, now);
+            state.held -= ch.refresh(&mut state.due, &self.limits, self.mode, now);
             ch.visited = now;
             let live = ch
                 .live

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::channel::Channel;
 use super::message::{Held, Payload};
-use super::{Config, Hub, Mode};
+use super::{Hub, Limits, Mode};
 
 /// The sweep queue: channels by the time they are next due.
 pub(super) type Due = BinaryHeap<Reverse<(Instant, Arc<str>)>>;
@@ -27,17 +27,23 @@ impl<P: Payload> Channel<P> {
     }
 
     /// Trims the channel and schedules its next look; returns what it freed.
-    pub(super) fn refresh(&mut self, due: &mut Due, config: &Config, now: Instant) -> Held {
-        let freed = self.trim(config, now);
-        let at = self.next_due(config);
+    pub(super) fn refresh(
+        &mut self,
+        due: &mut Due,
+        limits: &Limits,
+        mode: Mode,
+        now: Instant,
+    ) -> Held {
+        let freed = self.trim(limits, now);
+        let at = self.next_due(limits, mode);
         self.schedule(due, at);
         freed
     }
 
     /// When the sweep must next look at this channel, if ever.
-    pub(super) fn next_due(&self, config: &Config) -> Option<Instant> {
-        let expiry = self.history.front().map(|m| m.at + config.history_age);
-        let idle = match (config.mode, self.covered) {
+    pub(super) fn next_due(&self, limits: &Limits, mode: Mode) -> Option<Instant> {
+        let expiry = self.history.front().map(|m| m.at + limits.history_age);
+        let idle = match (mode, self.covered) {
             (Mode::Cache { idle }, Some(_)) => Some(self.visited + idle),
             _ => None,
         };
@@ -71,8 +77,8 @@ impl<P: Payload> Hub<P> {
             }
             looked += 1;
             ch.scheduled = None;
-            let mut freed = ch.trim(&self.config, now);
-            if let Mode::Cache { idle } = self.config.mode
+            let mut freed = ch.trim(&self.limits, now);
+            if let Mode::Cache { idle } = self.mode
                 && !ch.listened()
                 && now.saturating_duration_since(ch.visited) >= idle
             {
@@ -80,7 +86,7 @@ impl<P: Payload> Hub<P> {
                 ch.history.clear();
                 ch.covered = None;
             }
-            let at = ch.next_due(&self.config);
+            let at = ch.next_due(&self.limits, self.mode);
             let idle = ch.is_idle();
             let fields = &mut *state;
             if let Some(ch) = fields.channels.get_mut(&name) {
@@ -91,7 +97,7 @@ impl<P: Payload> Hub<P> {
                 state.remove(&name);
             }
         }
-        state.keys.expire(self.config.idempotency_window, now);
+        state.keys.expire(self.limits.idempotency_window, now);
         self.fit_in(&mut state, 0);
         // Entries of channels removed before they were due are skipped when
         // popped; rebuild the queue if they ever outnumber the live ones.

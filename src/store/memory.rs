@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{ChannelState, Polled, Published, Settings};
+use super::{ChannelState, Polled, Published, hub_limits};
 use crate::error::Error;
-use crate::hub::{self, Hub, Outcome, Since};
+use crate::hub::{self, Hub, Limits, Outcome, Since};
 use crate::protocol::{Content, Ids};
 
 /// How a long-poll on the memory store starts.
@@ -60,9 +60,9 @@ pub struct Memory {
 
 impl Memory {
     /// An empty store with a fresh epoch.
-    pub fn new(settings: &Settings) -> Memory {
+    pub fn new(limits: &Limits) -> Memory {
         Memory {
-            hub: Hub::new(settings.hub(hub::Mode::Source)),
+            hub: Hub::new(hub_limits(limits), hub::Mode::Source),
             ids: Ids::Epoch(crate::protocol::new_epoch().into()),
         }
     }

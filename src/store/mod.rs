@@ -21,7 +21,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::error::Error;
-use crate::hub::{self, Hub};
+use crate::hub::{self, Hub, Limits};
 use crate::protocol::{Content, Ids, Since};
 use crate::stats::RedisLink;
 
@@ -119,37 +119,13 @@ pub struct Gauges {
     pub redis: Option<RedisLink>,
 }
 
-/// Limits every store keeps.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Messages a channel keeps.
-    pub history: usize,
-    /// Age after which a message leaves the history.
-    pub history_age: Duration,
-    /// Most channels held at once (0: no limit).
-    pub max_channels: usize,
-    /// Most waiting subscribers and open streams at once (0: no limit).
-    pub max_subscribers: usize,
-    /// Most bytes the messages held may take (0: no limit).
-    pub max_bytes: usize,
-    /// How long a publish's idempotency key is remembered.
-    pub idempotency_window: Duration,
-}
-
-impl Settings {
-    fn hub(&self, mode: hub::Mode) -> hub::Config {
-        hub::Config {
-            history: self.history,
-            history_age: self.history_age,
-            max_channels: self.max_channels,
-            max_subscribers: self.max_subscribers,
-            // Retained messages stay a little under the bound, leaving room
-            // for those in flight (bodies being read, a publish being made)
-            // and for the allocator's rounding.
-            max_bytes: self.max_bytes - self.max_bytes / 8,
-            idempotency_window: self.idempotency_window,
-            mode,
-        }
+/// The hub's limits a store keeps under `limits`: retained messages stay a
+/// little under the memory bound, leaving room for those in flight (bodies
+/// being read, a publish being made) and for the allocator's rounding.
+fn hub_limits(limits: &Limits) -> Limits {
+    Limits {
+        max_bytes: limits.max_bytes - limits.max_bytes / 8,
+        ..limits.clone()
     }
 }
 
@@ -223,14 +199,14 @@ pub enum Store {
 
 impl Store {
     /// An in-memory store.
-    pub fn memory(settings: &Settings) -> Store {
-        Store::Memory(memory::Memory::new(settings))
+    pub fn memory(limits: &Limits) -> Store {
+        Store::Memory(memory::Memory::new(limits))
     }
 
     /// A store on the Redis at `url` (checked now; connected by
     /// [`Store::run`]) whose publishes wait for `replicas` to have them.
-    pub fn redis(settings: &Settings, url: &str, replicas: u32) -> Result<Store, String> {
-        redis::Redis::new(settings, url, replicas).map(|r| Store::Redis(Arc::new(r)))
+    pub fn redis(limits: &Limits, url: &str, replicas: u32) -> Result<Store, String> {
+        redis::Redis::new(limits, url, replicas).map(|r| Store::Redis(Arc::new(r)))
     }
 
     /// How message ids are made and read.

@@ -33,9 +33,9 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::connection::{Con, Lua, Target};
-use super::{ChannelState, Message, Polled, Published, Settings, Stream};
+use super::{ChannelState, Message, Polled, Published, Stream, hub_limits};
 use crate::error::Error;
-use crate::hub::{self, Hub, Outcome, Since, Waiter};
+use crate::hub::{self, Hub, Limits, Outcome, Since, Waiter};
 use crate::protocol::{Content, Ids, Meter};
 use crate::stats::{RedisLink, Shard};
 
@@ -305,11 +305,11 @@ pub fn check_url(url: &str) -> Result<(), String> {
 
 impl Redis {
     /// A store on the Redis at `url`; the link comes up once [`Store::run`](super::Store::run) runs.
-    pub fn new(settings: &Settings, url: &str, replicas: u32) -> Result<Redis, String> {
+    pub fn new(limits: &Limits, url: &str, replicas: u32) -> Result<Redis, String> {
         let target = Target::new(url)?;
         let (follow, requests) = mpsc::unbounded_channel();
         let lib = |body: &str| Lua::new(format!("{TRIM_AGE}{body}"));
-        let hub = Hub::new(settings.hub(hub::Mode::Cache { idle: COPY_IDLE }));
+        let hub = Hub::new(hub_limits(limits), hub::Mode::Cache { idle: COPY_IDLE });
         Ok(Redis {
             meter: hub.meter().clone(),
             hub,
@@ -317,9 +317,9 @@ impl Redis {
             link: Mutex::new(None),
             follow,
             requests: AsyncMutex::new(requests),
-            history: settings.history,
-            age_ms: settings.history_age.as_millis() as u64,
-            key_window_ms: settings.idempotency_window.as_millis().max(1) as u64,
+            history: limits.history,
+            age_ms: limits.history_age.as_millis() as u64,
+            key_window_ms: limits.idempotency_window.as_millis().max(1) as u64,
             replicas,
             turn: AtomicUsize::new(0),
             scripts: Scripts {
