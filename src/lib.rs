@@ -13,12 +13,14 @@
 //! 3. [`http`]: the lean HTTP/1.1 parser and writer ([`http::lean`]) and the hyper
 //!    adapter ([`http::adapter`], HTTP/1.1 and HTTP/2), both from bytes to the
 //!    routes' request model and from their answer model back to bytes.
-//! 4. [`routes`]: the route table, one handler per endpoint, the request model;
+//! 4. [`routes`]: the route table, one handler per endpoint, the request model
+//!    and the access decisions;
 //!    [`answer`], the answer model; [`sse`] and [`chat`], two of the handlers'
 //!    bodies.
 //! 5. [`protocol`] (parameters, ids and cursors, encodings), [`auth`] (who may
 //!    subscribe and publish: tokens and channel patterns) and [`store`] (the
-//!    memory hub or Redis, behind one interface).
+//!    memory hub or Redis, behind one interface; the Redis store in its
+//!    scripts, its link and its operations).
 //! 6. [`hub`]: channels, waiters, history, sequence numbers and time; pure.
 //!    In rooms: messages and `Since`, channels, polls and their waiter, event
 //!    streams, idempotency keys, the memory bound, the sweep.

@@ -9,6 +9,10 @@
 //! ([`Routes::refusal`]), counts and logs refusals and carries the headers
 //! every answer carries (CORS, `Cache-Control: no-store`).
 //!
+//! In rooms: `request` (the request model, [`Route`], the list of paths),
+//! `access` (who may subscribe, publish and read the operator's
+//! endpoints), and here the table, the handlers and the answers.
+//!
 //! | path            | methods            | handler                  |
 //! |-----------------|--------------------|--------------------------|
 //! | `/subscribe`    | GET                | `subscribe`: a long-poll |
@@ -44,6 +48,13 @@ use crate::error::{Error, Reason};
 use crate::protocol::{self, Channels, Events, Format, Ids, PublishAnswer, Query, Subscribe};
 use crate::stats::{Counters, Snapshot};
 use crate::store::{Polled, Store};
+
+mod access;
+mod request;
+
+pub use access::SubscribeAuth;
+use request::{Endpoint, content_type};
+pub use request::{Publish, Request, Route};
 
 /// `Last-Event-ID`, the SSE resume header, also read by long-polls.
 pub const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
@@ -87,182 +98,6 @@ pub struct Settings {
     /// The token the operator's endpoints (`/stats`, `/metrics`,
     /// `/channels/C`, deleting) need, if any.
     pub admin_token: Option<String>,
-}
-
-/// What subscribing needs yet: when the token it was allowed by expires, and
-/// the credentials to ask the auth webhook with.
-type Admission = (Option<u64>, Option<Box<Credentials>>);
-
-/// Who must show what to subscribe (`--subscribe-auth`, parsed by clap
-/// straight into this: the one place its values are spelled).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum SubscribeAuth {
-    /// Anyone may.
-    None,
-    /// A JWT allowing the channel.
-    Token,
-    /// Whatever the application's auth webhook accepts.
-    Webhook,
-}
-
-/// A request as both HTTP paths hand it over: the parts any route reads,
-/// borrowed from the bytes the path read (routing copies what it keeps).
-#[derive(Debug, Default)]
-pub struct Request<'a> {
-    /// The method.
-    pub method: Method,
-    /// The path.
-    pub path: &'a str,
-    /// The query string, if any.
-    pub query: Option<&'a str>,
-    /// The first `Last-Event-ID`.
-    pub last_event_id: Option<&'a [u8]>,
-    /// The first `Content-Type`.
-    pub content_type: Option<&'a [u8]>,
-    /// The first `Authorization`.
-    pub authorization: Option<&'a [u8]>,
-    /// The first `Cookie`.
-    pub cookie: Option<&'a [u8]>,
-    /// The first `Idempotency-Key`.
-    pub idempotency_key: Option<&'a [u8]>,
-    /// The declared body length, if any.
-    pub content_length: Option<u64>,
-    /// Came on a listener that does not take publishes (`--publish-on`
-    /// names others).
-    pub read_only: bool,
-}
-
-impl<'a> Request<'a> {
-    /// A request for `target` (path and query).
-    pub fn new(method: Method, target: &'a str) -> Request<'a> {
-        let (path, query) = match target.split_once('?') {
-            Some((path, query)) => (path, Some(query)),
-            None => (target, None),
-        };
-        Request {
-            method,
-            path,
-            query,
-            ..Request::default()
-        }
-    }
-
-    /// Keeps a header if a route reads it (the first of each).
-    pub fn header(&mut self, name: &str, value: &'a [u8]) {
-        let is = |n: &HeaderName| name.eq_ignore_ascii_case(n.as_str());
-        let slot = if is(&LAST_EVENT_ID) {
-            &mut self.last_event_id
-        } else if is(&header::CONTENT_TYPE) {
-            &mut self.content_type
-        } else if is(&header::AUTHORIZATION) {
-            &mut self.authorization
-        } else if is(&header::COOKIE) {
-            &mut self.cookie
-        } else if is(&IDEMPOTENCY_KEY) {
-            &mut self.idempotency_key
-        } else {
-            return;
-        };
-        if slot.is_none() {
-            *slot = Some(value);
-        }
-    }
-}
-
-/// What a request asks for, its parameters checked.
-#[derive(Debug)]
-pub enum Route {
-    /// `OPTIONS`: a CORS preflight; carries the allowed methods.
-    Preflight(&'static str),
-    /// `GET /subscribe`, and the credentials to ask the auth webhook with, if
-    /// it decides.
-    Subscribe(Subscribe, Option<Box<Credentials>>),
-    /// `GET /events`, when the token it was opened with expires (seconds
-    /// since the epoch), if one was needed, and the credentials to ask the
-    /// auth webhook with, if it decides.
-    Events(Events, Option<u64>, Option<Box<Credentials>>),
-    /// `GET|POST /publish`.
-    Publish(Publish),
-    /// `DELETE /publish`.
-    Delete(String),
-    /// `GET /stats`.
-    Stats,
-    /// `GET /metrics`.
-    Metrics,
-    /// `GET /channels/C`.
-    Channel(String),
-    /// `GET /health`: readiness.
-    Health,
-    /// `GET /live`: liveness.
-    Live,
-    /// `GET /` and the page's files, and the client library.
-    Page(&'static Asset),
-}
-
-/// What a path is: the one list of the paths served, each with the methods
-/// it allows.
-#[derive(Debug, Clone, Copy)]
-enum Endpoint<'a> {
-    Subscribe,
-    Events,
-    Publish,
-    Stats,
-    Metrics,
-    Health,
-    Live,
-    /// `/channels/C`: the name as it came.
-    Channel(&'a str),
-    Page(&'static Asset),
-}
-
-impl<'a> Endpoint<'a> {
-    fn at(path: &'a str) -> Option<Endpoint<'a>> {
-        Some(match path {
-            "/subscribe" => Endpoint::Subscribe,
-            "/events" => Endpoint::Events,
-            "/publish" => Endpoint::Publish,
-            "/stats" => Endpoint::Stats,
-            "/metrics" => Endpoint::Metrics,
-            "/health" => Endpoint::Health,
-            "/live" => Endpoint::Live,
-            _ => match path.strip_prefix("/channels/") {
-                Some(name) => Endpoint::Channel(name),
-                None => Endpoint::Page(Asset::at(path)?),
-            },
-        })
-    }
-
-    /// The methods allowed, as `Allow` spells them. A long-poll or a stream
-    /// answered without its body would be a wait for nothing; the other reads
-    /// answer HEAD as GET, without the body.
-    fn allow(self) -> &'static str {
-        match self {
-            Endpoint::Subscribe | Endpoint::Events => "GET, OPTIONS",
-            Endpoint::Publish => "GET, POST, DELETE, OPTIONS",
-            _ => "GET, HEAD, OPTIONS",
-        }
-    }
-}
-
-/// A publish, before its body is read.
-#[derive(Debug)]
-pub struct Publish {
-    channel: String,
-    key: Option<String>,
-    message: Option<String>,
-    content_type: Option<Bytes>,
-    /// Whether a body is to be read (POST).
-    pub has_body: bool,
-    /// Most body bytes to read; a larger body is [`Publish::too_large`].
-    pub body_limit: usize,
-    max_message: usize,
-}
-
-impl Publish {
-    /// The refusal of a body over [`Publish::body_limit`].
-    pub fn too_large(&self) -> Error {
-        Error::TooLarge(self.max_message)
-    }
 }
 
 pin_project_lite::pin_project! {
@@ -691,167 +526,12 @@ impl Routes {
             redis: gauges.redis,
         }
     }
-
-    /// Subscribing to `channels`: open, unless `--subscribe-auth token` asks
-    /// for a token allowing every one of them, or the auth webhook decides
-    /// (the public channels excepted); returns when that token expires, or
-    /// what to ask the webhook with ([`Routes::admitted`]).
-    fn may_subscribe(
-        &self,
-        req: &Request,
-        query: &Query,
-        channels: &Channels,
-    ) -> Result<Admission, Error> {
-        if self.settings.subscribe_auth == SubscribeAuth::None {
-            return Ok((None, None));
-        }
-        let public = &self.settings.public_channels;
-        let mut private = channels.names().filter(|c| !public.matches(c)).peekable();
-        if private.peek().is_none() {
-            return Ok((None, None));
-        }
-        match self.settings.subscribe_auth {
-            SubscribeAuth::None => Ok((None, None)),
-            SubscribeAuth::Token => Ok((
-                Some(self.grant(req, query, Action::Subscribe, private)?),
-                None,
-            )),
-            SubscribeAuth::Webhook => Ok((
-                None,
-                Some(Box::new(Credentials {
-                    cookie: req.cookie.map(Box::from),
-                    authorization: req.authorization.map(Box::from),
-                })),
-            )),
-        }
-    }
-
-    /// Asks the auth webhook, when the route says to, whether the subscriber
-    /// may read each of `channels` but the public ones: before a long-poll
-    /// waits or a stream opens, so a refused or unanswered request never
-    /// opens one.
-    async fn admitted(
-        &self,
-        ask: Option<Box<Credentials>>,
-        channels: &Channels,
-    ) -> Result<(), Error> {
-        let Some(credentials) = ask else {
-            return Ok(());
-        };
-        let Some(webhook) = &self.settings.webhook else {
-            return Err(Error::AuthUnavailable);
-        };
-        let public = &self.settings.public_channels;
-        let private: Vec<&str> = channels.names().filter(|c| !public.matches(c)).collect();
-        Box::pin(webhook.check(&credentials, &private)).await
-    }
-
-    /// Publishing on `channel`: the publish token; with `--jwt-key`, a token
-    /// allowing it will do as well.
-    fn may_publish(&self, req: &Request, query: &Query, channel: &str) -> Result<(), Error> {
-        let by_token = self.authorize(req);
-        if self.settings.verifier.is_none()
-            || (by_token.is_ok() && self.settings.publish_token.is_some())
-        {
-            return by_token;
-        }
-        self.grant(req, query, Action::Publish, std::iter::once(channel))
-            .map(|_| ())
-    }
-
-    /// Whether the request's JWT allows `action` on every one of `channels`:
-    /// `401` without a valid one, `403` when it does not allow this on one of
-    /// them; if it does, when it expires.
-    fn grant<'c>(
-        &self,
-        req: &Request,
-        query: &Query,
-        action: Action,
-        mut channels: impl Iterator<Item = &'c str>,
-    ) -> Result<u64, Error> {
-        let Some(verifier) = &self.settings.verifier else {
-            return Err(Error::InvalidToken);
-        };
-        let token = self.token(req, query).ok_or(Error::InvalidToken)?;
-        let grant = verifier.grant(token)?;
-        if channels.all(|channel| grant.allows(action, channel)) {
-            Ok(grant.exp)
-        } else {
-            Err(Error::Forbidden)
-        }
-    }
-
-    /// The request's JWT: `Authorization: Bearer`, the token cookie, or `?token=`.
-    fn token<'r>(&self, req: &'r Request, query: &'r Query) -> Option<&'r str> {
-        let bearer = req.authorization.and_then(crate::auth::bearer);
-        let cookie = || {
-            let name = self.settings.jwt_cookie.as_deref()?.as_bytes();
-            req.cookie?.split(|&b| b == b';').find_map(|pair| {
-                let pair = pair.trim_ascii();
-                let value = pair.strip_prefix(name)?.strip_prefix(b"=")?;
-                Some(value)
-            })
-        };
-        let bytes = bearer.or_else(cookie);
-        match bytes {
-            Some(b) => std::str::from_utf8(b).ok(),
-            None => query.token.as_deref(),
-        }
-    }
-
-    /// Publishing and deleting: the publish token, if one is set.
-    fn authorize(&self, req: &Request) -> Result<(), Error> {
-        bearer(req, self.settings.publish_token.as_deref(), "publishing")
-    }
-
-    /// The operator's endpoints: the admin token, if one is set.
-    fn admin(&self, req: &Request) -> Result<(), Error> {
-        bearer(req, self.settings.admin_token.as_deref(), "this endpoint")
-    }
 }
 
 /// The body of `/health` and `/live` when all is well.
 #[derive(Serialize)]
 struct Status {
     status: &'static str,
-}
-
-/// Checks `Authorization: Bearer TOKEN` against `token`, when there is one.
-fn bearer(req: &Request, token: Option<&str>, what: &'static str) -> Result<(), Error> {
-    let Some(token) = token else {
-        return Ok(());
-    };
-    let given = req
-        .authorization
-        .and_then(crate::auth::bearer)
-        .unwrap_or_default();
-    if constant_time_eq(given, token.as_bytes()) {
-        Ok(())
-    } else {
-        Err(Error::Unauthorized(what))
-    }
-}
-
-/// A publisher's Content-Type, kept with its message; the common ones without
-/// an allocation.
-fn content_type(value: &[u8]) -> Bytes {
-    const COMMON: [&str; 5] = [
-        "text/plain",
-        "text/plain; charset=utf-8",
-        "application/json",
-        "application/octet-stream",
-        "application/x-www-form-urlencoded",
-    ];
-    match COMMON.iter().find(|c| c.as_bytes() == value) {
-        Some(common) => Bytes::from_static(common.as_bytes()),
-        None => Bytes::copy_from_slice(value),
-    }
-}
-
-/// Compares two byte strings in time that depends only on their lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    use subtle::ConstantTimeEq;
-    a.ct_eq(b).into()
 }
 
 /// A long-poll's answer: the first message raw (with `X-Channel` on
