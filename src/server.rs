@@ -399,7 +399,8 @@ struct Connections {
     limits: lean::Limits,
     closing: watch::Receiver<bool>,
     tracker: Arc<Tracker>,
-    /// With `--tls-cert`: every connection is TLS, served by hyper.
+    /// With `--tls-cert`: every connection is TLS; HTTP/1.1 on the lean path,
+    /// HTTP/2 by hyper.
     tls: Option<Arc<Certificates>>,
 }
 
@@ -482,7 +483,14 @@ impl Connections {
             self.tracker.spawn(|tracked| async move {
                 let limit = this.limits.header_timeout;
                 match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => this.hyper(stream, read_only).await,
+                    // HTTP/2 is hyper's; HTTP/1.1 takes the lean path, as in the clear.
+                    Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                        this.hyper(stream, read_only).await;
+                    }
+                    Ok(Ok(stream)) => {
+                        let held = (open, tracked);
+                        return Box::pin(this.lean(stream, read_only, held)).await;
+                    }
                     Ok(Err(err)) => debug!(cause = %err, "TLS handshake failed"),
                     Err(_) => debug!("TLS handshake too slow"),
                 }
@@ -490,28 +498,42 @@ impl Connections {
             });
             return;
         }
-        self.tracker.spawn(|tracked| async move {
-            let next =
-                lean::serve(stream, &this.routes, &this.limits, &this.closing, read_only).await;
-            if let lean::Next::Hyper(io) = next {
-                Box::pin(this.serve_hyper(io, read_only)).await;
-            }
-            drop((open, tracked));
-        });
+        self.tracker
+            .spawn(|tracked| this.lean(stream, read_only, (open, tracked)));
     }
 
-    /// Serves a Unix socket connection (a proxy in front) with hyper on the
-    /// current reactor.
+    /// Serves a connection on the lean HTTP/1.1 path, and with hyper from
+    /// the request it hands over, if any; `held` (its count as open, its
+    /// place in the tracker) goes when it ends. The task's future itself: a
+    /// wrapper would keep a second copy of the socket for every connection.
+    #[allow(clippy::manual_async_fn)] // see the block inside
+    fn lean<S: lean::Socket>(
+        self: Arc<Self>,
+        stream: S,
+        read_only: bool,
+        held: (OpenConnection, Tracked),
+    ) -> impl Future<Output = ()> + Send {
+        // A block, not an `async fn`: those keep their arguments twice.
+        async move {
+            let next =
+                lean::serve(stream, &self.routes, &self.limits, &self.closing, read_only).await;
+            if let lean::Next::Hyper(io) = next {
+                Box::pin(self.serve_hyper(io, read_only)).await;
+            }
+            drop(held);
+        }
+    }
+
+    /// Serves a Unix socket connection (a proxy in front) on the current
+    /// reactor, as a TCP one.
     fn spawn_unix(self: &Arc<Self>, stream: UnixStream, open: OpenConnection, read_only: bool) {
         let this = self.clone();
-        self.tracker.spawn(|tracked| async move {
-            this.hyper(stream, read_only).await;
-            drop((open, tracked));
-        });
+        self.tracker
+            .spawn(|tracked| this.lean(stream, read_only, (open, tracked)));
     }
 
-    /// Serves a connection hyper takes from its first byte (TLS, Unix
-    /// sockets), under the write timeout.
+    /// Serves a connection hyper takes from its first byte (HTTP/2 over
+    /// TLS), under the write timeout.
     async fn hyper<S>(&self, stream: S, read_only: bool)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,

@@ -110,6 +110,19 @@ pub struct Shard {
     pub up: bool,
 }
 
+/// A label value as the text exposition format wants it: backslash, double
+/// quote and line feed escaped. The node names come from Redis.
+fn label(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return value.into();
+    }
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+        .into()
+}
+
 impl Snapshot {
     /// The snapshot in Prometheus text exposition format.
     pub fn to_prometheus(&self) -> String {
@@ -228,8 +241,8 @@ impl Snapshot {
                     let _ = writeln!(
                         out,
                         "comethub_redis_shard_up{{node=\"{}\",slots=\"{}\"}} {}",
-                        shard.node,
-                        shard.slots,
+                        label(&shard.node),
+                        label(&shard.slots),
                         u64::from(shard.up)
                     );
                 }
@@ -242,5 +255,16 @@ impl Snapshot {
             let _ = writeln!(out, "comethub_refused_total{{reason=\"{reason}\"}} {n}");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped_as_the_exposition_format_says() {
+        assert_eq!(label("10.0.0.1:7000"), "10.0.0.1:7000");
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }

@@ -95,3 +95,67 @@ async fn run_refuses_a_configuration_it_cannot_serve_and_binds_nothing_of_it() {
     // The listener it was given is closed, not left accepting.
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+/// Sends `GET path` on a new connection and reads the answer's head (the
+/// answers read here have no body), with no deadline of its own: under
+/// paused time a deadline would be the next timer, and fire first.
+async fn head(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    s.read_to_end(&mut head).await.unwrap();
+    String::from_utf8(head).unwrap()
+}
+
+/// The `X-Message-Id` of an answer's head.
+fn message_id(head: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (name, value) = l.split_once(": ")?;
+        name.eq_ignore_ascii_case("x-message-id")
+            .then(|| value.to_owned())
+    })
+}
+
+/// With tokio's clock paused, time passes only when every task waits, and
+/// then at once to the next timer: a 30 s long-poll and a 60 s history age
+/// are checked in milliseconds, to the second.
+#[tokio::test(start_paused = true)]
+async fn under_paused_time_a_long_poll_times_out_and_messages_age_out_on_time() {
+    use tokio::time::Instant;
+    let listener = comethub::listen::tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = comethub::Config {
+        redis: None,
+        publish_token: None,
+        history_age: 60,
+        ..Default::default()
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(comethub::run(vec![listener.into()], config, async {
+        let _ = stopped.await;
+    }));
+    let published = head(addr, "/publish?channel=t&message=old").await;
+    assert!(published.starts_with("HTTP/1.1 200"), "{published}");
+    let id = message_id(&published).unwrap();
+
+    let asked = Instant::now();
+    let timed_out = head(addr, &format!("/subscribe?channel=t&since={id}&timeout=30")).await;
+    let waited = asked.elapsed();
+    assert!(timed_out.starts_with("HTTP/1.1 204"), "{timed_out}");
+    assert_eq!(message_id(&timed_out), Some(id.clone()), "{timed_out}");
+    assert_eq!(waited.as_secs(), 30, "answered after {waited:?}");
+
+    // 30 s in: still kept. Past 60 s: gone, and the reader is told where the
+    // channel stands.
+    let kept = head(addr, "/subscribe?channel=t&since=oldest&timeout=0").await;
+    assert!(kept.starts_with("HTTP/1.1 200"), "{kept}");
+    tokio::time::sleep(std::time::Duration::from_secs(31)).await;
+    let aged = head(addr, "/subscribe?channel=t&since=oldest&timeout=0").await;
+    assert!(aged.starts_with("HTTP/1.1 204"), "{aged}");
+    assert_eq!(message_id(&aged), Some(id), "{aged}");
+
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}

@@ -194,3 +194,119 @@ async fn an_http2_stream_whose_window_stays_shut_is_reset_and_freed() {
     let left = server.wait_for_rss_below(before + 16 * 1024).await;
     assert!(left < before + 16 * 1024, "grew by {} KiB", left - before);
 }
+
+/// Reads one answer with a `Content-Length` from `io`: its status line and
+/// headers, and its body.
+async fn answer(io: &mut (impl AsyncRead + Unpin)) -> (String, String) {
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(STEP, io.read(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.push(byte[0]);
+    }
+    let head = String::from_utf8(got).unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(": ")?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    tokio::time::timeout(STEP, io.read_exact(&mut body))
+        .await
+        .unwrap()
+        .unwrap();
+    (head, String::from_utf8(body).unwrap())
+}
+
+/// Reads from `io` until `text` has come.
+async fn read_until(io: &mut (impl AsyncRead + Unpin), seen: &mut String, text: &str) {
+    let mut buf = [0u8; 1024];
+    while !seen.contains(text) {
+        let n = tokio::time::timeout(STEP, io.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed before {text:?}: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
+#[tokio::test]
+async fn http11_over_tls_is_served_as_in_the_clear() {
+    let dir = Temp::dir("tls-http11");
+    for alpn in [&[&b"http/1.1"[..]][..], &[]] {
+        let (cert, key, connector) = tls(&dir, alpn);
+        let server = Server::start(&["--tls-cert", &cert, "--tls-key", &key]);
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let connect = || async {
+            let tcp = TcpStream::connect(server.addr).await.unwrap();
+            connector.connect(name.clone(), tcp).await.unwrap()
+        };
+        let publish = |data: &str| {
+            format!(
+                "POST /publish?channel=c HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n\
+                 Content-Length: {}\r\n\r\n{data}",
+                data.len()
+            )
+        };
+
+        // One connection kept alive: a publish, then a read of the history.
+        let mut a = connect().await;
+        a.write_all(publish("first").as_bytes()).await.unwrap();
+        let (head, body) = answer(&mut a).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{alpn:?}: {head}");
+        let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        a.write_all(b"GET /subscribe?channel=c&since=oldest HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(answer(&mut a).await.1, "first");
+
+        // A long-poll and an event stream after that id, then what is published.
+        let mut b = connect().await;
+        let poll = format!("GET /subscribe?channel=c&since={id} HTTP/1.1\r\nHost: x\r\n\r\n");
+        b.write_all(poll.as_bytes()).await.unwrap();
+        let mut events = connect().await;
+        let open = format!("GET /events?channel=c&since={id} HTTP/1.1\r\nHost: x\r\n\r\n");
+        events.write_all(open.as_bytes()).await.unwrap();
+        a.write_all(publish("second").as_bytes()).await.unwrap();
+        answer(&mut a).await;
+        let (head, body) = answer(&mut b).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert_eq!(body, "second");
+        let mut seen = String::new();
+        read_until(&mut events, &mut seen, "data: second").await;
+        a.write_all(publish("third").as_bytes()).await.unwrap();
+        answer(&mut a).await;
+        read_until(&mut events, &mut seen, "data: third").await;
+        assert!(
+            seen.to_ascii_lowercase()
+                .contains("content-type: text/event-stream")
+        );
+
+        // A chunked body is hyper's: the connection is handed over and goes on.
+        a.write_all(
+            b"POST /publish?channel=c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+              6\r\nfourth\r\n0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        assert!(answer(&mut a).await.0.starts_with("HTTP/1.1 200"));
+        a.write_all(
+            b"GET /subscribe?channel=c&since=oldest&format=json HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let (_, batch) = answer(&mut a).await;
+        assert!(batch.contains("\"fourth\""), "{batch}");
+    }
+}

@@ -11,7 +11,13 @@
 //! (`fuzz/fuzz_targets/parity.rs` checks it). An event stream, or anything
 //! unusual in a head (chunked bodies, `Expect`, `Upgrade`, other versions or
 //! methods), hands the connection, with the bytes already read, to hyper for
-//! the rest of its life, so every other corner of HTTP stays hyper's.
+//! the rest of its life, so every other corner of HTTP stays hyper's. Event
+//! streams are written here too.
+//!
+//! Every HTTP/1.1 connection takes this path, whatever it comes over: a TCP
+//! socket, a TLS session (ALPN `http/1.1` or none; the session's own
+//! buffers are rustls's), or a Unix socket. It asks of the connection only
+//! that it reads and writes ([`Socket`]), and flushes what it wrote.
 
 use std::cell::RefCell;
 use std::io::{self, IoSlice};
@@ -51,11 +57,16 @@ pub struct Limits {
     pub write_timeout: Duration,
 }
 
+/// A connection this path can serve: anything that reads and writes.
+pub trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Socket for S {}
+
 /// How a connection left this path.
 #[derive(Debug)]
-pub enum Next {
+pub enum Next<S = TcpStream> {
     /// Serve the rest with hyper, replaying what was read.
-    Hyper(Rewind),
+    Hyper(Rewind<S>),
     /// Done: closed, timed out, or the client left.
     Closed,
 }
@@ -65,66 +76,70 @@ pub enum Next {
 /// Every waiting long-poll keeps this future, so it holds little besides the
 /// wait: reading and answering the other requests happens in a boxed future
 /// that is freed once it is done.
-pub async fn serve(
-    mut stream: TcpStream,
-    routes: &Routes,
-    limits: &Limits,
-    stop: &watch::Receiver<bool>,
+#[allow(clippy::manual_async_fn)] // see the block inside
+pub fn serve<'a, S: Socket>(
+    mut stream: S,
+    routes: &'a Routes,
+    limits: &'a Limits,
+    stop: &'a watch::Receiver<bool>,
     read_only: bool,
-) -> Next {
-    let mut buf = Vec::new();
-    loop {
-        // An idle connection holds no buffer and no boxed state: it gets them
-        // once bytes arrive.
-        let deadline = Instant::now() + limits.header_timeout;
-        if buf.is_empty() && !idle(&mut stream, &mut buf, deadline, stop).await {
-            return Next::Closed;
-        }
-        let step = Box::pin(next(
-            &mut stream,
-            &mut buf,
-            routes,
-            limits,
-            deadline,
-            read_only,
-        ))
-        .await;
-        let (answer, close, http10) = match step {
-            Step::Closed => return Next::Closed,
-            Step::Hyper => {
-                return Next::Hyper(Rewind::new(buf, stream, limits.write_timeout));
-            }
-            Step::Answer(answer, close, http10) => (answer, close, http10),
-            Step::Stream(answer, _, http10) if matches!(answer.body, Body::Stream(_)) => {
-                Box::pin(events(&mut stream, answer, http10, limits)).await;
+) -> impl Future<Output = Next<S>> + Send + 'a {
+    // A block, not an `async fn`: those keep their arguments twice.
+    async move {
+        let mut buf = Vec::new();
+        loop {
+            // An idle connection holds no buffer and no boxed state: it gets them
+            // once bytes arrive.
+            let deadline = Instant::now() + limits.header_timeout;
+            if buf.is_empty() && !idle(&mut stream, &mut buf, deadline, stop).await {
                 return Next::Closed;
             }
-            // Refused: an ordinary answer.
-            Step::Stream(answer, close, http10) => (answer, close, http10),
-            Step::Wait(route, close, http10) => {
-                let poll = std::pin::pin!(routes.serve(route, Bytes::new()));
-                match wait(&mut stream, poll, &mut buf, limits).await {
-                    Some(answer) => (answer, close, http10),
-                    None => return Next::Closed,
+            let step = Box::pin(next(
+                &mut stream,
+                &mut buf,
+                routes,
+                limits,
+                deadline,
+                read_only,
+            ))
+            .await;
+            let (answer, close, http10) = match step {
+                Step::Closed => return Next::Closed,
+                Step::Hyper => {
+                    return Next::Hyper(Rewind::new(buf, stream, limits.write_timeout));
                 }
+                Step::Answer(answer, close, http10) => (answer, close, http10),
+                Step::Stream(answer, _, http10) if matches!(answer.body, Body::Stream(_)) => {
+                    Box::pin(events(&mut stream, answer, http10, limits)).await;
+                    return Next::Closed;
+                }
+                // Refused: an ordinary answer.
+                Step::Stream(answer, close, http10) => (answer, close, http10),
+                Step::Wait(route, close, http10) => {
+                    let poll = std::pin::pin!(routes.serve(route, Bytes::new()));
+                    match wait(&mut stream, poll, &mut buf, limits).await {
+                        Some(answer) => (answer, close, http10),
+                        None => return Next::Closed,
+                    }
+                }
+            };
+            let close = close || *stop.borrow();
+            if Box::pin(write(
+                &mut stream,
+                &answer,
+                close,
+                http10,
+                limits.write_timeout,
+            ))
+            .await
+            .is_err()
+            {
+                return Next::Closed;
             }
-        };
-        let close = close || *stop.borrow();
-        if Box::pin(write(
-            &mut stream,
-            &answer,
-            close,
-            http10,
-            limits.write_timeout,
-        ))
-        .await
-        .is_err()
-        {
-            return Next::Closed;
-        }
-        if close {
-            Box::pin(linger(stream)).await;
-            return Next::Closed;
+            if close {
+                Box::pin(linger(stream)).await;
+                return Next::Closed;
+            }
         }
     }
 }
@@ -149,8 +164,8 @@ enum Step {
 
 /// Reads the next request and answers it, unless it is a long-poll (which the
 /// caller waits for) or needs hyper.
-async fn next(
-    stream: &mut TcpStream,
+async fn next<S: Socket>(
+    stream: &mut S,
     buf: &mut Vec<u8>,
     routes: &Routes,
     limits: &Limits,
@@ -228,7 +243,7 @@ fn route(
 
 /// Writes `answer` (a refusal made before any request was read, such as the
 /// connection limit's) and closes.
-pub async fn refuse(mut stream: TcpStream, answer: Answer) {
+pub async fn refuse<S: Socket>(mut stream: S, answer: Answer) {
     if write(&mut stream, &answer, true, false, Duration::from_secs(1))
         .await
         .is_ok()
@@ -239,8 +254,8 @@ pub async fn refuse(mut stream: TcpStream, answer: Answer) {
 
 /// Reads the `length` body bytes after the head that ends at `end`, then
 /// removes head and body from `buf`. `None`: the client left.
-async fn read_body(
-    stream: &mut TcpStream,
+async fn read_body<S: Socket>(
+    stream: &mut S,
     buf: &mut Vec<u8>,
     end: usize,
     length: usize,
@@ -268,7 +283,7 @@ async fn read_body(
 /// Closes after an answer: the write side first, then reads what the client
 /// still sends (an unread body, a request in flight) for a moment. Closing with
 /// unread bytes would reset the connection, and the client could lose the answer.
-async fn linger(mut stream: TcpStream) {
+async fn linger<S: Socket>(mut stream: S) {
     if stream.shutdown().await.is_err() {
         return;
     }
@@ -288,8 +303,8 @@ async fn linger(mut stream: TcpStream) {
 
 /// Waits for the first bytes of a request and puts them in `buf`: `false` if
 /// the client leaves or is silent past `deadline`, or the server stops first.
-async fn idle(
-    stream: &mut TcpStream,
+async fn idle<S: Socket>(
+    stream: &mut S,
     buf: &mut Vec<u8>,
     deadline: Instant,
     stop: &watch::Receiver<bool>,
@@ -312,8 +327,8 @@ async fn idle(
 
 /// Reads until `buf` holds a whole head, by `deadline`; returns its length.
 /// `None`: the client left or was too slow.
-async fn read_head(
-    stream: &mut TcpStream,
+async fn read_head<S: Socket>(
+    stream: &mut S,
     buf: &mut Vec<u8>,
     limits: &Limits,
     deadline: Instant,
@@ -541,8 +556,8 @@ fn parse(head: &[u8]) -> Option<Head<'_>> {
 
 /// Waits for the long-poll while watching the socket: a client that hangs up is
 /// forgotten at once; bytes it pipelines are kept in `pending`.
-fn wait<'a>(
-    stream: &'a mut TcpStream,
+fn wait<'a, S: Socket>(
+    stream: &'a mut S,
     mut poll: Pin<&'a mut impl Future<Output = Answer>>,
     pending: &'a mut Vec<u8>,
     limits: &'a Limits,
@@ -554,19 +569,18 @@ fn wait<'a>(
             return Poll::Ready(Some(answer));
         }
         loop {
-            match stream.poll_read_ready(cx) {
+            let mut chunk = [const { std::mem::MaybeUninit::<u8>::uninit() }; 512];
+            let mut read = ReadBuf::uninit(&mut chunk);
+            match Pin::new(&mut *stream).poll_read(cx, &mut read) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(_)) => return Poll::Ready(None),
-                Poll::Ready(Ok(())) => {}
-            }
-            let mut chunk = [0u8; 512];
-            match stream.try_read(&mut chunk) {
-                Ok(n) if n > 0 && pending.len() + n <= limits.max_head => {
-                    pending.extend_from_slice(&chunk[..n]);
+                Poll::Ready(Ok(()))
+                    if !read.filled().is_empty()
+                        && pending.len() + read.filled().len() <= limits.max_head =>
+                {
+                    pending.extend_from_slice(read.filled());
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 // The client hung up, or sent more than a head while waiting.
-                _ => return Poll::Ready(None),
+                Poll::Ready(_) => return Poll::Ready(None),
             }
         }
     })
@@ -578,8 +592,8 @@ fn wait<'a>(
 /// does not take at once is written as the client reads, from the same shared
 /// buffers (only the rest of the head is copied). A client that takes nothing
 /// for `write_timeout` is given up on.
-async fn write(
-    stream: &mut TcpStream,
+async fn write<S: Socket>(
+    stream: &mut S,
     answer: &Answer,
     close: bool,
     http10: bool,
@@ -599,60 +613,90 @@ async fn write(
         for (slot, part) in slices[1..].iter_mut().zip(parts) {
             *slot = IoSlice::new(part);
         }
-        let written = match stream.try_write_vectored(&slices[..=parts.len().min(SLICES - 1)]) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-            Err(e) => return Err(e),
+        // Tried once without waiting: what the connection does not take now
+        // is written below, as it is read.
+        let slices = &slices[..=parts.len().min(SLICES - 1)];
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let written = match Pin::new(&mut *stream).poll_write_vectored(&mut cx, slices) {
+            Poll::Ready(Ok(n)) => n,
+            Poll::Pending => 0,
+            Poll::Ready(Err(e)) => return Err(e),
         };
         let head_rest = head[written.min(head.len())..].to_vec();
         Ok((head_rest, written.saturating_sub(head.len())))
     })?;
-    write_all::<_, 1>(stream, &[head], 0, write_timeout).await?;
-    write_all::<_, SLICES>(stream, parts, written, write_timeout).await
+    write_all::<_, _, 1>(stream, &[head], 0, write_timeout).await?;
+    write_all::<_, _, SLICES>(stream, parts, written, write_timeout).await?;
+    flush(stream, write_timeout).await
+}
+
+/// Sends what the connection holds of what was written (a TLS session's
+/// last records; nothing on a socket), unless the client takes nothing for
+/// `write_timeout`.
+async fn flush<S: Socket>(stream: &mut S, write_timeout: Duration) -> io::Result<()> {
+    match tokio::time::timeout(write_timeout, stream.flush()).await {
+        Ok(flushed) => flushed,
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
 }
 
 /// Writes an event stream: its head, then each frame as it comes (chunked on
 /// HTTP/1.1, until the close on HTTP/1.0), until the stream ends, the client
 /// leaves, falls a whole broadcast buffer behind, or takes no byte for the
 /// write timeout. The connection keeps no buffer of its own meanwhile.
-async fn events(stream: &mut TcpStream, answer: Answer, http10: bool, limits: &Limits) {
+fn events<'a, S: Socket>(
+    stream: &'a mut S,
+    answer: Answer,
+    http10: bool,
+    limits: &'a Limits,
+) -> impl Future<Output = ()> + Send + 'a {
     let chunked = !http10;
     let mut head = Vec::with_capacity(256);
     write_head(&mut head, &answer, true, http10, chunked);
-    // The rest of the answer (its headers) is not kept while the stream lasts.
-    let Body::Stream(mut frames) = answer.into_body() else {
-        return;
+    // The rest of the answer (its headers) is not kept while the stream lasts;
+    // and a block, not an `async fn`, which would keep it.
+    let frames = match answer.into_body() {
+        Body::Stream(frames) => Some(frames),
+        _ => None,
     };
-    if write_all::<_, 1>(stream, &[&head], 0, limits.write_timeout)
-        .await
-        .is_err()
-    {
-        return;
-    }
-    drop(head);
-    loop {
-        let frame = tokio::select! {
-            frame = frames.next() => frame,
-            () = gone(stream) => return,
+    async move {
+        let Some(mut frames) = frames else {
+            return;
         };
-        let Some(frame) = frame else { break };
-        let mut size = [0u8; 18];
-        let parts: [&[u8]; 3] = match chunked {
-            true => [chunk_size(&mut size, frame.len()), &frame, b"\r\n"],
-            false => [&frame, b"", b""],
-        };
-        let written = tokio::select! {
-            written = write_all::<_, 3>(stream, &parts, 0, limits.write_timeout) => written.is_ok(),
-            () = frames.lagging() => false,
-        };
-        if !written {
+        let wrote = write_all::<_, _, 1>(stream, &[&head], 0, limits.write_timeout).await;
+        if wrote.is_err() || flush(stream, limits.write_timeout).await.is_err() {
             return;
         }
+        drop(head);
+        loop {
+            let frame = tokio::select! {
+                frame = frames.next() => frame,
+                () = gone(stream) => return,
+            };
+            let Some(frame) = frame else { break };
+            let mut size = [0u8; 18];
+            let parts: [&[u8]; 3] = match chunked {
+                true => [chunk_size(&mut size, frame.len()), &frame, b"\r\n"],
+                false => [&frame, b"", b""],
+            };
+            let sent = async {
+                write_all::<_, _, 3>(stream, &parts, 0, limits.write_timeout).await?;
+                flush(stream, limits.write_timeout).await
+            };
+            let written = tokio::select! {
+                written = sent => written.is_ok(),
+                () = frames.lagging() => false,
+            };
+            if !written {
+                return;
+            }
+        }
+        if chunked {
+            let _ = write_all::<_, _, 1>(stream, &[b"0\r\n\r\n"], 0, limits.write_timeout).await;
+            let _ = flush(stream, limits.write_timeout).await;
+        }
+        let _ = tokio::time::timeout(limits.write_timeout, stream.shutdown()).await;
     }
-    if chunked {
-        let _ = write_all::<_, 1>(stream, &[b"0\r\n\r\n"], 0, limits.write_timeout).await;
-    }
-    let _ = tokio::time::timeout(limits.write_timeout, stream.shutdown()).await;
 }
 
 /// A chunk's size line (`HEX\r\n`) in `out`.
@@ -675,26 +719,26 @@ fn chunk_size(out: &mut [u8; 18], len: usize) -> &[u8] {
 
 /// Resolves when the client of an event stream hangs up (end of stream or
 /// an error); what it sends meanwhile is read and dropped.
-async fn gone(stream: &TcpStream) {
-    loop {
-        if stream.readable().await.is_err() {
-            return;
+async fn gone<S: Socket>(stream: &mut S) {
+    std::future::poll_fn(|cx| {
+        loop {
+            let mut chunk = [const { std::mem::MaybeUninit::<u8>::uninit() }; 64];
+            let mut read = ReadBuf::uninit(&mut chunk);
+            match Pin::new(&mut *stream).poll_read(cx, &mut read) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) if !read.filled().is_empty() => {}
+                Poll::Ready(_) => return Poll::Ready(()),
+            }
         }
-        let mut chunk = [0u8; 64];
-        match stream.try_read(&mut chunk) {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => return,
-        }
-    }
+    })
+    .await
 }
 
 /// Writes `parts` but their first `written` bytes, at most `N` buffers a
 /// vectored write, as they are, never copied; fails once the client takes
 /// nothing for `write_timeout`.
-async fn write_all<B: AsRef<[u8]>, const N: usize>(
-    stream: &mut TcpStream,
+async fn write_all<S: Socket, B: AsRef<[u8]>, const N: usize>(
+    stream: &mut S,
     parts: &[B],
     mut written: usize,
     write_timeout: Duration,
@@ -878,7 +922,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.progress(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -246,7 +246,7 @@ impl Routes {
                 if has_body && req.content_length.is_some_and(|n| n > body_limit as u64) {
                     return Err(Error::TooLarge(self.settings.max_message));
                 }
-                Route::Publish(Publish {
+                Route::Publish(Box::new(Publish {
                     channel: query.channel()?,
                     key: query.idempotency_key(req.idempotency_key)?,
                     message: query.message.map(Cow::into_owned),
@@ -254,7 +254,7 @@ impl Routes {
                     has_body,
                     body_limit,
                     max_message: self.settings.max_message,
-                })
+                }))
             }
             Endpoint::Stats => {
                 self.admin(req)?;
@@ -298,7 +298,7 @@ impl Routes {
             Route::Subscribe(params, ask) => self.subscribe(params, ask).await,
             Route::Preflight(allow) => Ok(preflight(allow)),
             Route::Events(params, expires, ask) => self.events(params, expires, ask).await,
-            Route::Publish(publish) => self.publish(publish, body).await,
+            Route::Publish(publish) => self.publish(*publish, body).await,
             Route::Delete(channel) => self.delete(channel).await,
             Route::Stats => Ok(Answer::json(StatusCode::OK, &self.snapshot())),
             Route::Metrics => Ok(Answer::full(
@@ -371,32 +371,36 @@ impl Routes {
     /// answers at once from the history, or waits for the next message, the
     /// timeout, deletion or shutdown. Every parked subscriber keeps this
     /// future, so it holds only its parameters and the store's wait.
-    async fn subscribe(
+    #[allow(clippy::manual_async_fn)] // see the block inside
+    fn subscribe(
         &self,
         params: Subscribe,
         ask: Option<Box<Credentials>>,
-    ) -> Result<Answer, Error> {
-        self.admitted(ask, &params.channels).await?;
-        let limit = params.limit();
-        let answer = self
-            .store
-            .poll(params.channels.list(), limit, params.timeout)
-            .await
-            .map(|polled| {
-                let ids = self.store.ids();
-                long_poll_answer(
-                    &params.channels,
-                    params.format,
-                    polled,
-                    ids,
-                    self.settings.max_batch,
-                )
-            });
-        if params.format == Format::Json {
-            // A batch may have made encodings: they count against the bound.
-            self.store.fit();
+    ) -> impl Future<Output = Result<Answer, Error>> + Send + '_ {
+        // A block, not an `async fn`: those keep their arguments twice.
+        async move {
+            self.admitted(ask, &params.channels).await?;
+            let limit = params.limit();
+            let answer = self
+                .store
+                .poll(params.channels.list(), limit, params.timeout)
+                .await
+                .map(|polled| {
+                    let ids = self.store.ids();
+                    long_poll_answer(
+                        &params.channels,
+                        params.format,
+                        polled,
+                        ids,
+                        self.settings.max_batch,
+                    )
+                });
+            if params.format == Format::Json {
+                // A batch may have made encodings: they count against the bound.
+                self.store.fit();
+            }
+            answer
         }
-        answer
     }
 
     /// `GET /events`: once the auth webhook (if it decides) allows it, an

@@ -80,7 +80,7 @@ pub enum Route {
     /// auth webhook with, if it decides.
     Events(Events, Option<u64>, Option<Box<Credentials>>),
     /// `GET|POST /publish`.
-    Publish(Publish),
+    Publish(Box<Publish>),
     /// `DELETE /publish`.
     Delete(String),
     /// `GET /stats`.
