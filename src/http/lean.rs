@@ -58,9 +58,23 @@ pub struct Limits {
 }
 
 /// A connection this path can serve: anything that reads and writes.
-pub trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+pub trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Whether it holds back what is written until flushed (a TLS session
+    /// does; a socket does not, and is not asked to).
+    const BUFFERED: bool;
+}
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Socket for S {}
+impl Socket for TcpStream {
+    const BUFFERED: bool = false;
+}
+
+impl Socket for tokio::net::UnixStream {
+    const BUFFERED: bool = false;
+}
+
+impl<S: Socket> Socket for tokio_rustls::server::TlsStream<S> {
+    const BUFFERED: bool = true;
+}
 
 /// How a connection left this path.
 #[derive(Debug)]
@@ -634,10 +648,31 @@ async fn write<S: Socket>(
 /// last records; nothing on a socket), unless the client takes nothing for
 /// `write_timeout`.
 async fn flush<S: Socket>(stream: &mut S, write_timeout: Duration) -> io::Result<()> {
-    match tokio::time::timeout(write_timeout, stream.flush()).await {
-        Ok(flushed) => flushed,
-        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    if !S::BUFFERED {
+        return Ok(());
     }
+    unless_stalled(write_timeout, |cx| Pin::new(&mut *stream).poll_flush(cx)).await
+}
+
+/// Polls `op` until it is done, or fails once it has waited `limit`. The
+/// timer is made only if `op` has to wait, and on the heap: a writer's state
+/// (an event stream's, kept while it lasts) does not hold one.
+async fn unless_stalled<T>(
+    limit: Duration,
+    mut op: impl FnMut(&mut Context<'_>) -> Poll<io::Result<T>>,
+) -> io::Result<T> {
+    let mut stalled: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(done) = op(cx) {
+            return Poll::Ready(done);
+        }
+        let timer = stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// Writes an event stream: its head, then each frame as it comes (chunked on
@@ -679,12 +714,21 @@ fn events<'a, S: Socket>(
                 true => [chunk_size(&mut size, frame.len()), &frame, b"\r\n"],
                 false => [&frame, b"", b""],
             };
-            let sent = async {
-                write_all::<_, _, 3>(stream, &parts, 0, limits.write_timeout).await?;
-                flush(stream, limits.write_timeout).await
+            // Usually the socket takes the frame at once; only a frame it
+            // does not take gets the waiting writer, on the heap, so that
+            // the stream's own state stays as small as an idle one needs.
+            let Ok((wrote, flushed)) = write_now(stream, &parts) else {
+                return;
             };
+            if wrote == parts.iter().map(|p| p.len()).sum::<usize>() && flushed {
+                continue;
+            }
+            let rest = Box::pin(async {
+                write_all::<_, _, 3>(stream, &parts, wrote, limits.write_timeout).await?;
+                flush(stream, limits.write_timeout).await
+            });
             let written = tokio::select! {
-                written = sent => written.is_ok(),
+                written = rest => written.is_ok(),
                 () = frames.lagging() => false,
             };
             if !written {
@@ -697,6 +741,25 @@ fn events<'a, S: Socket>(
         }
         let _ = tokio::time::timeout(limits.write_timeout, stream.shutdown()).await;
     }
+}
+
+/// Writes what `stream` takes of `parts` without waiting, and flushes it if
+/// it can: how many bytes it took, and whether they are all sent on.
+fn write_now<S: Socket>(stream: &mut S, parts: &[&[u8]; 3]) -> io::Result<(usize, bool)> {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let slices = parts.map(IoSlice::new);
+    let wrote = match Pin::new(&mut *stream).poll_write_vectored(&mut cx, &slices) {
+        Poll::Ready(wrote) => wrote?,
+        Poll::Pending => return Ok((0, false)),
+    };
+    if !S::BUFFERED {
+        return Ok((wrote, true));
+    }
+    let flushed = match Pin::new(&mut *stream).poll_flush(&mut cx) {
+        Poll::Ready(flushed) => flushed.map(|()| true)?,
+        Poll::Pending => false,
+    };
+    Ok((wrote, flushed))
 }
 
 /// A chunk's size line (`HEX\r\n`) in `out`.
@@ -761,12 +824,13 @@ async fn write_all<S: Socket, B: AsRef<[u8]>, const N: usize>(
             slices[n] = IoSlice::new(if i == 0 { &p[offset..] } else { p });
             n += 1;
         }
-        let wrote = tokio::time::timeout(write_timeout, stream.write_vectored(&slices[..n]));
-        written = match wrote.await {
-            Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(Ok(n)) => n,
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+        let slices = &slices[..n];
+        let wrote = unless_stalled(write_timeout, |cx| {
+            Pin::new(&mut *stream).poll_write_vectored(cx, slices)
+        });
+        written = match wrote.await? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n => n,
         };
     }
 }

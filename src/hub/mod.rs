@@ -479,49 +479,39 @@ mod testing {
         }
     }
 
+    /// Limits that hold everything: 100 messages a channel for 300 s.
+    pub(super) fn roomy() -> Limits {
+        Limits {
+            history: 100,
+            history_age: Duration::from_secs(300),
+            max_channels: 0,
+            max_subscribers: 0,
+            max_bytes: 0,
+            idempotency_window: Duration::from_secs(60),
+        }
+    }
+
     pub(super) fn hub(history: usize, age: u64) -> Arc<Hub<&'static str>> {
-        Hub::new(
-            Limits {
-                history,
-                history_age: Duration::from_secs(age),
-                max_channels: 0,
-                max_subscribers: 0,
-                max_bytes: 0,
-                idempotency_window: Duration::from_secs(60),
-            },
-            Mode::Source,
-        )
+        let limits = Limits {
+            history,
+            history_age: Duration::from_secs(age),
+            ..roomy()
+        };
+        Hub::new(limits, Mode::Source)
     }
 
     /// A hub bounded to `bytes` of messages held in `channels` channels.
     pub(super) fn bounded(bytes: usize, channels: usize) -> Arc<Hub<&'static str>> {
-        Hub::new(
-            Limits {
-                history: 100,
-                history_age: Duration::from_secs(300),
-                max_channels: 0,
-                max_subscribers: 0,
-                max_bytes: bytes + channels * channel::channel_cost::<&'static str>(),
-                idempotency_window: Duration::from_secs(60),
-            },
-            Mode::Source,
-        )
+        let limits = Limits {
+            max_bytes: bytes + channels * channel::channel_cost::<&'static str>(),
+            ..roomy()
+        };
+        Hub::new(limits, Mode::Source)
     }
 
     pub(super) fn cache(idle: u64) -> Arc<Hub<&'static str>> {
-        Hub::new(
-            Limits {
-                history: 100,
-                history_age: Duration::from_secs(300),
-                max_channels: 0,
-                max_subscribers: 0,
-                max_bytes: 0,
-                idempotency_window: Duration::from_secs(60),
-            },
-            Mode::Cache {
-                idle: Duration::from_secs(idle),
-            },
-        )
+        let idle = Duration::from_secs(idle);
+        Hub::new(roomy(), Mode::Cache { idle })
     }
 
     /// What a poll got at once: each channel's start, and the waiter.

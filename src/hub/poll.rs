@@ -615,17 +615,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn limits_refuse_and_leave_nothing_behind() {
-        let hub: Arc<Hub<&'static str>> = Hub::new(
-            Limits {
-                history: 10,
-                history_age: Duration::from_secs(60),
-                max_channels: 1,
-                max_subscribers: 1,
-                max_bytes: 0,
-                idempotency_window: Duration::from_secs(60),
-            },
-            Mode::Source,
-        );
+        let limits = Limits {
+            max_channels: 1,
+            max_subscribers: 1,
+            ..roomy()
+        };
+        let hub: Arc<Hub<&'static str>> = Hub::new(limits, Mode::Source);
         let _w = poll(&hub, &[("a", Since::Next)], 1).unwrap();
         assert_eq!(
             poll(&hub, &[("a", Since::Next)], 1).err(),
@@ -778,7 +773,7 @@ mod tests {
         let hub: Arc<Hub<&'static str>> = Hub::new(
             Limits {
                 max_subscribers: 1,
-                ..hub(10, 60).limits.clone()
+                ..roomy()
             },
             Mode::Source,
         );
@@ -805,7 +800,7 @@ mod tests {
         let hub: Arc<Hub<&'static str>> = Hub::new(
             Limits {
                 max_channels: 2,
-                ..hub(10, 60).limits.clone()
+                ..roomy()
             },
             Mode::Source,
         );

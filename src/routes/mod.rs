@@ -196,11 +196,11 @@ impl Routes {
     /// the access decisions made.
     pub fn route(&self, req: &Request) -> Result<Route, Error> {
         let endpoint = Endpoint::at(req.path).ok_or(Error::NotFound)?;
-        let allow = endpoint.allow();
+        let (allow, allowed) = endpoint.allow(&req.method);
         if req.method == Method::OPTIONS {
             return Ok(Route::Preflight(allow));
         }
-        if !allow.split(", ").any(|m| m == req.method.as_str()) {
+        if !allowed {
             return Err(Error::MethodNotAllowed(allow));
         }
         let query = || Query::parse(req.query);

@@ -130,14 +130,19 @@ impl<'a> Endpoint<'a> {
         })
     }
 
-    /// The methods allowed, as `Allow` spells them. A long-poll or a stream
-    /// answered without its body would be a wait for nothing; the other reads
-    /// answer HEAD as GET, without the body.
-    pub(super) fn allow(self) -> &'static str {
+    /// The methods allowed, as `Allow` spells them, and whether `method` is
+    /// one of them (`OPTIONS` always is). A long-poll or a stream answered
+    /// without its body would be a wait for nothing; the other reads answer
+    /// HEAD as GET, without the body.
+    pub(super) fn allow(self, method: &Method) -> (&'static str, bool) {
+        let read = *method == Method::GET || *method == Method::OPTIONS;
         match self {
-            Endpoint::Subscribe | Endpoint::Events => "GET, OPTIONS",
-            Endpoint::Publish => "GET, POST, DELETE, OPTIONS",
-            _ => "GET, HEAD, OPTIONS",
+            Endpoint::Subscribe | Endpoint::Events => ("GET, OPTIONS", read),
+            Endpoint::Publish => (
+                "GET, POST, DELETE, OPTIONS",
+                read || *method == Method::POST || *method == Method::DELETE,
+            ),
+            _ => ("GET, HEAD, OPTIONS", read || *method == Method::HEAD),
         }
     }
 }
