@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -517,8 +518,12 @@ impl Connections {
         async move {
             let next =
                 lean::serve(stream, &self.routes, &self.limits, &self.closing, read_only).await;
-            if let lean::Next::Hyper(io) = next {
-                Box::pin(self.serve_hyper(io, read_only)).await;
+            match next {
+                lean::Next::Hyper(io) => Box::pin(self.serve_hyper(io, read_only)).await,
+                lean::Next::Events(stream, answer, http10) => {
+                    lean::stream_events(stream, answer, http10, &self.limits).await;
+                }
+                lean::Next::Closed => {}
             }
             drop(held);
         }
@@ -534,17 +539,22 @@ impl Connections {
 
     /// Serves a connection hyper takes from its first byte (HTTP/2 over
     /// TLS), under the write timeout.
-    async fn hyper<S>(&self, stream: S, read_only: bool)
+    fn hyper<S>(&self, stream: S, read_only: bool) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let io = lean::Rewind::wrap(stream, self.limits.write_timeout);
-        Box::pin(self.serve_hyper(io, read_only)).await;
+        Box::pin(self.serve_hyper(io, read_only))
     }
 
     /// Serves the rest of a connection with hyper, under the same header
     /// timeout and shutdown as the lean path.
-    async fn serve_hyper<S>(&self, io: lean::Rewind<S>, read_only: bool)
+    #[allow(clippy::manual_async_fn)] // see the block inside
+    fn serve_hyper<S>(
+        &self,
+        io: lean::Rewind<S>,
+        read_only: bool,
+    ) -> impl Future<Output = ()> + Send + '_
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -555,7 +565,8 @@ impl Connections {
             idle: self.limits.header_timeout,
             read_only,
         };
-        adapter::serve(io, serving).await;
+        // A block, not an `async fn`, which would keep the connection twice.
+        async move { adapter::serve(io, serving).await }
     }
 
     /// Starts another single-threaded reactor on its own thread (`--threads`); it

@@ -61,7 +61,7 @@ pub struct Serving<'a> {
 }
 
 /// Serves the rest of a connection with hyper.
-pub async fn serve<S>(io: Rewind<S>, serving: Serving<'_>)
+pub fn serve<'a, S>(io: Rewind<S>, serving: Serving<'a>) -> impl Future<Output = ()> + Send + 'a
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -87,41 +87,45 @@ where
             }
         }),
     );
-    tokio::pin!(conn);
-    let mut idle_since = Some(Instant::now());
-    let mut shutting = false;
-    loop {
-        let changed = activity.changed.notified();
-        tokio::pin!(changed);
-        changed.as_mut().enable();
-        if activity.open.load(Relaxed) > 0 {
-            idle_since = None;
-        } else if idle_since.is_none() {
-            idle_since = Some(Instant::now());
-        }
-        let idle_until = idle_since.map(|since| since + idle);
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(err) = result {
-                    debug!(cause = %err, "connection ended with an error");
-                }
-                return;
+    // The connection is made here, and the block below takes it: an `async
+    // fn` would keep the socket twice, its argument and the connection's.
+    async move {
+        tokio::pin!(conn);
+        let mut idle_since = Some(Instant::now());
+        let mut shutting = false;
+        loop {
+            let changed = activity.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if activity.open.load(Relaxed) > 0 {
+                idle_since = None;
+            } else if idle_since.is_none() {
+                idle_since = Some(Instant::now());
             }
-            _ = &mut changed => {}
-            _ = closing.wait_for(|&c| c), if !shutting => {
-                shutting = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            _ = tokio::time::sleep_until(idle_until.unwrap_or_else(Instant::now)), if idle_until.is_some() => {
-                if activity.requests.load(Relaxed) == 0 || shutting {
-                    debug!("no request within the header timeout: closed");
+            let idle_until = idle_since.map(|since| since + idle);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(err) = result {
+                        debug!(cause = %err, "connection ended with an error");
+                    }
                     return;
                 }
-                // Idle: HTTP/2 says GOAWAY, HTTP/1.1 closes; a peer that
-                // does not let that finish is dropped a timeout later.
-                shutting = true;
-                conn.as_mut().graceful_shutdown();
-                idle_since = Some(Instant::now());
+                _ = &mut changed => {}
+                _ = closing.wait_for(|&c| c), if !shutting => {
+                    shutting = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                _ = tokio::time::sleep_until(idle_until.unwrap_or_else(Instant::now)), if idle_until.is_some() => {
+                    if activity.requests.load(Relaxed) == 0 || shutting {
+                        debug!("no request within the header timeout: closed");
+                        return;
+                    }
+                    // Idle: HTTP/2 says GOAWAY, HTTP/1.1 closes; a peer that
+                    // does not let that finish is dropped a timeout later.
+                    shutting = true;
+                    conn.as_mut().graceful_shutdown();
+                    idle_since = Some(Instant::now());
+                }
             }
         }
     }

@@ -81,8 +81,26 @@ impl<S: Socket> Socket for tokio_rustls::server::TlsStream<S> {
 pub enum Next<S = TcpStream> {
     /// Serve the rest with hyper, replaying what was read.
     Hyper(Rewind<S>),
+    /// Write this event stream until it ends ([`stream_events`]), then
+    /// close; HTTP/1.0?
+    Events(S, Box<Answer>, bool),
     /// Done: closed, timed out, or the client left.
     Closed,
+}
+
+/// Writes an event stream [`serve`] handed back, then closes. Awaited after
+/// `serve` is done, so that the stream's writer takes the place the request
+/// loop had, not room of its own beside it.
+#[allow(clippy::manual_async_fn)] // see the block inside
+pub fn stream_events<S: Socket>(
+    mut stream: S,
+    answer: Box<Answer>,
+    http10: bool,
+    limits: &Limits,
+) -> impl Future<Output = ()> + Send + '_ {
+    // A block, not an `async fn`: those keep their arguments twice, and a
+    // TLS session is large.
+    async move { events(&mut stream, *answer, http10, limits).await }
 }
 
 /// Serves requests on `stream` until it closes or a request needs hyper.
@@ -124,8 +142,7 @@ pub fn serve<'a, S: Socket>(
                 }
                 Step::Answer(answer, close, http10) => (answer, close, http10),
                 Step::Stream(answer, _, http10) if matches!(answer.body, Body::Stream(_)) => {
-                    Box::pin(events(&mut stream, answer, http10, limits)).await;
-                    return Next::Closed;
+                    return Next::Events(stream, Box::new(answer), http10);
                 }
                 // Refused: an ordinary answer.
                 Step::Stream(answer, close, http10) => (answer, close, http10),
