@@ -50,11 +50,9 @@ const STORE_START: Duration = Duration::from_secs(3);
 pub struct Server {
     config: Config,
     routes: Arc<Routes>,
-    counters: Arc<Counters>,
     builder: adapter::Builder,
     stalled: Arc<AtomicU64>,
     tls: Option<Arc<Certificates>>,
-    max_connections: usize,
     nofile: u64,
 }
 
@@ -91,10 +89,9 @@ impl Server {
             (Some(cert), Some(key)) => Some(Arc::new(Certificates::load(cert, key)?)),
             _ => None,
         };
-        let counters = Arc::new(Counters::default());
         let routes = Arc::new(Routes::new(
             store,
-            counters.clone(),
+            Arc::new(Counters::default()),
             routes::Settings {
                 timeout: config.timeout(),
                 ping: Duration::from_secs(config.ping),
@@ -133,11 +130,9 @@ impl Server {
             .keep_alive_interval(Duration::from_secs(config.ping))
             .keep_alive_timeout(config.header_timeout());
         Ok(Server {
-            max_connections: config.max_connections,
             nofile,
             config,
             routes,
-            counters,
             builder,
             stalled,
             tls,
@@ -165,11 +160,9 @@ impl Server {
         let Server {
             config,
             routes,
-            counters,
             builder,
             stalled,
             tls,
-            max_connections,
             nofile,
         } = self;
         let read_only = crate::listen::read_only(&listeners, &config.publish_on)?;
@@ -183,7 +176,7 @@ impl Server {
         if !routes.store().ready(STORE_START).await {
             warn!("redis not reachable yet; answering 503 until it is");
         }
-        let trimmer = tokio::spawn(trim_memory(counters.clone(), routes.clone(), stalled));
+        let trimmer = tokio::spawn(trim_memory(routes.clone(), stalled));
         let reloader = tls.clone().map(|tls| tokio::spawn(reload_on_hangup(tls)));
         let (closing_tx, closing) = watch::channel(false);
         let tracker = Arc::new(Tracker::default());
@@ -204,7 +197,13 @@ impl Server {
             .collect();
 
         connections
-            .accept_until(&listeners, &read_only, &reactors, max_connections, shutdown)
+            .accept_until(
+                &listeners,
+                &read_only,
+                &reactors,
+                config.max_connections,
+                shutdown,
+            )
             .await;
 
         drop(listeners);
@@ -288,7 +287,8 @@ async fn reload_on_hangup(tls: Arc<Certificates>) {
 /// resident size falls again once a crowd of subscribers has left, while
 /// messages are being evicted, so what the memory bound frees is given back,
 /// and after `stalled` HTTP/2 streams were reset with their queues.
-async fn trim_memory(counters: Arc<Counters>, routes: Arc<Routes>, stalled: Arc<AtomicU64>) {
+async fn trim_memory(routes: Arc<Routes>, stalled: Arc<AtomicU64>) {
+    let counters = routes.counters();
     let mut tick = tokio::time::interval(TRIM_INTERVAL);
     let mut closed_at_trim = 0;
     let mut evicted_at_trim = 0;

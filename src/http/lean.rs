@@ -647,14 +647,9 @@ async fn write<S: Socket>(
         // Tried once without waiting: what the connection does not take now
         // is written below, as it is read.
         let slices = &slices[..=parts.len().min(SLICES - 1)];
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        let written = match Pin::new(&mut *stream).poll_write_vectored(&mut cx, slices) {
-            Poll::Ready(Ok(n)) => n,
-            Poll::Pending => 0,
-            Poll::Ready(Err(e)) => return Err(e),
-        };
+        let (written, _) = write_now(stream, slices)?;
         let head_rest = head[written.min(head.len())..].to_vec();
-        Ok((head_rest, written.saturating_sub(head.len())))
+        Ok::<_, io::Error>((head_rest, written.saturating_sub(head.len())))
     })?;
     write_all::<_, _, 1>(stream, &[head], 0, write_timeout).await?;
     write_all::<_, _, SLICES>(stream, parts, written, write_timeout).await?;
@@ -671,25 +666,54 @@ async fn flush<S: Socket>(stream: &mut S, write_timeout: Duration) -> io::Result
     unless_stalled(write_timeout, |cx| Pin::new(&mut *stream).poll_flush(cx)).await
 }
 
-/// Polls `op` until it is done, or fails once it has waited `limit`. The
-/// timer is made only if `op` has to wait, and on the heap: a writer's state
-/// (an event stream's, kept while it lasts) does not hold one.
+/// Polls `op` until it is done, or fails once it has waited `limit`.
 async fn unless_stalled<T>(
     limit: Duration,
     mut op: impl FnMut(&mut Context<'_>) -> Poll<io::Result<T>>,
 ) -> io::Result<T> {
-    let mut stalled: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut stall = Stall::new(limit);
     std::future::poll_fn(|cx| {
-        if let Poll::Ready(done) = op(cx) {
-            return Poll::Ready(done);
+        let polled = op(cx);
+        stall.check(cx, polled)
+    })
+    .await
+}
+
+/// How long a write may wait for the client to take a byte. The timer is
+/// made only once a write has to wait, and on the heap: a writer's state (an
+/// event stream's, kept while it lasts) does not hold one.
+#[derive(Debug)]
+struct Stall {
+    limit: Duration,
+    /// Set while a write is blocked: when it gives up.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Stall {
+    fn new(limit: Duration) -> Stall {
+        Stall { limit, timer: None }
+    }
+
+    /// Passes on a write's outcome: progress clears the timer; no progress
+    /// starts it, or fails once it has run out.
+    fn check<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.timer = None;
+            return polled;
         }
-        let timer = stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        let limit = self.limit;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
         match timer.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
             Poll::Pending => Poll::Pending,
         }
-    })
-    .await
+    }
 }
 
 /// Writes an event stream: its head, then each frame as it comes (chunked on
@@ -734,7 +758,7 @@ fn events<'a, S: Socket>(
             // Usually the socket takes the frame at once; only a frame it
             // does not take gets the waiting writer, on the heap, so that
             // the stream's own state stays as small as an idle one needs.
-            let Ok((wrote, flushed)) = write_now(stream, &parts) else {
+            let Ok((wrote, flushed)) = write_now(stream, &parts.map(IoSlice::new)) else {
                 return;
             };
             if wrote == parts.iter().map(|p| p.len()).sum::<usize>() && flushed {
@@ -760,12 +784,11 @@ fn events<'a, S: Socket>(
     }
 }
 
-/// Writes what `stream` takes of `parts` without waiting, and flushes it if
+/// Writes what `stream` takes of `slices` without waiting, and flushes it if
 /// it can: how many bytes it took, and whether they are all sent on.
-fn write_now<S: Socket>(stream: &mut S, parts: &[&[u8]; 3]) -> io::Result<(usize, bool)> {
+fn write_now<S: Socket>(stream: &mut S, slices: &[IoSlice<'_>]) -> io::Result<(usize, bool)> {
     let mut cx = Context::from_waker(std::task::Waker::noop());
-    let slices = parts.map(IoSlice::new);
-    let wrote = match Pin::new(&mut *stream).poll_write_vectored(&mut cx, &slices) {
+    let wrote = match Pin::new(&mut *stream).poll_write_vectored(&mut cx, slices) {
         Poll::Ready(wrote) => wrote?,
         Poll::Pending => return Ok((0, false)),
     };
@@ -920,9 +943,7 @@ impl Date {
 pub struct Rewind<S = TcpStream> {
     read: Bytes,
     inner: S,
-    write_timeout: Duration,
-    /// Set while a write is blocked: when it gives up.
-    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    stall: Stall,
 }
 
 impl<S> Rewind<S> {
@@ -930,8 +951,7 @@ impl<S> Rewind<S> {
         Rewind {
             read: read.into(),
             inner,
-            write_timeout,
-            stalled: None,
+            stall: Stall::new(write_timeout),
         }
     }
 
@@ -939,27 +959,6 @@ impl<S> Rewind<S> {
     /// connection, which hyper serves from the start).
     pub fn wrap(inner: S, write_timeout: Duration) -> Rewind<S> {
         Rewind::new(Vec::new(), inner, write_timeout)
-    }
-
-    /// Passes on a write's outcome: progress clears the stall timer; no
-    /// progress starts it, or fails once it has run out.
-    fn progress<T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        polled: Poll<io::Result<T>>,
-    ) -> Poll<io::Result<T>> {
-        if polled.is_ready() {
-            self.stalled = None;
-            return polled;
-        }
-        let timeout = self.write_timeout;
-        let stalled = self
-            .stalled
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-        match stalled.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
-            Poll::Pending => Poll::Pending,
-        }
     }
 }
 
@@ -986,7 +985,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.progress(cx, polled)
+        self.stall.check(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -995,7 +994,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.progress(cx, polled)
+        self.stall.check(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -1004,7 +1003,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let polled = Pin::new(&mut self.inner).poll_flush(cx);
-        self.progress(cx, polled)
+        self.stall.check(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
