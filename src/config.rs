@@ -188,6 +188,32 @@ pub struct Config {
     #[arg(long, value_delimiter = ',')]
     pub public_channels: Vec<String>,
 
+    /// Channels that keep presence (patterns, `*` for any run of
+    /// characters; repeat the flag or separate by commas): who is on them,
+    /// at `/channels/C/presence` and on `$presence:C`.
+    #[arg(long, value_delimiter = ',')]
+    pub presence: Vec<String>,
+
+    /// Seconds a member stays present after its last poll or stream ended,
+    /// so that re-polls and reconnects are one presence.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    pub presence_grace: u64,
+
+    /// The application's events receiver (`http[s]://HOST[:PORT]/PATH`):
+    /// sent batched JSON POSTs when channels are occupied and vacated and
+    /// members join and leave.
+    #[arg(long)]
+    pub events_url: Option<String>,
+
+    /// The secret the events are signed with (HMAC-SHA256 in the
+    /// Comethub-Signature header).
+    #[arg(long, env = "COMETHUB_EVENTS_SECRET")]
+    pub events_secret: Option<String>,
+
+    /// Also send an event for every message published.
+    #[arg(long)]
+    pub events_publishes: bool,
+
     /// Seconds of silence after which an event stream gets a `: ping` comment.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
     pub ping: u64,
@@ -298,7 +324,13 @@ pub struct TokenArgs {
 
 /// Flags whose values are secrets (a Redis URL may hold a password): never
 /// printed by `--print-config`.
-const SECRETS: [&str; 4] = ["publish-token", "admin-token", "jwt-key", "redis"];
+const SECRETS: [&str; 5] = [
+    "publish-token",
+    "admin-token",
+    "jwt-key",
+    "redis",
+    "events-secret",
+];
 /// Flags that are not settings.
 const NOT_SETTINGS: [&str; 4] = ["config", "print-config", "help", "version"];
 
@@ -509,6 +541,25 @@ impl Config {
         if self.max_batch_bytes == 0 {
             return Err("--max-batch-bytes 0 would answer no batch".to_owned());
         }
+        if !self.presence.is_empty() && self.redis.is_some() {
+            return Err(
+                "--presence with --redis is not supported yet: presence is kept per \
+                 instance, so a member on two instances would be two"
+                    .to_owned(),
+            );
+        }
+        if self.events_secret.is_some() && self.events_url.is_none() {
+            return Err("--events-secret needs --events-url to send events to".to_owned());
+        }
+        if self
+            .events_secret
+            .as_deref()
+            .is_some_and(|s| s.trim().is_empty())
+        {
+            return Err(
+                "--events-secret is empty: the events would be signed with nothing".to_owned(),
+            );
+        }
         Ok(())
     }
 
@@ -534,6 +585,41 @@ impl Config {
             Duration::from_secs(self.auth_cache_ttl),
             Duration::from_secs(self.auth_timeout),
             self.auth_ca.as_deref(),
+            crate::auth::cache_budget(self.max_memory()),
+            meter,
+        )
+        .map(Some)
+    }
+
+    /// Presence on the channels `--presence` names, if any; its members are
+    /// counted in `meter`.
+    pub fn presence(
+        &self,
+        meter: crate::hub::Meter,
+    ) -> Option<std::sync::Arc<crate::presence::Presence>> {
+        (!self.presence.is_empty()).then(|| {
+            crate::presence::Presence::new(
+                crate::auth::Patterns::new(self.presence.clone()),
+                Duration::from_secs(self.presence_grace),
+                crate::auth::cache_budget(self.max_memory()),
+                meter,
+            )
+        })
+    }
+
+    /// The events sender `--events-url` asks for, if any; its queue is
+    /// counted in `meter`.
+    pub fn events(
+        &self,
+        meter: crate::hub::Meter,
+    ) -> Result<Option<crate::events::Events>, String> {
+        let Some(url) = &self.events_url else {
+            return Ok(None);
+        };
+        crate::events::Events::new(
+            url,
+            self.events_secret.as_deref(),
+            self.events_publishes,
             crate::auth::cache_budget(self.max_memory()),
             meter,
         )

@@ -74,6 +74,11 @@ pub enum Error {
     /// `--redis-replicas`: the message was stored, but fewer replicas than
     /// asked confirmed it in time, so a failover may lose it.
     NotReplicated,
+    /// A publish or delete on a presence channel (`$presence:C`): only the
+    /// server writes there.
+    SystemChannel,
+    /// `/channels/C/presence` on a channel that keeps no presence.
+    NoPresence,
 }
 
 impl Error {
@@ -93,8 +98,10 @@ impl Error {
             | Error::BadIdempotencyKey(_)
             | Error::BodyRead => StatusCode::BAD_REQUEST,
             Error::Unauthorized(_) | Error::InvalidToken => StatusCode::UNAUTHORIZED,
-            Error::Forbidden | Error::ReadOnlyListener => StatusCode::FORBIDDEN,
-            Error::NotFound => StatusCode::NOT_FOUND,
+            Error::Forbidden | Error::ReadOnlyListener | Error::SystemChannel => {
+                StatusCode::FORBIDDEN
+            }
+            Error::NotFound | Error::NoPresence => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Error::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -123,9 +130,9 @@ impl Error {
             Error::BadContentType(_) => Reason::BadContentType,
             Error::Unauthorized(_) => Reason::Unauthorized,
             Error::InvalidToken => Reason::InvalidToken,
-            Error::Forbidden | Error::ReadOnlyListener => Reason::Forbidden,
+            Error::Forbidden | Error::ReadOnlyListener | Error::SystemChannel => Reason::Forbidden,
             Error::AuthUnavailable => Reason::AuthUnavailable,
-            Error::NotFound => Reason::NotFound,
+            Error::NotFound | Error::NoPresence => Reason::NotFound,
             Error::MethodNotAllowed(_) => Reason::MethodNotAllowed,
             Error::TooLarge(_) => Reason::TooLarge,
             Error::BodyTimeout => Reason::BodyTimeout,
@@ -279,7 +286,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::BadChannel => {
-                f.write_str("bad channel name: use 1-128 characters of A-Z a-z 0-9 _ . : @ -")
+                f.write_str("bad channel name: use 1-128 characters of A-Z a-z 0-9 _ . : @ - (or $presence: and such a name)")
             }
             Error::BadSince => f.write_str("bad since: use a message id or 'oldest'"),
             Error::BadCursor => f.write_str(
@@ -335,6 +342,12 @@ impl fmt::Display for Error {
                 "stored, but not confirmed by the replicas --redis-replicas asks for: it may not \
                  survive a failover; retry with the same Idempotency-Key",
             ),
+            Error::SystemChannel => {
+                f.write_str("$presence: channels are written by the server only")
+            }
+            Error::NoPresence => {
+                f.write_str("this channel keeps no presence: see --presence")
+            }
         }
     }
 }

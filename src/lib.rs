@@ -40,12 +40,15 @@
 pub mod answer;
 pub mod auth;
 pub mod chat;
+pub mod client;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod hub;
 pub mod listen;
 pub mod os;
+pub mod presence;
 pub mod protocol;
 pub mod routes;
 pub mod server;

@@ -85,6 +85,8 @@ impl Server {
         };
         let verifier = config.verifier(store.outside().clone())?.map(Arc::new);
         let webhook = config.webhook(store.outside().clone())?.map(Arc::new);
+        let presence = config.presence(store.outside().clone());
+        let events = config.events(store.outside().clone())?.map(Arc::new);
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(Arc::new(Certificates::load(cert, key)?)),
             _ => None,
@@ -108,6 +110,8 @@ impl Server {
                 webhook,
                 public_channels: crate::auth::Patterns::new(config.public_channels.clone()),
                 jwt_cookie: config.jwt_cookie.clone(),
+                presence,
+                events,
             },
         ));
         let stalled = Arc::new(AtomicU64::new(0));
@@ -171,7 +175,7 @@ impl Server {
         let (store_stop, store_stopped) = watch::channel(false);
         let store_task = tokio::spawn({
             let routes = routes.clone();
-            async move { routes.store().run(store_stopped).await }
+            async move { routes.run(store_stopped).await }
         });
         if !routes.store().ready(STORE_START).await {
             warn!("redis not reachable yet; answering 503 until it is");

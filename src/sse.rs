@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use crate::answer::{Answer, Body, Events, NOSNIFF};
 use crate::hub::{Following, STREAM_BACKLOG};
+use crate::presence::Lease;
 use crate::protocol::{Channels, Content, Ids};
 use crate::store::{Message, PerChannel, Stream};
 
@@ -47,8 +48,10 @@ pub fn answer(
     ids: Ids,
     ping: Duration,
     ends: Option<Instant>,
+    lease: Option<Box<Lease>>,
 ) -> Answer {
-    let live = Live::new(stream, channels, ids, ping, ends);
+    let mut live = Live::new(stream, channels, ids, ping, ends);
+    live.lease = lease;
     event_stream(Events::Live(Box::new(live)))
 }
 
@@ -74,6 +77,8 @@ pub struct Live {
     next_ping: Instant,
     ends: Option<Instant>,
     over: bool,
+    /// Its place in presence: each message sent moves its member's receipt.
+    lease: Option<Box<Lease>>,
 }
 
 impl Live {
@@ -102,6 +107,7 @@ impl Live {
             next_ping: Instant::now() + ping,
             ends,
             over: false,
+            lease: None,
         }
     }
 
@@ -155,6 +161,9 @@ impl Live {
     fn event(&mut self, place: usize, message: &Message) -> Bytes {
         if let Some(at) = self.at.get_mut(place) {
             *at = message.seq;
+        }
+        if let Some(lease) = &self.lease {
+            lease.ack(self.channels.name(place), message.seq);
         }
         self.channels
             .event(&self.ids, &self.at, place, &message.payload)

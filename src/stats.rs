@@ -80,6 +80,12 @@ pub struct Snapshot {
     /// Cluster mode only: the state of the link to Redis.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisLink>,
+    /// With `--presence`: members listed on every channel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence_members: Option<usize>,
+    /// With `--events-url`: events sent, dropped, failed attempts, queued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events: Option<crate::events::EventStats>,
 }
 
 /// The link to Redis, in cluster mode.
@@ -207,6 +213,40 @@ impl Snapshot {
             "Seconds since start.",
             self.uptime_seconds,
         );
+        if let Some(members) = self.presence_members {
+            metric(
+                "presence_members",
+                "gauge",
+                "Members listed in presence, on every channel.",
+                members as u64,
+            );
+        }
+        if let Some(events) = &self.events {
+            metric(
+                "events_sent_total",
+                "counter",
+                "Events the application's receiver took.",
+                events.sent,
+            );
+            metric(
+                "events_dropped_total",
+                "counter",
+                "Events dropped because their queue was full.",
+                events.dropped,
+            );
+            metric(
+                "events_failed_total",
+                "counter",
+                "Attempts to send events that failed and were retried.",
+                events.failed,
+            );
+            metric(
+                "events_queued",
+                "gauge",
+                "Events waiting to be sent.",
+                events.queued,
+            );
+        }
         if let Some(redis) = &self.redis {
             metric(
                 "redis_up",

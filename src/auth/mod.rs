@@ -26,7 +26,8 @@ pub const LEEWAY_SECS: u64 = 5;
 mod cache;
 mod webhook;
 
-pub use webhook::{Credentials, Webhook, redact_userinfo};
+pub use crate::client::redact_userinfo;
+pub use webhook::{Credentials, User, Webhook};
 
 /// Verified tokens, with what they allow.
 type Verified = cache::Bounded<Box<str>, Arc<Grant>, BuildHasherDefault<TokenHasher>>;
@@ -113,6 +114,8 @@ pub struct Grant {
     pub publish: Patterns,
     /// When it expires (seconds since the epoch).
     pub exp: u64,
+    /// Who it was given to (`sub`), when it names a member.
+    pub sub: Option<smol_str::SmolStr>,
 }
 
 impl Grant {
@@ -128,6 +131,8 @@ impl Grant {
 #[derive(Deserialize)]
 struct Claims {
     exp: u64,
+    #[serde(default)]
+    sub: Option<String>,
     #[serde(default)]
     comethub: ChannelClaims,
 }
@@ -295,6 +300,10 @@ impl Verifier {
             subscribe: Patterns::new(claims.comethub.subscribe),
             publish: Patterns::new(claims.comethub.publish),
             exp: claims.exp,
+            sub: claims
+                .sub
+                .filter(|s| crate::presence::valid_member(s))
+                .map(Into::into),
         });
         // The token, and its patterns again in the grant.
         let size = 2 * token.len();

@@ -17,16 +17,18 @@ pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 /// Content-Type of messages published as a form field or query parameter.
 pub const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 
-/// Checks a channel name (absent means [`DEFAULT_CHANNEL`]).
+/// Checks a channel name (absent means [`DEFAULT_CHANNEL`]); a channel's
+/// presence channel is `$presence:` and its name.
 pub fn channel_name(name: Option<&str>) -> Result<&str, Error> {
-    let name = name.unwrap_or(DEFAULT_CHANNEL);
+    let full = name.unwrap_or(DEFAULT_CHANNEL);
+    let name = crate::presence::of(full).unwrap_or(full);
     let valid = !name.is_empty()
         && name.len() <= MAX_CHANNEL_LEN
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'-'));
     if valid {
-        Ok(name)
+        Ok(full)
     } else {
         Err(Error::BadChannel)
     }
@@ -90,6 +92,10 @@ pub struct Query<'a> {
     /// the `Idempotency-Key` header.
     #[serde(borrow)]
     pub idempotency_key: Option<Cow<'a, str>>,
+    /// `client=`: who a subscriber says it is, for presence without auth
+    /// (unverified).
+    #[serde(borrow)]
+    pub client: Option<Cow<'a, str>>,
 }
 
 impl<'a> Query<'a> {
@@ -127,6 +133,7 @@ impl<'a> Query<'a> {
                 "message" => &mut out.message,
                 "token" => &mut out.token,
                 "idempotency_key" => &mut out.idempotency_key,
+                "client" => &mut out.client,
                 _ => continue,
             };
             if slot.is_some() {
@@ -174,6 +181,18 @@ pub struct Events {
 }
 
 impl Query<'_> {
+    /// `client=`, checked: who a subscriber says it is.
+    pub fn client(&self) -> Result<Option<SmolStr>, Error> {
+        match self.client.as_deref() {
+            None => Ok(None),
+            Some(id) if crate::presence::valid_member(id) => Ok(Some(id.into())),
+            Some(_) => Err(Error::BadQuery(format!(
+                "client: use 1-{} visible ASCII characters",
+                crate::presence::MAX_MEMBER
+            ))),
+        }
+    }
+
     /// The channel named, checked.
     pub fn channel(&self) -> Result<String, Error> {
         channel_name(self.channel.as_deref()).map(str::to_owned)

@@ -5,8 +5,23 @@
 use super::*;
 
 /// What subscribing needs yet: when the token it was allowed by expires, and
-/// the credentials to ask the auth webhook with.
-type Admission = (Option<u64>, Option<Box<Credentials>>);
+/// who the subscriber is or what to ask the auth webhook with.
+type Admission = (Option<u64>, Option<Box<Admit>>);
+
+/// Who a subscriber is (its presence identity: a token's `sub`, or the
+/// `client=` it gives where no auth applies), or the credentials to ask the
+/// auth webhook with, which names it.
+#[derive(Debug)]
+pub struct Admit {
+    credentials: Option<Credentials>,
+    member: Option<SmolStr>,
+}
+
+/// The channel whose access rules a channel follows: a presence channel
+/// (`$presence:C`) is read by whoever may read C.
+fn ruled_by(channel: &str) -> &str {
+    crate::presence::of(channel).unwrap_or(channel)
+}
 
 /// Who must show what to subscribe (`--subscribe-auth`, parsed by clap
 /// straight into this: the one place its values are spelled).
@@ -20,6 +35,15 @@ pub enum SubscribeAuth {
     Webhook,
 }
 
+impl Admit {
+    fn named(member: SmolStr) -> Admit {
+        Admit {
+            credentials: None,
+            member: Some(member),
+        }
+    }
+}
+
 impl Routes {
     /// Subscribing to `channels`: open, unless `--subscribe-auth token` asks
     /// for a token allowing every one of them, or the auth webhook decides
@@ -31,25 +55,40 @@ impl Routes {
         query: &Query,
         channels: &Channels,
     ) -> Result<Admission, Error> {
+        let claimed = || -> Result<Admission, Error> {
+            let member = query.client()?.filter(|_| self.settings.presence.is_some());
+            Ok((None, member.map(|member| Box::new(Admit::named(member)))))
+        };
         if self.settings.subscribe_auth == SubscribeAuth::None {
-            return Ok((None, None));
+            return claimed();
         }
         let public = &self.settings.public_channels;
-        let mut private = channels.names().filter(|c| !public.matches(c)).peekable();
+        let mut private = channels
+            .names()
+            .map(ruled_by)
+            .filter(|c| !public.matches(c))
+            .peekable();
         if private.peek().is_none() {
-            return Ok((None, None));
+            return claimed();
         }
         match self.settings.subscribe_auth {
-            SubscribeAuth::None => Ok((None, None)),
-            SubscribeAuth::Token => Ok((
-                Some(self.grant(req, query, Action::Subscribe, private)?),
-                None,
-            )),
+            SubscribeAuth::None => claimed(),
+            SubscribeAuth::Token => {
+                let grant = self.grant(req, query, Action::Subscribe, private)?;
+                let member = grant
+                    .sub
+                    .clone()
+                    .filter(|_| self.settings.presence.is_some());
+                Ok((Some(grant.exp), member.map(|m| Box::new(Admit::named(m)))))
+            }
             SubscribeAuth::Webhook => Ok((
                 None,
-                Some(Box::new(Credentials {
-                    cookie: req.cookie.map(Box::from),
-                    authorization: req.authorization.map(Box::from),
+                Some(Box::new(Admit {
+                    credentials: Some(Credentials {
+                        cookie: req.cookie.map(Box::from),
+                        authorization: req.authorization.map(Box::from),
+                    }),
+                    member: None,
                 })),
             )),
         }
@@ -58,21 +97,30 @@ impl Routes {
     /// Asks the auth webhook, when the route says to, whether the subscriber
     /// may read each of `channels` but the public ones: before a long-poll
     /// waits or a stream opens, so a refused or unanswered request never
-    /// opens one.
+    /// opens one. Who the subscriber is, if known.
     pub(super) async fn admitted(
         &self,
-        ask: Option<Box<Credentials>>,
+        admit: Option<Box<Admit>>,
         channels: &Channels,
-    ) -> Result<(), Error> {
-        let Some(credentials) = ask else {
-            return Ok(());
+    ) -> Result<Option<SmolStr>, Error> {
+        let Some(admit) = admit else {
+            return Ok(None);
+        };
+        let Some(credentials) = admit.credentials else {
+            return Ok(admit.member);
         };
         let Some(webhook) = &self.settings.webhook else {
             return Err(Error::AuthUnavailable);
         };
         let public = &self.settings.public_channels;
-        let private: Vec<&str> = channels.names().filter(|c| !public.matches(c)).collect();
-        Box::pin(webhook.check(&credentials, &private)).await
+        let mut private: Vec<&str> = channels
+            .names()
+            .map(ruled_by)
+            .filter(|c| !public.matches(c))
+            .collect();
+        private.dedup();
+        let user = Box::pin(webhook.check(&credentials, &private)).await?;
+        Ok(user.filter(|_| self.settings.presence.is_some()))
     }
 
     /// Publishing on `channel`: the publish token; with `--jwt-key`, a token
@@ -102,14 +150,14 @@ impl Routes {
         query: &Query,
         action: Action,
         mut channels: impl Iterator<Item = &'c str>,
-    ) -> Result<u64, Error> {
+    ) -> Result<Arc<crate::auth::Grant>, Error> {
         let Some(verifier) = &self.settings.verifier else {
             return Err(Error::InvalidToken);
         };
         let token = self.token(req, query).ok_or(Error::InvalidToken)?;
         let grant = verifier.grant(token)?;
         if channels.all(|channel| grant.allows(action, channel)) {
-            Ok(grant.exp)
+            Ok(grant)
         } else {
             Err(Error::Forbidden)
         }

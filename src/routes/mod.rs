@@ -45,14 +45,17 @@ use crate::answer::{Answer, NOSNIFF, SANDBOX, X_CHANNEL, X_GAP, X_MESSAGE_ID};
 use crate::auth::{Action, Credentials, Patterns, Verifier, Webhook};
 use crate::chat::Asset;
 use crate::error::{Error, Reason};
+use crate::events::Kind;
+use crate::presence::{Change, Lease, Presence};
 use crate::protocol::{self, Channels, Events, Format, Ids, PublishAnswer, Query, Subscribe};
 use crate::stats::{Counters, Snapshot};
 use crate::store::{Polled, Store};
+use smol_str::SmolStr;
 
 mod access;
 mod request;
 
-pub use access::SubscribeAuth;
+pub use access::{Admit, SubscribeAuth};
 use request::{Endpoint, content_type};
 pub use request::{Publish, Request, Route};
 
@@ -98,6 +101,10 @@ pub struct Settings {
     /// The token the operator's endpoints (`/stats`, `/metrics`,
     /// `/channels/C`, deleting) need, if any.
     pub admin_token: Option<String>,
+    /// Presence, on the channels `--presence` names.
+    pub presence: Option<Arc<Presence>>,
+    /// Events to the application (`--events-url`).
+    pub events: Option<Arc<crate::events::Events>>,
 }
 
 pin_project_lite::pin_project! {
@@ -181,6 +188,121 @@ impl Routes {
         &self.counters
     }
 
+    fn presence(&self) -> Option<&Arc<Presence>> {
+        self.settings.presence.as_ref()
+    }
+
+    /// The background work behind the routes until `stop` turns true: the
+    /// store's, telling presence changes to the subscribers and the
+    /// application, and sending the events.
+    pub async fn run(&self, stop: tokio::sync::watch::Receiver<bool>) {
+        let presence = async {
+            match self.presence() {
+                Some(presence) => self.tell(presence).await,
+                None => std::future::pending().await,
+            }
+        };
+        let events = async {
+            match &self.settings.events {
+                Some(events) => events.run().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = self.store.run(stop) => {}
+            _ = presence => {}
+            _ = events => {}
+        }
+    }
+
+    /// Tells presence changes as they come (joins at once; leaves, vacated
+    /// channels and receipts each second): on `$presence:C` to the
+    /// subscribers, and to the application.
+    async fn tell(&self, presence: &Presence) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => presence.sweep(),
+                _ = presence.changed() => {}
+            }
+            for event in presence.take() {
+                self.told(event).await;
+            }
+        }
+    }
+
+    async fn told(&self, event: crate::presence::Event) {
+        #[derive(Serialize)]
+        struct Told<'a> {
+            event: &'static str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            member: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            seen: Option<std::collections::BTreeMap<&'a str, String>>,
+            time: u64,
+        }
+        let channel = &event.channel;
+        let (kind, member) = match &event.change {
+            Change::Occupied => (Some(Kind::ChannelOccupied), None),
+            Change::Vacated => (Some(Kind::ChannelVacated), None),
+            Change::Joined(m) => (Some(Kind::MemberJoined), Some(m.as_str())),
+            Change::Left(m) => (Some(Kind::MemberLeft), Some(m.as_str())),
+            Change::Seen(_) => (None, None),
+        };
+        if let (Some(events), Some(kind)) = (&self.settings.events, kind) {
+            events.push(kind, channel, member, None, event.at_ms);
+        }
+        let told = match &event.change {
+            Change::Joined(_) | Change::Left(_) => Told {
+                event: if matches!(event.change, Change::Joined(_)) {
+                    "join"
+                } else {
+                    "leave"
+                },
+                member,
+                seen: None,
+                time: event.at_ms,
+            },
+            Change::Seen(seen) => Told {
+                event: "seen",
+                member: None,
+                seen: Some(
+                    seen.iter()
+                        .map(|(m, seq)| (m.as_str(), self.store.ids().format(*seq)))
+                        .collect(),
+                ),
+                time: event.at_ms,
+            },
+            Change::Occupied | Change::Vacated => return,
+        };
+        let Ok(data) = serde_json::to_vec(&told) else {
+            return;
+        };
+        let on = format!("{}{channel}", crate::presence::PREFIX);
+        if let Err(err) = self
+            .store
+            .publish(&on, None, data.into(), json_type())
+            .await
+        {
+            debug!(%err, channel = %on, "a presence change was not published");
+        }
+    }
+
+    /// A poll or stream on `channels` enters presence as `member`.
+    fn enter(&self, channels: &Channels, member: Option<&str>) -> Option<Box<Lease>> {
+        let acked = |since: &protocol::Since| match since {
+            protocol::Since::Id(seq) => Some(*seq),
+            _ => None,
+        };
+        self.presence()?.enter(
+            channels
+                .list()
+                .iter()
+                .map(|(c, since)| (c.as_str(), acked(since))),
+            member,
+        )
+    }
+
     /// Time a publish body has to arrive.
     pub fn body_timeout(&self) -> Duration {
         self.settings.body_timeout
@@ -227,7 +349,7 @@ impl Routes {
             Endpoint::Publish if req.read_only => return Err(Error::ReadOnlyListener),
             Endpoint::Publish if req.method == Method::DELETE => {
                 let query = query()?;
-                let channel = query.channel()?;
+                let channel = writable(&query)?;
                 match &self.settings.admin_token {
                     Some(_) => self.admin(req)?,
                     None => self.may_publish(req, &query, &channel)?,
@@ -236,7 +358,8 @@ impl Routes {
             }
             Endpoint::Publish => {
                 let query = query()?;
-                self.may_publish(req, &query, &query.channel()?)?;
+                let channel = writable(&query)?;
+                self.may_publish(req, &query, &channel)?;
                 let body_limit = if protocol::is_form(req.content_type) {
                     self.max_body()
                 } else {
@@ -247,7 +370,7 @@ impl Routes {
                     return Err(Error::TooLarge(self.settings.max_message));
                 }
                 Route::Publish(Box::new(Publish {
-                    channel: query.channel()?,
+                    channel,
                     key: query.idempotency_key(req.idempotency_key)?,
                     message: query.message.map(Cow::into_owned),
                     content_type: req.content_type.map(content_type),
@@ -268,6 +391,23 @@ impl Routes {
                 self.admin(req)?;
                 Route::Channel(protocol::channel_name(Some(name))?.to_owned())
             }
+            Endpoint::Presence(name) => {
+                let channel = protocol::channel_name(Some(name))?.to_owned();
+                if !self.presence().is_some_and(|p| p.applies(&channel)) {
+                    return Err(Error::NoPresence);
+                }
+                // The operator's token, or whatever would let the reader
+                // subscribe to the channel.
+                let operator = self.settings.admin_token.is_some() && self.admin(req).is_ok();
+                let admit = match operator {
+                    true => None,
+                    false => {
+                        let one = Channels(vec![(channel.as_str().into(), protocol::Since::Next)]);
+                        self.may_subscribe(req, &query()?, &one)?.1
+                    }
+                };
+                Route::Presence(channel, admit)
+            }
             Endpoint::Health => Route::Health,
             Endpoint::Live => Route::Live,
             Endpoint::Page(asset) => Route::Page(asset),
@@ -282,8 +422,8 @@ impl Routes {
     /// place and nothing else; every other answer is made in a boxed future.
     pub fn serve(&self, route: Route, body: Bytes) -> impl Future<Output = Answer> + Send + '_ {
         match route {
-            Route::Subscribe(params, ask) => Serving::Wait {
-                wait: self.subscribe(params, ask),
+            Route::Subscribe(params, admit) => Serving::Wait {
+                wait: self.subscribe(params, admit),
                 routes: self,
             },
             other => Serving::Other {
@@ -295,7 +435,8 @@ impl Routes {
     /// Answers any route but a long-poll.
     async fn answer(&self, route: Route, body: Bytes) -> Answer {
         let result = match route {
-            Route::Subscribe(params, ask) => self.subscribe(params, ask).await,
+            Route::Subscribe(params, admit) => self.subscribe(params, admit).await,
+            Route::Presence(channel, admit) => self.presence_of(channel, admit).await,
             Route::Preflight(allow) => Ok(preflight(allow)),
             Route::Events(params, expires, ask) => self.events(params, expires, ask).await,
             Route::Publish(publish) => self.publish(*publish, body).await,
@@ -375,11 +516,13 @@ impl Routes {
     fn subscribe(
         &self,
         params: Subscribe,
-        ask: Option<Box<Credentials>>,
+        admit: Option<Box<Admit>>,
     ) -> impl Future<Output = Result<Answer, Error>> + Send + '_ {
         // A block, not an `async fn`: those keep their arguments twice.
         async move {
-            self.admitted(ask, &params.channels).await?;
+            let member = self.admitted(admit, &params.channels).await?;
+            let lease = self.enter(&params.channels, member.as_deref());
+            drop(member);
             let limit = params.limit();
             let answer = self
                 .store
@@ -399,6 +542,7 @@ impl Routes {
                 // A batch may have made encodings: they count against the bound.
                 self.store.fit();
             }
+            drop(lease);
             answer
         }
     }
@@ -409,17 +553,62 @@ impl Routes {
         &self,
         params: Events,
         expires: Option<u64>,
-        ask: Option<Box<Credentials>>,
+        admit: Option<Box<Admit>>,
     ) -> Result<Answer, Error> {
-        self.admitted(ask, &params.channels).await?;
+        let member = self.admitted(admit, &params.channels).await?;
         let ends = expires.map(crate::auth::instant);
         let stream = self.store.stream(params.channels.list()).await?;
+        let lease = self.enter(&params.channels, member.as_deref());
         Ok(crate::sse::answer(
             stream,
             params.channels,
             self.store.ids().clone(),
             self.settings.ping,
             ends,
+            lease,
+        ))
+    }
+
+    /// `GET /channels/C/presence`: who is on C, and up to which message each
+    /// member's own poll acknowledged.
+    async fn presence_of(
+        &self,
+        channel: String,
+        admit: Option<Box<Admit>>,
+    ) -> Result<Answer, Error> {
+        #[derive(Serialize)]
+        struct Member<'a> {
+            id: &'a str,
+            connections: u32,
+            since: u64,
+            seen: Option<String>,
+        }
+        #[derive(Serialize)]
+        struct Present<'a> {
+            channel: &'a str,
+            members: Vec<Member<'a>>,
+            anonymous: u32,
+        }
+        let one = Channels(vec![(channel.as_str().into(), protocol::Since::Next)]);
+        self.admitted(admit, &one).await?;
+        let presence = self.presence().ok_or(Error::NoPresence)?;
+        let (members, anonymous) = presence.members(&channel);
+        let ids = self.store.ids();
+        Ok(Answer::json(
+            StatusCode::OK,
+            &Present {
+                channel: &channel,
+                members: members
+                    .iter()
+                    .map(|m| Member {
+                        id: &m.id,
+                        connections: m.connections,
+                        since: m.since,
+                        seen: (m.seen > 0).then(|| ids.format(m.seen)),
+                    })
+                    .collect(),
+                anonymous,
+            },
         ))
     }
 
@@ -437,6 +626,17 @@ impl Routes {
             .await?;
         if !published.replayed {
             Counters::bump(&self.counters.published);
+            if let Some(events) = self.settings.events.as_ref().filter(|e| e.publishes()) {
+                let id = String::from_utf8_lossy(&published.id);
+                let now = crate::presence::now_ms();
+                events.push(
+                    Kind::MessagePublished,
+                    &publish.channel,
+                    None,
+                    Some(&id),
+                    now,
+                );
+            }
         }
         let answer = Answer::json(
             StatusCode::OK,
@@ -528,7 +728,19 @@ impl Routes {
             uptime_seconds: self.started.elapsed().as_secs(),
             refused: c.refusals().into_iter().collect(),
             redis: gauges.redis,
+            presence_members: self.presence().map(|p| p.member_count()),
+            events: self.settings.events.as_ref().map(|e| e.stats()),
         }
+    }
+}
+
+/// The channel a publish or delete names, unless only the server writes
+/// there.
+fn writable(query: &Query) -> Result<String, Error> {
+    let channel = query.channel()?;
+    match crate::presence::of(&channel) {
+        Some(_) => Err(Error::SystemChannel),
+        None => Ok(channel),
     }
 }
 

@@ -72,13 +72,15 @@ impl<'a> Request<'a> {
 pub enum Route {
     /// `OPTIONS`: a CORS preflight; carries the allowed methods.
     Preflight(&'static str),
-    /// `GET /subscribe`, and the credentials to ask the auth webhook with, if
-    /// it decides.
-    Subscribe(Subscribe, Option<Box<Credentials>>),
+    /// `GET /subscribe`, and who the subscriber is or the credentials to ask
+    /// the auth webhook with, if either is known.
+    Subscribe(Subscribe, Option<Box<Admit>>),
     /// `GET /events`, when the token it was opened with expires (seconds
-    /// since the epoch), if one was needed, and the credentials to ask the
-    /// auth webhook with, if it decides.
-    Events(Events, Option<u64>, Option<Box<Credentials>>),
+    /// since the epoch), if one was needed, and who the subscriber is or the
+    /// credentials to ask the auth webhook with.
+    Events(Events, Option<u64>, Option<Box<Admit>>),
+    /// `GET /channels/C/presence`, and what admitting the reader still needs.
+    Presence(String, Option<Box<Admit>>),
     /// `GET|POST /publish`.
     Publish(Box<Publish>),
     /// `DELETE /publish`.
@@ -110,6 +112,8 @@ pub(super) enum Endpoint<'a> {
     Live,
     /// `/channels/C`: the name as it came.
     Channel(&'a str),
+    /// `/channels/C/presence`.
+    Presence(&'a str),
     Page(&'static Asset),
 }
 
@@ -124,7 +128,10 @@ impl<'a> Endpoint<'a> {
             "/health" => Endpoint::Health,
             "/live" => Endpoint::Live,
             _ => match path.strip_prefix("/channels/") {
-                Some(name) => Endpoint::Channel(name),
+                Some(name) => match name.strip_suffix("/presence") {
+                    Some(name) => Endpoint::Presence(name),
+                    None => Endpoint::Channel(name),
+                },
                 None => Endpoint::Page(Asset::at(path)?),
             },
         })
