@@ -79,6 +79,9 @@ pub enum Error {
     SystemChannel,
     /// `/channels/C/presence` on a channel that keeps no presence.
     NoPresence,
+    /// A publish on several channels at once on a Redis Cluster, where each
+    /// channel lives in its own hash slot.
+    SeveralOnCluster,
 }
 
 impl Error {
@@ -96,6 +99,7 @@ impl Error {
             | Error::MissingMessage
             | Error::BadContentType(_)
             | Error::BadIdempotencyKey(_)
+            | Error::SeveralOnCluster
             | Error::BodyRead => StatusCode::BAD_REQUEST,
             Error::Unauthorized(_) | Error::InvalidToken => StatusCode::UNAUTHORIZED,
             Error::Forbidden | Error::ReadOnlyListener | Error::SystemChannel => {
@@ -145,6 +149,7 @@ impl Error {
             Error::BadIdempotencyKey(_) => Reason::BadIdempotencyKey,
             Error::NotReplicated => Reason::NotReplicated,
             Error::KeyReused => Reason::KeyReused,
+            Error::SeveralOnCluster => Reason::TooManyChannels,
         }
     }
 
@@ -345,6 +350,10 @@ impl fmt::Display for Error {
             Error::SystemChannel => {
                 f.write_str("$presence: channels are written by the server only")
             }
+            Error::SeveralOnCluster => f.write_str(
+                "a publish on several channels at once is not available on a Redis Cluster \
+                 (each channel is its own hash slot): publish on each",
+            ),
             Error::NoPresence => {
                 f.write_str("this channel keeps no presence: see --presence")
             }

@@ -119,11 +119,16 @@ impl Live {
         if let Some(head) = self.head.take() {
             return Some(head);
         }
-        if let Some((place, message)) = self.backlog.next() {
-            return Some(self.event(place, &message));
+        while let Some((place, message)) = self.backlog.next() {
+            if !self.sent(place, &message) {
+                return Some(self.event(place, &message));
+            }
         }
         loop {
             if let Some((place, message)) = self.take_ready()? {
+                if self.sent(place, &message) {
+                    continue;
+                }
                 self.next_ping = Instant::now() + self.ping;
                 return Some(self.event(place, &message));
             }
@@ -162,11 +167,27 @@ impl Live {
         if let Some(at) = self.at.get_mut(place) {
             *at = message.seq;
         }
+        if message.payload.channels.is_some() {
+            // Published on several channels at once: sent once, and every
+            // one of them moves past it.
+            for (at, (name, _)) in self.at.iter_mut().zip(self.channels.list()) {
+                if message.payload.also_on(name) {
+                    *at = (*at).max(message.seq);
+                }
+            }
+        }
         if let Some(lease) = &self.lease {
             lease.ack(self.channels.name(place), message.seq);
         }
         self.channels
             .event(&self.ids, &self.at, place, &message.payload)
+    }
+
+    /// Whether `message`, published on several channels at once, went out
+    /// already from another of them.
+    fn sent(&self, place: usize, message: &Message) -> bool {
+        message.payload.channels.is_some()
+            && self.at.get(place).is_some_and(|&at| at >= message.seq)
     }
 
     /// Fills each channel's ready slot from what its broadcast holds, and

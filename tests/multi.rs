@@ -347,3 +347,150 @@ async fn a_subscriber_on_several_channels_counts_once_and_leaves_nothing_when_go
     server.wait_for_stat("waiting", 0).await;
     server.wait_for_stat("channels", 0).await;
 }
+
+/// Publishes `data` on `channels` (comma-separated) at once: the answer.
+async fn publish_on(c: &mut Client, channels: &str, data: &str) -> Value {
+    let resp = c
+        .request(
+            hyper::Method::POST,
+            &format!("/publish?channel={channels}"),
+            &[("content-type", "text/plain")],
+            data.to_owned(),
+        )
+        .await;
+    assert_eq!(resp.status, 200, "{:?}", resp.body);
+    resp.json()
+}
+
+#[tokio::test]
+async fn one_publish_reaches_a_subscriber_of_three_of_its_channels_once_and_resumes_exactly() {
+    let server = Server::start(&[]);
+    let mut c = server.client().await;
+    let cursor = c.get("/subscribe?channel=a,b,c,z&timeout=0").await.id();
+    let waiting = spawn_get(
+        server.addr,
+        &format!("/subscribe?channel=a,b,c,z&since={cursor}"),
+    );
+    server.wait_for_stat("waiting", 1).await;
+    let answer = publish_on(&mut c, "a,b,c,d", "to all").await;
+    let id = answer["id"].as_str().unwrap().to_owned();
+    assert_eq!(answer["channel"], "a,b,c,d");
+    for ch in ["a", "b", "c", "d"] {
+        assert_eq!(answer["ids"][ch], id.as_str(), "{answer}");
+        assert_eq!(
+            server.all_messages(ch).await,
+            [(id.clone(), "to all".into())]
+        );
+    }
+    assert_eq!(
+        answer["subscribers"], 1,
+        "the subscriber of three channels counts once"
+    );
+    let got = join(waiting).await;
+    assert_eq!(got.text(), "to all");
+    let at = entries(&got.id());
+    for ch in ["a", "b", "c"] {
+        assert_eq!(at[ch], id, "{ch} moved past it");
+    }
+    assert_eq!(at["z"], entries(&cursor)["z"]);
+    // Resuming gets nothing twice, then what follows.
+    let again = c
+        .get(&format!(
+            "/subscribe?channel=a,b,c,z&since={}&timeout=0",
+            got.id()
+        ))
+        .await;
+    assert_eq!(again.status, 204);
+    let next = c.publish("b", "then b").await;
+    let batch = c
+        .get(&format!(
+            "/subscribe?channel=a,b,c,z&since={cursor}&format=json"
+        ))
+        .await
+        .json();
+    let items: Vec<(&str, &str)> = batch["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["data"].as_str().unwrap(), m["id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(items, [("to all", id.as_str()), ("then b", next.as_str())]);
+    // An event stream on two of them gets it once too.
+    let mut stream = Events::open(
+        &server,
+        &format!("/events?channel=a,c&since={cursor}"),
+        None,
+    )
+    .await;
+    let (first, item) = event(&mut stream).await;
+    assert_eq!(item["data"], "to all");
+    assert_eq!(
+        (entries(&first)["a"].as_str(), entries(&first)["c"].as_str()),
+        (id.as_str(), id.as_str())
+    );
+    c.publish("c", "then c").await;
+    let (_, item) = event(&mut stream).await;
+    assert_eq!(item["data"], "then c", "the copy on c was not sent again");
+}
+
+#[tokio::test]
+async fn a_publish_on_several_channels_is_all_or_none_and_one_key_covers_it() {
+    let server = Server::start(&["--max-channels", "3"]);
+    let mut c = server.client().await;
+    c.publish("x", "x0").await;
+    let resp = c
+        .request(
+            hyper::Method::POST,
+            "/publish?channel=x,y,z,w&message=m",
+            &[],
+            "",
+        )
+        .await;
+    resp.assert_refused_for(503, "busy");
+    for ch in ["y", "z", "w"] {
+        assert!(server.all_messages(ch).await.is_empty(), "{ch}");
+    }
+    assert_eq!(
+        server.all_messages("x").await.len(),
+        1,
+        "x got nothing either"
+    );
+    // One key for the whole publish: a retry publishes nothing; the same
+    // key for other channels is another publish, refused.
+    let keyed = |channels: &'static str| {
+        let path = format!("/publish?channel={channels}");
+        (
+            path,
+            [("idempotency-key", "k"), ("content-type", "text/plain")],
+        )
+    };
+    let (path, headers) = keyed("x,y");
+    let first = c
+        .request(hyper::Method::POST, &path, &headers, "once")
+        .await;
+    let retry = c
+        .request(hyper::Method::POST, &path, &headers, "once")
+        .await;
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    assert_eq!(retry.json()["id"], first.json()["id"]);
+    assert_eq!(server.all_messages("y").await.len(), 1);
+    let (path, headers) = keyed("x,z");
+    c.request(hyper::Method::POST, &path, &headers, "once")
+        .await
+        .assert_refused_for(422, "idempotency_key_reused");
+    // What no list may hold.
+    for (list, status, reason) in [
+        ("x,x", 400, "bad_channel"),
+        ("x,$presence:x", 403, "forbidden"),
+        ("x,bad%20name", 400, "bad_channel"),
+    ] {
+        c.request(
+            hyper::Method::POST,
+            &format!("/publish?channel={list}&message=m"),
+            &[],
+            "",
+        )
+        .await
+        .assert_refused_for(status, reason);
+    }
+}

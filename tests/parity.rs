@@ -124,6 +124,12 @@ impl Transcript {
         if let Some(id) = json["id"].as_str().map(str::to_owned) {
             json["id"] = self.symbol(&channel, &id).into();
         }
+        if let Some(ids) = json.get_mut("ids").and_then(|m| m.as_object_mut()) {
+            for (ch, id) in ids.iter_mut() {
+                let given = id.as_str().unwrap().to_owned();
+                *id = self.symbol(ch, &given).into();
+            }
+        }
         if let Some(o) = json.as_object_mut() {
             o.remove("subscribers");
         }
@@ -230,6 +236,56 @@ async fn script(server: &Server) -> Transcript {
         t.record("keyed publish", "c", &resp);
     }
     get!("/subscribe?channel=c&since=oldest&format=json".to_owned());
+
+    // One publish on several channels: each keeps it, a subscriber of
+    // several gets it once and resumes past it on each, from the history,
+    // waiting and on a stream; a retry under one key publishes nothing.
+    let cursor = get!("/subscribe?channel=e,f,g&timeout=0".to_owned()).id();
+    publish!("e,f", "both");
+    get!("/subscribe?channel=f&since=oldest&format=json".to_owned());
+    get!(format!(
+        "/subscribe?channel=e,f,g&since={cursor}&format=json"
+    ));
+    let once = get!(format!("/subscribe?channel=e,f,g&since={cursor}"));
+    get!(format!(
+        "/subscribe?channel=e,f,g&since={}&timeout=0",
+        once.id()
+    ));
+    let waiter = spawn_get(
+        addr,
+        &format!("/subscribe?channel=e,f,g&since={}", once.id()),
+    );
+    server.wait_for_stat("waiting", 1).await;
+    publish!("f,g", "again");
+    let waited = join(waiter).await;
+    t.record("waiting on e,f,g", "e,f,g", &waited);
+    get!(format!(
+        "/subscribe?channel=e,f,g&since={}&timeout=0",
+        waited.id()
+    ));
+    let mut both = Events::open(server, "/events?channel=e,g", None).await;
+    server.wait_for_stat("streams", 1).await;
+    publish!("e,g", "streamed");
+    publish!("g", "after");
+    // The retry hint, then the two events.
+    for _ in 0..3 {
+        let block = both.next().await.unwrap();
+        t.event("e,g", &block);
+    }
+    drop(both);
+    server.wait_for_stat("streams", 0).await;
+    for _ in 0..2 {
+        let headers = [("idempotency-key", "k2"), ("content-type", "text/plain")];
+        let resp = c
+            .request(Method::POST, "/publish?channel=e,f", &headers, "keyed")
+            .await;
+        t.record("keyed publish on e,f", "e,f", &resp);
+    }
+    let headers = [("idempotency-key", "k2"), ("content-type", "text/plain")];
+    let resp = c
+        .request(Method::POST, "/publish?channel=e,g", &headers, "keyed")
+        .await;
+    t.record("the key for other channels", "e,g", &resp);
 
     // Deleting: a waiter is told, the history is gone.
     let waiter = spawn_get(addr, "/subscribe?channel=a");

@@ -80,6 +80,27 @@ async fn channels_on_every_shard_reach_subscribers_on_both_instances_and_resume(
     let got = join(waiting).await;
     assert_eq!(got.text(), "any shard");
     assert_eq!(got.header("x-channel"), Some(channels[2].as_str()));
+    // One publish on several channels cannot be one script across slots:
+    // refused, and nothing is written on any of them.
+    let resp = c
+        .request(
+            hyper::Method::POST,
+            &format!("/publish?channel={list}&message=all"),
+            &[],
+            "",
+        )
+        .await;
+    resp.assert_refused_for(400, "too_many_channels");
+    assert!(
+        resp.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("Redis Cluster")
+    );
+    for channel in &channels {
+        let last = a.all_messages(channel).await;
+        assert_ne!(last.last().map(|(_, d)| d.as_str()), Some("all"));
+    }
 }
 
 #[tokio::test]

@@ -104,17 +104,35 @@ impl<P: Payload> Hub<P> {
         channel: &str,
         key: &str,
         print: Fingerprint,
-        make: impl FnOnce(u64) -> P,
+        make: impl Fn(u64) -> P,
+    ) -> Result<Published<P>, Refused> {
+        self.publish_many_once(&[channel], key, print, make)
+    }
+
+    /// [`Hub::publish_many`] under an idempotency key, which covers the
+    /// whole publish: kept on the first of `channels` (`print` should cover
+    /// the channel list, so that the same key for other channels is a
+    /// conflict).
+    pub fn publish_many_once(
+        &self,
+        channels: &[&str],
+        key: &str,
+        print: Fingerprint,
+        make: impl Fn(u64) -> P,
     ) -> Result<Published<P>, Refused> {
         let state = self.open()?;
-        let name = Keys::name(channel, key);
+        let first = channels.first().ok_or(Refused::Channels)?;
         let window = self.limits.idempotency_window;
-        match state.keys.get(&name, window, Instant::now()) {
+        match state
+            .keys
+            .get(&Keys::name(first, key), window, Instant::now())
+        {
             Some((seq, first)) if first == print => return Ok(Published::Replayed(seq)),
             Some(_) => return Ok(Published::Conflict),
             None => {}
         }
-        let (message, delivered) = self.publish_in(state, channel, Some((name, print)), make)?;
+        let key = Some((key.to_owned(), print));
+        let (message, delivered) = self.publish_in(state, channels, key, make)?;
         Ok(Published::New(message, delivered))
     }
 }

@@ -261,38 +261,80 @@ impl<P: Payload> Hub<P> {
     pub fn publish(
         &self,
         channel: &str,
-        make: impl FnOnce(u64) -> P,
+        make: impl Fn(u64) -> P,
     ) -> Result<(Arc<Message<P>>, usize), Refused> {
         let state = self.open()?;
-        self.publish_in(state, channel, None, make)
+        self.publish_in(state, &[channel], None, make)
+    }
+
+    /// Publishes one message on every one of `channels` at once (all or
+    /// none), under one sequence: each channel keeps its own copy of what
+    /// `make` builds. A waiter on several of them is woken once. Returns the
+    /// first channel's copy and how many got it.
+    pub fn publish_many(
+        &self,
+        channels: &[&str],
+        make: impl Fn(u64) -> P,
+    ) -> Result<(Arc<Message<P>>, usize), Refused> {
+        let state = self.open()?;
+        self.publish_in(state, channels, None, make)
     }
 
     fn publish_in(
         &self,
         mut state: MutexGuard<'_, State<P>>,
-        channel: &str,
+        channels: &[&str],
         key: Option<(String, Fingerprint)>,
-        make: impl FnOnce(u64) -> P,
+        make: impl Fn(u64) -> P,
     ) -> Result<(Arc<Message<P>>, usize), Refused> {
         let seq = state.seq + 1;
-        let message = Message::new(seq, make(seq));
-        // Room first: evicting may free the channel itself.
-        let incoming = message.payload.size() + key.as_ref().map_or(0, |(k, _)| Keys::cost(k));
+        let copies: Vec<Arc<Message<P>>> = channels
+            .iter()
+            .map(|_| Message::new(seq, make(seq)))
+            .collect();
+        let Some(first) = copies.first().cloned() else {
+            return Err(Refused::Channels);
+        };
+        // Room first: evicting may free the channels themselves.
+        let key_cost = key.as_ref().map_or(0, |(k, _)| Keys::cost(k));
+        let incoming = copies.iter().map(|m| m.payload.size()).sum::<usize>() + key_cost;
         if !self.fit_in(&mut state, incoming) {
             return Err(Refused::Memory);
         }
         let state_ref = &mut *state;
-        channel_in(
-            &mut state_ref.channels,
-            &mut state_ref.freed,
-            channel,
-            &self.limits,
-        )?;
-        state.seq = seq;
-        if let Some((name, print)) = key {
-            state.keys.insert(name, seq, print, message.at);
+        for (i, channel) in channels.iter().enumerate() {
+            if let Err(refused) = channel_in(
+                &mut state_ref.channels,
+                &mut state_ref.freed,
+                channel,
+                &self.limits,
+            ) {
+                // All or none: the channels made for it go again.
+                for made in &channels[..i] {
+                    state_ref.free_if_idle(made);
+                }
+                return Err(refused);
+            }
         }
-        Ok(self.append(state, channel, message))
+        state.seq = seq;
+        if let Some((key, print)) = key {
+            // Kept on the first channel, where a retry looks it up.
+            let name = Keys::name(channels[0], &key);
+            state.keys.insert(name, seq, print, first.at);
+        }
+        let mut delivered = 0;
+        let mut wakes = Vec::with_capacity(channels.len());
+        for (channel, message) in channels.iter().zip(copies) {
+            let (streams, wake) = self.append_in(&mut state, channel, &message);
+            delivered += streams;
+            wakes.push((wake, message));
+        }
+        drop(state);
+        for (wake, message) in wakes {
+            delivered += wake.send(|| Wake::Message(message.clone()));
+        }
+        self.delivered.fetch_add(delivered as u64, Relaxed);
+        Ok((first, delivered))
     }
 
     /// Cache mode: hands a message that came from the source to the waiters and
@@ -314,17 +356,31 @@ impl<P: Payload> Hub<P> {
         channel: &str,
         message: Arc<Message<P>>,
     ) -> (Arc<Message<P>>, usize) {
-        let fields = &mut *state;
-        let Some(ch) = fields.channels.get_mut(channel) else {
-            return (message, 0);
+        let (streams, wakes) = self.append_in(&mut state, channel, &message);
+        drop(state);
+        let delivered = streams + wakes.send(|| Wake::Message(message.clone()));
+        self.delivered.fetch_add(delivered as u64, Relaxed);
+        (message, delivered)
+    }
+
+    /// Appends `message` to `channel`'s history and hands it to its
+    /// streams; the waiters to wake once the lock is released.
+    fn append_in(
+        &self,
+        state: &mut State<P>,
+        channel: &str,
+        message: &Arc<Message<P>>,
+    ) -> (usize, poll::Wakes<P>) {
+        let Some(ch) = state.channels.get_mut(channel) else {
+            return (0, poll::Wakes::none());
         };
         let mut kept = None;
         if message.seq > ch.last_seq {
-            let freed = ch.append(&message, &self.limits);
+            let freed = ch.append(message, &self.limits);
             let at = ch.next_due(&self.limits, self.mode);
-            ch.schedule(&mut fields.due, at);
-            fields.held += Held::of(&message);
-            fields.held -= freed;
+            ch.schedule(&mut state.due, at);
+            state.held += Held::of(message);
+            state.held -= freed;
             kept = (self.limits.max_bytes > 0).then(|| ch.name.clone());
         }
         let streams = ch
@@ -337,11 +393,7 @@ impl<P: Payload> Hub<P> {
             state.keep_order(&name, message.seq);
         }
         state.free_if_idle(channel);
-        drop(state);
-
-        let delivered = streams + wakes.send(|| Wake::Message(message.clone()));
-        self.delivered.fetch_add(delivered as u64, Relaxed);
-        (message, delivered)
+        (streams, wakes)
     }
 
     /// Whether `channel` is held here.

@@ -426,6 +426,14 @@ pub(super) struct Wakes<P> {
 }
 
 impl<P> Wakes<P> {
+    /// No one to wake.
+    pub(super) fn none() -> Wakes<P> {
+        Wakes {
+            waiters: Waiters::default(),
+            joints: Vec::new(),
+        }
+    }
+
     /// Sends each its wake; returns how many were still waiting.
     pub(super) fn send(self, wake: impl Fn() -> Wake<P>) -> usize {
         let mut woken = 0;
@@ -446,10 +454,7 @@ impl<P: Payload> State<P> {
     /// only that one.
     pub(super) fn take_waiters(&mut self, channel: &str) -> Wakes<P> {
         let Some(ch) = self.channels.get_mut(channel) else {
-            return Wakes {
-                waiters: Waiters::default(),
-                joints: Vec::new(),
-            };
+            return Wakes::none();
         };
         let waiters = std::mem::take(&mut ch.waiters);
         let joiners = std::mem::take(&mut ch.joiners);

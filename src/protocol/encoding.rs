@@ -48,8 +48,11 @@ impl<'a> JsonMessage<'a> {
 pub struct PublishAnswer<'a> {
     /// The new message's id.
     pub id: &'a str,
-    /// The channel.
+    /// The channel (several joined by commas).
     pub channel: &'a str,
+    /// On several channels: each one's id for the message (the same one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ids: Option<std::collections::BTreeMap<&'a str, &'a str>>,
     /// How many subscribers the message was handed to.
     pub subscribers: usize,
     /// A retry with an idempotency key already used: nothing was published,
@@ -81,6 +84,9 @@ pub struct Content {
     pub data: Bytes,
     /// The publisher's Content-Type.
     pub content_type: Bytes,
+    /// Every channel it was published on, when it was published on several
+    /// at once: a subscriber of several of them gets it once.
+    pub channels: Option<Arc<[SmolStr]>>,
     json: OnceLock<Bytes>,
     sse: OnceLock<Bytes>,
     meter: Meter,
@@ -116,10 +122,31 @@ impl Content {
             id,
             data,
             content_type,
+            channels: None,
             json: OnceLock::new(),
             sse: OnceLock::new(),
             meter: meter.clone(),
         }
+    }
+
+    /// The same content, published on every one of `channels` at once.
+    pub fn on(mut self, channels: Option<Arc<[SmolStr]>>) -> Content {
+        self.channels = channels;
+        self
+    }
+
+    /// Whether it is, on `channel`, the same message as `other` on its
+    /// own: one publish to several channels, both of them among its
+    /// channels.
+    pub fn same_publish(&self, other: &Content) -> bool {
+        self.channels.is_some() && self.id == other.id && self.channels == other.channels
+    }
+
+    /// Whether it was published on `channel` too.
+    pub fn also_on(&self, channel: &str) -> bool {
+        self.channels
+            .as_ref()
+            .is_some_and(|list| list.iter().any(|c| c == channel))
     }
 
     fn encoded(&self, slot: &OnceLock<Bytes>, make: impl FnOnce() -> Bytes) -> Bytes {
@@ -241,11 +268,19 @@ pub fn base64(data: &[u8]) -> String {
 
 /// What an idempotent publish carried: the first 16 bytes of a SHA-256 of
 /// its type and body, the same on every instance (the Redis store keeps it).
-pub fn fingerprint(data: &[u8], content_type: &[u8]) -> Fingerprint {
+pub fn fingerprint(data: &[u8], content_type: &[u8], channels: &[&str]) -> Fingerprint {
     use sha2::{Digest, Sha256};
     let mut digest = Sha256::new();
     digest.update((content_type.len() as u64).to_be_bytes());
     digest.update(content_type);
+    if channels.len() > 1 {
+        // A publish to several channels is another publish than to one;
+        // one to one channel prints as it always has.
+        for channel in channels {
+            digest.update((channel.len() as u64).to_be_bytes());
+            digest.update(channel);
+        }
+    }
     digest.update(data);
     let mut print = [0; 16];
     print.copy_from_slice(&digest.finalize()[..16]);

@@ -123,13 +123,13 @@ impl Routes {
         Ok(user.filter(|_| self.settings.presence.is_some()))
     }
 
-    /// Publishing on `channel`: the publish token; with `--jwt-key`, a token
-    /// allowing it will do as well.
+    /// Publishing on `channels`: the publish token; with `--jwt-key`, a
+    /// token allowing every one of them will do as well.
     pub(super) fn may_publish(
         &self,
         req: &Request,
         query: &Query,
-        channel: &str,
+        channels: &[String],
     ) -> Result<(), Error> {
         let by_token = self.authorize(req);
         if self.settings.verifier.is_none()
@@ -137,8 +137,13 @@ impl Routes {
         {
             return by_token;
         }
-        self.grant(req, query, Action::Publish, std::iter::once(channel))
-            .map(|_| ())
+        self.grant(
+            req,
+            query,
+            Action::Publish,
+            channels.iter().map(String::as_str),
+        )
+        .map(|_| ())
     }
 
     /// Whether the request's JWT allows `action` on every one of `channels`:

@@ -281,7 +281,7 @@ impl Routes {
         let on = format!("{}{channel}", crate::presence::PREFIX);
         if let Err(err) = self
             .store
-            .publish(&on, None, data.into(), json_type())
+            .publish(&[on.as_str()], None, data.into(), json_type())
             .await
         {
             debug!(%err, channel = %on, "a presence change was not published");
@@ -352,14 +352,14 @@ impl Routes {
                 let channel = writable(&query)?;
                 match &self.settings.admin_token {
                     Some(_) => self.admin(req)?,
-                    None => self.may_publish(req, &query, &channel)?,
+                    None => self.may_publish(req, &query, std::slice::from_ref(&channel))?,
                 }
                 Route::Delete(channel)
             }
             Endpoint::Publish => {
                 let query = query()?;
-                let channel = writable(&query)?;
-                self.may_publish(req, &query, &channel)?;
+                let channels = self.writable_list(&query)?;
+                self.may_publish(req, &query, &channels)?;
                 let body_limit = if protocol::is_form(req.content_type) {
                     self.max_body()
                 } else {
@@ -370,7 +370,7 @@ impl Routes {
                     return Err(Error::TooLarge(self.settings.max_message));
                 }
                 Route::Publish(Box::new(Publish {
-                    channel,
+                    channels,
                     key: query.idempotency_key(req.idempotency_key)?,
                     message: query.message.map(Cow::into_owned),
                     content_type: req.content_type.map(content_type),
@@ -612,7 +612,8 @@ impl Routes {
         ))
     }
 
-    /// `GET|POST /publish`: publishes one message and says how many got it.
+    /// `GET|POST /publish`: publishes one message, on one channel or
+    /// several at once, and says how many got it.
     async fn publish(&self, publish: Publish, body: Bytes) -> Result<Answer, Error> {
         let (data, content_type) = protocol::published_message(
             publish.message,
@@ -620,29 +621,27 @@ impl Routes {
             if publish.has_body { body } else { Bytes::new() },
             self.settings.max_message,
         )?;
+        let channels: Vec<&str> = publish.channels.iter().map(String::as_str).collect();
         let published = self
             .store
-            .publish(&publish.channel, publish.key.as_deref(), data, content_type)
+            .publish(&channels, publish.key.as_deref(), data, content_type)
             .await?;
+        let id = std::str::from_utf8(&published.id).unwrap_or_default();
         if !published.replayed {
             Counters::bump(&self.counters.published);
             if let Some(events) = self.settings.events.as_ref().filter(|e| e.publishes()) {
-                let id = String::from_utf8_lossy(&published.id);
                 let now = crate::presence::now_ms();
-                events.push(
-                    Kind::MessagePublished,
-                    &publish.channel,
-                    None,
-                    Some(&id),
-                    now,
-                );
+                for channel in &channels {
+                    events.push(Kind::MessagePublished, channel, None, Some(id), now);
+                }
             }
         }
         let answer = Answer::json(
             StatusCode::OK,
             &PublishAnswer {
-                id: std::str::from_utf8(&published.id).unwrap_or_default(),
-                channel: &publish.channel,
+                id,
+                channel: &publish.channels.join(","),
+                ids: (channels.len() > 1).then(|| channels.iter().map(|&c| (c, id)).collect()),
                 subscribers: published.subscribers,
                 replayed: published.replayed,
             },
@@ -734,13 +733,25 @@ impl Routes {
     }
 }
 
-/// The channel a publish or delete names, unless only the server writes
-/// there.
+/// The channel a delete names, unless only the server writes there.
 fn writable(query: &Query) -> Result<String, Error> {
     let channel = query.channel()?;
     match crate::presence::of(&channel) {
         Some(_) => Err(Error::SystemChannel),
         None => Ok(channel),
+    }
+}
+
+impl Routes {
+    /// The channels a publish names (`channel=a,b,c`, read as a
+    /// subscription's list is), unless only the server writes on one.
+    fn writable_list(&self, query: &Query) -> Result<Vec<String>, Error> {
+        let list = query.channels(None, self.store.ids(), self.settings.max_channels)?;
+        let names: Vec<String> = list.names().map(str::to_owned).collect();
+        match names.iter().any(|c| crate::presence::of(c).is_some()) {
+            true => Err(Error::SystemChannel),
+            false => Ok(names),
+        }
     }
 }
 
@@ -767,6 +778,7 @@ fn long_poll_answer(
         gaps,
         mut messages,
     } = polled;
+    once_each(&mut messages);
     let held = match format {
         Format::Raw => messages.len().min(1),
         Format::Json => {
@@ -777,10 +789,19 @@ fn long_poll_answer(
         }
     };
     messages.truncate(held);
-    // Messages are in sequence order: each channel ends at its last one.
+    // Messages are in sequence order: each channel ends at its last one,
+    // and every channel of the request a message was published on at once
+    // moves past it too.
     let mut at = from;
     for (i, m) in &messages {
         at[*i] = m.seq;
+        if m.payload.channels.is_some() {
+            for (j, (name, _)) in channels.list().iter().enumerate() {
+                if m.payload.also_on(name) {
+                    at[j] = at[j].max(m.seq);
+                }
+            }
+        }
     }
     let last = messages.last().map(|(_, m)| &m.payload);
     let position = channels.position(ids, &at, last);
@@ -811,6 +832,27 @@ fn long_poll_answer(
         Some(gap) => answer.with(X_GAP, gap),
         None => answer,
     }
+}
+
+/// Keeps one copy of a message published on several of the request's
+/// channels at once (each channel read its own): the first, in the order
+/// of sequences.
+fn once_each(messages: &mut Vec<(usize, crate::store::Message)>) {
+    if messages.iter().all(|(_, m)| m.payload.channels.is_none()) {
+        return;
+    }
+    let mut kept: Vec<(usize, crate::store::Message)> = Vec::with_capacity(messages.len());
+    for (i, m) in messages.drain(..) {
+        let copy = kept
+            .iter()
+            .rev()
+            .take_while(|(_, k)| k.seq == m.seq)
+            .any(|(_, k)| k.payload.same_publish(&m.payload));
+        if !copy {
+            kept.push((i, m));
+        }
+    }
+    *messages = kept;
 }
 
 /// A message as a raw answer: its bytes with its Content-Type, shown in

@@ -157,7 +157,8 @@ impl<'a> Endpoint<'a> {
 /// A publish, before its body is read.
 #[derive(Debug)]
 pub struct Publish {
-    pub(super) channel: String,
+    /// The channels, one or several.
+    pub(super) channels: Vec<String>,
     pub(super) key: Option<String>,
     pub(super) message: Option<String>,
     pub(super) content_type: Option<Bytes>,

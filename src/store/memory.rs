@@ -103,16 +103,27 @@ impl Memory {
 
     pub(super) fn publish(
         &self,
-        channel: &str,
+        channels: &[&str],
         key: Option<&str>,
         data: Bytes,
         content_type: Bytes,
     ) -> Result<Published, Error> {
-        let key = key.map(|key| (key, crate::protocol::fingerprint(&data, &content_type)));
-        let make = |seq| Content::new(self.ids.id(seq), data, content_type, self.hub.meter());
+        let print = || crate::protocol::fingerprint(&data, &content_type, channels);
+        let key = key.map(|key| (key, print()));
+        let several: Option<Arc<[SmolStr]>> =
+            (channels.len() > 1).then(|| channels.iter().map(|&c| SmolStr::from(c)).collect());
+        let make = |seq| {
+            Content::new(
+                self.ids.id(seq),
+                data.clone(),
+                content_type.clone(),
+                self.hub.meter(),
+            )
+            .on(several.clone())
+        };
         let (message, subscribers) = match key {
-            None => self.hub.publish(channel, make)?,
-            Some((key, print)) => match self.hub.publish_once(channel, key, print, make)? {
+            None => self.hub.publish_many(channels, make)?,
+            Some((key, print)) => match self.hub.publish_many_once(channels, key, print, make)? {
                 hub::Published::New(message, subscribers) => (message, subscribers),
                 hub::Published::Conflict => return Err(Error::KeyReused),
                 hub::Published::Replayed(seq) => {

@@ -252,18 +252,19 @@ impl Store {
         }
     }
 
-    /// Publishes a message; with an idempotency `key` used on the channel
+    /// Publishes a message on every one of `channels` at once (all or
+    /// none, one id); with an idempotency `key` used for the same publish
     /// within the window, publishes nothing and answers the first id.
     pub async fn publish(
         &self,
-        channel: &str,
+        channels: &[&str],
         key: Option<&str>,
         data: Bytes,
         content_type: Bytes,
     ) -> Result<Published, Error> {
         match self {
-            Store::Memory(m) => m.publish(channel, key, data, content_type),
-            Store::Redis(r) => r.publish(channel, key, data, content_type).await,
+            Store::Memory(m) => m.publish(channels, key, data, content_type),
+            Store::Redis(r) => r.publish(channels, key, data, content_type).await,
         }
     }
 

@@ -139,20 +139,29 @@ impl Redis {
 
     pub(super) async fn publish(
         &self,
-        channel: &str,
+        channels: &[&str],
         key: Option<&str>,
         data: Bytes,
         content_type: Bytes,
     ) -> Result<Published, Error> {
         let link = self.link()?;
-        let stream = stream_key(channel);
+        if channels.len() > 1 && link.con.mends_itself() {
+            // Each channel is its own hash slot: one script cannot write them all.
+            return Err(Error::SeveralOnCluster);
+        }
+        let Some(first) = channels.first() else {
+            return Err(Error::BadChannel);
+        };
+        let stream = stream_key(first);
         let mut invocation = self.scripts.publish.call();
-        invocation.key(&stream).key(meta_key(channel));
+        for channel in channels {
+            invocation.key(stream_key(channel)).key(meta_key(channel));
+        }
         if let Some(key) = key {
-            invocation.key(key_key(channel, key));
+            invocation.key(key_key(first, key));
         }
         invocation
-            .arg(topic(channel))
+            .arg(channels.len())
             .arg(self.history)
             .arg(self.age_ms)
             .arg(META_TTL.as_millis() as u64)
@@ -161,8 +170,19 @@ impl Redis {
             .arg(self.key_window_ms)
             .arg(link.con.publish_command())
             .arg(key.map_or_else(String::new, |_| {
-                hex(&crate::protocol::fingerprint(&data, &content_type))
-            }));
+                hex(&crate::protocol::fingerprint(
+                    &data,
+                    &content_type,
+                    channels,
+                ))
+            }))
+            .arg(match channels.len() {
+                1 => String::new(),
+                _ => channels.join(","),
+            });
+        for channel in channels {
+            invocation.arg(topic(channel));
+        }
         let turn = self.turn.fetch_add(1, Relaxed);
         let mut con = match link.durable.get(turn % link.durable.len().max(1)) {
             Some(durable) => durable.clone(),
@@ -226,15 +246,17 @@ impl Redis {
             .filter_map(|(id, fields)| {
                 let mut content_type = None;
                 let mut data = None;
+                let mut several = None;
                 let mut fields = fields.into_iter();
                 while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
                     match name.as_slice() {
                         b"t" => content_type = Some(Bytes::from(value)),
                         b"d" => data = Some(Bytes::from(value)),
+                        b"c" => several = Some(value),
                         _ => {}
                     }
                 }
-                message(&id, content_type?, data?, &self.meter)
+                message(&id, content_type?, data?, several.as_deref(), &self.meter)
             })
             .collect();
         let (after, gap) = since.start(last, dropped, u64::MAX);

@@ -39,35 +39,65 @@ end
 /// expiry), so that a `WAIT` after it covers the first publish too,
 /// wherever that was made. The key holds `ID FINGERPRINT`.
 pub(super) const PUBLISH: &str = r#"
-local s, m = KEYS[1], KEYS[2]
-if KEYS[3] then
-  local first = redis.call('GET', KEYS[3])
+local n = tonumber(ARGV[1])
+local k = KEYS[2 * n + 1]
+if k then
+  local first = redis.call('GET', k)
   if first then
-    redis.call('SET', KEYS[3], first, 'KEEPTTL')
+    redis.call('SET', k, first, 'KEEPTTL')
     local id, print = string.match(first, '^(%S+) ?(%S*)$')
     if print ~= '' and print ~= ARGV[9] then return {id, 0, 2} end
     return {id, 0, 1}
   end
 end
-local history, age = tonumber(ARGV[2]), tonumber(ARGV[3])
-local id = redis.call('XADD', s, '*', 't', ARGV[5], 'd', ARGV[6])
-local over = redis.call('XLEN', s) - history
-if over > 0 then
-  local old = redis.call('XRANGE', s, '-', '+', 'COUNT', over + 1)
-  redis.call('HSET', m, 'dropped', old[over][1])
-  if old[over + 1] then
-    redis.call('XTRIM', s, 'MINID', old[over + 1][1])
-  else
-    redis.call('XTRIM', s, 'MAXLEN', 0)
+local history, age, list = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[10]
+local id = '*'
+if n > 1 then
+  -- One id on every stream: past the time and past each one's last.
+  local t = redis.call('TIME')
+  local ms, sq = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), 0
+  for i = 1, n do
+    local lasts = {redis.call('HGET', KEYS[2 * i], 'last')}
+    local top = redis.call('XREVRANGE', KEYS[2 * i - 1], '+', '-', 'COUNT', 1)[1]
+    if top then lasts[#lasts + 1] = top[1] end
+    for _, last in ipairs(lasts) do
+      if last then
+        local lms, lsq = string.match(last, '^(%d+)-(%d+)$')
+        lms, lsq = tonumber(lms), tonumber(lsq)
+        if lms > ms or (lms == ms and lsq >= sq) then ms, sq = lms, lsq + 1 end
+      end
+    end
   end
+  id = string.format('%d-%d', ms, sq)
 end
-trim_age(s, m, age)
-redis.call('HSET', m, 'last', id)
-redis.call('PEXPIRE', s, age)
-redis.call('PEXPIRE', m, ARGV[4])
-if KEYS[3] then redis.call('SET', KEYS[3], id .. ' ' .. ARGV[9], 'PX', ARGV[7]) end
-local n = redis.call(ARGV[8], ARGV[1], 'm' .. id .. '\n' .. ARGV[5] .. '\n' .. ARGV[6])
-return {id, n, 0}
+local total = 0
+for i = 1, n do
+  local s, m = KEYS[2 * i - 1], KEYS[2 * i]
+  if list == '' then
+    id = redis.call('XADD', s, id, 't', ARGV[5], 'd', ARGV[6])
+  else
+    redis.call('XADD', s, id, 't', ARGV[5], 'd', ARGV[6], 'c', list)
+  end
+  local over = redis.call('XLEN', s) - history
+  if over > 0 then
+    local old = redis.call('XRANGE', s, '-', '+', 'COUNT', over + 1)
+    redis.call('HSET', m, 'dropped', old[over][1])
+    if old[over + 1] then
+      redis.call('XTRIM', s, 'MINID', old[over + 1][1])
+    else
+      redis.call('XTRIM', s, 'MAXLEN', 0)
+    end
+  end
+  trim_age(s, m, age)
+  redis.call('HSET', m, 'last', id)
+  redis.call('PEXPIRE', s, age)
+  redis.call('PEXPIRE', m, ARGV[4])
+  local note = 'm' .. id .. '\n' .. ARGV[5] .. '\n' .. ARGV[6]
+  if list ~= '' then note = 'M' .. id .. '\n' .. list .. '\n' .. ARGV[5] .. '\n' .. ARGV[6] end
+  total = total + redis.call(ARGV[8], ARGV[10 + i], note)
+end
+if k then redis.call('SET', k, id .. ' ' .. ARGV[9], 'PX', ARGV[7]) end
+return {id, total, 0}
 "#;
 
 /// KEYS: stream, meta. ARGV: after (an id, `-` for the oldest, `+` for none),
@@ -132,9 +162,20 @@ pub(super) fn message(
     id: &str,
     content_type: Bytes,
     data: Bytes,
+    channels: Option<&[u8]>,
     meter: &Meter,
 ) -> Option<Message> {
     let seq = Ids::parse_stream(id)?;
+    let several = match channels {
+        None => None,
+        Some(list) => Some(
+            std::str::from_utf8(list)
+                .ok()?
+                .split(',')
+                .map(SmolStr::from)
+                .collect(),
+        ),
+    };
     Some(hub::Message::new(
         seq,
         Content::new(
@@ -142,11 +183,14 @@ pub(super) fn message(
             data,
             content_type,
             meter,
-        ),
+        )
+        .on(several),
     ))
 }
 
-/// Parses a topic announcement: `m` ID `\n` TYPE `\n` DATA, or `x` (deleted).
+/// Parses a topic announcement: `m` ID `\n` TYPE `\n` DATA; `M` ID `\n`
+/// CHANNELS `\n` TYPE `\n` DATA (published on several channels at once);
+/// or `x` (deleted).
 pub(super) fn announcement(payload: &[u8], meter: &Meter) -> Option<Result<Message, ()>> {
     match payload.split_first()? {
         (b'x', _) => Some(Err(())),
@@ -155,7 +199,15 @@ pub(super) fn announcement(payload: &[u8], meter: &Meter) -> Option<Result<Messa
             let id = std::str::from_utf8(parts.next()?).ok()?;
             let content_type = Bytes::copy_from_slice(parts.next()?);
             let data = Bytes::copy_from_slice(parts.next()?);
-            message(id, content_type, data, meter).map(Ok)
+            message(id, content_type, data, None, meter).map(Ok)
+        }
+        (b'M', rest) => {
+            let mut parts = rest.splitn(4, |&b| b == b'\n');
+            let id = std::str::from_utf8(parts.next()?).ok()?;
+            let channels = parts.next()?;
+            let content_type = Bytes::copy_from_slice(parts.next()?);
+            let data = Bytes::copy_from_slice(parts.next()?);
+            message(id, content_type, data, Some(channels), meter).map(Ok)
         }
         _ => None,
     }
@@ -203,6 +255,14 @@ mod tests {
         assert_eq!(m.seq, Ids::parse_stream("5-1").unwrap());
         assert_eq!(&m.payload.content_type[..], b"text/plain");
         assert_eq!(&m.payload.data[..], b"a\nb");
+        let Some(Ok(m)) = announcement(b"M5-2\na,b\ntext/plain\nhi", &meter) else {
+            panic!("a publish on several channels");
+        };
+        assert_eq!(
+            (m.seq, &m.payload.data[..]),
+            (Ids::parse_stream("5-2").unwrap(), &b"hi"[..])
+        );
+        assert!(m.payload.also_on("b") && !m.payload.also_on("c"));
         assert!(matches!(announcement(b"x", &meter), Some(Err(()))));
         assert!(announcement(b"mnot-an-id\nt\nd", &meter).is_none());
         assert!(announcement(b"", &meter).is_none());
