@@ -818,4 +818,50 @@ mod tests {
         let (_, delivered) = hub.publish("x", |_| "x1").unwrap();
         assert_eq!(delivered, 1, "only the held waiter was left");
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_publish_on_several_channels_wakes_a_waiter_on_two_of_them_once() {
+        let hub = hub(10, 60);
+        let many = poll(&hub, &[("a", Since::Next), ("b", Since::Next)], 10).unwrap();
+        let waiter = many.waiter.expect("waits");
+        let stream = hub
+            .stream(&[("b", Since::Next), ("c", Since::Next)])
+            .unwrap();
+        let (first, delivered) = hub.publish_many(&["a", "b", "c"], |_| "all").unwrap();
+        // The waiter once, and the stream once from each of its channels.
+        assert_eq!(delivered, 3);
+        let (place, outcome) = waiter.wait(Duration::from_secs(1)).await;
+        assert_eq!(place, 0, "woken by the first channel it was on");
+        assert!(matches!(outcome, Outcome::Message(m) if m.seq == first.seq));
+        // One sequence, a copy in each history.
+        for channel in ["a", "b", "c"] {
+            let read = poll(&hub, &[(channel, Since::Oldest)], 10).unwrap();
+            assert_eq!(seqs(&read)[0].2, vec!["all"], "{channel}");
+            assert_eq!(hub.info(channel).last_seq, first.seq);
+        }
+        drop(stream);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_publish_on_several_channels_past_a_limit_writes_none_of_them() {
+        let hub: Arc<Hub<&'static str>> = Hub::new(
+            Limits {
+                max_channels: 2,
+                ..roomy()
+            },
+            Mode::Source,
+        );
+        hub.publish("a", |_| "a1").unwrap();
+        let refused = hub.publish_many(&["a", "b", "c"], |_| "all");
+        assert_eq!(refused.err(), Some(Refused::Channels));
+        assert_eq!(hub.info("a").messages, 1, "a kept only its own");
+        let s = hub.snapshot();
+        assert_eq!(
+            (s.channels, s.messages),
+            (1, 1),
+            "b, made for it, went again"
+        );
+        let (m, _) = hub.publish_many(&["a", "b"], |_| "two").unwrap();
+        assert_eq!(m.seq, 2, "the refused publish took no sequence");
+    }
 }
