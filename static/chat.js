@@ -1,7 +1,7 @@
 // The chat page: comethub.js does the talking (long-poll with format=json and
 // a cursor, or SSE; one connection shared by every tab of a room; messages
 // handed over once; gaps named); this file shows the room.
-import { subscribe, publish } from "./comethub.js";
+import { subscribe, publish, presence } from "./comethub.js";
 
 const params = new URLSearchParams(location.search);
 const server = (params.get("server") || "").replace(/\/$/, "");
@@ -91,14 +91,52 @@ function onState(kind, detail) {
   else if (kind === "connecting") setState("connecting", detail.shared ? "shared with another tab" : "connecting…");
 }
 
+// Who is here, and under each message who has seen it last: on a server
+// that keeps presence for the room (--presence); hidden otherwise.
+let people = null;
+function showPresence(p) {
+  people = p;
+  const bar = $("people");
+  bar.hidden = !p;
+  if (!p) return;
+  const names = p.members.map((m) => m.id);
+  $("here").textContent = names.length ? names.join(", ") : "nobody named";
+  $("anonymous").textContent = p.anonymous ? ` and ${p.anonymous} more` : "";
+  showSeen();
+}
+
+function showSeen() {
+  for (const el of log.querySelectorAll(".seen")) el.remove();
+  if (!people) return;
+  const mine = $("name").value.trim() || me;
+  const by = new Map();
+  for (const m of people.members) {
+    if (!m.seen || m.id === mine) continue;
+    if (!by.has(m.seen)) by.set(m.seen, []);
+    by.get(m.seen).push(m.id);
+  }
+  for (const li of log.querySelectorAll("li[data-id]")) {
+    const who = by.get(li.dataset.id);
+    if (!who) continue;
+    const el = document.createElement("span");
+    el.className = "seen";
+    el.textContent = "seen by " + who.join(", ");
+    li.append(el);
+  }
+}
+
 // Every load shows the room's history; switching transport goes on from
 // where the last one was.
 let sub = null;
+let here = null;
 function start(since) {
   sub?.close();
-  sub = subscribe([room], show, {
+  here?.close();
+  here = presence(room, showPresence, { server, token });
+  sub = subscribe([room], (m) => { show(m); showSeen(); }, {
     server,
     token,
+    client: $("name").value.trim() || me,
     transport: $("transport").value,
     since,
     resume: false,
@@ -125,7 +163,11 @@ $("send").addEventListener("submit", async (e) => {
   }
 });
 
-$("name").addEventListener("change", () => localStorage.setItem("comethub.name", $("name").value.trim()));
+$("name").addEventListener("change", () => {
+  localStorage.setItem("comethub.name", $("name").value.trim());
+  // A new name is a new member: subscribe again under it.
+  start(sub?.cursor || "oldest");
+});
 $("room").addEventListener("change", () => {
   const r = $("room").value.trim();
   if (!validRoom(r)) { $("room").value = room; return; }

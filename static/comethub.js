@@ -8,6 +8,7 @@
 //   });
 //   await publish("room.7", { text: "hi" });
 //   sub.close();
+//   const who = presence("room.7", (p) => console.log(p.members.map((m) => m.id)));
 //
 // What it does for you: long-polls (or streams, with transport: "sse") every
 // channel in one request; resumes from the cursor each answer gives, kept in
@@ -16,6 +17,8 @@
 // off and retries when the server is away; and lets every tab of the same
 // channels share one connection (a Web Lock picks the tab that talks to the
 // server, a BroadcastChannel passes its messages on to the others).
+// presence() follows who is on a channel that keeps presence (--presence),
+// and up to which message each member has received.
 
 const RETRY_MIN = 500;
 const RETRY_MAX = 15000;
@@ -48,6 +51,8 @@ async function tokenOf(option) {
  *   token      a JWT, or a function returning one (called for every request,
  *              so it can hand out a fresh one)
  *   timeout    seconds a long-poll waits (default 25)
+ *   client     who this subscriber is, for presence on a server without
+ *              auth (unverified; with tokens the token's sub counts)
  *   resume     false: do not keep the cursor in sessionStorage
  *   share      false: do not share one connection between tabs
  *   onGap(channels)          messages on these channels were missed
@@ -121,7 +126,7 @@ export function subscribe(channels, onMessage, options = {}) {
   }
 
   async function url(path, query) {
-    const q = { channel: names, ...query };
+    const q = { channel: names, client: options.client, ...query };
     const token = await tokenOf(options.token);
     if (token) q.token = token;
     return server + path + "?" + Object.entries(q)
@@ -286,6 +291,57 @@ export async function publish(channel, data, options = {}) {
     throw err;
   }
   return answer;
+}
+
+/**
+ * Follows who is on `channel` (a channel the server keeps presence for):
+ * calls `onChange({channel, members: [{id, connections, since, seen}],
+ * anonymous})` now and whenever someone joins or leaves or a member's
+ * receipt moves (`seen`: the newest message id that member has received),
+ * or `onChange(null)` when the channel keeps no presence.
+ * options: server, token (as for subscribe). Returns { close(), refresh() }.
+ */
+export function presence(channel, onChange, options = {}) {
+  const server = (options.server || "").replace(/\/$/, "");
+  let closed = false;
+  let pending = null;
+  let running = false;
+  let again = false;
+  async function refresh() {
+    if (closed) return;
+    if (running) { again = true; return; }
+    running = true;
+    try {
+      const token = await tokenOf(options.token);
+      const r = await fetch(server + "/channels/" + enc(channel) + "/presence"
+        + (token ? "?token=" + enc(token) : ""), { cache: "no-store" });
+      if (closed) return;
+      if (r.ok) onChange(await r.json());
+      else if (r.status === 404) onChange(null);
+    } catch (_) {
+      /* the subscription below retries, and brings a refresh when it is back */
+    } finally {
+      running = false;
+      if (again) { again = false; refresh(); }
+    }
+  }
+  // Changes come on $presence:C; each one asks for the whole picture, at
+  // most a few times a second.
+  const schedule = () => {
+    if (pending || closed) return;
+    pending = setTimeout(() => { pending = null; refresh(); }, 100);
+  };
+  const sub = subscribe(["$presence:" + channel], schedule, {
+    server: options.server,
+    token: options.token,
+    resume: false,
+    onState: (s) => { if (s === "live") schedule(); },
+  });
+  refresh();
+  return {
+    close() { closed = true; clearTimeout(pending); sub.close(); },
+    refresh,
+  };
 }
 
 /** A message's data as bytes (base64 decoded when it came so). */

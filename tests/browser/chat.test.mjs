@@ -315,3 +315,40 @@ test("the page fits a phone-width screen", async () => {
     await server.stop();
   }
 });
+
+test("the page shows who is here, who left, and who has seen a message", async () => {
+  const server = await startServer("127.0.0.1:0", ["--presence", "*", "--presence-grace", "1"]);
+  const named = async (name) => {
+    const ctx = await browser.newContext();
+    await ctx.addInitScript((n) => localStorage.setItem("comethub.name", n), name);
+    return ctx;
+  };
+  const ann = await named("ann");
+  const bob = await named("bob");
+  const here = (page, text) => page.waitForFunction(
+    (t) => document.querySelector("#here")?.textContent === t, text, { timeout: STEP });
+  try {
+    const a = await openChat(ann, server.url, "seen");
+    await a.waitForSelector("#state.live");
+    await here(a, "ann");
+    const b = await openChat(bob, server.url, "seen");
+    await b.waitForSelector("#state.live");
+    await here(a, "ann, bob");
+    await here(b, "ann, bob");
+    await send(a, "did you read this?");
+    await waitForText(b, "did you read this?");
+    // Bob's next poll acknowledges it: Ann sees it under her message.
+    await a.waitForFunction(
+      () => [...document.querySelectorAll("#log li")].some((li) =>
+        li.querySelector(".text")?.textContent === "did you read this?"
+        && li.querySelector(".seen")?.textContent === "seen by bob"),
+      null, { timeout: STEP });
+    await b.close();
+    // After the grace period Bob has left.
+    await here(a, "ann");
+  } finally {
+    await ann.close();
+    await bob.close();
+    await server.stop();
+  }
+});
