@@ -17,6 +17,8 @@
 //! batching location (`/subm/CHANNEL`, `nchan_longpoll_multipart_response on`),
 //! whose answers carry every waiting message as parts of one multipart body.
 //! `--token JWT` adds `&token=JWT` to every comethub subscribe and publish.
+//! `--members` makes each comethub subscriber a presence member of its own
+//! (`&client=mN`), for a server run with `--presence`.
 //! `watch` parks `--subscribers` long-polls on one instance (from `--bind IP`
 //! if given), prints `READY`, and waits for one message published by someone
 //! else whose data is its publish time (microseconds since the epoch); it
@@ -78,6 +80,8 @@ struct Opts {
     token: String,
     /// watch: the local address subscribers connect from.
     bind: Option<std::net::IpAddr>,
+    /// Each subscriber a presence member (`&client=mN`).
+    members: bool,
 }
 
 fn parse_args() -> Opts {
@@ -97,6 +101,7 @@ fn parse_args() -> Opts {
         channel: "bench".into(),
         token: String::new(),
         bind: None,
+        members: false,
     };
     while let Some(flag) = args.next() {
         let mut value = || {
@@ -114,6 +119,7 @@ fn parse_args() -> Opts {
             "--token" => o.token = format!("&token={}", value()),
             "--bind" => o.bind = Some(value().parse().expect("--bind IP")),
             "--json" => o.json = true,
+            "--members" => o.members = true,
             "--connections" => o.connections = value().parse().expect("--connections N"),
             "--server" => {
                 o.kind = match value().as_str() {
@@ -244,9 +250,13 @@ impl Cursor {
     }
 }
 
-fn subscribe_request(o: &Opts, cursor: &Cursor) -> String {
+fn subscribe_request(o: &Opts, cursor: &Cursor, who: usize) -> String {
     match o.kind {
         Kind::Comethub => {
+            let member = match o.members {
+                true => format!("&client=m{who}"),
+                false => String::new(),
+            };
             let since = cursor
                 .id
                 .as_deref()
@@ -254,7 +264,7 @@ fn subscribe_request(o: &Opts, cursor: &Cursor) -> String {
                 .unwrap_or_default();
             let format = if o.json { "&format=json" } else { "" };
             format!(
-                "GET /subscribe?channel={}{since}{format}{} HTTP/1.1\r\nHost: x\r\n\r\n",
+                "GET /subscribe?channel={}{since}{format}{}{member} HTTP/1.1\r\nHost: x\r\n\r\n",
                 o.channel, o.token
             )
         }
@@ -444,8 +454,8 @@ async fn fanout(o: Opts) {
     let mut tally = Tally::default();
     for round in 0..o.rounds {
         let park0 = cpu_ms(&o.pids);
-        for (s, _, cursor) in conns.iter_mut() {
-            s.write_all(subscribe_request(&o, cursor).as_bytes())
+        for (who, (s, _, cursor)) in conns.iter_mut().enumerate() {
+            s.write_all(subscribe_request(&o, cursor, who).as_bytes())
                 .await
                 .expect("subscribe");
         }
@@ -577,7 +587,7 @@ async fn cycle(o: Opts) {
             let mut got = Vec::new();
             let mut last_at = Instant::now();
             loop {
-                s.write_all(subscribe_request(&o, &cursor).as_bytes())
+                s.write_all(subscribe_request(&o, &cursor, i).as_bytes())
                     .await
                     .expect("subscribe");
                 let r = match tokio::time::timeout(

@@ -210,8 +210,8 @@ pub struct Config {
     #[arg(long, env = "COMETHUB_EVENTS_SECRET")]
     pub events_secret: Option<String>,
 
-    /// Also send an event for every message published.
-    #[arg(long)]
+    /// Also send an event for every message published (`true` or `false`).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     pub events_publishes: bool,
 
     /// Seconds of silence after which an event stream gets a `: ping` comment.
@@ -438,9 +438,10 @@ pub fn to_toml(matches: &clap::ArgMatches) -> String {
             if key == "auth-url" {
                 return toml::Value::String(crate::auth::redact_userinfo(s));
             }
-            match s.parse::<i64>() {
-                Ok(n) => toml::Value::Integer(n),
-                Err(_) => toml::Value::String(s.clone()),
+            match (s.parse::<i64>(), s.parse::<bool>()) {
+                (Ok(n), _) => toml::Value::Integer(n),
+                (_, Ok(b)) => toml::Value::Boolean(b),
+                _ => toml::Value::String(s.clone()),
             }
         };
         let value = if matches!(arg.get_action(), clap::ArgAction::Append) {
