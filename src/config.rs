@@ -542,13 +542,6 @@ impl Config {
         if self.max_batch_bytes == 0 {
             return Err("--max-batch-bytes 0 would answer no batch".to_owned());
         }
-        if !self.presence.is_empty() && self.redis.is_some() {
-            return Err(
-                "--presence with --redis is not supported yet: presence is kept per \
-                 instance, so a member on two instances would be two"
-                    .to_owned(),
-            );
-        }
         if self.events_secret.is_some() && self.events_url.is_none() {
             return Err("--events-secret needs --events-url to send events to".to_owned());
         }

@@ -337,6 +337,15 @@ impl Presence {
         (shown, room.anonymous)
     }
 
+    /// Every channel this instance keeps presence on, with its members.
+    pub fn held(&self) -> Vec<(SmolStr, Vec<SmolStr>)> {
+        self.state()
+            .rooms
+            .iter()
+            .map(|(channel, room)| (channel.clone(), room.members.keys().cloned().collect()))
+            .collect()
+    }
+
     /// Members listed on every channel, for `/stats`.
     pub fn member_count(&self) -> usize {
         self.state().rooms.values().map(|r| r.members.len()).sum()

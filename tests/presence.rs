@@ -510,3 +510,120 @@ async fn the_events_queue_is_bounded_while_the_receiver_is_down() {
         204
     );
 }
+
+/// Every event the receiver gets until it has had none for `quiet`.
+async fn events_until_quiet(batches: &mut Batches, quiet: Duration) -> Vec<Value> {
+    let mut all = Vec::new();
+    while let Ok(Some((_, body, _))) = tokio::time::timeout(quiet, batches.recv()).await {
+        let batch: Value = serde_json::from_slice(&body).unwrap();
+        all.extend(batch["events"].as_array().unwrap().iter().cloned());
+    }
+    all
+}
+
+fn count(events: &[Value], kind: &str) -> usize {
+    events.iter().filter(|e| e["type"] == kind).count()
+}
+
+#[tokio::test]
+async fn on_redis_a_member_on_two_instances_is_one_and_a_dead_instance_makes_it_leave_once() {
+    let redis = common::Redis::start();
+    let (addr, mut batches) = app(vec![]).await;
+    let url = format!("http://{addr}/events");
+    let flags = [
+        "--presence",
+        "room",
+        "--presence-grace",
+        "1",
+        "--events-url",
+        &url,
+    ];
+    let a = Server::on_redis(&redis.url(), &flags).await;
+    let mut b = Server::on_redis(&redis.url(), &flags).await;
+    // Alice on both instances at once, Bob on b only.
+    // Alice re-polls on a throughout (each poll well within the client's bound).
+    let keep = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let on_a = tokio::spawn({
+        let (addr, keep) = (a.addr, keep.clone());
+        async move {
+            let mut c = common::Client::connect(addr).await;
+            while keep.load(std::sync::atomic::Ordering::SeqCst) {
+                let resp = c
+                    .get("/subscribe?channel=room&client=alice&timeout=2")
+                    .await;
+                assert!(resp.status == 204 || resp.status == 200, "{}", resp.status);
+            }
+        }
+    });
+    let on_b = doomed(b.addr, "/subscribe?channel=room&client=alice");
+    let bob = doomed(b.addr, "/subscribe?channel=room&client=bob");
+    a.wait_for_stat("waiting", 1).await;
+    b.wait_for_stat("waiting", 2).await;
+    let deadline = tokio::time::Instant::now() + STEP;
+    let present = loop {
+        let present = a.get("/channels/room/presence").await.json();
+        if present["members"].as_array().unwrap().len() == 2 {
+            break present;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{present}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(present["members"][0]["id"], "alice");
+    assert_eq!(
+        present["members"][0]["connections"], 2,
+        "held by both instances"
+    );
+    assert_eq!(
+        b.get("/channels/room/presence").await.json()["members"],
+        present["members"]
+    );
+    // Told once, whichever instance saw it first.
+    let sent = events_until_quiet(&mut batches, Duration::from_millis(1500)).await;
+    assert_eq!(count(&sent, "member_joined"), 2, "{sent:?}");
+    assert_eq!(count(&sent, "channel_occupied"), 1, "{sent:?}");
+    let changes = told(&a, "room").await;
+    assert_eq!(of(&changes, "join", "alice"), 1, "{changes:?}");
+
+    // b dies: Bob leaves (once) within the grace period and the lapse;
+    // Alice, still on a, stays.
+    let killed = tokio::time::Instant::now();
+    b.child.kill().unwrap();
+    b.child.wait().unwrap();
+    drop((on_b, bob));
+    let mut left = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while count(&left, "member_left") == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob never left: {left:?}"
+        );
+        left.extend(events_until_quiet(&mut batches, Duration::from_secs(1)).await);
+    }
+    assert!(
+        killed.elapsed() < Duration::from_secs(1 + 5 + 3),
+        "within the grace, the lapse and a tick"
+    );
+    left.extend(events_until_quiet(&mut batches, Duration::from_secs(2)).await);
+    let gone: Vec<&Value> = left.iter().filter(|e| e["type"] == "member_left").collect();
+    assert_eq!(gone.len(), 1, "{left:?}");
+    assert_eq!(gone[0]["member"], "bob");
+    assert_eq!(count(&left, "channel_vacated"), 0);
+    let present = a.get("/channels/room/presence").await.json();
+    let ids: Vec<&Value> = present["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["id"])
+        .collect();
+    assert_eq!(ids, [&json!("alice")]);
+    keep.store(false, std::sync::atomic::Ordering::SeqCst);
+    on_a.await.unwrap();
+}
+
+/// A long-poll on an instance that will be killed: its end is not checked.
+fn doomed(addr: std::net::SocketAddr, path: &'static str) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut c = common::Client::connect(addr).await;
+        let _ = c.try_request(Method::GET, path, &[], "").await;
+    })
+}

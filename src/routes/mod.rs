@@ -216,16 +216,24 @@ impl Routes {
     }
 
     /// Tells presence changes as they come (joins at once; leaves, vacated
-    /// channels and receipts each second): on `$presence:C` to the
-    /// subscribers, and to the application.
+    /// channels and receipts each second), as every instance sees them: on
+    /// `$presence:C` to the subscribers, and to the application.
     async fn tell(&self, presence: &Presence) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
-            tokio::select! {
-                _ = tick.tick() => presence.sweep(),
-                _ = presence.changed() => {}
+            let ticked = tokio::select! {
+                _ = tick.tick() => true,
+                _ = presence.changed() => false,
+            };
+            if ticked {
+                presence.sweep();
             }
-            for event in presence.take() {
+            let held = ticked.then(|| presence.held());
+            let events = self
+                .store
+                .share_presence(presence.take(), held.as_deref(), presence.grace())
+                .await;
+            for event in events {
                 self.told(event).await;
             }
         }
@@ -592,7 +600,8 @@ impl Routes {
         let one = Channels(vec![(channel.as_str().into(), protocol::Since::Next)]);
         self.admitted(admit, &one).await?;
         let presence = self.presence().ok_or(Error::NoPresence)?;
-        let (members, anonymous) = presence.members(&channel);
+        let local = presence.members(&channel);
+        let (members, anonymous) = self.store.presence(&channel, local).await?;
         let ids = self.store.ids();
         Ok(Answer::json(
             StatusCode::OK,

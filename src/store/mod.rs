@@ -284,6 +284,38 @@ impl Store {
         }
     }
 
+    /// What this instance's presence saw (`local`), as every instance's
+    /// presence sees it: in memory, as it is; on Redis, shared through it, so
+    /// a member on two instances joins once and an instance that died makes
+    /// its members leave. `held` (on each tick: every channel this instance
+    /// keeps presence on, with its members) refreshes this instance's share
+    /// and sweeps what lapsed.
+    pub async fn share_presence(
+        &self,
+        local: Vec<crate::presence::Event>,
+        held: Option<&[(SmolStr, Vec<SmolStr>)]>,
+        grace: Duration,
+    ) -> Vec<crate::presence::Event> {
+        match self {
+            Store::Memory(_) => local,
+            Store::Redis(r) => r.share_presence(local, held, grace).await,
+        }
+    }
+
+    /// Who is on `channel`: `local` (this instance's members and anonymous
+    /// subscribers) in memory; on Redis, the members every instance shares,
+    /// and this instance's anonymous ones.
+    pub async fn presence(
+        &self,
+        channel: &str,
+        local: (Vec<crate::presence::Shown>, u32),
+    ) -> Result<(Vec<crate::presence::Shown>, u32), Error> {
+        match self {
+            Store::Memory(_) => Ok(local),
+            Store::Redis(r) => Ok((r.presence_members(channel).await?, local.1)),
+        }
+    }
+
     /// Gauges for `/stats`.
     pub fn gauges(&self) -> Gauges {
         Gauges {

@@ -20,8 +20,9 @@
 //! reads what it missed from the stream.
 //!
 //! In rooms: `scripts` (key and topic names, the Lua scripts, reading their
-//! answers), `link` (the connection's lifecycle and the topics followed), and
-//! here the store's operations.
+//! answers), `link` (the connection's lifecycle and the topics followed),
+//! `presence` (presence shared by the instances), and here the store's
+//! operations.
 
 use smol_str::SmolStr;
 use std::collections::HashSet;
@@ -44,6 +45,7 @@ use crate::protocol::{Content, Ids, Meter};
 use crate::stats::{RedisLink, Shard};
 
 mod link;
+mod presence;
 mod scripts;
 
 use link::{Follow, Link};
@@ -78,6 +80,18 @@ pub struct Redis {
     errors: AtomicU64,
     /// On a cluster: the masters as the last probe found them.
     shards: Mutex<Vec<Shard>>,
+    /// This instance's name in the presence it shares.
+    instance: String,
+    presence_scripts: PresenceScripts,
+}
+
+/// The scripts of shared presence.
+#[derive(Debug)]
+struct PresenceScripts {
+    enter: Lua,
+    leave: Lua,
+    sweep: Lua,
+    seen: Lua,
 }
 
 /// One read of a channel's stream.
@@ -130,6 +144,13 @@ impl Redis {
             followed: AtomicUsize::new(0),
             errors: AtomicU64::new(0),
             shards: Mutex::new(Vec::new()),
+            instance: crate::protocol::new_epoch(),
+            presence_scripts: PresenceScripts {
+                enter: Lua::new(presence::ENTER.to_owned()),
+                leave: Lua::new(presence::LEAVE.to_owned()),
+                sweep: Lua::new(presence::SWEEP.to_owned()),
+                seen: Lua::new(presence::SEEN.to_owned()),
+            },
         })
     }
 
