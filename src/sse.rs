@@ -72,8 +72,9 @@ pub struct Live {
     ready: PerChannel<Option<Message>>,
     head: Option<Bytes>,
     backlog: std::vec::IntoIter<(usize, Message)>,
-    /// Silence after which a ping goes out, and when the next one is due.
-    ping: Duration,
+    /// Silence after which a ping goes out (milliseconds: a narrower field
+    /// keeps the stream in a smaller allocation), and when the next one is due.
+    ping_ms: u32,
     next_ping: Instant,
     ends: Option<Instant>,
     over: bool,
@@ -103,7 +104,7 @@ impl Live {
             ids,
             head: Some(Bytes::from(head)),
             backlog,
-            ping,
+            ping_ms: u32::try_from(ping.as_millis()).unwrap_or(u32::MAX),
             next_ping: Instant::now() + ping,
             ends,
             over: false,
@@ -129,7 +130,7 @@ impl Live {
                 if self.sent(place, &message) {
                     continue;
                 }
-                self.next_ping = Instant::now() + self.ping;
+                self.next_ping = Instant::now() + self.ping();
                 return Some(self.event(place, &message));
             }
             // One timer for the next ping and the token's expiry, whichever
@@ -154,7 +155,7 @@ impl Live {
                         self.over = true;
                         return Some(Bytes::from_static(EXPIRED));
                     }
-                    self.next_ping = wake + self.ping;
+                    self.next_ping = wake + self.ping();
                     return Some(Bytes::from_static(b": ping\n\n"));
                 }
             }
@@ -181,6 +182,10 @@ impl Live {
         }
         self.channels
             .event(&self.ids, &self.at, place, &message.payload)
+    }
+
+    fn ping(&self) -> Duration {
+        Duration::from_millis(u64::from(self.ping_ms))
     }
 
     /// Whether `message`, published on several channels at once, went out

@@ -557,24 +557,27 @@ impl Routes {
 
     /// `GET /events`: once the auth webhook (if it decides) allows it, an
     /// event stream. A stream opened with a token ends when the token does.
-    async fn events(
+    #[allow(clippy::manual_async_fn)] // see the block inside
+    fn events(
         &self,
         params: Events,
         expires: Option<u64>,
         admit: Option<Box<Admit>>,
-    ) -> Result<Answer, Error> {
-        let member = self.admitted(admit, &params.channels).await?;
-        let ends = expires.map(crate::auth::instant);
-        let stream = self.store.stream(params.channels.list()).await?;
-        let lease = self.enter(&params.channels, member.as_deref());
-        Ok(crate::sse::answer(
-            stream,
-            params.channels,
-            self.store.ids().clone(),
-            self.settings.ping,
-            ends,
-            lease,
-        ))
+    ) -> impl Future<Output = Result<Answer, Error>> + Send + '_ {
+        // A block, not an `async fn`: those keep their arguments twice.
+        async move {
+            let member = self.admitted(admit, &params.channels).await?;
+            let stream = self.store.stream(params.channels.list()).await?;
+            let lease = self.enter(&params.channels, member.as_deref());
+            Ok(crate::sse::answer(
+                stream,
+                params.channels,
+                self.store.ids().clone(),
+                self.settings.ping,
+                expires.map(crate::auth::instant),
+                lease,
+            ))
+        }
     }
 
     /// `GET /channels/C/presence`: who is on C, and up to which message each
