@@ -56,7 +56,10 @@ impl Routes {
         channels: &Channels,
     ) -> Result<Admission, Error> {
         let claimed = || -> Result<Admission, Error> {
-            let member = query.client()?.filter(|_| self.settings.presence.is_some());
+            if self.settings.presence.is_none() {
+                return Ok((None, None));
+            }
+            let member = query.client()?;
             Ok((None, member.map(|member| Box::new(Admit::named(member)))))
         };
         if self.settings.subscribe_auth == SubscribeAuth::None {

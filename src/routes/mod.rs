@@ -528,9 +528,15 @@ impl Routes {
     ) -> impl Future<Output = Result<Answer, Error>> + Send + '_ {
         // A block, not an `async fn`: those keep their arguments twice.
         async move {
-            let member = self.admitted(admit, &params.channels).await?;
-            let lease = self.enter(&params.channels, member.as_deref());
-            drop(member);
+            // Only a subscriber with something to admit, or on a server that
+            // keeps presence, has a member or a lease to make.
+            let lease = match (&admit, self.presence()) {
+                (None, None) => None,
+                _ => {
+                    let member = self.admitted(admit, &params.channels).await?;
+                    self.enter(&params.channels, member.as_deref())
+                }
+            };
             let limit = params.limit();
             let answer = self
                 .store
