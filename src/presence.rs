@@ -88,6 +88,8 @@ struct Room {
     members: HashMap<SmolStr, Member>,
     /// Open polls and streams with no identity: counted, not listed.
     anonymous: u32,
+    /// Open polls and streams, named or not.
+    open: u32,
     /// When the room, empty, is vacated.
     vacant_at: Option<Instant>,
 }
@@ -99,7 +101,17 @@ struct Member {
     /// When its lease runs out, once it has nothing open.
     expires: Option<Instant>,
     seen: u64,
-    seen_told: u64,
+    /// `seen` moved since it was last told.
+    moved: bool,
+}
+
+impl Member {
+    fn ack(&mut self, seq: u64) {
+        if seq > self.seen {
+            self.seen = seq;
+            self.moved = true;
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -157,7 +169,7 @@ impl Presence {
         channels: impl IntoIterator<Item = (&'c str, Option<u64>)>,
         member: Option<&str>,
     ) -> Option<Box<Lease>> {
-        let mut held: Vec<SmolStr> = Vec::new();
+        let mut held: Held = Held::new();
         let mut state = self.state();
         let mut joined = false;
         for (channel, ack) in channels {
@@ -173,29 +185,35 @@ impl Presence {
                 }
             };
             room.vacant_at = None;
-            let listed = member.filter(|id| {
-                room.members.contains_key(*id) || self.reserve(MEMBER_BYTES + id.len())
-            });
-            match listed {
-                Some(id) => {
-                    let m = room.members.entry(id.into()).or_insert_with(|| {
-                        events.push(event(channel, Change::Joined(id.into())));
-                        joined = true;
-                        Member {
-                            connections: 0,
-                            since: now_ms(),
-                            expires: None,
-                            seen: 0,
-                            seen_told: 0,
-                        }
-                    });
-                    m.connections += 1;
-                    m.expires = None;
-                    if let Some(ack) = ack {
-                        m.seen = m.seen.max(ack);
-                    }
+            room.open += 1;
+            let Some(id) = member else {
+                room.anonymous += 1;
+                held.push(channel.into());
+                continue;
+            };
+            let m = match room.members.get_mut(id) {
+                Some(m) => m,
+                None if self.reserve(MEMBER_BYTES + id.len()) => {
+                    events.push(event(channel, Change::Joined(id.into())));
+                    joined = true;
+                    room.members.entry(id.into()).or_insert(Member {
+                        connections: 0,
+                        since: now_ms(),
+                        expires: None,
+                        seen: 0,
+                        moved: false,
+                    })
                 }
-                None => room.anonymous += 1,
+                None => {
+                    room.anonymous += 1;
+                    held.push(channel.into());
+                    continue;
+                }
+            };
+            m.connections += 1;
+            m.expires = None;
+            if let Some(ack) = ack {
+                m.ack(ack);
             }
             held.push(channel.into());
         }
@@ -248,8 +266,8 @@ impl Presence {
                 }
                 None => room.anonymous = room.anonymous.saturating_sub(1),
             }
-            let open = room.anonymous > 0 || room.members.values().any(|m| m.connections > 0);
-            if !open {
+            room.open = room.open.saturating_sub(1);
+            if room.open == 0 {
                 room.vacant_at = Some(now + self.grace);
             }
         }
@@ -263,7 +281,7 @@ impl Presence {
             .get_mut(channel)
             .and_then(|room| room.members.get_mut(member))
         {
-            m.seen = m.seen.max(seq);
+            m.ack(seq);
         }
     }
 
@@ -282,8 +300,7 @@ impl Presence {
                     freed += MEMBER_BYTES + id.len();
                     return false;
                 }
-                if m.seen > m.seen_told {
-                    m.seen_told = m.seen;
+                if std::mem::take(&mut m.moved) {
                     seen.push((id.clone(), m.seen));
                 }
                 true
@@ -293,7 +310,7 @@ impl Presence {
                 events.push(event(channel, Change::Seen(seen)));
             }
             let vacated = room.members.is_empty()
-                && room.anonymous == 0
+                && room.open == 0
                 && room.vacant_at.is_some_and(|t| t <= now);
             if vacated {
                 events.push(event(channel, Change::Vacated));
@@ -352,12 +369,16 @@ impl Presence {
     }
 }
 
+/// The channels a lease holds: inline for one, so that a poll on one
+/// channel makes one allocation for its lease, not two.
+type Held = smallvec::SmallVec<[SmolStr; 1]>;
+
 /// An open poll or stream's place in presence; dropping it ends it.
 #[derive(Debug)]
 pub struct Lease {
     presence: Arc<Presence>,
     member: Option<SmolStr>,
-    channels: Vec<SmolStr>,
+    channels: Held,
 }
 
 impl Lease {
