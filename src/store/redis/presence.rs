@@ -14,6 +14,7 @@
 
 use super::*;
 use crate::presence::{Change, Event, Shown};
+use crate::store::connection::Call;
 
 /// How long an entry outlives its instance's last refresh, beyond the grace
 /// period.
@@ -94,6 +95,14 @@ fn seen_key(channel: &str) -> String {
     format!("{PREFIX}{{{channel}}}:ps")
 }
 
+/// A channel's four keys, as leaving and sweeping take them.
+fn all_keys<'a, 'c>(call: &'c mut Call<'a>, channel: &str) -> &'c mut Call<'a> {
+    call.key(entries_key(channel))
+        .key(counts_key(channel))
+        .key(joined_key(channel))
+        .key(seen_key(channel))
+}
+
 /// Milliseconds since the epoch, as the entries' scores.
 fn now_ms() -> u64 {
     crate::presence::now_ms()
@@ -157,28 +166,23 @@ impl Redis {
                             (first == 1).then(|| event.clone()).into_iter().collect()
                         })
                 }
-                Change::Left(_) | Change::Vacated => self
-                    .presence_scripts
-                    .leave
-                    .call()
-                    .key(entries_key(channel))
-                    .key(counts_key(channel))
-                    .key(joined_key(channel))
-                    .key(seen_key(channel))
-                    .arg(self.entry(member))
-                    .arg(member.unwrap_or_default())
-                    .run::<(u8, u8)>(&mut link.con)
-                    .await
-                    .map(|(left, vacated)| {
-                        let mut told = Vec::new();
-                        if left == 1 {
-                            told.push(event.clone());
-                        }
-                        if vacated == 1 {
-                            told.push(at(channel, Change::Vacated, event.at_ms));
-                        }
-                        told
-                    }),
+                Change::Left(_) | Change::Vacated => {
+                    all_keys(&mut self.presence_scripts.leave.call(), channel)
+                        .arg(self.entry(member))
+                        .arg(member.unwrap_or_default())
+                        .run::<(u8, u8)>(&mut link.con)
+                        .await
+                        .map(|(left, vacated)| {
+                            let mut told = Vec::new();
+                            if left == 1 {
+                                told.push(event.clone());
+                            }
+                            if vacated == 1 {
+                                told.push(at(channel, Change::Vacated, event.at_ms));
+                            }
+                            told
+                        })
+                }
                 Change::Seen(seen) => {
                     let mut call = self.presence_scripts.seen.call();
                     call.key(seen_key(channel)).key(counts_key(channel));
@@ -231,14 +235,7 @@ impl Redis {
         let now = now_ms();
         let mut out = Vec::new();
         for channel in channels {
-            let swept = self
-                .presence_scripts
-                .sweep
-                .call()
-                .key(entries_key(&channel))
-                .key(counts_key(&channel))
-                .key(joined_key(&channel))
-                .key(seen_key(&channel))
+            let swept = all_keys(&mut self.presence_scripts.sweep.call(), &channel)
                 .arg(now)
                 .run::<(Vec<String>, u8)>(&mut link.con)
                 .await;
