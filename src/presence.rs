@@ -306,7 +306,6 @@ impl Presence {
                 true
             });
             if !seen.is_empty() {
-                seen.sort();
                 events.push(event(channel, Change::Seen(seen)));
             }
             let vacated = room.members.is_empty()

@@ -243,10 +243,7 @@ impl Routes {
         #[derive(Serialize)]
         struct Told<'a> {
             event: &'static str,
-            #[serde(skip_serializing_if = "Option::is_none")]
             member: Option<&'a str>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            seen: Option<std::collections::BTreeMap<&'a str, String>>,
             time: u64,
         }
         let channel = &event.channel;
@@ -260,31 +257,45 @@ impl Routes {
         if let (Some(events), Some(kind)) = (&self.settings.events, kind) {
             events.push(kind, channel, member, None, event.at_ms);
         }
-        let told = match &event.change {
-            Change::Joined(_) | Change::Left(_) => Told {
-                event: if matches!(event.change, Change::Joined(_)) {
-                    "join"
-                } else {
-                    "leave"
-                },
-                member,
-                seen: None,
-                time: event.at_ms,
-            },
-            Change::Seen(seen) => Told {
-                event: "seen",
-                member: None,
-                seen: Some(
-                    seen.iter()
-                        .map(|(m, seq)| (m.as_str(), self.store.ids().format(*seq)))
-                        .collect(),
-                ),
-                time: event.at_ms,
-            },
+        let data = match &event.change {
+            Change::Joined(_) | Change::Left(_) => {
+                let told = Told {
+                    event: if matches!(event.change, Change::Joined(_)) {
+                        "join"
+                    } else {
+                        "leave"
+                    },
+                    member,
+                    time: event.at_ms,
+                };
+                let Ok(data) = serde_json::to_vec(&told) else {
+                    return;
+                };
+                data
+            }
+            // One event names every member whose receipt moved: written
+            // straight out, ids without a String each.
+            Change::Seen(seen) => {
+                let ids = self.store.ids();
+                let mut out = Vec::with_capacity(32 + seen.len() * 40);
+                out.extend_from_slice(b"{\"event\":\"seen\",\"seen\":{");
+                for (i, (m, seq)) in seen.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    if serde_json::to_writer(&mut out, m.as_str()).is_err() {
+                        return;
+                    }
+                    out.extend_from_slice(b":\"");
+                    ids.write(*seq, &mut out);
+                    out.push(b'"');
+                }
+                out.extend_from_slice(b"},\"time\":");
+                protocol::push_decimal(&mut out, event.at_ms);
+                out.push(b'}');
+                out
+            }
             Change::Occupied | Change::Vacated => return,
-        };
-        let Ok(data) = serde_json::to_vec(&told) else {
-            return;
         };
         let on = format!("{}{channel}", crate::presence::PREFIX);
         if let Err(err) = self
