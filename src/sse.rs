@@ -121,17 +121,17 @@ impl Live {
             return Some(head);
         }
         while let Some((place, message)) = self.backlog.next() {
-            if !self.sent(place, &message) {
-                return Some(self.event(place, &message));
+            if let Some(frame) = self.event(place, &message) {
+                return Some(frame);
             }
         }
         loop {
             if let Some((place, message)) = self.take_ready()? {
-                if self.sent(place, &message) {
-                    continue;
+                if let Some(frame) = self.event(place, &message) {
+                    self.next_ping = Instant::now() + self.ping();
+                    return Some(frame);
                 }
-                self.next_ping = Instant::now() + self.ping();
-                return Some(self.event(place, &message));
+                continue;
             }
             // One timer for the next ping and the token's expiry, whichever
             // comes first.
@@ -163,36 +163,25 @@ impl Live {
     }
 
     /// The event of `message`, from the channel at `place`, which now
-    /// stands there.
-    fn event(&mut self, place: usize, message: &Message) -> Bytes {
-        if let Some(at) = self.at.get_mut(place) {
-            *at = message.seq;
-        }
-        if message.payload.channels.is_some() {
-            // Published on several channels at once: sent once, and every
-            // one of them moves past it.
-            for (at, (name, _)) in self.at.iter_mut().zip(self.channels.list()) {
-                if message.payload.also_on(name) {
-                    *at = (*at).max(message.seq);
-                }
-            }
+    /// stands there; `None` for a copy already sent from another channel.
+    fn event(&mut self, place: usize, message: &Message) -> Option<Bytes> {
+        if !self
+            .channels
+            .advance(&mut self.at, place, message.seq, &message.payload)
+        {
+            return None;
         }
         if let Some(lease) = &self.lease {
             lease.ack(self.channels.name(place), message.seq);
         }
-        self.channels
-            .event(&self.ids, &self.at, place, &message.payload)
+        Some(
+            self.channels
+                .event(&self.ids, &self.at, place, &message.payload),
+        )
     }
 
     fn ping(&self) -> Duration {
         Duration::from_millis(u64::from(self.ping_ms))
-    }
-
-    /// Whether `message`, published on several channels at once, went out
-    /// already from another of them.
-    fn sent(&self, place: usize, message: &Message) -> bool {
-        message.payload.channels.is_some()
-            && self.at.get(place).is_some_and(|&at| at >= message.seq)
     }
 
     /// Fills each channel's ready slot from what its broadcast holds, and

@@ -135,13 +135,6 @@ impl Content {
         self
     }
 
-    /// Whether it is, on `channel`, the same message as `other` on its
-    /// own: one publish to several channels, both of them among its
-    /// channels.
-    pub fn same_publish(&self, other: &Content) -> bool {
-        self.channels.is_some() && self.id == other.id && self.channels == other.channels
-    }
-
     /// Whether it was published on `channel` too.
     pub fn also_on(&self, channel: &str) -> bool {
         self.channels

@@ -227,6 +227,30 @@ impl Channels {
         self.0.len() > 1
     }
 
+    /// Moves a reader past `message` (sequence `seq`), read on the channel
+    /// at `place`: that channel stands at it, and so does every other one of
+    /// these channels it was published on at once. `false` when the reader
+    /// had it already: a copy of a publish on several of these channels,
+    /// read on another of them first. The one place this is decided, for
+    /// long-poll answers and event streams alike.
+    pub fn advance(&self, at: &mut [u64], place: usize, seq: u64, message: &Content) -> bool {
+        if message.channels.is_none() {
+            if let Some(stands) = at.get_mut(place) {
+                *stands = seq;
+            }
+            return true;
+        }
+        if at.get(place).is_some_and(|&stands| stands >= seq) {
+            return false;
+        }
+        for (stands, (name, _)) in at.iter_mut().zip(&self.0) {
+            if message.also_on(name) {
+                *stands = (*stands).max(seq);
+            }
+        }
+        true
+    }
+
     /// Where a reader stands with each channel at the sequence in `at`
     /// (that of the last message it has, or of where it stood): a plain id
     /// on one channel (`last`'s own, when it is the last message answered),
@@ -473,6 +497,34 @@ mod tests {
             parse_epoch_since(Some(&message_id(&e, 7)), &e),
             Ok(Since::Id(7))
         ));
+    }
+
+    #[test]
+    fn a_reader_moves_past_a_publish_on_several_of_its_channels_once() {
+        let channels = Channels(
+            ["a", "b", "c"]
+                .iter()
+                .map(|c| ((*c).into(), Since::Next))
+                .collect(),
+        );
+        let content = |several: Option<&[&str]>| {
+            Content::new(Bytes::new(), Bytes::new(), Bytes::new(), &Meter::default())
+                .on(several.map(|list| list.iter().map(|&c| SmolStr::from(c)).collect()))
+        };
+        let mut at = [1, 2, 3];
+        // A message of one channel moves that channel only.
+        assert!(channels.advance(&mut at, 1, 5, &content(None)));
+        assert_eq!(at, [1, 5, 3]);
+        // One published on a, c and d: read on c, it moves a and c; read
+        // again on a, it is a copy.
+        let both = content(Some(&["a", "c", "d"]));
+        assert!(channels.advance(&mut at, 2, 9, &both));
+        assert_eq!(at, [9, 5, 9]);
+        assert!(!channels.advance(&mut at, 0, 9, &both));
+        assert_eq!(at, [9, 5, 9]);
+        // A later one on a alone is no copy.
+        assert!(channels.advance(&mut at, 0, 10, &content(Some(&["a", "x"]))));
+        assert_eq!(at, [10, 5, 9]);
     }
 
     #[test]

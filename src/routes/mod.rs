@@ -807,7 +807,12 @@ fn long_poll_answer(
         gaps,
         mut messages,
     } = polled;
-    once_each(&mut messages);
+    if messages.iter().any(|(_, m)| m.payload.channels.is_some()) {
+        // Each channel read its own copy of a publish on several of them:
+        // one stays, the first in sequence order.
+        let mut at = from.clone();
+        messages.retain(|(i, m)| channels.advance(&mut at, *i, m.seq, &m.payload));
+    }
     let held = match format {
         Format::Raw => messages.len().min(1),
         Format::Json => {
@@ -818,19 +823,10 @@ fn long_poll_answer(
         }
     };
     messages.truncate(held);
-    // Messages are in sequence order: each channel ends at its last one,
-    // and every channel of the request a message was published on at once
-    // moves past it too.
+    // Messages are in sequence order: each channel ends at its last one.
     let mut at = from;
     for (i, m) in &messages {
-        at[*i] = m.seq;
-        if m.payload.channels.is_some() {
-            for (j, (name, _)) in channels.list().iter().enumerate() {
-                if m.payload.also_on(name) {
-                    at[j] = at[j].max(m.seq);
-                }
-            }
-        }
+        channels.advance(&mut at, *i, m.seq, &m.payload);
     }
     let last = messages.last().map(|(_, m)| &m.payload);
     let position = channels.position(ids, &at, last);
@@ -861,27 +857,6 @@ fn long_poll_answer(
         Some(gap) => answer.with(X_GAP, gap),
         None => answer,
     }
-}
-
-/// Keeps one copy of a message published on several of the request's
-/// channels at once (each channel read its own): the first, in the order
-/// of sequences.
-fn once_each(messages: &mut Vec<(usize, crate::store::Message)>) {
-    if messages.iter().all(|(_, m)| m.payload.channels.is_none()) {
-        return;
-    }
-    let mut kept: Vec<(usize, crate::store::Message)> = Vec::with_capacity(messages.len());
-    for (i, m) in messages.drain(..) {
-        let copy = kept
-            .iter()
-            .rev()
-            .take_while(|(_, k)| k.seq == m.seq)
-            .any(|(_, k)| k.payload.same_publish(&m.payload));
-        if !copy {
-            kept.push((i, m));
-        }
-    }
-    *messages = kept;
 }
 
 /// A message as a raw answer: its bytes with its Content-Type, shown in
