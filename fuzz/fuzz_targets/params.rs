@@ -64,7 +64,7 @@ fuzz_target!(|data: &[u8]| {
     }, Mode::Source);
     let channels: &[(smol_str::SmolStr, Since)] = params.channels.list();
     for (channel, _) in channels {
-        hub.publish(channel, |seq| {
+        hub.publish(&[channel], |seq| {
             Content::new(ids.id(seq), message.clone(), content_type.clone(), &meter)
         })
         .expect("publish");

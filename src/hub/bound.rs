@@ -91,12 +91,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_memory_bound_evicts_the_oldest_messages_across_channels_first() {
         let hub = bounded(10, 2);
-        let (a1, _) = hub.publish("a", |_| "aaa").unwrap();
-        hub.publish("b", |_| "bbb").unwrap();
-        hub.publish("a", |_| "ccc").unwrap();
+        let (a1, _) = hub.publish(&["a"], |_| "aaa").unwrap();
+        hub.publish(&["b"], |_| "bbb").unwrap();
+        hub.publish(&["a"], |_| "ccc").unwrap();
         assert_eq!(hub.snapshot().history_bytes, 9);
         // 12 bytes would not fit: a's first message, the oldest of all, goes.
-        hub.publish("b", |_| "ddd").unwrap();
+        hub.publish(&["b"], |_| "ddd").unwrap();
         let s = hub.snapshot();
         assert_eq!((s.history_bytes, s.messages, s.evicted), (9, 3, 1));
         assert_eq!(
@@ -117,9 +117,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_channel_evicted_whole_is_freed_and_its_readers_told_of_the_gap() {
         let hub = bounded(6, 2);
-        let (a1, _) = hub.publish("a", |_| "aaa").unwrap();
-        hub.publish("b", |_| "bbb").unwrap();
-        hub.publish("b", |_| "ccc").unwrap();
+        let (a1, _) = hub.publish(&["a"], |_| "aaa").unwrap();
+        hub.publish(&["b"], |_| "bbb").unwrap();
+        hub.publish(&["b"], |_| "ccc").unwrap();
         assert!(!hub.has_channel("a"));
         let w = waiting(poll(&hub, &[("a", Since::Id(a1.seq - 1))], 10).unwrap());
         assert!(w.gap);
@@ -128,10 +128,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn what_eviction_cannot_make_room_for_is_refused() {
         let hub = bounded(6, 1);
-        hub.publish("a", |_| "aaa").unwrap();
+        hub.publish(&["a"], |_| "aaa").unwrap();
         let huge: &'static str = "x".repeat(hub.max_bytes() + 1).leak();
         assert_eq!(
-            hub.publish("a", |_| huge).err(),
+            hub.publish(&["a"], |_| huge).err(),
             Some(Refused::Memory),
             "larger than the bound"
         );
@@ -139,17 +139,17 @@ mod tests {
         // Bytes held outside the history (encodings still in use) that
         // eviction cannot free.
         hub.meter().add(hub.max_bytes());
-        assert_eq!(hub.publish("b", |_| "bb").err(), Some(Refused::Memory));
+        assert_eq!(hub.publish(&["b"], |_| "bb").err(), Some(Refused::Memory));
         assert_eq!(hub.snapshot().messages, 1, "nothing evicted in vain");
         hub.meter().sub(hub.max_bytes());
-        hub.publish("b", |_| "bb").unwrap();
+        hub.publish(&["b"], |_| "bb").unwrap();
     }
 
     #[tokio::test(start_paused = true)]
     async fn growth_after_a_publish_is_evicted_by_the_next_sweep() {
         let hub = bounded(10, 1);
-        hub.publish("a", |_| "aaa").unwrap();
-        hub.publish("a", |_| "bbb").unwrap();
+        hub.publish(&["a"], |_| "aaa").unwrap();
+        hub.publish(&["a"], |_| "bbb").unwrap();
         // An encoding made on first use.
         hub.meter().add(6);
         assert_eq!(hub.snapshot().history_bytes, 12);

@@ -96,24 +96,12 @@ pub enum Published<P> {
 }
 
 impl<P: Payload> Hub<P> {
-    /// [`Hub::publish`] under an idempotency key: if the key was used on
-    /// this channel within the window, nothing is published, and the first
-    /// publish's sequence is returned if it carried the same `print`.
+    /// [`Hub::publish`] under an idempotency key, which covers the whole
+    /// publish: if the key was used on the first of `channels` within the
+    /// window, nothing is published, and the first publish's sequence is
+    /// returned if it carried the same `print` (which should cover the
+    /// channel list, so that the same key for other channels is a conflict).
     pub fn publish_once(
-        &self,
-        channel: &str,
-        key: &str,
-        print: Fingerprint,
-        make: impl Fn(u64) -> P,
-    ) -> Result<Published<P>, Refused> {
-        self.publish_many_once(&[channel], key, print, make)
-    }
-
-    /// [`Hub::publish_many`] under an idempotency key, which covers the
-    /// whole publish: kept on the first of `channels` (`print` should cover
-    /// the channel list, so that the same key for other channels is a
-    /// conflict).
-    pub fn publish_many_once(
         &self,
         channels: &[&str],
         key: &str,
@@ -149,18 +137,18 @@ mod tests {
     async fn a_retried_key_publishes_nothing_within_its_window() {
         // hub(..) remembers keys for 60 s.
         let hub = hub(10, 300);
-        let first = hub.publish_once("a", "k1", P1, |_| "m1").unwrap();
+        let first = hub.publish_once(&["a"], "k1", P1, |_| "m1").unwrap();
         let Published::New(m1, _) = first else {
             panic!("first publish replayed");
         };
         let w = poll(&hub, &[("a", Since::Id(m1.seq))], 10).unwrap();
         assert!(matches!(
-            hub.publish_once("a", "k1", P1, |_| "again"),
+            hub.publish_once(&["a"], "k1", P1, |_| "again"),
             Ok(Published::Replayed(seq)) if seq == m1.seq
         ));
         // The same key for another message is a conflict, not a replay.
         assert!(matches!(
-            hub.publish_once("a", "k1", P2, |_| "other"),
+            hub.publish_once(&["a"], "k1", P2, |_| "other"),
             Ok(Published::Conflict)
         ));
         // Nothing was handed out or kept.
@@ -172,17 +160,17 @@ mod tests {
         assert_eq!(hub.info("a").messages, 1);
         // Another key, or the same key on another channel, publishes.
         assert!(matches!(
-            hub.publish_once("a", "k2", P2, |_| "m2"),
+            hub.publish_once(&["a"], "k2", P2, |_| "m2"),
             Ok(Published::New(..))
         ));
         assert!(matches!(
-            hub.publish_once("b", "k1", P2, |_| "b1"),
+            hub.publish_once(&["b"], "k1", P2, |_| "b1"),
             Ok(Published::New(..))
         ));
         // Past the window the key is forgotten, and the sweep frees it.
         tokio::time::advance(Duration::from_secs(59)).await;
         assert!(matches!(
-            hub.publish_once("a", "k1", P1, |_| "x"),
+            hub.publish_once(&["a"], "k1", P1, |_| "x"),
             Ok(Published::Replayed(_))
         ));
         let held = hub.snapshot().memory_bytes;
@@ -190,7 +178,7 @@ mod tests {
         hub.sweep();
         assert!(hub.snapshot().memory_bytes < held);
         assert!(matches!(
-            hub.publish_once("a", "k1", P2, |_| "m3"),
+            hub.publish_once(&["a"], "k1", P2, |_| "m3"),
             Ok(Published::New(..))
         ));
         assert_eq!(hub.info("a").messages, 3);
@@ -200,15 +188,16 @@ mod tests {
     fn keys_past_the_bound_forget_the_oldest() {
         let hub = hub(1, 300);
         for i in 0..=MAX_KEYS {
-            hub.publish_once("a", &i.to_string(), P1, |_| "m").unwrap();
+            hub.publish_once(&["a"], &i.to_string(), P1, |_| "m")
+                .unwrap();
         }
         assert!(matches!(
-            hub.publish_once("a", "0", P1, |_| "m"),
+            hub.publish_once(&["a"], "0", P1, |_| "m"),
             Ok(Published::New(..))
         ));
         let newest = MAX_KEYS.to_string();
         assert!(matches!(
-            hub.publish_once("a", &newest, P1, |_| "m"),
+            hub.publish_once(&["a"], &newest, P1, |_| "m"),
             Ok(Published::Replayed(_))
         ));
         assert!(hub.state().keys.seen.len() <= MAX_KEYS);

@@ -99,6 +99,9 @@ pub struct Limits {
     pub idempotency_window: Duration,
 }
 
+/// A message's copies, one per channel it is published on: inline for one.
+type Copies<P> = smallvec::SmallVec<[Arc<Message<P>>; 1]>;
+
 /// Channels, waiters and histories.
 #[derive(Debug)]
 pub struct Hub<P> {
@@ -255,23 +258,13 @@ impl<P: Payload> Hub<P> {
         }
     }
 
-    /// Publishes on `channel` the payload `make` builds for the new sequence:
-    /// appends it to the history and hands it to every waiter and stream.
-    /// Returns it and how many got it.
-    pub fn publish(
-        &self,
-        channel: &str,
-        make: impl Fn(u64) -> P,
-    ) -> Result<(Arc<Message<P>>, usize), Refused> {
-        let state = self.open()?;
-        self.publish_in(state, &[channel], None, make)
-    }
-
     /// Publishes one message on every one of `channels` at once (all or
-    /// none), under one sequence: each channel keeps its own copy of what
-    /// `make` builds. A waiter on several of them is woken once. Returns the
-    /// first channel's copy and how many got it.
-    pub fn publish_many(
+    /// none; one channel is a list of one), under one sequence: appends the
+    /// payload `make` builds for it to each channel's history (each keeps
+    /// its own copy) and hands it to every waiter and stream; a waiter on
+    /// several of them is woken once. Returns the first channel's copy and
+    /// how many got it.
+    pub fn publish(
         &self,
         channels: &[&str],
         make: impl Fn(u64) -> P,
@@ -288,7 +281,7 @@ impl<P: Payload> Hub<P> {
         make: impl Fn(u64) -> P,
     ) -> Result<(Arc<Message<P>>, usize), Refused> {
         let seq = state.seq + 1;
-        let copies: Vec<Arc<Message<P>>> = channels
+        let copies: Copies<P> = channels
             .iter()
             .map(|_| Message::new(seq, make(seq)))
             .collect();
@@ -322,18 +315,7 @@ impl<P: Payload> Hub<P> {
             let name = Keys::name(channels[0], &key);
             state.keys.insert(name, seq, print, first.at);
         }
-        let mut delivered = 0;
-        let mut wakes = Vec::with_capacity(channels.len());
-        for (channel, message) in channels.iter().zip(copies) {
-            let (streams, wake) = self.append_in(&mut state, channel, &message);
-            delivered += streams;
-            wakes.push((wake, message));
-        }
-        drop(state);
-        for (wake, message) in wakes {
-            delivered += wake.send(|| Wake::Message(message.clone()));
-        }
-        self.delivered.fetch_add(delivered as u64, Relaxed);
+        let delivered = self.hand_out(state, channels.iter().copied().zip(copies));
         Ok((first, delivered))
     }
 
@@ -347,20 +329,30 @@ impl<P: Payload> Hub<P> {
         }
         // A copy: what cannot be made room for is read from the source.
         self.fit_in(&mut state, message.payload.size());
-        self.append(state, channel, message).1
+        self.hand_out(state, [(channel, message)])
     }
 
-    fn append(
+    /// Appends each message to its channel's history and hands it to the
+    /// channel's streams, then, the lock released, wakes the waiters; how
+    /// many got them.
+    fn hand_out<'c>(
         &self,
         mut state: MutexGuard<'_, State<P>>,
-        channel: &str,
-        message: Arc<Message<P>>,
-    ) -> (Arc<Message<P>>, usize) {
-        let (streams, wakes) = self.append_in(&mut state, channel, &message);
+        each: impl IntoIterator<Item = (&'c str, Arc<Message<P>>)>,
+    ) -> usize {
+        let mut delivered = 0;
+        let mut wakes: smallvec::SmallVec<[_; 1]> = smallvec::SmallVec::new();
+        for (channel, message) in each {
+            let (streams, wake) = self.append_in(&mut state, channel, &message);
+            delivered += streams;
+            wakes.push((wake, message));
+        }
         drop(state);
-        let delivered = streams + wakes.send(|| Wake::Message(message.clone()));
+        for (wake, message) in wakes {
+            delivered += wake.send(|| Wake::Message(message.clone()));
+        }
         self.delivered.fetch_add(delivered as u64, Relaxed);
-        (message, delivered)
+        delivered
     }
 
     /// Appends `message` to `channel`'s history and hands it to its
@@ -642,7 +634,7 @@ mod testing {
     }
 
     pub(super) fn publish(hub: &Hub<&'static str>, channel: &str, data: &'static str) -> u64 {
-        hub.publish(channel, |_| data).unwrap().0.seq
+        hub.publish(&[channel], |_| data).unwrap().0.seq
     }
 }
 

@@ -546,7 +546,7 @@ mod tests {
         let hub = hub(10, 60);
         let waiter = waiting(poll(&hub, &[("c", Since::Next)], 1).unwrap());
         assert_eq!(hub.snapshot().waiting, 1);
-        let (_, n) = hub.publish("c", |_| "one").unwrap();
+        let (_, n) = hub.publish(&["c"], |_| "one").unwrap();
         assert_eq!(n, 1);
         let Outcome::Message(m) = waiter.wait(Duration::from_secs(1)).await else {
             panic!("woken by the message");
@@ -572,7 +572,7 @@ mod tests {
         drop(waiters);
         let s = hub.snapshot();
         assert_eq!((s.waiting, s.channels), (0, 0));
-        assert_eq!(hub.publish("c", |_| "x").unwrap().1, 0);
+        assert_eq!(hub.publish(&["c"], |_| "x").unwrap().1, 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -631,11 +631,11 @@ mod tests {
             poll(&hub, &[("a", Since::Next)], 1).err(),
             Some(Refused::Subscribers)
         );
-        assert_eq!(hub.publish("b", |_| "x").err(), Some(Refused::Channels));
+        assert_eq!(hub.publish(&["b"], |_| "x").err(), Some(Refused::Channels));
         let s = hub.snapshot();
         assert_eq!((s.waiting, s.channels), (1, 1));
         hub.close();
-        assert_eq!(hub.publish("a", |_| "x").err(), Some(Refused::Closed));
+        assert_eq!(hub.publish(&["a"], |_| "x").err(), Some(Refused::Closed));
     }
 
     fn seqs(many: &Polled<&'static str>) -> Vec<(u64, bool, Vec<&'static str>)> {
@@ -711,7 +711,7 @@ mod tests {
         assert_eq!((s.waiting, s.channels), (1, 3));
         assert_eq!(hub.info("b").subscribers, 1);
         // A publish on the last channel wakes it, with that channel's place.
-        let (_, delivered) = hub.publish("c", |_| "c1").unwrap();
+        let (_, delivered) = hub.publish(&["c"], |_| "c1").unwrap();
         assert_eq!(delivered, 1);
         let (2, Outcome::Message(m)) = joint.wait(Duration::from_secs(1)).await else {
             panic!("woken by c1 on the third channel");
@@ -724,8 +724,8 @@ mod tests {
 
         // Two publishes before it runs: the first channel wakes it, once.
         let joint = poll(&hub, &channels, 10).unwrap().waiter.unwrap();
-        assert_eq!(hub.publish("b", |_| "b1").unwrap().1, 1);
-        assert_eq!(hub.publish("a", |_| "a1").unwrap().1, 0);
+        assert_eq!(hub.publish(&["b"], |_| "b1").unwrap().1, 1);
+        assert_eq!(hub.publish(&["a"], |_| "a1").unwrap().1, 0);
         let (1, Outcome::Message(m)) = joint.wait(Duration::from_secs(1)).await else {
             panic!("woken by b1");
         };
@@ -748,7 +748,7 @@ mod tests {
         assert_eq!(hub.snapshot().waiting, 1);
         drop(joint);
         assert_eq!(hub.snapshot().waiting, 0);
-        assert_eq!(hub.publish("c", |_| "c2").unwrap().1, 0);
+        assert_eq!(hub.publish(&["c"], |_| "c2").unwrap().1, 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -815,7 +815,7 @@ mod tests {
         assert_eq!(refused.err(), Some(Refused::Channels));
         let s = hub.snapshot();
         assert_eq!((s.waiting, s.channels), (1, 1));
-        let (_, delivered) = hub.publish("x", |_| "x1").unwrap();
+        let (_, delivered) = hub.publish(&["x"], |_| "x1").unwrap();
         assert_eq!(delivered, 1, "only the held waiter was left");
     }
 
@@ -827,7 +827,7 @@ mod tests {
         let stream = hub
             .stream(&[("b", Since::Next), ("c", Since::Next)])
             .unwrap();
-        let (first, delivered) = hub.publish_many(&["a", "b", "c"], |_| "all").unwrap();
+        let (first, delivered) = hub.publish(&["a", "b", "c"], |_| "all").unwrap();
         // The waiter once, and the stream once from each of its channels.
         assert_eq!(delivered, 3);
         let (place, outcome) = waiter.wait(Duration::from_secs(1)).await;
@@ -851,8 +851,8 @@ mod tests {
             },
             Mode::Source,
         );
-        hub.publish("a", |_| "a1").unwrap();
-        let refused = hub.publish_many(&["a", "b", "c"], |_| "all");
+        hub.publish(&["a"], |_| "a1").unwrap();
+        let refused = hub.publish(&["a", "b", "c"], |_| "all");
         assert_eq!(refused.err(), Some(Refused::Channels));
         assert_eq!(hub.info("a").messages, 1, "a kept only its own");
         let s = hub.snapshot();
@@ -861,7 +861,7 @@ mod tests {
             (1, 1),
             "b, made for it, went again"
         );
-        let (m, _) = hub.publish_many(&["a", "b"], |_| "two").unwrap();
+        let (m, _) = hub.publish(&["a", "b"], |_| "two").unwrap();
         assert_eq!(m.seq, 2, "the refused publish took no sequence");
     }
 }

@@ -122,8 +122,8 @@ impl Memory {
             .on(several.clone())
         };
         let (message, subscribers) = match key {
-            None => self.hub.publish_many(channels, make)?,
-            Some((key, print)) => match self.hub.publish_many_once(channels, key, print, make)? {
+            None => self.hub.publish(channels, make)?,
+            Some((key, print)) => match self.hub.publish_once(channels, key, print, make)? {
                 hub::Published::New(message, subscribers) => (message, subscribers),
                 hub::Published::Conflict => return Err(Error::KeyReused),
                 hub::Published::Replayed(seq) => {
