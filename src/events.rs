@@ -23,6 +23,7 @@ use tracing::warn;
 
 use crate::client::Target;
 use crate::hub::Meter;
+use crate::stats::EventStats;
 
 /// The header a batch's signature comes in: `t=SECONDS,v1=HEX`, the hex an
 /// HMAC-SHA256 with the secret of `SECONDS.BODY`.
@@ -65,19 +66,6 @@ struct Event<'a> {
     member: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     message_id: Option<&'a str>,
-}
-
-/// Counters for `/stats`.
-#[derive(Debug, Default, Clone, Copy, Serialize)]
-pub struct EventStats {
-    /// Events the receiver took.
-    pub sent: u64,
-    /// Events dropped because the queue was full.
-    pub dropped: u64,
-    /// Attempts that failed (and were retried).
-    pub failed: u64,
-    /// Events waiting to be sent.
-    pub queued: u64,
 }
 
 /// The events sender.

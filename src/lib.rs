@@ -18,9 +18,12 @@
 //!    [`answer`], the answer model; [`sse`] and [`chat`], two of the handlers'
 //!    bodies.
 //! 5. [`protocol`] (parameters, ids and cursors, encodings), [`auth`] (who may
-//!    subscribe and publish: tokens and channel patterns) and [`store`] (the
+//!    subscribe and publish: tokens and channel patterns), [`store`] (the
 //!    memory hub or Redis, behind one interface; the Redis store in its
-//!    scripts, its link and its operations).
+//!    scripts, its link, its shared presence and its operations),
+//!    [`presence`] (who is on a channel: leases, receipts; pure) and
+//!    [`events`] (the application's events receiver: batches, signatures,
+//!    retries), with [`client`], the server's own HTTP requests.
 //! 6. [`hub`]: channels, waiters, history, sequence numbers and time; pure.
 //!    In rooms: messages and `Since`, channels, polls and their waiter, event
 //!    streams, idempotency keys, the memory bound, the sweep.
@@ -34,8 +37,8 @@
 //! [`stats`] (counters), [`os`] (the open-files limit, handing memory back) and
 //! [`shutdown`] (SIGINT/SIGTERM as a future). Only [`store::redis`] (with
 //! [`store::connection`], which finds the server, the Sentinel master or the
-//! cluster's nodes) speaks to Redis; below the routes, only the auth webhook's client ([`auth::Webhook`])
-//! uses hyper.
+//! cluster's nodes) speaks to Redis; below the routes, only [`client`] (for
+//! the auth webhook and the events receiver) uses hyper.
 
 pub mod answer;
 pub mod auth;

@@ -85,7 +85,20 @@ pub struct Snapshot {
     pub presence_members: Option<usize>,
     /// With `--events-url`: events sent, dropped, failed attempts, queued.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub events: Option<crate::events::EventStats>,
+    pub events: Option<EventStats>,
+}
+
+/// The events sent to the application (`--events-url`).
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct EventStats {
+    /// Events the receiver took.
+    pub sent: u64,
+    /// Events dropped because the queue was full.
+    pub dropped: u64,
+    /// Attempts that failed (and were retried).
+    pub failed: u64,
+    /// Events waiting to be sent.
+    pub queued: u64,
 }
 
 /// The link to Redis, in cluster mode.

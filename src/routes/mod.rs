@@ -368,7 +368,8 @@ impl Routes {
             Endpoint::Publish if req.read_only => return Err(Error::ReadOnlyListener),
             Endpoint::Publish if req.method == Method::DELETE => {
                 let query = query()?;
-                let channel = writable(&query)?;
+                let channel = query.channel()?;
+                writable(&channel)?;
                 match &self.settings.admin_token {
                     Some(_) => self.admin(req)?,
                     None => self.may_publish(req, &query, std::slice::from_ref(&channel))?,
@@ -377,7 +378,10 @@ impl Routes {
             }
             Endpoint::Publish => {
                 let query = query()?;
-                let channels = self.writable_list(&query)?;
+                // A list as a subscription names one (`channel=a,b,c`).
+                let list = query.channels(None, ids, self.settings.max_channels)?;
+                let channels: Vec<String> = list.names().map(str::to_owned).collect();
+                channels.iter().try_for_each(|c| writable(c))?;
                 self.may_publish(req, &query, &channels)?;
                 let body_limit = if protocol::is_form(req.content_type) {
                     self.max_body()
@@ -762,25 +766,11 @@ impl Routes {
     }
 }
 
-/// The channel a delete names, unless only the server writes there.
-fn writable(query: &Query) -> Result<String, Error> {
-    let channel = query.channel()?;
-    match crate::presence::of(&channel) {
+/// Refuses `channel` if only the server writes there (`$presence:C`).
+fn writable(channel: &str) -> Result<(), Error> {
+    match crate::presence::of(channel) {
         Some(_) => Err(Error::SystemChannel),
-        None => Ok(channel),
-    }
-}
-
-impl Routes {
-    /// The channels a publish names (`channel=a,b,c`, read as a
-    /// subscription's list is), unless only the server writes on one.
-    fn writable_list(&self, query: &Query) -> Result<Vec<String>, Error> {
-        let list = query.channels(None, self.store.ids(), self.settings.max_channels)?;
-        let names: Vec<String> = list.names().map(str::to_owned).collect();
-        match names.iter().any(|c| crate::presence::of(c).is_some()) {
-            true => Err(Error::SystemChannel),
-            false => Ok(names),
-        }
+        None => Ok(()),
     }
 }
 
