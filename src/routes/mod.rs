@@ -415,21 +415,19 @@ impl Routes {
                 Route::Channel(protocol::channel_name(Some(name))?.to_owned())
             }
             Endpoint::Presence(name) => {
-                let channel = protocol::channel_name(Some(name))?.to_owned();
-                if !self.presence().is_some_and(|p| p.applies(&channel)) {
+                let channel = protocol::channel_name(Some(name))?;
+                if !self.presence().is_some_and(|p| p.applies(channel)) {
                     return Err(Error::NoPresence);
                 }
+                let one = Channels(vec![(channel.into(), protocol::Since::Next)]);
                 // The operator's token, or whatever would let the reader
                 // subscribe to the channel.
                 let operator = self.settings.admin_token.is_some() && self.admin(req).is_ok();
                 let admit = match operator {
                     true => None,
-                    false => {
-                        let one = Channels(vec![(channel.as_str().into(), protocol::Since::Next)]);
-                        self.may_subscribe(req, &query()?, &one)?.1
-                    }
+                    false => self.may_subscribe(req, &query()?, &one)?.1,
                 };
-                Route::Presence(channel, admit)
+                Route::Presence(one, admit)
             }
             Endpoint::Health => Route::Health,
             Endpoint::Live => Route::Live,
@@ -459,7 +457,7 @@ impl Routes {
     async fn answer(&self, route: Route, body: Bytes) -> Answer {
         let result = match route {
             Route::Subscribe(params, admit) => self.subscribe(params, admit).await,
-            Route::Presence(channel, admit) => self.presence_of(channel, admit).await,
+            Route::Presence(one, admit) => self.presence_of(one, admit).await,
             Route::Preflight(allow) => Ok(preflight(allow)),
             Route::Events(params, expires, ask) => self.events(params, expires, ask).await,
             Route::Publish(publish) => self.publish(*publish, body).await,
@@ -603,11 +601,7 @@ impl Routes {
 
     /// `GET /channels/C/presence`: who is on C, and up to which message each
     /// member's own poll acknowledged.
-    async fn presence_of(
-        &self,
-        channel: String,
-        admit: Option<Box<Admit>>,
-    ) -> Result<Answer, Error> {
+    async fn presence_of(&self, one: Channels, admit: Option<Box<Admit>>) -> Result<Answer, Error> {
         #[derive(Serialize)]
         struct Member<'a> {
             id: &'a str,
@@ -621,16 +615,16 @@ impl Routes {
             members: Vec<Member<'a>>,
             anonymous: u32,
         }
-        let one = Channels(vec![(channel.as_str().into(), protocol::Since::Next)]);
         self.admitted(admit, &one).await?;
+        let channel = one.name(0);
         let presence = self.presence().ok_or(Error::NoPresence)?;
-        let local = presence.members(&channel);
-        let (members, anonymous) = self.store.presence(&channel, local).await?;
+        let local = presence.members(channel);
+        let (members, anonymous) = self.store.presence(channel, local).await?;
         let ids = self.store.ids();
         Ok(Answer::json(
             StatusCode::OK,
             &Present {
-                channel: &channel,
+                channel,
                 members: members
                     .iter()
                     .map(|m| Member {

@@ -79,8 +79,9 @@ pub enum Route {
     /// since the epoch), if one was needed, and who the subscriber is or the
     /// credentials to ask the auth webhook with.
     Events(Events, Option<u64>, Option<Box<Admit>>),
-    /// `GET /channels/C/presence`, and what admitting the reader still needs.
-    Presence(String, Option<Box<Admit>>),
+    /// `GET /channels/C/presence` (C as a list of one, as admitting a
+    /// reader takes it), and what admitting the reader still needs.
+    Presence(Channels, Option<Box<Admit>>),
     /// `GET|POST /publish`.
     Publish(Box<Publish>),
     /// `DELETE /publish`.
