@@ -486,20 +486,23 @@ impl Connections {
         if let Some(tls) = &self.tls {
             let acceptor = tls.acceptor();
             self.tracker.spawn(|tracked| async move {
+                // The handshake's state and the session each live on the heap:
+                // the one is freed when it ends, and the other is not copied
+                // into every future that serves the connection.
                 let limit = this.limits.header_timeout;
-                match tokio::time::timeout(limit, acceptor.accept(stream)).await {
-                    // HTTP/2 is hyper's; HTTP/1.1 takes the lean path, as in the clear.
-                    Ok(Ok(stream)) if stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                        this.hyper(stream, read_only).await;
-                    }
-                    Ok(Ok(stream)) => {
-                        let held = (open, tracked);
-                        return Box::pin(this.lean(stream, read_only, held)).await;
-                    }
-                    Ok(Err(err)) => debug!(cause = %err, "TLS handshake failed"),
-                    Err(_) => debug!("TLS handshake too slow"),
+                let handshake = Box::pin(tokio::time::timeout(limit, acceptor.accept(stream)));
+                let stream = match handshake.await {
+                    Ok(Ok(stream)) => Box::new(stream),
+                    Ok(Err(err)) => return debug!(cause = %err, "TLS handshake failed"),
+                    Err(_) => return debug!("TLS handshake too slow"),
+                };
+                // HTTP/2 is hyper's; HTTP/1.1 takes the lean path, as in the clear.
+                if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    this.hyper(stream, read_only).await;
+                    drop((open, tracked));
+                } else {
+                    this.lean(stream, read_only, (open, tracked)).await;
                 }
-                drop((open, tracked));
             });
             return;
         }

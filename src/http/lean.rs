@@ -76,6 +76,12 @@ impl<S: Socket> Socket for tokio_rustls::server::TlsStream<S> {
     const BUFFERED: bool = true;
 }
 
+/// A large session (TLS) lives on the heap, so that the futures that hold
+/// the connection keep a pointer to it, not copies of it.
+impl<S: Socket> Socket for Box<S> {
+    const BUFFERED: bool = S::BUFFERED;
+}
+
 /// How a connection left this path.
 #[derive(Debug)]
 pub enum Next<S = TcpStream> {
