@@ -77,14 +77,7 @@ where
         TokioIo::new(io),
         service_fn({
             let activity = activity.clone();
-            move |req| {
-                let routes = routes.clone();
-                let open = Open::new(&activity);
-                async move {
-                    let answer = handle(&routes, req, read_only).await;
-                    Ok::<_, Infallible>(response(answer, open))
-                }
-            }
+            move |req| handle(routes.clone(), req, read_only, Open::new(&activity))
         }),
     );
     // The connection is made here, and the block below takes it: an `async
@@ -195,30 +188,59 @@ where
 {
     fn execute(&self, stream: F) {
         let progress = Arc::new(Progress::default());
-        let limit = self.write_timeout;
-        let resets = self.resets.clone();
-        let watched = {
-            let progress = progress.clone();
-            async move {
-                let stalled = async {
-                    loop {
-                        match progress.waiting_since() {
-                            Some(since) if since.elapsed() >= limit => return,
-                            Some(since) => tokio::time::sleep_until(since + limit).await,
-                            None => tokio::time::sleep(limit).await,
-                        }
-                    }
-                };
-                tokio::select! {
-                    _ = stream => {}
-                    _ = stalled => {
-                        debug!("HTTP/2 stream took no byte for the write timeout: reset");
-                        resets.fetch_add(1, Relaxed);
-                    }
-                }
-            }
+        let watched = Watched {
+            stream,
+            progress: progress.clone(),
+            timer: None,
+            limit: self.write_timeout,
+            resets: self.resets.clone(),
         };
         tokio::spawn(PROGRESS.scope(progress, watched));
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An HTTP/2 stream's task: the stream, and its watchdog. Written out
+    /// rather than as a `select!` in a block, which would keep the stream
+    /// twice.
+    struct Watched<F> {
+        #[pin]
+        stream: F,
+        progress: Arc<Progress>,
+        // Made the first time a frame waits: a stream that never answers (a
+        // waiting long-poll) has no timer.
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+        limit: Duration,
+        resets: Arc<AtomicU64>,
+    }
+}
+
+impl<F: Future> Future for Watched<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if this.stream.poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        // A frame can only start waiting while the stream is polled, here:
+        // with none waiting, nothing is to be timed.
+        let Some(since) = this.progress.waiting_since() else {
+            return Poll::Pending;
+        };
+        let deadline = since + *this.limit;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        debug!("HTTP/2 stream took no byte for the write timeout: reset");
+        this.resets.fetch_add(1, Relaxed);
+        Poll::Ready(())
     }
 }
 
@@ -259,8 +281,34 @@ impl Progress {
     }
 }
 
-/// One request through the routes.
-async fn handle(routes: &Routes, req: hyper::Request<Incoming>, read_only: bool) -> Answer {
+/// One request through the routes, to hyper's response. What reads the
+/// request (its head, its body) is on the heap and freed before the answer
+/// is awaited, so that a waiting stream keeps only what its handler needs;
+/// this future is hyper's service future itself, which a wrapper would keep
+/// twice.
+fn handle(
+    routes: Arc<Routes>,
+    req: hyper::Request<Incoming>,
+    read_only: bool,
+    open: Open,
+) -> impl Future<Output = Result<Response<AnswerBody>, Infallible>> + Send {
+    let read = Box::pin(read(routes.clone(), req, read_only));
+    async move {
+        let (route, body) = match read.await {
+            Ok(read) => read,
+            Err(refusal) => return Ok(response(refusal, open)),
+        };
+        let answer = Box::pin(routes.serve(route, body)).await;
+        Ok(response(answer, open))
+    }
+}
+
+/// A request's route and body, or the answer that refuses it.
+async fn read(
+    routes: Arc<Routes>,
+    req: hyper::Request<Incoming>,
+    read_only: bool,
+) -> Result<(Route, Bytes), Answer> {
     let target = req
         .uri()
         .path_and_query()
@@ -275,10 +323,8 @@ async fn handle(routes: &Routes, req: hyper::Request<Incoming>, read_only: bool)
         .get(hyper::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
-    let route = match routes.route(&request) {
-        Ok(route) => route,
-        Err(err) => return routes.refusal(&err),
-    };
+    let route = routes.route(&request).map_err(|err| routes.refusal(&err))?;
+    drop(request);
     let body = match &route {
         Route::Publish(publish) if publish.has_body => {
             let limited = Limited::new(req.into_body(), publish.body_limit);
@@ -295,10 +341,8 @@ async fn handle(routes: &Routes, req: hyper::Request<Incoming>, read_only: bool)
         }
         _ => Ok(Bytes::new()),
     };
-    match body {
-        Ok(body) => Box::pin(routes.serve(route, body)).await,
-        Err(err) => routes.refusal(&err),
-    }
+    body.map(|body| (route, body))
+        .map_err(|err| routes.refusal(&err))
 }
 
 /// An answer as hyper's response; the request stays `open` as long as its

@@ -980,6 +980,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
         let n = self.read.len().min(buf.remaining());
         buf.put_slice(&self.read[..n]);
         self.read.advance(n);
+        if self.read.is_empty() {
+            // Replayed: let the lean path's read buffer go.
+            self.read = Bytes::new();
+        }
         Poll::Ready(Ok(()))
     }
 }
