@@ -38,7 +38,15 @@
 //!   reports deliveries per second, messages lost, duplicated and out of their
 //!   publisher's order.
 //! - fanout-h2: the fan-out with the subscribers as HTTP/2 streams (prior
-//!   knowledge, in the clear), `--connections C` connections sharing them.
+//!   knowledge in the clear, or ALPN `h2` with `--tls`), `--connections C`
+//!   connections sharing them.
+//!
+//! Transports (fanout and fanout-h2): `--tls CERT.pem` speaks TLS to the
+//! server (name `localhost`, the certificate as the one trusted root), to
+//! subscribers and publisher alike; `--sse` makes each fanout subscriber one
+//! event stream (`/events`, Nchan's `/ev/CHANNEL`) that reads a message a
+//! round instead of re-polling; `--publish-addr IP:PORT` publishes there, in
+//! the clear (an Nchan listener other than the subscribers').
 //! - latency: M publishes one after another on one connection, no subscribers;
 //!   reports the round trip of each (p50, p99).
 
@@ -48,7 +56,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const MESSAGE_LEN: usize = 32;
@@ -82,6 +90,12 @@ struct Opts {
     bind: Option<std::net::IpAddr>,
     /// Each subscriber a presence member (`&client=mN`).
     members: bool,
+    /// TLS to the server, trusting this certificate.
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// Subscribers are event streams.
+    sse: bool,
+    /// Where publishes go, in the clear, if not to `addr`.
+    publish_addr: Option<SocketAddr>,
 }
 
 fn parse_args() -> Opts {
@@ -102,6 +116,9 @@ fn parse_args() -> Opts {
         token: String::new(),
         bind: None,
         members: false,
+        tls: None,
+        sse: false,
+        publish_addr: None,
     };
     while let Some(flag) = args.next() {
         let mut value = || {
@@ -120,6 +137,11 @@ fn parse_args() -> Opts {
             "--bind" => o.bind = Some(value().parse().expect("--bind IP")),
             "--json" => o.json = true,
             "--members" => o.members = true,
+            "--sse" => o.sse = true,
+            "--tls" => o.tls = Some(trusting(&value())),
+            "--publish-addr" => {
+                o.publish_addr = Some(value().parse().expect("--publish-addr IP:PORT"));
+            }
             "--connections" => o.connections = value().parse().expect("--connections N"),
             "--server" => {
                 o.kind = match value().as_str() {
@@ -148,7 +170,10 @@ struct Resp {
 }
 
 /// Reads one response (Content-Length or chunked) from a keep-alive connection.
-async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Resp> {
+async fn read_response<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Resp> {
     loop {
         if let Some(end) = find(buf, b"\r\n\r\n") {
             let head = String::from_utf8_lossy(&buf[..end]).into_owned();
@@ -214,7 +239,7 @@ async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<
     }
 }
 
-async fn fill(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
+async fn fill<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> std::io::Result<()> {
     let mut chunk = [0u8; 16 * 1024];
     let n = s.read(&mut chunk).await?;
     if n == 0 {
@@ -222,6 +247,60 @@ async fn fill(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
     }
     buf.extend_from_slice(&chunk[..n]);
     Ok(())
+}
+
+/// A connection to the server, in the clear or TLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+type Conn = Box<dyn Io>;
+
+/// A TLS client configuration whose one trusted root is the certificate in
+/// `pem` (the benchmark's self-signed one).
+fn trusting(pem: &str) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(pem).expect("--tls CERT.pem") {
+        roots.add(cert.expect("a PEM certificate")).expect("a root");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// Connects to `addr`, over TLS with ALPN `alpn` if `o.tls` says so.
+async fn connect(o: &Opts, addr: SocketAddr, alpn: &[u8]) -> Conn {
+    let s = TcpStream::connect(addr).await.expect("connect");
+    s.set_nodelay(true).ok();
+    let Some(tls) = &o.tls else {
+        return Box::new(s);
+    };
+    let mut config = (**tls).clone();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let s = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, s)
+        .await
+        .expect("TLS handshake");
+    Box::new(s)
+}
+
+/// Reads an event stream until one more message frame (`data:`) has come
+/// whole, and drops what it read.
+async fn next_event<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    loop {
+        if let Some(data) = find(buf, b"\ndata:") {
+            if let Some(end) = find(&buf[data..], b"\n\n") {
+                buf.drain(..data + end + 2);
+                return Ok(());
+            }
+        }
+        fill(s, buf).await?;
+    }
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -283,6 +362,15 @@ fn subscribe_request(o: &Opts, cursor: &Cursor, who: usize) -> String {
             )
         }
     }
+}
+
+/// Opens a subscriber's event stream.
+fn stream_request(o: &Opts) -> String {
+    let path = match o.kind {
+        Kind::Comethub => format!("/events?channel={}{}", o.channel, o.token),
+        Kind::Nchan | Kind::NchanMultipart => format!("/ev/{}", o.channel),
+    };
+    format!("GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
 }
 
 fn publish_request(o: &Opts, seq: usize) -> Vec<u8> {
@@ -407,11 +495,14 @@ fn rss_kib_of(pid: u32) -> Option<u64> {
 }
 
 async fn publish(o: &Opts, seq: usize) -> Resp {
-    let mut s = TcpStream::connect(o.addr).await.expect("publisher connect");
-    s.set_nodelay(true).ok();
+    let mut s: Conn = match o.publish_addr {
+        Some(addr) => Box::new(TcpStream::connect(addr).await.expect("publisher connect")),
+        None => connect(o, o.addr, b"http/1.1").await,
+    };
     s.write_all(&publish_request(o, seq))
         .await
         .expect("publish write");
+    s.flush().await.expect("publish write");
     let mut buf = Vec::new();
     read_response(&mut s, &mut buf)
         .await
@@ -438,38 +529,52 @@ async fn fanout(o: Opts) {
     let rss0 = rss_kib(&o.pids);
     let mut conns = Vec::with_capacity(o.subscribers);
     for i in 0..o.subscribers {
-        let s = TcpStream::connect(o.addrs[i % o.addrs.len()])
-            .await
-            .expect("subscriber connect");
-        s.set_nodelay(true).ok();
+        let mut s = connect(&o, o.addrs[i % o.addrs.len()], b"http/1.1").await;
+        if o.sse {
+            s.write_all(stream_request(&o).as_bytes())
+                .await
+                .expect("open an event stream");
+            s.flush().await.expect("open an event stream");
+        }
         conns.push((s, Vec::new(), Cursor::default()));
     }
     println!(
-        "fanout: {} subscribers over {} address(es), {} rounds, {MESSAGE_LEN}-byte messages, server {:?}",
+        "fanout: {} {} over {} address(es){}, {} rounds, {MESSAGE_LEN}-byte messages, server {:?}",
         o.subscribers,
+        if o.sse { "event streams" } else { "long-polls" },
         o.addrs.len(),
+        if o.tls.is_some() { " over TLS" } else { "" },
         o.rounds,
         o.kind
     );
     let mut tally = Tally::default();
     for round in 0..o.rounds {
         let park0 = cpu_ms(&o.pids);
-        for (who, (s, _, cursor)) in conns.iter_mut().enumerate() {
-            s.write_all(subscribe_request(&o, cursor, who).as_bytes())
-                .await
-                .expect("subscribe");
+        if !o.sse {
+            for (who, (s, _, cursor)) in conns.iter_mut().enumerate() {
+                s.write_all(subscribe_request(&o, cursor, who).as_bytes())
+                    .await
+                    .expect("subscribe");
+                // A TLS session may hold the request back until flushed.
+                s.flush().await.expect("subscribe");
+            }
         }
         let cpu0 = tally.parked(&o, round, rss0, park0).await;
         let t0 = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
+        let sse = o.sse;
         for (mut s, mut buf, mut cursor) in conns.drain(..) {
             tasks.spawn(async move {
-                let r = read_response(&mut s, &mut buf)
-                    .await
-                    .expect("subscriber answer");
+                if sse {
+                    next_event(&mut s, &mut buf).await.expect("an event");
+                } else {
+                    let r = read_response(&mut s, &mut buf)
+                        .await
+                        .expect("subscriber answer");
+                    assert_eq!(r.status, 200, "subscriber got {}", r.status);
+                    cursor.update(&r);
+                }
                 let at = t0.elapsed();
-                assert_eq!(r.status, 200, "subscriber got {}", r.status);
-                cursor.update(&r);
                 (s, buf, cursor, at)
             });
         }
@@ -511,6 +616,8 @@ struct Tally {
     round: Vec<f64>,
     all_ms: Vec<f64>,
     rss_per_subscriber: Option<f64>,
+    /// The same, waiting again after the earlier rounds' deliveries.
+    rss_after: Option<f64>,
 }
 
 impl Tally {
@@ -525,9 +632,12 @@ impl Tally {
         park0: Option<f64>,
     ) -> Option<f64> {
         tokio::time::sleep(Duration::from_millis(500 + o.subscribers as u64 / 10)).await;
-        if let (0, Some(a), Some(b)) = (round, rss0, rss_kib(&o.pids)) {
-            self.rss_per_subscriber =
-                Some(b.saturating_sub(a) as f64 * 1024.0 / o.subscribers as f64);
+        if let (Some(a), Some(b)) = (rss0, rss_kib(&o.pids)) {
+            let grown = Some(b.saturating_sub(a) as f64 * 1024.0 / o.subscribers as f64);
+            match round {
+                0 => self.rss_per_subscriber = grown,
+                _ => self.rss_after = grown,
+            }
         }
         let cpu0 = cpu_ms(&o.pids);
         if let Some(park) = cpu0.zip(park0).map(|(b, a)| b - a) {
@@ -561,12 +671,15 @@ impl Tally {
             percentile(v, 0.5)
         };
         format!(
-            "cpu_us_per_delivery={per_delivery:.2} all_ms_median={:.1} cpu_ms_median={:.1} park_cpu_ms_median={:.1} rss_bytes_per_subscriber={}",
+            "cpu_us_per_delivery={per_delivery:.2} all_ms_median={:.1} cpu_ms_median={:.1} park_cpu_ms_median={:.1} rss_bytes_per_subscriber={} rss_kept_after_deliveries_bytes_per_subscriber={}",
             median(&mut self.all_ms),
             median(&mut self.round),
             median(&mut self.park),
             self.rss_per_subscriber
-                .map_or("n/a".into(), |v| format!("{v:.0}"))
+                .map_or("n/a".into(), |v| format!("{v:.0}")),
+            self.rss_after
+                .zip(self.rss_per_subscriber)
+                .map_or("n/a".into(), |(after, first)| format!("{:.0}", after - first))
         )
     }
 }
@@ -715,8 +828,7 @@ async fn fanout_h2(o: Opts) {
     let rss0 = rss_kib(&o.pids);
     let mut senders = Vec::with_capacity(o.connections);
     for _ in 0..o.connections {
-        let s = TcpStream::connect(o.addr).await.expect("connect");
-        s.set_nodelay(true).ok();
+        let s = connect(&o, o.addr, b"h2").await;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(1 << 20)
             .handshake::<_, Empty<bytes::Bytes>>(TokioIo::new(s))
@@ -731,34 +843,55 @@ async fn fanout_h2(o: Opts) {
         "fanout-h2: {} subscribers as streams on {} connections, {} rounds",
         o.subscribers, o.connections, o.rounds
     );
-    let mut ids: Vec<Option<String>> = vec![None; o.subscribers];
+    let mut cursors: Vec<Cursor> = vec![Cursor::default(); o.subscribers];
     let mut tally = Tally::default();
     for round in 0..o.rounds {
         let park0 = cpu_ms(&o.pids);
         let mut tasks = tokio::task::JoinSet::new();
         let t0 = Arc::new(std::sync::Mutex::new(None::<Instant>));
-        for (i, id) in ids.iter().enumerate() {
+        for (i, cursor) in cursors.iter().enumerate() {
             let mut sender = senders[i % senders.len()].clone();
-            let since = id
-                .as_deref()
-                .map(|id| format!("&since={id}"))
-                .unwrap_or_default();
-            let uri = format!("http://x/subscribe?channel={}{since}{}", o.channel, o.token);
+            let scheme = if o.tls.is_some() { "https" } else { "http" };
+            let mut req = match o.kind {
+                Kind::Comethub => {
+                    let since = cursor
+                        .id
+                        .as_deref()
+                        .map(|id| format!("&since={id}"))
+                        .unwrap_or_default();
+                    hyper::Request::get(format!(
+                        "{scheme}://localhost/subscribe?channel={}{since}{}",
+                        o.channel, o.token
+                    ))
+                }
+                Kind::Nchan | Kind::NchanMultipart => {
+                    hyper::Request::get(format!("{scheme}://localhost/sub/{}", o.channel))
+                }
+            };
+            if let Some(v) = &cursor.last_modified {
+                req = req.header("if-modified-since", v);
+            }
+            if let Some(v) = &cursor.etag {
+                req = req.header("if-none-match", v);
+            }
             let t0 = t0.clone();
+            let mut cursor = cursor.clone();
             tasks.spawn(async move {
-                let req = hyper::Request::get(uri)
-                    .body(Empty::new())
-                    .expect("request");
+                let req = req.body(Empty::new()).expect("request");
                 let resp = sender.send_request(req).await.expect("h2 answer");
                 let at = t0.lock().ok().and_then(|t| *t).map(|t| t.elapsed());
                 assert_eq!(resp.status(), 200, "subscriber got {}", resp.status());
-                let id = resp
-                    .headers()
-                    .get("x-message-id")
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
+                let header = |name: &str| {
+                    resp.headers()
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                };
+                cursor.id = header("x-message-id").or(cursor.id);
+                cursor.etag = header("etag").or(cursor.etag);
+                cursor.last_modified = header("last-modified").or(cursor.last_modified);
                 let _ = resp.into_body().collect().await;
-                (i, id, at)
+                (i, cursor, at)
             });
         }
         let cpu0 = tally.parked(&o, round, rss0, park0).await;
@@ -773,8 +906,8 @@ async fn fanout_h2(o: Opts) {
             .await
             .expect("round in time")
         {
-            let (i, id, at) = done.expect("task");
-            ids[i] = id;
+            let (i, cursor, at) = done.expect("task");
+            cursors[i] = cursor;
             last = last.max(at.unwrap_or_default().as_secs_f64() * 1000.0);
         }
         let cpu = tally.round(&o, cpu0, last).await;

@@ -12,11 +12,19 @@
 # servers run on core 0, the clients on core 1.
 #   benches/transports.sh            (N=4000 TRANSPORTS="longpoll sse longpoll-tls sse-tls h2-tls h2c"
 #                                     BIN=target/release/comethub)
+# Then, on each transport, the fan-out (benches/loadgen.rs, FAN subscribers,
+# ROUNDS rounds, one 32-byte message a round): the server's CPU per delivery
+# (a long-poll's re-poll included), the time until all have the message, and
+# what a subscriber keeps after deliveries: the RSS per subscriber waiting
+# again after the earlier rounds, less what it was waiting the first time.
+#   FANOUT=0 benches/transports.sh   (memory only)
+#   N=10000 HOLD=60 FANOUT=0 TRANSPORTS=longpoll-tls benches/transports.sh
+#     (also the server's CPU over HOLD seconds while the N are held idle)
+#   FAN=4000 ROUNDS=6 benches/transports.sh
 # Needs nginx, libnginx-mod-nchan, openssl and nghttp2-client (h2load).
-# CPU per delivery is not measured here: the load generator speaks plain
-# HTTP/1.1 only (benches/compare.sh, benches/h2.sh for h2c).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source benches/common.sh
 N=${N:-4000}
 TRANSPORTS=${TRANSPORTS:-longpoll sse longpoll-tls sse-tls h2-tls h2c}
 BIN=${BIN:-target/release/comethub}
@@ -28,10 +36,18 @@ NH2C=$((NPLAIN + 3))
 for tool in nginx openssl h2load taskset python3; do
   command -v $tool >/dev/null || { echo "missing $tool: apt-get install -y nginx libnginx-mod-nchan nghttp2-client" >&2; exit 1; }
 done
-[ -x "$BIN" ] || cargo build --release -q
+FANOUT=${FANOUT:-1}
+HOLD=${HOLD:-0}
+FAN=${FAN:-4000}
+ROUNDS=${ROUNDS:-6}
+build
+tune
 work=$(mktemp -d /tmp/comethub-transports.XXXXXX)
+# A leaf certificate for localhost, which the load generator verifies.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
-  -subj /CN=localhost -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+  -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+  -addext basicConstraints=critical,CA:FALSE \
+  -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
 mkdir -p "$work/body"
 cat > "$work/nginx.conf" <<EOF
 load_module /usr/lib/nginx/modules/ngx_nchan_module.so;
@@ -70,6 +86,8 @@ http {
 EOF
 
 rss() { awk '/RssAnon/ {print $2}' "/proc/$1/status"; }
+# The CPU time of every thread of a process, in nanoseconds.
+cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{ s += $1 } END { printf "%d", s }'; }
 cleanup() {
   [ -n "${CPID:-}" ] && kill "$CPID" 2>/dev/null || true
   [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
@@ -134,12 +152,32 @@ measure() {
   local held
   held=$(count "$server" "$stats" 2>/dev/null || echo 0)
   after=$(rss "$pid")
+  if [ "$HOLD" -gt 0 ]; then
+    local cpu0
+    cpu0=$(cpu_ns "$pid")
+    sleep "$HOLD"
+    echo "$server $transport: $held idle for ${HOLD} s: $(( ($(cpu_ns "$pid") - cpu0) / 1000 )) µs of CPU" >&2
+  fi
   kill "$HOLDER" 2>/dev/null || true
   wait "$HOLDER" 2>/dev/null || true
   echo "$(( (after - before) * 1024 / N )) $held"
 }
 
-declare -A result
+# The fan-out on `transport` against a server: its pid, port, and any flags.
+fan() {
+  local transport=$1 pid=$2 port=$3; shift 3
+  local mode=fanout flags=()
+  case $transport in
+    h2*) mode=fanout-h2; flags+=(--connections $((FAN / 50))) ;;
+  esac
+  case $transport in sse*) flags+=(--sse) ;; esac
+  case $transport in *-tls) flags+=(--tls "$work/cert.pem") ;; esac
+  taskset -c 1 "$LOADGEN" "$mode" --addr "127.0.0.1:$port" --pid "$pid" \
+    --subscribers "$FAN" --rounds "$ROUNDS" --channel fan "${flags[@]}" "$@" 2>&1 |
+    grep '^RESULT' || echo "RESULT failed"
+}
+
+declare -A result fanned
 for transport in $TRANSPORTS; do
   tls=()
   case $transport in *-tls) tls=(--tls-cert "$work/cert.pem" --tls-key "$work/key.pem") ;; esac
@@ -155,6 +193,8 @@ for transport in $TRANSPORTS; do
     *) path="/subscribe?channel=idle" ;;
   esac
   c=$(measure comethub "$CPID" "$transport" "$base$path" "$base")
+  cf=
+  [ "$FANOUT" = 1 ] && cf=$(fan "$transport" "$CPID" "$CPORT")
   kill "$CPID"; wait "$CPID" 2>/dev/null || true; CPID=
 
   taskset -c 0 nginx -c "$work/nginx.conf" -p "$work" 2>>"$work/error.log" &
@@ -169,9 +209,16 @@ for transport in $TRANSPORTS; do
     h2c) nurl="http://127.0.0.1:$NH2C/sub/idle" ;;
   esac
   n=$(measure nchan "$npid" "$transport" "$nurl" "")
+  nf=
+  if [ "$FANOUT" = 1 ]; then
+    nport=${nurl#*127.0.0.1:}; nport=${nport%%/*}
+    nf=$(fan "$transport" "$npid" "$nport" --server nchan --publish-addr "127.0.0.1:$NPLAIN")
+  fi
   kill "$(cat "$work/nginx.pid")"; wait 2>/dev/null || true; rm -f "$work/nginx.pid"
   result[$transport]="$c|$n"
+  fanned[$transport]="$cf|$nf"
   echo "$transport: comethub ${c% *} B (held ${c#* }), Nchan ${n% *} B (held ${n#* })"
+  [ "$FANOUT" = 1 ] && echo "  comethub $cf" && echo "  Nchan    $nf"
 done
 
 echo
@@ -182,4 +229,18 @@ for transport in $TRANSPORTS; do
   cb=${c% *}; nb=${n% *}
   ratio=$(awk -v a="$cb" -v b="$nb" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }')
   printf '| %s | %s B | %s B | %s |\n' "$transport" "$cb" "$nb" "$ratio"
+done
+
+[ "$FANOUT" = 1 ] || exit 0
+echo
+echo "| transport ($FAN subscribers, fan-out) | CPU per delivery, µs | ratio | time until all, ms | ratio | RSS kept after deliveries, B | ratio |"
+echo "|---|---:|---:|---:|---:|---:|---:|"
+for transport in $TRANSPORTS; do
+  IFS='|' read -r c n <<<"${fanned[$transport]}"
+  line="| $transport"
+  for k in cpu_us_per_delivery all_ms_median rss_kept_after_deliveries_bytes_per_subscriber; do
+    a=$(val "$c" $k); b=$(val "$n" $k)
+    line="$line | ${a:-n/a} / ${b:-n/a} | $(ratio "${a:-0}" "${b:-0}")"
+  done
+  echo "$line |"
 done
