@@ -677,9 +677,10 @@ impl Tally {
             median(&mut self.park),
             self.rss_per_subscriber
                 .map_or("n/a".into(), |v| format!("{v:.0}")),
-            self.rss_after
-                .zip(self.rss_per_subscriber)
-                .map_or("n/a".into(), |(after, first)| format!("{:.0}", after - first))
+            self.rss_after.zip(self.rss_per_subscriber).map_or(
+                "n/a".into(),
+                |(after, first)| format!("{:.0}", after - first)
+            )
         )
     }
 }

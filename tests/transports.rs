@@ -3,7 +3,8 @@
 //! (plain, after a TLS handshake, a partial HTTP/2 preface, a Unix socket);
 //! an HTTP/2 connection with nothing open is closed with a GOAWAY; an HTTP/2
 //! stream whose flow-control window stays shut is reset and its memory
-//! freed. Meanwhile everyone else is served.
+//! freed; an HTTPS/1.1 reader that takes nothing is let go after the write
+//! timeout. Meanwhile everyone else is served.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -309,4 +310,82 @@ async fn http11_over_tls_is_served_as_in_the_clear() {
         let (_, batch) = answer(&mut a).await;
         assert!(batch.contains("\"fourth\""), "{batch}");
     }
+}
+
+/// The `streams` figure of a server's `/stats`, asked over a Unix socket in
+/// the clear (its TCP listener speaking only TLS).
+async fn streams_over(socket: &std::path::Path) -> u64 {
+    let mut s = UnixStream::connect(socket).await.unwrap();
+    s.write_all(b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (_, body) = answer(&mut s).await;
+    serde_json::from_str::<serde_json::Value>(&body).unwrap()["streams"]
+        .as_u64()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_https_event_stream_whose_reader_takes_nothing_is_let_go_after_the_write_timeout() {
+    let dir = Temp::dir("tls-stall");
+    let socket = dir.join("s.sock");
+    let unix = format!("unix:{}", socket.display());
+    let (cert, key, connector) = tls(&dir, &[b"http/1.1"]);
+    let server = Server::start(&[
+        "--write-timeout",
+        "1",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--listen",
+        &unix,
+    ]);
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    // A TLS client that never reads: its receive window fills, then stays shut.
+    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+    tcp.set_recv_buffer_size(4096).unwrap();
+    let tcp = tcp.connect(server.addr).await.unwrap();
+    let mut stalled = connector.connect(name.clone(), tcp).await.unwrap();
+    stalled
+        .write_all(b"GET /events?channel=shut HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    stalled.flush().await.unwrap();
+    let deadline = tokio::time::Instant::now() + STEP;
+    while streams_over(&socket).await != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stream never opened"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // More than the kernel's buffers on both sides hold, over another HTTPS
+    // connection, each publish answered.
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let mut publisher = connector.connect(name, tcp).await.unwrap();
+    let big = "z".repeat(60_000);
+    let publish = format!(
+        "POST /publish?channel=shut HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n\
+         Content-Length: {}\r\n\r\n{big}",
+        big.len()
+    );
+    for _ in 0..200 {
+        publisher.write_all(publish.as_bytes()).await.unwrap();
+        publisher.flush().await.unwrap();
+        let (head, _) = answer(&mut publisher).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    }
+
+    // Given up on and forgotten, while the publisher was served throughout.
+    let deadline = tokio::time::Instant::now() + STEP;
+    while streams_over(&socket).await != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the stalled stream was kept past the write timeout"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    closed_by_server(stalled, "the stalled HTTPS stream").await;
 }
