@@ -293,11 +293,11 @@ async fn connect(o: &Opts, addr: SocketAddr, alpn: &[u8]) -> Conn {
 /// whole, and drops what it read.
 async fn next_event<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) -> std::io::Result<()> {
     loop {
-        if let Some(data) = find(buf, b"\ndata:") {
-            if let Some(end) = find(&buf[data..], b"\n\n") {
-                buf.drain(..data + end + 2);
-                return Ok(());
-            }
+        if let Some(data) = find(buf, b"\ndata:")
+            && let Some(end) = find(&buf[data..], b"\n\n")
+        {
+            buf.drain(..data + end + 2);
+            return Ok(());
         }
         fill(s, buf).await?;
     }

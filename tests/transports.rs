@@ -312,17 +312,24 @@ async fn http11_over_tls_is_served_as_in_the_clear() {
     }
 }
 
-/// The `streams` figure of a server's `/stats`, asked over a Unix socket in
-/// the clear (its TCP listener speaking only TLS).
-async fn streams_over(socket: &std::path::Path) -> u64 {
-    let mut s = UnixStream::connect(socket).await.unwrap();
-    s.write_all(b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let (_, body) = answer(&mut s).await;
-    serde_json::from_str::<serde_json::Value>(&body).unwrap()["streams"]
-        .as_u64()
-        .unwrap()
+/// Waits until a server's `/stats` counts `want` event streams, asking over
+/// a Unix socket in the clear (its TCP listener speaks only TLS); panics
+/// with `why` after `STEP`.
+async fn wait_for_streams(socket: &std::path::Path, want: u64, why: &str) {
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let mut s = UnixStream::connect(socket).await.unwrap();
+        s.write_all(b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (_, body) = answer(&mut s).await;
+        let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if stats["streams"] == want {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{why}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
@@ -352,14 +359,7 @@ async fn an_https_event_stream_whose_reader_takes_nothing_is_let_go_after_the_wr
         .await
         .unwrap();
     stalled.flush().await.unwrap();
-    let deadline = tokio::time::Instant::now() + STEP;
-    while streams_over(&socket).await != 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the stream never opened"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_for_streams(&socket, 1, "the stream never opened").await;
 
     // More than the kernel's buffers on both sides hold, over another HTTPS
     // connection, each publish answered.
@@ -379,13 +379,7 @@ async fn an_https_event_stream_whose_reader_takes_nothing_is_let_go_after_the_wr
     }
 
     // Given up on and forgotten, while the publisher was served throughout.
-    let deadline = tokio::time::Instant::now() + STEP;
-    while streams_over(&socket).await != 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the stalled stream was kept past the write timeout"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let why = "the stalled stream was kept past the write timeout";
+    wait_for_streams(&socket, 0, why).await;
     closed_by_server(stalled, "the stalled HTTPS stream").await;
 }
