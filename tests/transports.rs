@@ -11,7 +11,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{STEP, Server, Temp};
+use common::{STEP, Server, Temp, wait_for_stat_of};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
@@ -226,6 +226,15 @@ async fn answer(io: &mut (impl AsyncRead + Unpin)) -> (String, String) {
     (head, String::from_utf8(body).unwrap())
 }
 
+/// A raw HTTP/1.1 publish of `data` on `channel`.
+fn publish_request(channel: &str, data: &str) -> String {
+    format!(
+        "POST /publish?channel={channel} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n\
+         Content-Length: {}\r\n\r\n{data}",
+        data.len()
+    )
+}
+
 /// Reads from `io` until `text` has come.
 async fn read_until(io: &mut (impl AsyncRead + Unpin), seen: &mut String, text: &str) {
     let mut buf = [0u8; 1024];
@@ -250,13 +259,7 @@ async fn http11_over_tls_is_served_as_in_the_clear() {
             let tcp = TcpStream::connect(server.addr).await.unwrap();
             connector.connect(name.clone(), tcp).await.unwrap()
         };
-        let publish = |data: &str| {
-            format!(
-                "POST /publish?channel=c HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n\
-                 Content-Length: {}\r\n\r\n{data}",
-                data.len()
-            )
-        };
+        let publish = |data: &str| publish_request("c", data);
 
         // One connection kept alive: a publish, then a read of the history.
         let mut a = connect().await;
@@ -312,24 +315,14 @@ async fn http11_over_tls_is_served_as_in_the_clear() {
     }
 }
 
-/// Waits until a server's `/stats` counts `want` event streams, asking over
-/// a Unix socket in the clear (its TCP listener speaks only TLS); panics
-/// with `why` after `STEP`.
-async fn wait_for_streams(socket: &std::path::Path, want: u64, why: &str) {
-    let deadline = tokio::time::Instant::now() + STEP;
-    loop {
-        let mut s = UnixStream::connect(socket).await.unwrap();
-        s.write_all(b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let (_, body) = answer(&mut s).await;
-        let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
-        if stats["streams"] == want {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{why}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+/// A server's `/stats`, asked over a Unix socket in the clear (its TCP
+/// listener speaks only TLS).
+async fn stats_over(socket: &std::path::Path) -> serde_json::Value {
+    let mut s = UnixStream::connect(socket).await.unwrap();
+    s.write_all(b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    serde_json::from_str(&answer(&mut s).await.1).unwrap()
 }
 
 #[tokio::test]
@@ -359,18 +352,14 @@ async fn an_https_event_stream_whose_reader_takes_nothing_is_let_go_after_the_wr
         .await
         .unwrap();
     stalled.flush().await.unwrap();
-    wait_for_streams(&socket, 1, "the stream never opened").await;
+    wait_for_stat_of(|| stats_over(&socket), "streams", 1).await;
 
     // More than the kernel's buffers on both sides hold, over another HTTPS
     // connection, each publish answered.
     let tcp = TcpStream::connect(server.addr).await.unwrap();
     let mut publisher = connector.connect(name, tcp).await.unwrap();
     let big = "z".repeat(60_000);
-    let publish = format!(
-        "POST /publish?channel=shut HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n\
-         Content-Length: {}\r\n\r\n{big}",
-        big.len()
-    );
+    let publish = publish_request("shut", &big);
     for _ in 0..200 {
         publisher.write_all(publish.as_bytes()).await.unwrap();
         publisher.flush().await.unwrap();
@@ -379,7 +368,6 @@ async fn an_https_event_stream_whose_reader_takes_nothing_is_let_go_after_the_wr
     }
 
     // Given up on and forgotten, while the publisher was served throughout.
-    let why = "the stalled stream was kept past the write timeout";
-    wait_for_streams(&socket, 0, why).await;
+    wait_for_stat_of(|| stats_over(&socket), "streams", 0).await;
     closed_by_server(stalled, "the stalled HTTPS stream").await;
 }

@@ -16,6 +16,28 @@ use tokio::net::TcpStream;
 /// Every awaited step of a test is bounded by this.
 pub const STEP: Duration = Duration::from_secs(20);
 
+/// Polls `stats` (a server's `/stats`, however it is asked) until `field`
+/// equals `value`, or panics after `STEP`.
+pub async fn wait_for_stat_of<F, S>(stats: F, field: &str, value: u64)
+where
+    F: Fn() -> S,
+    S: std::future::Future<Output = serde_json::Value>,
+{
+    let deadline = tokio::time::Instant::now() + STEP;
+    loop {
+        let stats = stats().await;
+        if stats[field] == value {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{field} stayed at {} (want {value})",
+            stats[field]
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A file or directory in the temp directory, named for this test process,
 /// removed when dropped, so that a run leaves nothing behind.
 #[derive(Debug)]
@@ -247,19 +269,7 @@ impl Server {
 
     /// Polls `/stats` until `field` equals `value`, or panics after `STEP`.
     pub async fn wait_for_stat(&self, field: &str, value: u64) {
-        let deadline = tokio::time::Instant::now() + STEP;
-        loop {
-            let stats = self.stats().await;
-            if stats[field] == value {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{field} stayed at {} (want {value})",
-                stats[field]
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for_stat_of(|| self.stats(), field, value).await;
     }
 }
 
