@@ -4,7 +4,9 @@
 //! an HTTP/2 connection with nothing open is closed with a GOAWAY; an HTTP/2
 //! stream whose flow-control window stays shut is reset and its memory
 //! freed; an HTTPS/1.1 reader that takes nothing is let go after the write
-//! timeout. Meanwhile everyone else is served.
+//! timeout; a subscriber over `--max-subscribers` is answered 503 and a
+//! connection over `--max-connections` is turned away, whatever it speaks.
+//! Meanwhile everyone else is served.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -370,4 +372,222 @@ async fn an_https_event_stream_whose_reader_takes_nothing_is_let_go_after_the_wr
     // Given up on and forgotten, while the publisher was served throughout.
     wait_for_stat_of(|| stats_over(&socket), "streams", 0).await;
     closed_by_server(stalled, "the stalled HTTPS stream").await;
+}
+
+/// `connector`'s client, offering `alpn` instead.
+fn offering(connector: &tokio_rustls::TlsConnector, alpn: &[u8]) -> tokio_rustls::TlsConnector {
+    let mut config = (**connector.config()).clone();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+/// A GET for `path` on a raw HTTP/1.1 connection: the answer's status and body.
+async fn get_over(io: &mut (impl AsyncRead + AsyncWriteExt + Unpin), path: &str) -> (u16, String) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+    io.write_all(request.as_bytes()).await.unwrap();
+    io.flush().await.unwrap();
+    let (head, body) = answer(io).await;
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok());
+    (status.unwrap_or_else(|| panic!("{head}")), body)
+}
+
+type H2 = hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>;
+
+/// A request on an HTTP/2 connection: the answer's status and body.
+async fn h2_send(
+    h2: &mut H2,
+    request: hyper::Request<http_body_util::Full<bytes::Bytes>>,
+) -> (u16, String) {
+    let resp = tokio::time::timeout(STEP, h2.send_request(request))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// A publish of `data` on `channel` over HTTP/2: how many it reached.
+async fn h2_publish(h2: &mut H2, channel: &str, data: &str) -> u64 {
+    let request = hyper::Request::post(format!("http://localhost/publish?channel={channel}"))
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            data.to_owned(),
+        )))
+        .unwrap();
+    let (status, body) = h2_send(h2, request).await;
+    assert_eq!(status, 200, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    body["subscribers"].as_u64().unwrap()
+}
+
+/// Asserts a one-line JSON refusal with this status and reason.
+fn assert_refused(what: &str, (status, body): (u16, String), want: u16, reason: &str) {
+    assert_eq!(status, want, "{what}: {body}");
+    assert_eq!(body.trim_end().lines().count(), 1, "{what}: {body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["reason"], reason, "{what}: {body}");
+}
+
+#[tokio::test]
+async fn the_subscriber_limit_answers_503_on_every_transport() {
+    let dir = Temp::dir("transports-subscribers");
+    let socket = dir.join("s.sock");
+    let unix = format!("unix:{}", socket.display());
+    let hold = b"GET /subscribe?channel=l HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    // In the clear: HTTP/1.1, h2c and a Unix socket.
+    let server = Server::start(&["--max-subscribers", "1", "--listen", &unix]);
+    let mut held = TcpStream::connect(server.addr).await.unwrap();
+    held.write_all(hold).await.unwrap();
+    server.wait_for_stat("waiting", 1).await;
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let mut local = UnixStream::connect(&socket).await.unwrap();
+    let (mut h2, _ended) = common::h2c(&server, None).await;
+    for path in [
+        "/subscribe?channel=l",
+        "/events?channel=l",
+        "/subscribe?channel=other",
+    ] {
+        let busy = |how: &str| format!("{how} {path}");
+        assert_refused(&busy("plain"), get_over(&mut tcp, path).await, 503, "busy");
+        assert_refused(&busy("unix"), get_over(&mut local, path).await, 503, "busy");
+        let refused = h2_send(&mut h2, common::h2_get(path)).await;
+        assert_refused(&busy("h2c"), refused, 503, "busy");
+    }
+    // The one waiting is served, and so is every refused client's connection.
+    assert_eq!(h2_publish(&mut h2, "l", "m").await, 1);
+    assert_eq!(answer(&mut held).await.1, "m");
+    assert_eq!(
+        get_over(&mut tcp, "/subscribe?channel=l&since=oldest")
+            .await
+            .1,
+        "m"
+    );
+    assert_eq!(
+        get_over(&mut local, "/subscribe?channel=l&since=oldest")
+            .await
+            .1,
+        "m"
+    );
+
+    // Over TLS: HTTP/1.1 and HTTP/2.
+    let (cert, key, connector) = tls(&dir, &[b"http/1.1"]);
+    let server = Server::start(&[
+        "--max-subscribers",
+        "1",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ]);
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let connect = |connector: tokio_rustls::TlsConnector| {
+        let name = name.clone();
+        async move {
+            let tcp = TcpStream::connect(server.addr).await.unwrap();
+            connector.connect(name, tcp).await.unwrap()
+        }
+    };
+    let mut held = connect(connector.clone()).await;
+    held.write_all(hold).await.unwrap();
+    held.flush().await.unwrap();
+    let (mut h2, _ended) = common::h2_over(connect(offering(&connector, b"h2")).await, None).await;
+    let stats = |h2: H2| async move {
+        let mut h2 = h2;
+        serde_json::from_str(&h2_send(&mut h2, common::h2_get("/stats")).await.1).unwrap()
+    };
+    wait_for_stat_of(|| stats(h2.clone()), "waiting", 1).await;
+    let mut https = connect(connector.clone()).await;
+    for path in ["/subscribe?channel=l", "/events?channel=l"] {
+        assert_refused(
+            &format!("HTTPS/1.1 {path}"),
+            get_over(&mut https, path).await,
+            503,
+            "busy",
+        );
+        let refused = h2_send(&mut h2, common::h2_get(path)).await;
+        assert_refused(&format!("HTTPS/2 {path}"), refused, 503, "busy");
+    }
+    assert_eq!(h2_publish(&mut h2, "l", "m").await, 1);
+    assert_eq!(answer(&mut held).await.1, "m");
+    assert_eq!(
+        get_over(&mut https, "/subscribe?channel=l&since=oldest")
+            .await
+            .1,
+        "m"
+    );
+}
+
+#[tokio::test]
+async fn the_connection_limit_turns_away_connections_on_every_transport() {
+    let dir = Temp::dir("transports-connections");
+    let socket = dir.join("c.sock");
+    let unix = format!("unix:{}", socket.display());
+    let hold = b"GET /subscribe?channel=k HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    // In the clear: a long-poll and an h2c connection take both places.
+    let server = Server::start(&["--max-connections", "2", "--listen", &unix]);
+    let mut held = TcpStream::connect(server.addr).await.unwrap();
+    held.write_all(hold).await.unwrap();
+    let (mut h2, _ended) = common::h2c(&server, None).await;
+    let stats = |h2: H2| async move {
+        let mut h2 = h2;
+        serde_json::from_str(&h2_send(&mut h2, common::h2_get("/stats")).await.1).unwrap()
+    };
+    wait_for_stat_of(|| stats(h2.clone()), "waiting", 1).await;
+    // An HTTP/1.1 client is told why, then closed; an h2c client (its preface
+    // sent) and a Unix socket client are closed.
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = answer(&mut tcp).await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert_refused("plain", (503, body), 503, "connection_limit");
+    closed_by_server(tcp, "plain, over the limit").await;
+    let mut prior = TcpStream::connect(server.addr).await.unwrap();
+    prior
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    closed_by_server(prior, "h2c, over the limit").await;
+    let local = UnixStream::connect(&socket).await.unwrap();
+    closed_by_server(local, "unix, over the limit").await;
+    // Those already in are served.
+    assert_eq!(h2_publish(&mut h2, "k", "m").await, 1);
+    assert_eq!(answer(&mut held).await.1, "m");
+
+    // Over TLS: no handshake for a connection over the limit.
+    let (cert, key, connector) = tls(&dir, &[b"http/1.1"]);
+    let server = Server::start(&[
+        "--max-connections",
+        "2",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ]);
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let connect = |connector: tokio_rustls::TlsConnector| {
+        let name = name.clone();
+        async move {
+            let tcp = TcpStream::connect(server.addr).await.unwrap();
+            connector.connect(name, tcp).await
+        }
+    };
+    let mut held = connect(connector.clone()).await.unwrap();
+    held.write_all(hold).await.unwrap();
+    held.flush().await.unwrap();
+    let h2_connector = offering(&connector, b"h2");
+    let (mut h2, _ended) =
+        common::h2_over(connect(h2_connector.clone()).await.unwrap(), None).await;
+    wait_for_stat_of(|| stats(h2.clone()), "waiting", 1).await;
+    for (what, connector) in [("HTTPS/1.1", connector), ("HTTPS/2", h2_connector)] {
+        let refused = tokio::time::timeout(STEP, connect(connector))
+            .await
+            .unwrap();
+        assert!(refused.is_err(), "{what}: a handshake over the limit");
+    }
+    assert_eq!(h2_publish(&mut h2, "k", "m").await, 1);
+    assert_eq!(answer(&mut held).await.1, "m");
 }

@@ -907,12 +907,27 @@ pub async fn h2c(
     tokio::sync::oneshot::Receiver<()>,
 ) {
     let stream = TcpStream::connect(server.addr).await.unwrap();
+    h2_over(stream, window).await
+}
+
+/// An HTTP/2 connection over `io` (in the clear, or TLS that agreed on
+/// `h2`), as [`h2c`] makes one.
+pub async fn h2_over<T>(
+    io: T,
+    window: Option<u32>,
+) -> (
+    hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    tokio::sync::oneshot::Receiver<()>,
+)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let mut builder =
         hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
     if let Some(window) = window {
         builder.initial_stream_window_size(window);
     }
-    let (sender, conn) = builder.handshake(TokioIo::new(stream)).await.unwrap();
+    let (sender, conn) = builder.handshake(TokioIo::new(io)).await.unwrap();
     let (ended_tx, ended) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let _ = conn.await;
