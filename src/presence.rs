@@ -13,7 +13,6 @@
 //! sweep. Whoever drains them ([`Presence::take`]) tells the subscribers and
 //! the application.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -83,9 +82,13 @@ pub struct Shown {
 }
 
 /// Who is on a presence channel.
+/// The maps a poll looks up twice: seeded per map, and much cheaper than
+/// SipHash on short keys.
+type Map<V> = hashbrown::HashMap<SmolStr, V, foldhash::fast::RandomState>;
+
 #[derive(Debug, Default)]
 struct Room {
-    members: HashMap<SmolStr, Member>,
+    members: Map<Member>,
     /// Open polls and streams with no identity: counted, not listed.
     anonymous: u32,
     /// Open polls and streams, named or not.
@@ -116,7 +119,7 @@ impl Member {
 
 #[derive(Debug, Default)]
 struct State {
-    rooms: HashMap<SmolStr, Room>,
+    rooms: Map<Room>,
     events: Vec<Event>,
 }
 
@@ -167,7 +170,7 @@ impl Presence {
     pub fn enter<'c>(
         self: &Arc<Self>,
         channels: impl IntoIterator<Item = (&'c str, Option<u64>)>,
-        member: Option<&str>,
+        member: Option<SmolStr>,
     ) -> Option<Box<Lease>> {
         let mut held: Held = Held::new();
         let mut state = self.state();
@@ -177,26 +180,29 @@ impl Presence {
                 continue;
             }
             let State { rooms, events } = &mut *state;
-            let room = match rooms.get_mut(channel) {
-                Some(room) => room,
+            // The room's own name goes in the lease: a copy of a short
+            // name, a count for a long one.
+            let (name, room) = match rooms.get_key_value_mut(channel) {
+                Some((name, room)) => (name.clone(), room),
                 None => {
                     events.push(event(channel, Change::Occupied));
-                    rooms.entry(channel.into()).or_default()
+                    let name = SmolStr::from(channel);
+                    (name.clone(), rooms.entry(name).or_default())
                 }
             };
             room.vacant_at = None;
             room.open += 1;
-            let Some(id) = member else {
+            let Some(id) = &member else {
                 room.anonymous += 1;
-                held.push(channel.into());
+                held.push(name);
                 continue;
             };
-            let m = match room.members.get_mut(id) {
+            let m = match room.members.get_mut(id.as_str()) {
                 Some(m) => m,
                 None if self.reserve(MEMBER_BYTES + id.len()) => {
-                    events.push(event(channel, Change::Joined(id.into())));
+                    events.push(event(channel, Change::Joined(id.clone())));
                     joined = true;
-                    room.members.entry(id.into()).or_insert(Member {
+                    room.members.entry(id.clone()).or_insert(Member {
                         connections: 0,
                         since: now_ms(),
                         expires: None,
@@ -206,7 +212,7 @@ impl Presence {
                 }
                 None => {
                     room.anonymous += 1;
-                    held.push(channel.into());
+                    held.push(name);
                     continue;
                 }
             };
@@ -215,7 +221,7 @@ impl Presence {
             if let Some(ack) = ack {
                 m.ack(ack);
             }
-            held.push(channel.into());
+            held.push(name);
         }
         drop(state);
         if joined {
@@ -224,7 +230,7 @@ impl Presence {
         (!held.is_empty()).then(|| {
             Box::new(Lease {
                 presence: self.clone(),
-                member: member.map(SmolStr::from),
+                member,
                 channels: held,
             })
         })
@@ -444,7 +450,7 @@ mod tests {
     async fn twenty_re_polls_are_one_join_and_no_leave() {
         let p = presence(10);
         for _ in 0..20 {
-            let lease = p.enter([("room1", None)], Some("alice"));
+            let lease = p.enter([("room1", None)], Some("alice".into()));
             pass(1).await;
             drop(lease);
             pass(2).await;
@@ -458,7 +464,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_member_that_stops_polling_leaves_once_after_the_grace_period() {
         let p = presence(10);
-        drop(p.enter([("room1", None)], Some("alice")));
+        drop(p.enter([("room1", None)], Some("alice".into())));
         p.take();
         pass(9).await;
         p.sweep();
@@ -475,8 +481,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn two_tabs_are_one_member_present_while_either_is_open() {
         let p = presence(5);
-        let one = p.enter([("room1", None)], Some("alice"));
-        let two = p.enter([("room1", None)], Some("alice"));
+        let one = p.enter([("room1", None)], Some("alice".into()));
+        let two = p.enter([("room1", None)], Some("alice".into()));
         assert_eq!(p.members("room1").0[0].connections, 2);
         drop(one);
         pass(60).await;
@@ -491,10 +497,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_reconnect_within_the_grace_period_is_no_leave() {
         let p = presence(5);
-        drop(p.enter([("room1", Some(3))], Some("bob")));
+        drop(p.enter([("room1", Some(3))], Some("bob".into())));
         pass(4).await;
         p.sweep();
-        let _back = p.enter([("room1", Some(3))], Some("bob"));
+        let _back = p.enter([("room1", Some(3))], Some("bob".into()));
         pass(30).await;
         p.sweep();
         let told = changes(&p);
@@ -504,14 +510,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn seen_moves_only_when_a_poll_acknowledges_and_is_told_once() {
         let p = presence(5);
-        let lease = p.enter([("room1", None)], Some("carol"));
+        let lease = p.enter([("room1", None)], Some("carol".into()));
         p.sweep();
         assert_eq!(p.members("room1").0[0].seen, 0);
         assert!(!changes(&p).iter().any(|c| matches!(c, Change::Seen(_))));
         drop(lease);
-        let _lease = p.enter([("room1", Some(7))], Some("carol"));
+        let _lease = p.enter([("room1", Some(7))], Some("carol".into()));
         // An older cursor (another tab) never moves it back.
-        let _older = p.enter([("room1", Some(4))], Some("carol"));
+        let _older = p.enter([("room1", Some(4))], Some("carol".into()));
         p.sweep();
         assert_eq!(p.members("room1").0[0].seen, 7);
         p.sweep();
@@ -527,8 +533,11 @@ mod tests {
     {
         let p = presence(5);
         let anon = p.enter([("room1", None), ("other", None)], None);
-        assert!(p.enter([("other", None)], Some("dave")).is_none());
-        assert!(p.enter([("$presence:room1", None)], Some("dave")).is_none());
+        assert!(p.enter([("other", None)], Some("dave".into())).is_none());
+        assert!(
+            p.enter([("$presence:room1", None)], Some("dave".into()))
+                .is_none()
+        );
         assert_eq!(p.members("room1"), (vec![], 1));
         assert_eq!(p.members("other"), (vec![], 0));
         drop(anon);
@@ -546,9 +555,9 @@ mod tests {
             2 * MEMBER_BYTES + 10,
             meter.clone(),
         );
-        let a = p.enter([("c", None)], Some("a"));
-        let b = p.enter([("c", None)], Some("b"));
-        let c = p.enter([("c", None)], Some("c"));
+        let a = p.enter([("c", None)], Some("a".into()));
+        let b = p.enter([("c", None)], Some("b".into()));
+        let c = p.enter([("c", None)], Some("c".into()));
         let (members, anonymous) = p.members("c");
         assert_eq!((members.len(), anonymous), (2, 1));
         assert_eq!(meter.bytes(), 2 * (MEMBER_BYTES + 1));

@@ -283,7 +283,12 @@ impl Routes {
                     if i > 0 {
                         out.push(b',');
                     }
-                    if serde_json::to_writer(&mut out, m.as_str()).is_err() {
+                    let plain = m.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\');
+                    if plain {
+                        out.push(b'"');
+                        out.extend_from_slice(m.as_bytes());
+                        out.push(b'"');
+                    } else if serde_json::to_writer(&mut out, m.as_str()).is_err() {
                         return;
                     }
                     out.extend_from_slice(b":\"");
@@ -308,7 +313,7 @@ impl Routes {
     }
 
     /// A poll or stream on `channels` enters presence as `member`.
-    fn enter(&self, channels: &Channels, member: Option<&str>) -> Option<Box<Lease>> {
+    fn enter(&self, channels: &Channels, member: Option<SmolStr>) -> Option<Box<Lease>> {
         let acked = |since: &protocol::Since| match since {
             protocol::Since::Id(seq) => Some(*seq),
             _ => None,
@@ -547,7 +552,7 @@ impl Routes {
                 (None, None) => None,
                 _ => {
                     let member = self.admitted(admit, &params.channels).await?;
-                    self.enter(&params.channels, member.as_deref())
+                    self.enter(&params.channels, member)
                 }
             };
             let limit = params.limit();
@@ -587,7 +592,7 @@ impl Routes {
         async move {
             let member = self.admitted(admit, &params.channels).await?;
             let stream = self.store.stream(params.channels.list()).await?;
-            let lease = self.enter(&params.channels, member.as_deref());
+            let lease = self.enter(&params.channels, member);
             Ok(crate::sse::answer(
                 stream,
                 params.channels,
