@@ -26,7 +26,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::http::{adapter, lean};
+use crate::http::{Closing, adapter, lean};
 use crate::hub;
 use crate::listen::{Connection, Listener};
 use crate::routes::{self, Routes};
@@ -182,7 +182,7 @@ impl Server {
         }
         let trimmer = tokio::spawn(trim_memory(routes.clone(), stalled));
         let reloader = tls.clone().map(|tls| tokio::spawn(reload_on_hangup(tls)));
-        let (closing_tx, closing) = watch::channel(false);
+        let closing = Arc::new(Closing::default());
         let tracker = Arc::new(Tracker::default());
         let connections = Arc::new(Connections {
             routes: routes.clone(),
@@ -192,7 +192,7 @@ impl Server {
                 max_head: config.max_header_bytes as usize,
                 write_timeout: Duration::from_secs(config.write_timeout),
             },
-            closing,
+            closing: closing.clone(),
             tracker: tracker.clone(),
             tls,
         });
@@ -211,7 +211,7 @@ impl Server {
             .await;
 
         drop(listeners);
-        let _ = closing_tx.send(true);
+        closing.close();
         routes.store().close();
         tokio::select! {
             _ = tracker.wait_empty() => info!("all connections closed"),
@@ -402,7 +402,7 @@ struct Connections {
     routes: Arc<Routes>,
     builder: adapter::Builder,
     limits: lean::Limits,
-    closing: watch::Receiver<bool>,
+    closing: Arc<Closing>,
     tracker: Arc<Tracker>,
     /// With `--tls-cert`: every connection is TLS; HTTP/1.1 on the lean path,
     /// HTTP/2 by hyper.

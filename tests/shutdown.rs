@@ -1,4 +1,5 @@
-//! SIGTERM: stop accepting, answer every waiting subscriber with 204 and its id, exit.
+//! SIGTERM: stop accepting, answer every waiting subscriber with 204 and its id,
+//! close the idle connections at once, exit.
 
 #![allow(clippy::unwrap_used)] // a test that unwraps fails loudly, which is the point
 
@@ -85,4 +86,51 @@ async fn sigterm_with_ten_thousand_waiting_answers_them_all() {
         answered, 10_000,
         "every waiting subscriber got its 204 and id"
     );
+}
+
+#[tokio::test]
+async fn sigterm_closes_idle_connections_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut server = Server::start(&["--header-timeout", "60"]);
+    // A keep-alive connection between two requests, and an HTTP/2 connection
+    // with nothing open: neither is waiting on anything the hub answers.
+    let mut idle = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    idle.write_all(b"GET /subscribe?channel=x&timeout=0 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while !got.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(idle.read(&mut byte).await.unwrap(), 1);
+        got.push(byte[0]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 204"));
+    let (mut h2, h2_ended) = common::h2c(&server, None).await;
+    let resp = h2.send_request(common::h2_get("/stats")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    drop(resp);
+
+    server.terminate();
+    // Both are closed by the server as it stops, not by the grace period's
+    // end or the header timeout.
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(common::STEP, idle.read_to_end(&mut rest)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    tokio::time::timeout(common::STEP, h2_ended)
+        .await
+        .unwrap()
+        .unwrap();
+    let status = tokio::time::timeout(common::STEP, async {
+        loop {
+            if let Some(status) = server.child.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("exited");
+    assert!(status.success());
+    assert_eq!(server.log_lines("all connections closed").len(), 1);
+    assert!(server.log_lines("grace period over").is_empty());
 }

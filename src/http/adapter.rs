@@ -30,10 +30,11 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::Closing;
 use super::lean::Rewind;
 use crate::answer::{Answer, Body};
 use crate::error::Error;
@@ -51,8 +52,8 @@ pub struct Serving<'a> {
     pub routes: Arc<Routes>,
     /// hyper's settings.
     pub builder: &'a Builder,
-    /// Turns true when the server shuts down.
-    pub closing: watch::Receiver<bool>,
+    /// Says when the server shuts down.
+    pub closing: Arc<Closing>,
     /// How long a connection may go without a request open (the first one
     /// included) before it is closed: the header timeout.
     pub idle: Duration,
@@ -68,7 +69,7 @@ where
     let Serving {
         routes,
         builder,
-        mut closing,
+        closing,
         idle,
         read_only,
     } = serving;
@@ -84,6 +85,8 @@ where
     // fn` would keep the socket twice, its argument and the connection's.
     async move {
         tokio::pin!(conn);
+        let closed = closing.wait();
+        tokio::pin!(closed);
         let mut idle_since = Some(Instant::now());
         let mut shutting = false;
         loop {
@@ -104,7 +107,7 @@ where
                     return;
                 }
                 _ = &mut changed => {}
-                _ = closing.wait_for(|&c| c), if !shutting => {
+                _ = &mut closed, if !shutting => {
                     shutting = true;
                     conn.as_mut().graceful_shutdown();
                 }

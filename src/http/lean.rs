@@ -29,8 +29,9 @@ use bytes::{Buf, Bytes};
 use http::Method;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tokio::time::Instant;
+
+use super::Closing;
 
 use crate::answer::{Answer, Body};
 use crate::error::Error;
@@ -119,7 +120,7 @@ pub fn serve<'a, S: Socket>(
     mut stream: S,
     routes: &'a Routes,
     limits: &'a Limits,
-    stop: &'a watch::Receiver<bool>,
+    stop: &'a Closing,
     read_only: bool,
 ) -> impl Future<Output = Next<S>> + Send + 'a {
     // A block, not an `async fn`: those keep their arguments twice.
@@ -160,7 +161,7 @@ pub fn serve<'a, S: Socket>(
                     }
                 }
             };
-            let close = close || *stop.borrow();
+            let close = close || stop.is_closed();
             if Box::pin(write(
                 &mut stream,
                 &answer,
@@ -344,7 +345,7 @@ async fn idle<S: Socket>(
     stream: &mut S,
     buf: &mut Vec<u8>,
     deadline: Instant,
-    stop: &watch::Receiver<bool>,
+    stop: &Closing,
 ) -> bool {
     // Read by hand into a stack buffer: a new socket is reported readable
     // before any byte has come, and a buffer on the heap would then be held by
@@ -357,8 +358,9 @@ async fn idle<S: Socket>(
         Poll::Ready(Ok::<_, io::Error>(read.filled().len()))
     });
     tokio::select! {
+        biased;
         read = tokio::time::timeout_at(deadline, arrived) => matches!(read, Ok(Ok(n)) if n > 0),
-        _ = stopping(stop.clone()) => false,
+        _ = stop.wait() => false,
     }
 }
 
@@ -388,13 +390,6 @@ async fn read_head<S: Socket>(
         }
     };
     tokio::time::timeout_at(deadline, read).await.ok().flatten()
-}
-
-/// Resolves once the server is stopping (never, if it cannot tell).
-async fn stopping(mut stop: watch::Receiver<bool>) {
-    if stop.wait_for(|&s| s).await.is_err() {
-        std::future::pending::<()>().await;
-    }
 }
 
 /// Where the head at the start of `buf` can end: after its first empty line
@@ -908,7 +903,7 @@ fn write_head(head: &mut Vec<u8>, answer: &Answer, close: bool, http10: bool, ch
         crate::protocol::push_decimal(head, answer.body.len().unwrap_or(0) as u64);
         head.extend_from_slice(b"\r\n");
     }
-    DATE.with(|d| head.extend_from_slice(&d.borrow_mut().line()));
+    DATE.with(|d| d.borrow_mut().write(head));
     if close {
         head.extend_from_slice(b"connection: close\r\n");
     } else if http10 {
@@ -918,7 +913,7 @@ fn write_head(head: &mut Vec<u8>, answer: &Answer, close: bool, http10: bool, ch
 }
 
 thread_local! {
-    static DATE: RefCell<Date> = const { RefCell::new(Date { second: 0, line: Bytes::new() }) };
+    static DATE: RefCell<Date> = const { RefCell::new(Date { second: 0, line: String::new() }) };
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -926,18 +921,19 @@ thread_local! {
 #[derive(Debug)]
 struct Date {
     second: u64,
-    line: Bytes,
+    line: String,
 }
 
 impl Date {
-    fn line(&mut self) -> Bytes {
+    /// Appends the line to `head`.
+    fn write(&mut self, head: &mut Vec<u8>) {
         let now = SystemTime::now();
         let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
         if second != self.second || self.line.is_empty() {
             self.second = second;
-            self.line = format!("date: {}\r\n", httpdate::fmt_http_date(now)).into();
+            self.line = format!("date: {}\r\n", httpdate::fmt_http_date(now));
         }
-        self.line.clone()
+        head.extend_from_slice(self.line.as_bytes());
     }
 }
 
