@@ -428,6 +428,47 @@ fn assert_refused(what: &str, (status, body): (u16, String), want: u16, reason: 
     assert_eq!(json["reason"], reason, "{what}: {body}");
 }
 
+/// `/stats`, asked over an HTTP/2 connection.
+async fn h2_stats(mut h2: H2) -> serde_json::Value {
+    serde_json::from_str(&h2_send(&mut h2, common::h2_get("/stats")).await.1).unwrap()
+}
+
+/// A server speaking only TLS, with `limit` (a flag and its value), and a
+/// client of it that offers HTTP/1.1.
+fn tls_server(dir: &Temp, limit: [&str; 2]) -> (Server, tokio_rustls::TlsConnector) {
+    let (cert, key, connector) = tls(dir, &[b"http/1.1"]);
+    let server = Server::start(&[limit[0], limit[1], "--tls-cert", &cert, "--tls-key", &key]);
+    (server, connector)
+}
+
+/// A TLS connection to `server` through `connector`, or why not.
+async fn tls_connect(
+    server: &Server,
+    connector: &tokio_rustls::TlsConnector,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tcp = TcpStream::connect(server.addr).await?;
+    connector.connect(name, tcp).await
+}
+
+/// Sends `hold` (a long-poll) over HTTPS/1.1 and opens an HTTPS/2
+/// connection; returns both once the long-poll waits.
+async fn waiting_over_tls(
+    server: &Server,
+    connector: &tokio_rustls::TlsConnector,
+    hold: &[u8],
+) -> (tokio_rustls::client::TlsStream<TcpStream>, H2) {
+    let mut held = tls_connect(server, connector).await.unwrap();
+    held.write_all(hold).await.unwrap();
+    held.flush().await.unwrap();
+    let h2 = tls_connect(server, &offering(connector, b"h2"))
+        .await
+        .unwrap();
+    let (h2, _) = common::h2_over(h2, None).await;
+    wait_for_stat_of(|| h2_stats(h2.clone()), "waiting", 1).await;
+    (held, h2)
+}
+
 #[tokio::test]
 async fn the_subscriber_limit_answers_503_on_every_transport() {
     let dir = Temp::dir("transports-subscribers");
@@ -471,33 +512,9 @@ async fn the_subscriber_limit_answers_503_on_every_transport() {
     );
 
     // Over TLS: HTTP/1.1 and HTTP/2.
-    let (cert, key, connector) = tls(&dir, &[b"http/1.1"]);
-    let server = Server::start(&[
-        "--max-subscribers",
-        "1",
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-    ]);
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let connect = |connector: tokio_rustls::TlsConnector| {
-        let name = name.clone();
-        async move {
-            let tcp = TcpStream::connect(server.addr).await.unwrap();
-            connector.connect(name, tcp).await.unwrap()
-        }
-    };
-    let mut held = connect(connector.clone()).await;
-    held.write_all(hold).await.unwrap();
-    held.flush().await.unwrap();
-    let (mut h2, _ended) = common::h2_over(connect(offering(&connector, b"h2")).await, None).await;
-    let stats = |h2: H2| async move {
-        let mut h2 = h2;
-        serde_json::from_str(&h2_send(&mut h2, common::h2_get("/stats")).await.1).unwrap()
-    };
-    wait_for_stat_of(|| stats(h2.clone()), "waiting", 1).await;
-    let mut https = connect(connector.clone()).await;
+    let (server, connector) = tls_server(&dir, ["--max-subscribers", "1"]);
+    let (mut held, mut h2) = waiting_over_tls(&server, &connector, hold).await;
+    let mut https = tls_connect(&server, &connector).await.unwrap();
     for path in ["/subscribe?channel=l", "/events?channel=l"] {
         assert_refused(
             &format!("HTTPS/1.1 {path}"),
@@ -530,11 +547,7 @@ async fn the_connection_limit_turns_away_connections_on_every_transport() {
     let mut held = TcpStream::connect(server.addr).await.unwrap();
     held.write_all(hold).await.unwrap();
     let (mut h2, _ended) = common::h2c(&server, None).await;
-    let stats = |h2: H2| async move {
-        let mut h2 = h2;
-        serde_json::from_str(&h2_send(&mut h2, common::h2_get("/stats")).await.1).unwrap()
-    };
-    wait_for_stat_of(|| stats(h2.clone()), "waiting", 1).await;
+    wait_for_stat_of(|| h2_stats(h2.clone()), "waiting", 1).await;
     // An HTTP/1.1 client is told why, then closed; an h2c client (its preface
     // sent) and a Unix socket client are closed.
     let mut tcp = TcpStream::connect(server.addr).await.unwrap();
@@ -558,32 +571,11 @@ async fn the_connection_limit_turns_away_connections_on_every_transport() {
     assert_eq!(answer(&mut held).await.1, "m");
 
     // Over TLS: no handshake for a connection over the limit.
-    let (cert, key, connector) = tls(&dir, &[b"http/1.1"]);
-    let server = Server::start(&[
-        "--max-connections",
-        "2",
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-    ]);
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let connect = |connector: tokio_rustls::TlsConnector| {
-        let name = name.clone();
-        async move {
-            let tcp = TcpStream::connect(server.addr).await.unwrap();
-            connector.connect(name, tcp).await
-        }
-    };
-    let mut held = connect(connector.clone()).await.unwrap();
-    held.write_all(hold).await.unwrap();
-    held.flush().await.unwrap();
+    let (server, connector) = tls_server(&dir, ["--max-connections", "2"]);
+    let (mut held, mut h2) = waiting_over_tls(&server, &connector, hold).await;
     let h2_connector = offering(&connector, b"h2");
-    let (mut h2, _ended) =
-        common::h2_over(connect(h2_connector.clone()).await.unwrap(), None).await;
-    wait_for_stat_of(|| stats(h2.clone()), "waiting", 1).await;
     for (what, connector) in [("HTTPS/1.1", connector), ("HTTPS/2", h2_connector)] {
-        let refused = tokio::time::timeout(STEP, connect(connector))
+        let refused = tokio::time::timeout(STEP, tls_connect(&server, &connector))
             .await
             .unwrap();
         assert!(refused.is_err(), "{what}: a handshake over the limit");
