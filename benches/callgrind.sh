@@ -8,6 +8,7 @@
 #   benches/callgrind.sh fan
 #   benches/callgrind.sh fan0,fan1,fan2,fan3
 #   COMETHUB_BIN=old/comethub benches/callgrind.sh fan    (another build)
+#   MODE=fanout-h2 benches/callgrind.sh fan    (HTTP/2 streams in the clear, 50 a connection)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CHANNELS=${1:-fan}; shift || true
@@ -18,6 +19,8 @@ source benches/common.sh
 build
 PORT=${PORT:-18061}
 BIN=${COMETHUB_BIN:-target/release/comethub}
+MODE=${MODE:-fanout}
+[ "$MODE" = fanout-h2 ] && LOAD+=(--connections 20)
 command -v valgrind >/dev/null || { echo "needs valgrind (apt install valgrind)" >&2; exit 1; }
 total() {
   local rounds=$1 out; shift
@@ -26,7 +29,7 @@ total() {
     --listen 127.0.0.1:$PORT --timeout 120 "$@" 2>/dev/null &
   local vpid=$!
   for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$PORT/" && break; sleep 0.2; done
-  "$LOADGEN" fanout --addr 127.0.0.1:$PORT --subscribers 1000 --rounds "$rounds" \
+  "$LOADGEN" "$MODE" --addr 127.0.0.1:$PORT --subscribers 1000 --rounds "$rounds" \
     --channel "$CHANNELS" ${LOAD[@]+"${LOAD[@]}"} >/dev/null
   kill -TERM $vpid; wait $vpid 2>/dev/null || true
   grep -E "^(summary|totals):" "$out" | awk '{print $2}' | head -1
@@ -34,4 +37,4 @@ total() {
 }
 two=$(total 2 "$@")
 four=$(total 4 "$@")
-echo "RESULT callgrind channels=$CHANNELS instructions_per_delivery=$(( (four - two) / 2000 ))"
+echo "RESULT callgrind mode=$MODE channels=$CHANNELS instructions_per_delivery=$(( (four - two) / 2000 ))"

@@ -365,6 +365,8 @@ fn response(answer: Answer, open: Open) -> Response<AnswerBody> {
     let mut response = Response::new(body);
     *response.status_mut() = answer.status;
     let headers = response.headers_mut();
+    // Room for hyper's `content-length` and `date` too: one allocation, no growth.
+    headers.reserve(answer.headers.len() + 2);
     for (name, value) in answer.headers {
         if let Ok(value) = HeaderValue::from_maybe_shared(value) {
             headers.append(name, value);
