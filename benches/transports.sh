@@ -21,6 +21,9 @@
 #   N=10000 HOLD=60 FANOUT=0 TRANSPORTS=longpoll-tls benches/transports.sh
 #     (also the server's CPU over HOLD seconds while the N are held idle)
 #   FAN=4000 ROUNDS=6 benches/transports.sh
+#   PAIRS=5 FANOUT=0 TRANSPORTS="longpoll h2c" benches/transports.sh
+#     (the fan-out alone, comethub then Nchan, 5 times over on each transport:
+#     each pair's CPU ratio and their median; one pair moves by ±20% here)
 # Needs nginx, libnginx-mod-nchan, openssl and nghttp2-client (h2load).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +40,7 @@ for tool in nginx openssl h2load taskset python3; do
   command -v $tool >/dev/null || { echo "missing $tool: apt-get install -y nginx libnginx-mod-nchan nghttp2-client" >&2; exit 1; }
 done
 FANOUT=${FANOUT:-1}
+PAIRS=${PAIRS:-0}
 HOLD=${HOLD:-0}
 FAN=${FAN:-4000}
 ROUNDS=${ROUNDS:-6}
@@ -177,30 +181,26 @@ fan() {
     grep '^RESULT' || echo "RESULT failed"
 }
 
-declare -A result fanned
-for transport in $TRANSPORTS; do
-  tls=()
-  case $transport in *-tls) tls=(--tls-cert "$work/cert.pem" --tls-key "$work/key.pem") ;; esac
+# Starts comethub for `transport` on core 0: sets CPID and base.
+start_comethub() {
+  local tls=()
+  case $1 in *-tls) tls=(--tls-cert "$work/cert.pem" --tls-key "$work/key.pem") ;; esac
   taskset -c 0 "$BIN" --listen "127.0.0.1:$CPORT" --timeout 600 --ping 600 \
     --max-concurrent-streams 128 "${tls[@]}" 2>/dev/null &
   CPID=$!
-  scheme=http
+  local scheme=http
   [ ${#tls[@]} -gt 0 ] && scheme=https
   base="$scheme://127.0.0.1:$CPORT"
   for _ in $(seq 50); do curl -sk -o /dev/null "$base/live" && break; sleep 0.1; done
-  case $transport in
-    sse*) path="/events?channel=idle" ;;
-    *) path="/subscribe?channel=idle" ;;
-  esac
-  c=$(measure comethub "$CPID" "$transport" "$base$path" "$base")
-  cf=
-  [ "$FANOUT" = 1 ] && cf=$(fan "$transport" "$CPID" "$CPORT")
-  kill "$CPID"; wait "$CPID" 2>/dev/null || true; CPID=
+}
+stop_comethub() { kill "$CPID"; wait "$CPID" 2>/dev/null || true; CPID=; }
 
+# Starts nginx + Nchan on core 0: sets npid, and nurl and nport for `transport`.
+start_nchan() {
   taskset -c 0 nginx -c "$work/nginx.conf" -p "$work" 2>>"$work/error.log" &
   for _ in $(seq 50); do [ -f "$work/nginx.pid" ] && curl -s -o /dev/null "http://127.0.0.1:$NPLAIN/status" && break; sleep 0.1; done
   npid=$(pgrep -P "$(cat "$work/nginx.pid")" | head -1)
-  case $transport in
+  case $1 in
     longpoll) nurl="http://127.0.0.1:$NPLAIN/sub/idle" ;;
     sse) nurl="http://127.0.0.1:$NPLAIN/ev/idle" ;;
     longpoll-tls) nurl="https://127.0.0.1:$NTLS/sub/idle" ;;
@@ -208,13 +208,48 @@ for transport in $TRANSPORTS; do
     h2-tls) nurl="https://127.0.0.1:$NH2/sub/idle" ;;
     h2c) nurl="http://127.0.0.1:$NH2C/sub/idle" ;;
   esac
+  nport=${nurl#*127.0.0.1:}; nport=${nport%%/*}
+}
+stop_nchan() { kill "$(cat "$work/nginx.pid")"; wait 2>/dev/null || true; rm -f "$work/nginx.pid"; }
+nchan_fan() { fan "$1" "$npid" "$nport" --server nchan --publish-addr "127.0.0.1:$NPLAIN"; }
+
+# The median of the numbers given.
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
+
+if [ "$PAIRS" -gt 0 ]; then
+  for transport in $TRANSPORTS; do
+    ratios=() times=()
+    for i in $(seq "$PAIRS"); do
+      start_comethub "$transport"; cf=$(fan "$transport" "$CPID" "$CPORT"); stop_comethub
+      start_nchan "$transport"; nf=$(nchan_fan "$transport"); stop_nchan
+      a=$(val "$cf" cpu_us_per_delivery); b=$(val "$nf" cpu_us_per_delivery)
+      r=$(ratio "${a:-0}" "${b:-0}")
+      ratios+=("$r")
+      times+=("$(ratio "$(val "$cf" all_ms_median)" "$(val "$nf" all_ms_median)")")
+      echo "$transport pair $i: CPU per delivery $a / $b µs = $r; time until all $(val "$cf" all_ms_median) / $(val "$nf" all_ms_median) ms"
+    done
+    echo "$transport: comethub / Nchan, $PAIRS pairs: CPU per delivery ${ratios[*]}, median $(median "${ratios[@]}"); time until all ${times[*]}, median $(median "${times[@]}")"
+  done
+  [ "$FANOUT" = 1 ] || exit 0
+fi
+
+declare -A result fanned
+for transport in $TRANSPORTS; do
+  start_comethub "$transport"
+  case $transport in
+    sse*) path="/events?channel=idle" ;;
+    *) path="/subscribe?channel=idle" ;;
+  esac
+  c=$(measure comethub "$CPID" "$transport" "$base$path" "$base")
+  cf=
+  [ "$FANOUT" = 1 ] && cf=$(fan "$transport" "$CPID" "$CPORT")
+  stop_comethub
+
+  start_nchan "$transport"
   n=$(measure nchan "$npid" "$transport" "$nurl" "")
   nf=
-  if [ "$FANOUT" = 1 ]; then
-    nport=${nurl#*127.0.0.1:}; nport=${nport%%/*}
-    nf=$(fan "$transport" "$npid" "$nport" --server nchan --publish-addr "127.0.0.1:$NPLAIN")
-  fi
-  kill "$(cat "$work/nginx.pid")"; wait 2>/dev/null || true; rm -f "$work/nginx.pid"
+  [ "$FANOUT" = 1 ] && nf=$(nchan_fan "$transport")
+  stop_nchan
   result[$transport]="$c|$n"
   fanned[$transport]="$cf|$nf"
   echo "$transport: comethub ${c% *} B (held ${c#* }), Nchan ${n% *} B (held ${n#* })"

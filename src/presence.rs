@@ -81,11 +81,11 @@ pub struct Shown {
     pub seen: u64,
 }
 
-/// Who is on a presence channel.
 /// The maps a poll looks up twice: seeded per map, and much cheaper than
 /// SipHash on short keys.
 type Map<V> = hashbrown::HashMap<SmolStr, V, foldhash::fast::RandomState>;
 
+/// Who is on a presence channel.
 #[derive(Debug, Default)]
 struct Room {
     members: Map<Member>,

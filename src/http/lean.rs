@@ -32,7 +32,6 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::Closing;
-
 use crate::answer::{Answer, Body};
 use crate::error::Error;
 use crate::routes::{Request, Route, Routes};

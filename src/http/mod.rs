@@ -4,6 +4,7 @@
 //! Every connection starts on [`lean`], a small HTTP/1.1 parser and writer that
 //! holds almost nothing while a long-poll waits; what it does not take (event
 //! streams, unusual framing) it hands, with the bytes already read, to hyper through [`adapter`].
+//! Both wait between two requests on [`Closing`], the server's word that it stops.
 
 pub mod adapter;
 pub mod lean;
