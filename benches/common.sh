@@ -20,6 +20,8 @@ build() {
 
 # val "RESULT k=v ..." k: the value of k.
 val() { echo "$1" | tr ' ' '\n' | awk -F= -v k="$2" '$1 == k {print $2}'; }
+# The median of the numbers given.
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 row() { printf "| %-46s | %12s | %12s | %6s |\n" "$1" "$2" "$3" "$(ratio "$2" "$3")"; }
 # The three fan-out rows for two loadgen RESULT lines (ours, theirs).

@@ -73,7 +73,7 @@ done
 if [ ${#ratios[@]} -gt 0 ]; then
   ratios+=("$(ratio "$(val "$members" cpu_us_per_delivery)" "$(val "$off" cpu_us_per_delivery)")")
   echo
-  echo "CPU per delivery (the round and the re-polls), members / off, $PAIRS pairs: ${ratios[*]}; median $(printf '%s\n' "${ratios[@]}" | sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}')"
+  echo "CPU per delivery (the round and the re-polls), members / off, $PAIRS pairs: ${ratios[*]}; median $(median "${ratios[@]}")"
 fi
 echo
 echo "events received during the events run ($N members, $ROUNDS rounds): $received"

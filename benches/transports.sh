@@ -213,9 +213,6 @@ start_nchan() {
 stop_nchan() { kill "$(cat "$work/nginx.pid")"; wait 2>/dev/null || true; rm -f "$work/nginx.pid"; }
 nchan_fan() { fan "$1" "$npid" "$nport" --server nchan --publish-addr "127.0.0.1:$NPLAIN"; }
 
-# The median of the numbers given.
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
-
 if [ "$PAIRS" -gt 0 ]; then
   for transport in $TRANSPORTS; do
     ratios=() times=()

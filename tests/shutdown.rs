@@ -28,16 +28,7 @@ async fn sigterm_answers_waiters_with_204_and_exits() {
             "the id to resume from on another server or after restart"
         );
     }
-    let status = loop {
-        if let Some(status) = server.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            asked.elapsed() < Duration::from_secs(10),
-            "server did not exit"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = server.exited_by(asked + Duration::from_secs(10)).await;
     assert!(status.success());
     eprintln!("exited {:?} after SIGTERM", asked.elapsed());
     assert!(
@@ -62,16 +53,8 @@ async fn sigterm_with_ten_thousand_waiting_answers_them_all() {
     server.wait_for_stat("waiting", 10_000).await;
     let asked = Instant::now();
     server.terminate();
-    let exited = loop {
-        if server.child.try_wait().unwrap().is_some() {
-            break asked.elapsed();
-        }
-        assert!(
-            asked.elapsed() < Duration::from_secs(10),
-            "server did not exit"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    server.exited_by(asked + Duration::from_secs(10)).await;
+    let exited = asked.elapsed();
     let mut answered = 0;
     for mut s in crowd {
         let mut buf = Vec::new();
@@ -98,13 +81,8 @@ async fn sigterm_closes_idle_connections_at_once() {
     idle.write_all(b"GET /subscribe?channel=x&timeout=0 HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    let mut got = Vec::new();
-    while !got.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        assert_eq!(idle.read(&mut byte).await.unwrap(), 1);
-        got.push(byte[0]);
-    }
-    assert!(got.starts_with(b"HTTP/1.1 204"));
+    let (head, _) = common::answer(&mut idle).await;
+    assert!(head.starts_with("HTTP/1.1 204"), "{head}");
     let (mut h2, h2_ended) = common::h2c(&server, None).await;
     let resp = h2.send_request(common::h2_get("/stats")).await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -120,16 +98,7 @@ async fn sigterm_closes_idle_connections_at_once() {
         .await
         .unwrap()
         .unwrap();
-    let status = tokio::time::timeout(common::STEP, async {
-        loop {
-            if let Some(status) = server.child.try_wait().unwrap() {
-                return status;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await
-    .expect("exited");
+    let status = server.exited_by(Instant::now() + common::STEP).await;
     assert!(status.success());
     assert_eq!(server.log_lines("all connections closed").len(), 1);
     assert!(server.log_lines("grace period over").is_empty());

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{Events, STEP, Server};
 
 #[tokio::test]
@@ -136,11 +134,7 @@ async fn shutdown_ends_streams() {
     server.wait_for_stat("streams", 1).await;
     server.terminate();
     while events.next().await.is_some() {}
-    let deadline = std::time::Instant::now() + STEP;
-    while server.child.try_wait().unwrap().is_none() {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    server.exited_by(std::time::Instant::now() + STEP).await;
 }
 
 #[tokio::test]

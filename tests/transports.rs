@@ -13,7 +13,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{STEP, Server, Temp, wait_for_stat_of};
+use common::{STEP, Server, Temp, answer, wait_for_stat_of};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
@@ -95,20 +95,10 @@ async fn a_connection_that_sends_no_request_in_time_is_closed_on_every_transport
 
     // After a TLS handshake, whatever was agreed by ALPN.
     for alpn in alpns {
-        let (cert, key, connector) = tls(&dir, alpn);
-        let server = Server::start(&[
-            "--header-timeout",
-            "1",
-            "--tls-cert",
-            &cert,
-            "--tls-key",
-            &key,
-        ]);
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let (server, connector) = tls_server(&dir, alpn, &["--header-timeout", "1"]);
         let mut held = Vec::new();
         for bytes in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
-            let tcp = TcpStream::connect(server.addr).await.unwrap();
-            let mut s = connector.connect(name.clone(), tcp).await.unwrap();
+            let mut s = tls_connect(&server, &connector).await.unwrap();
             s.write_all(bytes).await.unwrap();
             s.flush().await.unwrap();
             held.push(s);
@@ -198,36 +188,6 @@ async fn an_http2_stream_whose_window_stays_shut_is_reset_and_freed() {
     assert!(left < before + 16 * 1024, "grew by {} KiB", left - before);
 }
 
-/// Reads one answer with a `Content-Length` from `io`: its status line and
-/// headers, and its body.
-async fn answer(io: &mut (impl AsyncRead + Unpin)) -> (String, String) {
-    let mut got = Vec::new();
-    let mut byte = [0u8; 1];
-    while !got.ends_with(b"\r\n\r\n") {
-        let n = tokio::time::timeout(STEP, io.read(&mut byte))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&got));
-        got.push(byte[0]);
-    }
-    let head = String::from_utf8(got).unwrap();
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(": ")?;
-            name.eq_ignore_ascii_case("content-length")
-                .then(|| value.parse().unwrap())
-        })
-        .unwrap_or(0);
-    let mut body = vec![0u8; length];
-    tokio::time::timeout(STEP, io.read_exact(&mut body))
-        .await
-        .unwrap()
-        .unwrap();
-    (head, String::from_utf8(body).unwrap())
-}
-
 /// A raw HTTP/1.1 publish of `data` on `channel`.
 fn publish_request(channel: &str, data: &str) -> String {
     format!(
@@ -254,13 +214,8 @@ async fn read_until(io: &mut (impl AsyncRead + Unpin), seen: &mut String, text: 
 async fn http11_over_tls_is_served_as_in_the_clear() {
     let dir = Temp::dir("tls-http11");
     for alpn in [&[&b"http/1.1"[..]][..], &[]] {
-        let (cert, key, connector) = tls(&dir, alpn);
-        let server = Server::start(&["--tls-cert", &cert, "--tls-key", &key]);
-        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let connect = || async {
-            let tcp = TcpStream::connect(server.addr).await.unwrap();
-            connector.connect(name.clone(), tcp).await.unwrap()
-        };
+        let (server, connector) = tls_server(&dir, alpn, &[]);
+        let connect = || async { tls_connect(&server, &connector).await.unwrap() };
         let publish = |data: &str| publish_request("c", data);
 
         // One connection kept alive: a publish, then a read of the history.
@@ -332,23 +287,13 @@ async fn an_https_event_stream_whose_reader_takes_nothing_is_let_go_after_the_wr
     let dir = Temp::dir("tls-stall");
     let socket = dir.join("s.sock");
     let unix = format!("unix:{}", socket.display());
-    let (cert, key, connector) = tls(&dir, &[b"http/1.1"]);
-    let server = Server::start(&[
-        "--write-timeout",
-        "1",
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-        "--listen",
-        &unix,
-    ]);
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let flags = ["--write-timeout", "1", "--listen", &unix];
+    let (server, connector) = tls_server(&dir, &[b"http/1.1"], &flags);
     // A TLS client that never reads: its receive window fills, then stays shut.
     let tcp = tokio::net::TcpSocket::new_v4().unwrap();
     tcp.set_recv_buffer_size(4096).unwrap();
     let tcp = tcp.connect(server.addr).await.unwrap();
-    let mut stalled = connector.connect(name.clone(), tcp).await.unwrap();
+    let mut stalled = handshake(tcp, &connector).await.unwrap();
     stalled
         .write_all(b"GET /events?channel=shut HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
@@ -358,8 +303,7 @@ async fn an_https_event_stream_whose_reader_takes_nothing_is_let_go_after_the_wr
 
     // More than the kernel's buffers on both sides hold, over another HTTPS
     // connection, each publish answered.
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
-    let mut publisher = connector.connect(name, tcp).await.unwrap();
+    let mut publisher = tls_connect(&server, &connector).await.unwrap();
     let big = "z".repeat(60_000);
     let publish = publish_request("shut", &big);
     for _ in 0..200 {
@@ -433,12 +377,22 @@ async fn h2_stats(mut h2: H2) -> serde_json::Value {
     serde_json::from_str(&h2_send(&mut h2, common::h2_get("/stats")).await.1).unwrap()
 }
 
-/// A server speaking only TLS, with `limit` (a flag and its value), and a
-/// client of it that offers HTTP/1.1.
-fn tls_server(dir: &Temp, limit: [&str; 2]) -> (Server, tokio_rustls::TlsConnector) {
-    let (cert, key, connector) = tls(dir, &[b"http/1.1"]);
-    let server = Server::start(&[limit[0], limit[1], "--tls-cert", &cert, "--tls-key", &key]);
-    (server, connector)
+/// A server speaking only TLS, with `flags`, and a client of it that offers
+/// `alpn`.
+fn tls_server(dir: &Temp, alpn: &[&[u8]], flags: &[&str]) -> (Server, tokio_rustls::TlsConnector) {
+    let (cert, key, connector) = tls(dir, alpn);
+    let mut args = flags.to_vec();
+    args.extend(["--tls-cert", &cert, "--tls-key", &key]);
+    (Server::start(&args), connector)
+}
+
+/// A TLS handshake for `localhost` over `tcp`, or why not.
+async fn handshake(
+    tcp: TcpStream,
+    connector: &tokio_rustls::TlsConnector,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    connector.connect(name, tcp).await
 }
 
 /// A TLS connection to `server` through `connector`, or why not.
@@ -446,9 +400,7 @@ async fn tls_connect(
     server: &Server,
     connector: &tokio_rustls::TlsConnector,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let tcp = TcpStream::connect(server.addr).await?;
-    connector.connect(name, tcp).await
+    handshake(TcpStream::connect(server.addr).await?, connector).await
 }
 
 /// Sends `hold` (a long-poll) over HTTPS/1.1 and opens an HTTPS/2
@@ -512,7 +464,7 @@ async fn the_subscriber_limit_answers_503_on_every_transport() {
     );
 
     // Over TLS: HTTP/1.1 and HTTP/2.
-    let (server, connector) = tls_server(&dir, ["--max-subscribers", "1"]);
+    let (server, connector) = tls_server(&dir, &[b"http/1.1"], &["--max-subscribers", "1"]);
     let (mut held, mut h2) = waiting_over_tls(&server, &connector, hold).await;
     let mut https = tls_connect(&server, &connector).await.unwrap();
     for path in ["/subscribe?channel=l", "/events?channel=l"] {
@@ -551,12 +503,8 @@ async fn the_connection_limit_turns_away_connections_on_every_transport() {
     // An HTTP/1.1 client is told why, then closed; an h2c client (its preface
     // sent) and a Unix socket client are closed.
     let mut tcp = TcpStream::connect(server.addr).await.unwrap();
-    tcp.write_all(b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let (head, body) = answer(&mut tcp).await;
-    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
-    assert_refused("plain", (503, body), 503, "connection_limit");
+    let refused = get_over(&mut tcp, "/stats").await;
+    assert_refused("plain", refused, 503, "connection_limit");
     closed_by_server(tcp, "plain, over the limit").await;
     let mut prior = TcpStream::connect(server.addr).await.unwrap();
     prior
@@ -571,7 +519,7 @@ async fn the_connection_limit_turns_away_connections_on_every_transport() {
     assert_eq!(answer(&mut held).await.1, "m");
 
     // Over TLS: no handshake for a connection over the limit.
-    let (server, connector) = tls_server(&dir, ["--max-connections", "2"]);
+    let (server, connector) = tls_server(&dir, &[b"http/1.1"], &["--max-connections", "2"]);
     let (mut held, mut h2) = waiting_over_tls(&server, &connector, hold).await;
     let h2_connector = offering(&connector, b"h2");
     for (what, connector) in [("HTTPS/1.1", connector), ("HTTPS/2", h2_connector)] {

@@ -267,6 +267,17 @@ impl Server {
         assert!(end <= target, "rss {end} KiB stayed above {target} KiB");
     }
 
+    /// Waits for the process to exit, by `deadline`: its exit status.
+    pub async fn exited_by(&mut self, deadline: std::time::Instant) -> std::process::ExitStatus {
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "server did not exit");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Polls `/stats` until `field` equals `value`, or panics after `STEP`.
     pub async fn wait_for_stat(&self, field: &str, value: u64) {
         wait_for_stat_of(|| self.stats(), field, value).await;
@@ -934,6 +945,37 @@ where
         let _ = ended_tx.send(());
     });
     (sender, ended)
+}
+
+/// Reads one answer with a `Content-Length` (or none) from a raw HTTP/1.1
+/// connection: its status line and headers, and its body.
+pub async fn answer(io: &mut (impl tokio::io::AsyncRead + Unpin)) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(STEP, io.read(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.push(byte[0]);
+    }
+    let head = String::from_utf8(got).unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(": ")?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    tokio::time::timeout(STEP, io.read_exact(&mut body))
+        .await
+        .unwrap()
+        .unwrap();
+    (head, String::from_utf8(body).unwrap())
 }
 
 /// A GET for `path` with an empty body, for [`h2c`].
