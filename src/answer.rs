@@ -195,6 +195,15 @@ impl Answer {
         self.body
     }
 
+    /// Its body's buffers, in order; none for an empty body or a stream.
+    pub fn body_parts(&self) -> &[Bytes] {
+        match &self.body {
+            Body::Full(b) => std::slice::from_ref(b),
+            Body::Parts(parts) => parts,
+            Body::Empty | Body::Stream(_) => &[],
+        }
+    }
+
     /// Whether the status allows a body (and so a Content-Length).
     pub fn has_body(&self) -> bool {
         !(self.status == StatusCode::NO_CONTENT

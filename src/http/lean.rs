@@ -161,16 +161,16 @@ pub fn serve<'a, S: Socket>(
                 }
             };
             let close = close || stop.is_closed();
-            if Box::pin(write(
-                &mut stream,
-                &answer,
-                close,
-                http10,
-                limits.write_timeout,
-            ))
-            .await
-            .is_err()
-            {
+            // Usually the socket takes the answer at once; only one it does
+            // not gets the waiting writer, on the heap.
+            let written = match write_at_once(&mut stream, &answer, close, http10) {
+                Ok(None) => Ok(()),
+                Ok(Some(rest)) => {
+                    Box::pin(write_rest(&mut stream, &answer, rest, limits.write_timeout)).await
+                }
+                Err(err) => Err(err),
+            };
+            if written.is_err() {
                 return Next::Closed;
             }
             if close {
@@ -618,11 +618,7 @@ fn wait<'a, S: Socket>(
 }
 
 /// Writes an answer: its head, then its body's buffers as they are, never
-/// copied. Usually one vectored write takes it all, with the head serialized
-/// in a scratch buffer of this thread and nothing allocated; what the socket
-/// does not take at once is written as the client reads, from the same shared
-/// buffers (only the rest of the head is copied). A client that takes nothing
-/// for `write_timeout` is given up on.
+/// copied. A client that takes nothing for `write_timeout` is given up on.
 async fn write<S: Socket>(
     stream: &mut S,
     answer: &Answer,
@@ -630,12 +626,32 @@ async fn write<S: Socket>(
     http10: bool,
     write_timeout: Duration,
 ) -> io::Result<()> {
-    let parts: &[Bytes] = match &answer.body {
-        Body::Full(b) => std::slice::from_ref(b),
-        Body::Parts(parts) => parts,
-        Body::Empty | Body::Stream(_) => &[],
-    };
-    let (head, written) = SCRATCH.with(|scratch| {
+    match write_at_once(stream, answer, close, http10)? {
+        None => Ok(()),
+        Some(rest) => write_rest(stream, answer, rest, write_timeout).await,
+    }
+}
+
+/// What [`write_at_once`] left of an answer: the rest of its head (copied),
+/// and how much of its body went.
+#[derive(Debug)]
+struct Unwritten {
+    head: Vec<u8>,
+    body_written: usize,
+}
+
+/// Writes what the connection takes of an answer now, without waiting: one
+/// vectored write, with the head serialized in a scratch buffer of this
+/// thread and nothing allocated. Usually that is all of it (`None`); else
+/// what is left, for [`write_rest`].
+fn write_at_once<S: Socket>(
+    stream: &mut S,
+    answer: &Answer,
+    close: bool,
+    http10: bool,
+) -> io::Result<Option<Unwritten>> {
+    let parts = answer.body_parts();
+    SCRATCH.with(|scratch| {
         let mut head = scratch.borrow_mut();
         head.clear();
         write_head(&mut head, answer, close, http10, false);
@@ -644,15 +660,35 @@ async fn write<S: Socket>(
         for (slot, part) in slices[1..].iter_mut().zip(parts) {
             *slot = IoSlice::new(part);
         }
-        // Tried once without waiting: what the connection does not take now
-        // is written below, as it is read.
         let slices = &slices[..=parts.len().min(SLICES - 1)];
-        let (written, _) = write_now(stream, slices)?;
-        let head_rest = head[written.min(head.len())..].to_vec();
-        Ok::<_, io::Error>((head_rest, written.saturating_sub(head.len())))
-    })?;
-    write_all::<_, _, 1>(stream, &[head], 0, write_timeout).await?;
-    write_all::<_, _, SLICES>(stream, parts, written, write_timeout).await?;
+        let (written, flushed) = write_now(stream, slices)?;
+        let total = head.len() + parts.iter().map(Bytes::len).sum::<usize>();
+        if written == total && flushed {
+            return Ok(None);
+        }
+        Ok(Some(Unwritten {
+            head: head[written.min(head.len())..].to_vec(),
+            body_written: written.saturating_sub(head.len()),
+        }))
+    })
+}
+
+/// Writes the rest of an answer as the client reads it, from the same shared
+/// buffers, and flushes it.
+async fn write_rest<S: Socket>(
+    stream: &mut S,
+    answer: &Answer,
+    rest: Unwritten,
+    write_timeout: Duration,
+) -> io::Result<()> {
+    write_all::<_, _, 1>(stream, &[rest.head], 0, write_timeout).await?;
+    write_all::<_, _, SLICES>(
+        stream,
+        answer.body_parts(),
+        rest.body_written,
+        write_timeout,
+    )
+    .await?;
     flush(stream, write_timeout).await
 }
 
@@ -846,7 +882,8 @@ async fn write_all<S: Socket, B: AsRef<[u8]>, const N: usize>(
     mut written: usize,
     write_timeout: Duration,
 ) -> io::Result<()> {
-    // Where the bytes go on: a part and an offset in it.
+    // Where the bytes go on: a part and an offset in it. The buffers of a
+    // write are gathered as it is tried, so that a waiting write keeps none.
     let (mut part, mut offset) = (0, 0);
     loop {
         while part < parts.len() && written >= parts[part].as_ref().len() - offset {
@@ -857,16 +894,15 @@ async fn write_all<S: Socket, B: AsRef<[u8]>, const N: usize>(
         if part == parts.len() {
             return Ok(());
         }
-        let mut slices = [IoSlice::new(&[]); N];
-        let mut n = 0;
-        for (i, p) in parts[part..].iter().take(N).enumerate() {
-            let p = p.as_ref();
-            slices[n] = IoSlice::new(if i == 0 { &p[offset..] } else { p });
-            n += 1;
-        }
-        let slices = &slices[..n];
         let wrote = unless_stalled(write_timeout, |cx| {
-            Pin::new(&mut *stream).poll_write_vectored(cx, slices)
+            let mut slices = [IoSlice::new(&[]); N];
+            let mut n = 0;
+            for (i, p) in parts[part..].iter().take(N).enumerate() {
+                let p = p.as_ref();
+                slices[n] = IoSlice::new(if i == 0 { &p[offset..] } else { p });
+                n += 1;
+            }
+            Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..n])
         });
         written = match wrote.await? {
             0 => return Err(io::ErrorKind::WriteZero.into()),

@@ -456,7 +456,10 @@ impl<P: Payload> State<P> {
         let Some(ch) = self.channels.get_mut(channel) else {
             return Wakes::none();
         };
-        let waiters = std::mem::take(&mut ch.waiters);
+        // Woken long-polls come back at once: the table is made again at
+        // the size they had, not grown to it one doubling at a time.
+        let again = Waiters::with_capacity_and_hasher(ch.waiters.len(), Default::default());
+        let waiters = std::mem::replace(&mut ch.waiters, again);
         let joiners = std::mem::take(&mut ch.joiners);
         self.tally.waiting -= std::mem::take(&mut ch.counted);
         let joints = match joiners.is_empty() {
