@@ -318,25 +318,26 @@ pub fn is_form(content_type: Option<&[u8]>) -> bool {
 /// place. Anything else (HTML, SVG, XML, scripts, unknown types) is served as
 /// an attachment, so a publisher can never put a page on the server's origin.
 pub fn shown_inline(content_type: &[u8]) -> bool {
+    const INLINE: [&[u8]; 9] = [
+        b"text/plain",
+        b"text/csv",
+        b"application/json",
+        b"application/octet-stream",
+        b"image/png",
+        b"image/jpeg",
+        b"image/gif",
+        b"image/webp",
+        b"image/avif",
+    ];
     let essence = content_type
         .split(|&b| b == b';')
         .next()
         .unwrap_or_default()
-        .trim_ascii()
-        .to_ascii_lowercase();
-    matches!(
-        essence.as_slice(),
-        b"text/plain"
-            | b"text/csv"
-            | b"application/json"
-            | b"application/octet-stream"
-            | b"image/png"
-            | b"image/jpeg"
-            | b"image/gif"
-            | b"image/webp"
-            | b"image/avif"
-    ) || essence.starts_with(b"audio/")
-        || essence.starts_with(b"video/")
+        .trim_ascii();
+    let starts = |prefix: &[u8]| {
+        essence.len() >= prefix.len() && essence[..prefix.len()].eq_ignore_ascii_case(prefix)
+    };
+    INLINE.iter().any(|t| essence.eq_ignore_ascii_case(t)) || starts(b"audio/") || starts(b"video/")
 }
 
 /// Content-Type of a published body that came without one.
@@ -405,6 +406,8 @@ mod tests {
             b"Application/JSON",
             b"image/png",
             b"video/mp4",
+            b"  AUDIO/ogg ; codecs=opus",
+            b" text/CSV",
         ] {
             assert!(shown_inline(inline), "{}", String::from_utf8_lossy(inline));
         }
@@ -417,6 +420,8 @@ mod tests {
             b"application/javascript",
             b"",
             b"text/plainx",
+            b"audio",
+            b"xvideo/mp4",
         ] {
             assert!(!shown_inline(active), "{}", String::from_utf8_lossy(active));
         }
