@@ -277,6 +277,44 @@ async fn a_subscriber_that_never_reads_its_answer_holds_up_nobody() {
 }
 
 #[tokio::test]
+async fn an_answer_the_socket_cannot_take_at_once_arrives_whole_and_the_connection_goes_on() {
+    let server = Server::start(&["--max-message", "8000000"]);
+    // A message larger than a socket's send buffer (4 MiB at most by
+    // default) and a small receive buffer: the answer cannot go out in one
+    // write, and the rest is written as the client reads it.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(server.addr).await.unwrap();
+    s.write_all(b"GET /subscribe?channel=whole HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    server.wait_for_stat("waiting", 1).await;
+    let big: String = (0..8_000_000u32)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let mut c = server.client().await;
+    let resp = c
+        .request(
+            hyper::Method::POST,
+            "/publish?channel=whole",
+            &[("content-type", "text/plain")],
+            big.clone(),
+        )
+        .await;
+    assert_eq!(resp.json()["subscribers"], 1);
+    let (head, body) = common::answer(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(body == big, "the answer's body differs from the message");
+    // The same connection takes the next request.
+    s.write_all(b"GET /live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = common::answer(&mut s).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(body.contains("live"), "{body}");
+}
+
+#[tokio::test]
 async fn ten_thousand_subscribers_that_vanish_at_once() {
     let server = Server::start(&[]);
     let start_rss = server.rss_kib();
