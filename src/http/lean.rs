@@ -161,16 +161,8 @@ pub fn serve<'a, S: Socket>(
                 }
             };
             let close = close || stop.is_closed();
-            // Usually the socket takes the answer at once; only one it does
-            // not gets the waiting writer, on the heap.
-            let written = match write_at_once(&mut stream, &answer, close, http10) {
-                Ok(None) => Ok(()),
-                Ok(Some(rest)) => {
-                    Box::pin(write_rest(&mut stream, &answer, rest, limits.write_timeout)).await
-                }
-                Err(err) => Err(err),
-            };
-            if written.is_err() {
+            let written = write(&mut stream, &answer, close, http10, limits.write_timeout);
+            if written.await.is_err() {
                 return Next::Closed;
             }
             if close {
@@ -619,6 +611,9 @@ fn wait<'a, S: Socket>(
 
 /// Writes an answer: its head, then its body's buffers as they are, never
 /// copied. A client that takes nothing for `write_timeout` is given up on.
+/// Usually the socket takes it all at once; only an answer it does not gets
+/// the waiting writer, on the heap, so that a connection's own state stays
+/// small.
 async fn write<S: Socket>(
     stream: &mut S,
     answer: &Answer,
@@ -628,7 +623,7 @@ async fn write<S: Socket>(
 ) -> io::Result<()> {
     match write_at_once(stream, answer, close, http10)? {
         None => Ok(()),
-        Some(rest) => write_rest(stream, answer, rest, write_timeout).await,
+        Some(rest) => Box::pin(write_rest(stream, answer, rest, write_timeout)).await,
     }
 }
 
