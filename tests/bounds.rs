@@ -81,9 +81,7 @@ async fn a_message_larger_than_the_batch_bound_still_goes_out_alone() {
 /// answer without it reading.
 async fn narrow_connection(server: &Server, request: &str) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(16 * 1024).unwrap();
-    let mut stream = socket.connect(server.addr).await.unwrap();
+    let mut stream = common::connect_with_receive_buffer(server.addr, 16 * 1024).await;
     stream.write_all(request.as_bytes()).await.unwrap();
     stream
 }

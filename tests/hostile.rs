@@ -282,9 +282,7 @@ async fn an_answer_the_socket_cannot_take_at_once_arrives_whole_and_the_connecti
     // A message larger than a socket's send buffer (4 MiB at most by
     // default) and a small receive buffer: the answer cannot go out in one
     // write, and the rest is written as the client reads it.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut s = socket.connect(server.addr).await.unwrap();
+    let mut s = common::connect_with_receive_buffer(server.addr, 4096).await;
     s.write_all(b"GET /subscribe?channel=whole HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();

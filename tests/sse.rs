@@ -217,9 +217,7 @@ async fn a_stream_whose_reader_takes_nothing_is_closed_after_the_write_timeout()
     use tokio::io::AsyncWriteExt;
     let server = Server::start(&["--write-timeout", "1"]);
     // A socket that never reads: its receive window fills, then stays shut.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stalled = socket.connect(server.addr).await.unwrap();
+    let mut stalled = common::connect_with_receive_buffer(server.addr, 4096).await;
     stalled
         .write_all(b"GET /events?channel=shut HTTP/1.1\r\nHost: x\r\n\r\n")
         .await

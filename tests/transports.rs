@@ -290,9 +290,7 @@ async fn an_https_event_stream_whose_reader_takes_nothing_is_let_go_after_the_wr
     let flags = ["--write-timeout", "1", "--listen", &unix];
     let (server, connector) = tls_server(&dir, &[b"http/1.1"], &flags);
     // A TLS client that never reads: its receive window fills, then stays shut.
-    let tcp = tokio::net::TcpSocket::new_v4().unwrap();
-    tcp.set_recv_buffer_size(4096).unwrap();
-    let tcp = tcp.connect(server.addr).await.unwrap();
+    let tcp = common::connect_with_receive_buffer(server.addr, 4096).await;
     let mut stalled = handshake(tcp, &connector).await.unwrap();
     stalled
         .write_all(b"GET /events?channel=shut HTTP/1.1\r\nHost: x\r\n\r\n")

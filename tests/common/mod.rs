@@ -947,6 +947,14 @@ where
     (sender, ended)
 }
 
+/// A connection to `addr` whose receive buffer is `bytes`: a client whose
+/// window fills after that much, for the write limits and partial writes.
+pub async fn connect_with_receive_buffer(addr: SocketAddr, bytes: u32) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(bytes).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
 /// Reads one answer with a `Content-Length` (or none) from a raw HTTP/1.1
 /// connection: its status line and headers, and its body.
 pub async fn answer(io: &mut (impl tokio::io::AsyncRead + Unpin)) -> (String, String) {
