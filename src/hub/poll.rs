@@ -139,6 +139,16 @@ impl<P: Payload> Waiter<P> {
         }
     }
 
+    /// What already woke this waiter, if anything, without waiting: a
+    /// message, deletion, a reset or shutdown, with its channel's place.
+    pub fn woken(&mut self) -> Option<(usize, Outcome<P>)> {
+        let waker = std::task::Waker::noop();
+        match self.poll_woken(&mut Context::from_waker(waker)) {
+            TaskPoll::Ready(woken) => Some(woken),
+            TaskPoll::Pending => None,
+        }
+    }
+
     /// Whether something woke this waiter: a message, deletion, a reset or
     /// shutdown, with the place of the channel it came from.
     fn poll_woken(&mut self, cx: &mut Context<'_>) -> TaskPoll<(usize, Outcome<P>)> {
@@ -733,6 +743,16 @@ mod tests {
             panic!("woken by b1");
         };
         assert_eq!(m.payload, "b1");
+
+        // Asked without waiting: nothing yet, then what woke it.
+        let mut joint = poll(&hub, &channels, 10).unwrap().waiter.unwrap();
+        assert!(joint.woken().is_none());
+        assert_eq!(hub.publish(&["c"], |_| "c3").unwrap().1, 1);
+        let Some((2, Outcome::Message(m))) = joint.woken() else {
+            panic!("c3 woke it on the third channel");
+        };
+        assert_eq!(m.payload, "c3");
+        drop(joint);
 
         // Nothing comes: the timeout, and nothing is left behind.
         let joint = poll(&hub, &[("x", Since::Next), ("y", Since::Next)], 10);

@@ -78,10 +78,11 @@ impl Polled {
     }
 
     /// Orders the messages by sequence: publish order in memory (one
-    /// sequence for every channel), time order on Redis (stream ids).
+    /// sequence for every channel), time order on Redis (stream ids); one
+    /// publish on several channels, by their order in the request.
     fn sorted(mut self) -> Polled {
         if self.from.len() > 1 {
-            self.messages.sort_by_key(|(_, m)| m.seq);
+            self.messages.sort_by_key(|(i, m)| (m.seq, *i));
         }
         self
     }

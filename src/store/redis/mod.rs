@@ -369,6 +369,19 @@ impl Redis {
                 *gap |= was;
             }
             if !polled.messages.is_empty() {
+                // A channel read before a publish on several may have had it
+                // delivered to the waiter while a later one read it: it is
+                // kept on the first of them, as when it is only waited for.
+                if let Some((i, Outcome::Message(m))) = waiter.as_mut().and_then(|w| w.woken())
+                    && m.seq > polled.from[i]
+                    && !polled
+                        .messages
+                        .iter()
+                        .any(|(j, n)| *j == i && n.seq >= m.seq)
+                    && !down
+                {
+                    polled.messages.push((i, m));
+                }
                 return Ok(polled.sorted());
             }
             let left = deadline.saturating_duration_since(Instant::now());
