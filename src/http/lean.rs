@@ -910,61 +910,113 @@ async fn write_all<S: Socket, B: AsRef<[u8]>, const N: usize>(
 const SLICES: usize = 64;
 
 /// An answer's head: status line, its headers, length (or chunked), date,
-/// connection.
+/// connection. A fan-out answers its waiters one after another with the same
+/// head, so the last head made on this thread is kept and copied whole when
+/// the next answer's head is the same.
 fn write_head(head: &mut Vec<u8>, answer: &Answer, close: bool, http10: bool, chunked: bool) {
-    head.extend_from_slice(b"HTTP/1.1 ");
-    head.extend_from_slice(answer.status.as_str().as_bytes());
-    head.push(b' ');
-    let reason = answer.status.canonical_reason().unwrap_or_default();
-    head.extend_from_slice(reason.as_bytes());
-    head.extend_from_slice(b"\r\n");
-    for (name, value) in &answer.headers {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value);
+    let shape = Shape {
+        status: answer.status,
+        close,
+        http10,
+        chunked,
+        length: match &answer.body {
+            Body::Stream(_) => None,
+            body => body.len(),
+        },
+        second: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
+    LAST_HEAD.with(|last| {
+        let mut last = last.borrow_mut();
+        if !last.is_for(&shape, &answer.headers) {
+            last.make(shape, answer);
+        }
+        head.extend_from_slice(&last.head);
+    });
+}
+
+/// What a head depends on besides its headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Shape {
+    status: http::StatusCode,
+    close: bool,
+    http10: bool,
+    chunked: bool,
+    /// The body's length, unless it is a stream.
+    length: Option<usize>,
+    /// The `date:` second.
+    second: u64,
+}
+
+/// The last head made on this thread, with what it was made of. Holding the
+/// header values keeps their memory, so a value at the same address with the
+/// same length is the same value.
+#[derive(Debug)]
+struct LastHead {
+    shape: Option<Shape>,
+    headers: Vec<(http::HeaderName, Bytes)>,
+    date: String,
+    head: Vec<u8>,
+}
+
+impl LastHead {
+    fn is_for(&self, shape: &Shape, headers: &[(http::HeaderName, Bytes)]) -> bool {
+        self.shape.as_ref() == Some(shape)
+            && self.headers.len() == headers.len()
+            && self
+                .headers
+                .iter()
+                .zip(headers)
+                .all(|((n, v), (name, value))| {
+                    n == name
+                        && ((v.as_ptr() == value.as_ptr() && v.len() == value.len()) || v == value)
+                })
+    }
+
+    fn make(&mut self, shape: Shape, answer: &Answer) {
+        if self.shape.is_none_or(|s| s.second != shape.second) {
+            let now = UNIX_EPOCH + Duration::from_secs(shape.second);
+            self.date = format!("date: {}\r\n", httpdate::fmt_http_date(now));
+        }
+        let head = &mut self.head;
+        head.clear();
+        head.extend_from_slice(b"HTTP/1.1 ");
+        head.extend_from_slice(answer.status.as_str().as_bytes());
+        head.push(b' ');
+        let reason = answer.status.canonical_reason().unwrap_or_default();
+        head.extend_from_slice(reason.as_bytes());
         head.extend_from_slice(b"\r\n");
-    }
-    if chunked {
-        head.extend_from_slice(b"transfer-encoding: chunked\r\n");
-    } else if matches!(answer.body, Body::Stream(_)) {
-        // Until the close.
-    } else if answer.has_body() {
-        head.extend_from_slice(b"content-length: ");
-        crate::protocol::push_decimal(head, answer.body.len().unwrap_or(0) as u64);
+        for (name, value) in &answer.headers {
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value);
+            head.extend_from_slice(b"\r\n");
+        }
+        if shape.chunked {
+            head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        } else if let Some(length) = shape.length.filter(|_| answer.has_body()) {
+            head.extend_from_slice(b"content-length: ");
+            crate::protocol::push_decimal(head, length as u64);
+            head.extend_from_slice(b"\r\n");
+        }
+        head.extend_from_slice(self.date.as_bytes());
+        if shape.close {
+            head.extend_from_slice(b"connection: close\r\n");
+        } else if shape.http10 {
+            head.extend_from_slice(b"connection: keep-alive\r\n");
+        }
         head.extend_from_slice(b"\r\n");
+        self.headers.clone_from(&answer.headers);
+        self.shape = Some(shape);
     }
-    DATE.with(|d| d.borrow_mut().write(head));
-    if close {
-        head.extend_from_slice(b"connection: close\r\n");
-    } else if http10 {
-        head.extend_from_slice(b"connection: keep-alive\r\n");
-    }
-    head.extend_from_slice(b"\r\n");
 }
 
 thread_local! {
-    static DATE: RefCell<Date> = const { RefCell::new(Date { second: 0, line: String::new() }) };
+    static LAST_HEAD: RefCell<LastHead> = const {
+        RefCell::new(LastHead { shape: None, headers: Vec::new(), date: String::new(), head: Vec::new() })
+    };
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-/// The `date:` header line, made once a second.
-#[derive(Debug)]
-struct Date {
-    second: u64,
-    line: String,
-}
-
-impl Date {
-    /// Appends the line to `head`.
-    fn write(&mut self, head: &mut Vec<u8>) {
-        let now = SystemTime::now();
-        let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        if second != self.second || self.line.is_empty() {
-            self.second = second;
-            self.line = format!("date: {}\r\n", httpdate::fmt_http_date(now));
-        }
-        head.extend_from_slice(self.line.as_bytes());
-    }
 }
 
 /// A connection handed to hyper: the bytes already read, then the socket. Its
@@ -1153,5 +1205,43 @@ mod tests {
         let text = String::from_utf8(head).unwrap();
         assert!(!text.contains("content-length"));
         assert!(text.ends_with("connection: keep-alive\r\n\r\n"));
+    }
+
+    #[test]
+    fn a_head_made_again_is_the_same_and_any_difference_shows() {
+        let head_of = |id: &[u8], body: &'static [u8], close: bool| {
+            let answer = Answer::full(
+                StatusCode::OK,
+                Bytes::from_static(b"text/plain"),
+                Bytes::from_static(body),
+            )
+            .with(crate::answer::X_MESSAGE_ID, Bytes::copy_from_slice(id));
+            let mut head = Vec::new();
+            write_head(&mut head, &answer, close, false, false);
+            String::from_utf8(head).unwrap()
+        };
+        let first = head_of(b"abc-1", b"hi", false);
+        assert!(first.contains("x-message-id: abc-1\r\n"), "{first}");
+        // The same answer again (its id in a buffer of its own): the same
+        // head, unless the second changed in between.
+        let again = head_of(b"abc-1", b"hi", false);
+        let date = |h: &str| {
+            h.lines()
+                .find(|l| l.starts_with("date: "))
+                .map(str::to_owned)
+        };
+        if date(&first) == date(&again) {
+            assert_eq!(first, again);
+        }
+        // An id of the same length, another length, a closing connection:
+        // each is in its head.
+        let other = head_of(b"abc-2", b"hi", false);
+        assert!(other.contains("x-message-id: abc-2\r\n"), "{other}");
+        let longer = head_of(b"abc-2", b"hello", false);
+        assert!(longer.contains("content-length: 5\r\n"), "{longer}");
+        let closing = head_of(b"abc-2", b"hello", true);
+        assert!(closing.ends_with("connection: close\r\n\r\n"), "{closing}");
+        let kept = head_of(b"abc-2", b"hello", false);
+        assert!(!kept.contains("connection: close"), "{kept}");
     }
 }
