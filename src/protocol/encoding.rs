@@ -87,6 +87,9 @@ pub struct Content {
     /// Every channel it was published on, when it was published on several
     /// at once: a subscriber of several of them gets it once.
     pub channels: Option<Arc<[SmolStr]>>,
+    /// A browser may show it in place ([`super::shown_inline`]), decided
+    /// once for every answer that carries it raw.
+    pub inline: bool,
     json: OnceLock<Bytes>,
     sse: OnceLock<Bytes>,
     meter: Meter,
@@ -121,6 +124,7 @@ impl Content {
         Content {
             id,
             data,
+            inline: super::shown_inline(&content_type),
             content_type,
             channels: None,
             json: OnceLock::new(),

@@ -858,7 +858,7 @@ fn raw_message(message: &crate::store::Message) -> Answer {
         message.payload.data.clone(),
     )
     .with_static(SANDBOX);
-    if protocol::shown_inline(content_type) {
+    if message.payload.inline {
         answer
     } else {
         answer.with(
