@@ -301,7 +301,7 @@ fn handle(
             Ok(read) => read,
             Err(refusal) => return Ok(response(refusal, open)),
         };
-        let answer = Box::pin(routes.serve(route, body)).await;
+        let answer = Box::pin(routes.serve(route, body, crate::routes::Fresh)).await;
         Ok(response(answer, open))
     }
 }

@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use super::Closing;
 use crate::answer::{Answer, Body};
 use crate::error::Error;
-use crate::routes::{Request, Route, Routes};
+use crate::routes::{Fresh, Request, Route, Routes};
 
 /// Most header lines a request may have on this path (hyper's default too).
 const MAX_HEADERS: usize = 100;
@@ -125,11 +125,16 @@ pub fn serve<'a, S: Socket>(
     // A block, not an `async fn`: those keep their arguments twice.
     async move {
         let mut buf = Vec::new();
+        // The connection's one timer, for the wait between requests and a
+        // long-poll's wait alike: moved to a later time it is not entered in
+        // the runtime's timer wheel again.
+        let mut timer = std::pin::pin!(tokio::time::sleep(limits.header_timeout));
         loop {
             // An idle connection holds no buffer and no boxed state: it gets them
             // once bytes arrive.
             let deadline = Instant::now() + limits.header_timeout;
-            if buf.is_empty() && !idle(&mut stream, &mut buf, deadline, stop).await {
+            timer.as_mut().reset(deadline);
+            if buf.is_empty() && !idle(&mut stream, &mut buf, timer.as_mut(), stop).await {
                 return Next::Closed;
             }
             let step = Box::pin(next(
@@ -146,14 +151,14 @@ pub fn serve<'a, S: Socket>(
                 Step::Hyper => {
                     return Next::Hyper(Rewind::new(buf, stream, limits.write_timeout));
                 }
-                Step::Answer(answer, close, http10) => (answer, close, http10),
+                Step::Answer(answer, close, http10) => (*answer, close, http10),
                 Step::Stream(answer, _, http10) if matches!(answer.body, Body::Stream(_)) => {
-                    return Next::Events(stream, Box::new(answer), http10);
+                    return Next::Events(stream, answer, http10);
                 }
                 // Refused: an ordinary answer.
-                Step::Stream(answer, close, http10) => (answer, close, http10),
+                Step::Stream(answer, close, http10) => (*answer, close, http10),
                 Step::Wait(route, close, http10) => {
-                    let poll = std::pin::pin!(routes.serve(route, Bytes::new()));
+                    let poll = std::pin::pin!(routes.serve(*route, Bytes::new(), timer.as_mut()));
                     match wait(&mut stream, poll, &mut buf, limits).await {
                         Some(answer) => (answer, close, http10),
                         None => return Next::Closed,
@@ -173,18 +178,19 @@ pub fn serve<'a, S: Socket>(
     }
 }
 
-/// What the next request on a connection comes to.
+/// What the next request on a connection comes to. Boxed parts: a waiting
+/// long-poll keeps the step's room, so it is kept small.
 #[derive(Debug)]
 enum Step {
     /// A long-poll to wait for (asking the auth webhook first, where it
     /// decides, while the client is watched like any waiter); then close?
     /// HTTP/1.0?
-    Wait(Route, bool, bool),
+    Wait(Box<Route>, bool, bool),
     /// An answer to write; then close? HTTP/1.0?
-    Answer(Answer, bool, bool),
+    Answer(Box<Answer>, bool, bool),
     /// An event stream to write until it ends, then close; or its refusal,
     /// then close? HTTP/1.0?
-    Stream(Answer, bool, bool),
+    Stream(Box<Answer>, bool, bool),
     /// Left to hyper; `buf` holds what was read.
     Hyper,
     /// The client left or was too slow.
@@ -216,14 +222,14 @@ async fn next<S: Socket>(
             close |= length > 0;
             buf.drain(..end);
             buf.shrink_to_fit();
-            let answer = Box::pin(routes.serve(route, Bytes::new())).await;
-            return Step::Stream(answer, close, http10);
+            let answer = Box::pin(routes.serve(route, Bytes::new(), Fresh)).await;
+            return Step::Stream(Box::new(answer), close, http10);
         }
         Ok(route @ Route::Subscribe(..)) => {
             // Free the head before waiting; keep only pipelined bytes, if any.
             buf.drain(..end);
             buf.shrink_to_fit();
-            return Step::Wait(route, close, http10);
+            return Step::Wait(Box::new(route), close, http10);
         }
         routed => {
             // The body is read whole, and dropped where nothing takes it (a
@@ -236,7 +242,7 @@ async fn next<S: Socket>(
                 length
             };
             match (routed, read_body(stream, buf, end, length, routes).await) {
-                (Ok(route), Some(Ok(body))) => Box::pin(routes.serve(route, body)).await,
+                (Ok(route), Some(Ok(body))) => Box::pin(routes.serve(route, body, Fresh)).await,
                 (Ok(_), None) => return Step::Closed,
                 (Ok(_), Some(Err(err))) => {
                     close = true;
@@ -249,7 +255,7 @@ async fn next<S: Socket>(
             }
         }
     };
-    Step::Answer(answer, close, http10)
+    Step::Answer(Box::new(answer), close, http10)
 }
 
 /// The head in `buf[..end]`, routed, with its body length and whether to close
@@ -335,7 +341,7 @@ async fn linger<S: Socket>(mut stream: S) {
 async fn idle<S: Socket>(
     stream: &mut S,
     buf: &mut Vec<u8>,
-    deadline: Instant,
+    timer: Pin<&mut tokio::time::Sleep>,
     stop: &Closing,
 ) -> bool {
     // Read by hand into a stack buffer: a new socket is reported readable
@@ -350,7 +356,8 @@ async fn idle<S: Socket>(
     });
     tokio::select! {
         biased;
-        read = tokio::time::timeout_at(deadline, arrived) => matches!(read, Ok(Ok(n)) if n > 0),
+        read = arrived => matches!(read, Ok(n) if n > 0),
+        () = timer => false,
         _ = stop.wait() => false,
     }
 }

@@ -132,10 +132,15 @@ pub struct Waiter<P: Payload> {
 
 impl<P: Payload> Waiter<P> {
     /// Waits for a message, the timeout, deletion, a reset or shutdown.
-    pub fn wait(self, timeout: Duration) -> Wait<P> {
+    pub fn wait(self, timeout: Duration) -> Wait<P, tokio::time::Sleep> {
+        self.wait_on(Fresh, timeout)
+    }
+
+    /// [`Waiter::wait`], timed by `clock`.
+    pub fn wait_on<C: Clock>(self, clock: C, timeout: Duration) -> Wait<P, C::Timer> {
         Wait {
             waiter: self,
-            sleep: tokio::time::sleep(timeout),
+            timer: clock.timer(timeout),
         }
     }
 
@@ -173,14 +178,14 @@ pin_project_lite::pin_project! {
     /// as an `async fn`: every parked subscriber holds one, and this is as small
     /// as it gets.
     #[derive(Debug)]
-    pub struct Wait<P: Payload> {
+    pub struct Wait<P: Payload, T> {
         waiter: Waiter<P>,
         #[pin]
-        sleep: tokio::time::Sleep,
+        timer: T,
     }
 }
 
-impl<P: Payload> Future for Wait<P> {
+impl<P: Payload, T: Future<Output = ()>> Future for Wait<P, T> {
     /// How the wait ended, and the place of the channel that ended it.
     type Output = (usize, Outcome<P>);
 
@@ -189,7 +194,39 @@ impl<P: Payload> Future for Wait<P> {
         if let TaskPoll::Ready(woken) = this.waiter.poll_woken(cx) {
             return TaskPoll::Ready(woken);
         }
-        this.sleep.poll(cx).map(|()| (0, Outcome::Timeout))
+        this.timer.poll(cx).map(|()| (0, Outcome::Timeout))
+    }
+}
+
+/// What times a wait.
+pub trait Clock: Send {
+    /// The timer, set to the timeout.
+    type Timer: Future<Output = ()> + Send;
+    /// A timer that ends `timeout` from now.
+    fn timer(self, timeout: Duration) -> Self::Timer;
+}
+
+/// A timer of the wait's own.
+#[derive(Debug, Clone, Copy)]
+pub struct Fresh;
+
+impl Clock for Fresh {
+    type Timer = tokio::time::Sleep;
+
+    fn timer(self, timeout: Duration) -> tokio::time::Sleep {
+        tokio::time::sleep(timeout)
+    }
+}
+
+/// A timer its owner keeps between waits (a connection's), moved to the
+/// timeout: to a later time that is one atomic step, where a fresh timer is
+/// entered in the runtime's wheel and taken out again when dropped.
+impl<'t> Clock for Pin<&'t mut tokio::time::Sleep> {
+    type Timer = Pin<&'t mut tokio::time::Sleep>;
+
+    fn timer(mut self, timeout: Duration) -> Self::Timer {
+        self.as_mut().reset(Instant::now() + timeout);
+        self
     }
 }
 
@@ -772,6 +809,48 @@ mod tests {
         drop(joint);
         assert_eq!(hub.snapshot().waiting, 0);
         assert_eq!(hub.publish(&["c"], |_| "c2").unwrap().1, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_kept_between_waits_times_each_from_its_own_start() {
+        let hub = hub(10, 60);
+        let mut timer = std::pin::pin!(tokio::time::sleep(Duration::from_secs(1)));
+        // Set earlier than a wait's timeout, then moved later by it.
+        let start = Instant::now();
+        let w = poll(&hub, &[("k", Since::Next)], 1)
+            .unwrap()
+            .waiter
+            .unwrap();
+        let (_, woken) = w.wait_on(timer.as_mut(), Duration::from_secs(5)).await;
+        assert!(matches!(woken, Outcome::Timeout));
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+        // Fired, then used again: a message comes first.
+        let w = poll(&hub, &[("k", Since::Next)], 1)
+            .unwrap()
+            .waiter
+            .unwrap();
+        let mut wait = std::pin::pin!(w.wait_on(timer.as_mut(), Duration::from_secs(3)));
+        assert!(futures_poll_once(wait.as_mut()).is_none());
+        assert_eq!(hub.publish(&["k"], |_| "k1").unwrap().1, 1);
+        let (_, woken) = wait.await;
+        assert!(matches!(woken, Outcome::Message(m) if m.payload == "k1"));
+        // Moved to an earlier time than it was set to: it ends then.
+        let start = Instant::now();
+        let w = poll(&hub, &[("k", Since::Next)], 1)
+            .unwrap()
+            .waiter
+            .unwrap();
+        let (_, woken) = w.wait_on(timer.as_mut(), Duration::from_secs(2)).await;
+        assert!(matches!(woken, Outcome::Timeout));
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+    }
+
+    /// Polls `fut` once with a waker that does nothing.
+    fn futures_poll_once<F: Future>(fut: Pin<&mut F>) -> Option<F::Output> {
+        match fut.poll(&mut Context::from_waker(std::task::Waker::noop())) {
+            TaskPoll::Ready(out) => Some(out),
+            TaskPoll::Pending => None,
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -49,6 +49,7 @@ use crate::events::Kind;
 use crate::presence::{Change, Lease, Presence};
 use crate::protocol::{self, Channels, Events, Format, Ids, PublishAnswer, Query, Subscribe};
 use crate::stats::{Counters, Snapshot};
+pub use crate::store::{Clock, Fresh};
 use crate::store::{Polled, Store};
 use smol_str::SmolStr;
 
@@ -446,10 +447,17 @@ impl Routes {
     ///
     /// A parked long-poll is this future, so it holds the long-poll's wait in
     /// place and nothing else; every other answer is made in a boxed future.
-    pub fn serve(&self, route: Route, body: Bytes) -> impl Future<Output = Answer> + Send + '_ {
+    /// `clock` times a long-poll's wait: a connection that keeps a timer
+    /// between its requests lends it.
+    pub fn serve<'a, C: Clock + 'a>(
+        &'a self,
+        route: Route,
+        body: Bytes,
+        clock: C,
+    ) -> impl Future<Output = Answer> + Send + 'a {
         match route {
             Route::Subscribe(params, admit) => Serving::Wait {
-                wait: self.subscribe(params, admit),
+                wait: self.subscribe(params, admit, clock),
                 routes: self,
             },
             other => Serving::Other {
@@ -461,7 +469,7 @@ impl Routes {
     /// Answers any route but a long-poll.
     async fn answer(&self, route: Route, body: Bytes) -> Answer {
         let result = match route {
-            Route::Subscribe(params, admit) => self.subscribe(params, admit).await,
+            Route::Subscribe(params, admit) => self.subscribe(params, admit, Fresh).await,
             Route::Presence(one, admit) => self.presence_of(one, admit).await,
             Route::Preflight(allow) => Ok(preflight(allow)),
             Route::Events(params, expires, ask) => self.events(params, expires, ask).await,
@@ -539,11 +547,12 @@ impl Routes {
     /// timeout, deletion or shutdown. Every parked subscriber keeps this
     /// future, so it holds only its parameters and the store's wait.
     #[allow(clippy::manual_async_fn)] // see the block inside
-    fn subscribe(
-        &self,
+    fn subscribe<'a, C: Clock + 'a>(
+        &'a self,
         params: Subscribe,
         admit: Option<Box<Admit>>,
-    ) -> impl Future<Output = Result<Answer, Error>> + Send + '_ {
+        clock: C,
+    ) -> impl Future<Output = Result<Answer, Error>> + Send + 'a {
         // A block, not an `async fn`: those keep their arguments twice.
         async move {
             // Only a subscriber with something to admit, or on a server that
@@ -558,7 +567,7 @@ impl Routes {
             let limit = params.limit();
             let answer = self
                 .store
-                .poll(params.channels.list(), limit, params.timeout)
+                .poll(params.channels.list(), limit, params.timeout, clock)
                 .await
                 .map(|polled| {
                     let ids = self.store.ids();

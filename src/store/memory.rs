@@ -12,30 +12,30 @@ use bytes::Bytes;
 
 use super::{ChannelState, Polled, Published, hub_limits};
 use crate::error::Error;
-use crate::hub::{self, Hub, Limits, Outcome, Since};
+use crate::hub::{self, Clock, Hub, Limits, Outcome, Since};
 use crate::protocol::{Content, Ids};
 
 /// How a long-poll on the memory store starts.
 #[derive(Debug)]
-pub enum Started {
+pub enum Started<T> {
     /// Answered from the history.
     Ready(Polled),
     /// Waiting for the next message.
-    Wait(MemoryWait),
+    Wait(MemoryWait<T>),
 }
 
 pin_project_lite::pin_project! {
     /// A long-poll waiting on the memory store: what it read (nothing yet,
     /// and where each channel stands) and the hub's wait.
     #[derive(Debug)]
-    pub struct MemoryWait {
+    pub struct MemoryWait<T> {
         polled: Polled,
         #[pin]
-        wait: hub::Wait<Content>,
+        wait: hub::Wait<Content, T>,
     }
 }
 
-impl Future for MemoryWait {
+impl<T: Future<Output = ()>> Future for MemoryWait<T> {
     type Output = Result<Polled, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> TaskPoll<Self::Output> {
@@ -77,12 +77,13 @@ impl Memory {
 
     /// A long-poll on `channels`: what the history holds after each one's
     /// start, or a wait for the next message on any.
-    pub(super) fn poll(
+    pub(super) fn poll<C: Clock>(
         &self,
         channels: &[(SmolStr, Since)],
         limit: usize,
         timeout: Duration,
-    ) -> Result<Started, Error> {
+        clock: C,
+    ) -> Result<Started<C::Timer>, Error> {
         let mut polled = Polled::new(channels.len());
         let mut missed = Vec::new();
         let waiter = self.hub.poll(channels, limit, |i, start| {
@@ -95,7 +96,7 @@ impl Memory {
         Ok(match waiter {
             Some(waiter) => Started::Wait(MemoryWait {
                 polled,
-                wait: waiter.wait(timeout),
+                wait: waiter.wait_on(clock, timeout),
             }),
             None => Started::Ready(polled.sorted()),
         })

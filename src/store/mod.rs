@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use crate::error::Error;
 use crate::hub::{self, Hub, Limits};
+pub use crate::hub::{Clock, Fresh};
 use crate::protocol::{Content, Ids, Since};
 use crate::stats::RedisLink;
 
@@ -132,18 +133,18 @@ fn hub_limits(limits: &Limits) -> Limits {
 
 pin_project_lite::pin_project! {
     /// A long-poll under way on either store.
-    pub struct StorePoll<'a> {
+    pub struct StorePoll<'a, T> {
         #[pin]
-        state: PollState<'a>,
+        state: PollState<'a, T>,
     }
 }
 
 pin_project_lite::pin_project! {
     #[project = PollStateProjection]
-    enum PollState<'a> {
+    enum PollState<'a, T> {
         // Answered (or refused) at once; taken when polled.
         Done { result: Option<Result<Polled, Error>> },
-        Memory { #[pin] wait: memory::MemoryWait },
+        Memory { #[pin] wait: memory::MemoryWait<T> },
         Redis { poll: BoxedPoll<'a> },
     }
 }
@@ -151,7 +152,7 @@ pin_project_lite::pin_project! {
 /// The Redis store's long-poll.
 pub type BoxedPoll<'a> = Pin<Box<dyn Future<Output = Result<Polled, Error>> + Send + 'a>>;
 
-impl std::fmt::Debug for StorePoll<'_> {
+impl<T> std::fmt::Debug for StorePoll<'_, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self.state {
             PollState::Done { .. } => "StorePoll::Done",
@@ -161,8 +162,8 @@ impl std::fmt::Debug for StorePoll<'_> {
     }
 }
 
-impl<'a> StorePoll<'a> {
-    fn done(result: Result<Polled, Error>) -> StorePoll<'a> {
+impl<'a, T> StorePoll<'a, T> {
+    fn done(result: Result<Polled, Error>) -> StorePoll<'a, T> {
         StorePoll {
             state: PollState::Done {
                 result: Some(result),
@@ -171,7 +172,7 @@ impl<'a> StorePoll<'a> {
     }
 }
 
-impl Future for StorePoll<'_> {
+impl<T: Future<Output = ()>> Future for StorePoll<'_, T> {
     type Output = Result<Polled, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> TaskPoll<Self::Output> {
@@ -221,15 +222,17 @@ impl Store {
     /// A long-poll on `channels`, each from its own `since`: up to `limit`
     /// messages of each after it, or the next one on any of them, or nothing
     /// by `timeout`. Every parked subscriber holds the future, so it is only
-    /// as large as the memory store's wait; Redis's is boxed.
-    pub fn poll<'a>(
+    /// as large as the memory store's wait; Redis's is boxed. `clock` times
+    /// the memory store's wait (Redis's times its own).
+    pub fn poll<'a, C: Clock + 'a>(
         &'a self,
         channels: &'a [(SmolStr, Since)],
         limit: usize,
         timeout: Duration,
-    ) -> StorePoll<'a> {
+        clock: C,
+    ) -> StorePoll<'a, C::Timer> {
         match self {
-            Store::Memory(m) => match m.poll(channels, limit, timeout) {
+            Store::Memory(m) => match m.poll(channels, limit, timeout, clock) {
                 Ok(memory::Started::Wait(wait)) => StorePoll {
                     state: PollState::Memory { wait },
                 },
