@@ -337,7 +337,7 @@ async fn linger<S: Socket>(mut stream: S) {
 }
 
 /// Waits for the first bytes of a request and puts them in `buf`: `false` if
-/// the client leaves or is silent past `deadline`, or the server stops first.
+/// the client leaves or is silent until `timer` ends, or the server stops first.
 async fn idle<S: Socket>(
     stream: &mut S,
     buf: &mut Vec<u8>,
