@@ -815,20 +815,20 @@ mod tests {
     async fn a_timer_kept_between_waits_times_each_from_its_own_start() {
         let hub = hub(10, 60);
         let mut timer = std::pin::pin!(tokio::time::sleep(Duration::from_secs(1)));
+        let waiter_on_k = || {
+            poll(&hub, &[("k", Since::Next)], 1)
+                .unwrap()
+                .waiter
+                .unwrap()
+        };
         // Set earlier than a wait's timeout, then moved later by it.
         let start = Instant::now();
-        let w = poll(&hub, &[("k", Since::Next)], 1)
-            .unwrap()
-            .waiter
-            .unwrap();
+        let w = waiter_on_k();
         let (_, woken) = w.wait_on(timer.as_mut(), Duration::from_secs(5)).await;
         assert!(matches!(woken, Outcome::Timeout));
         assert_eq!(start.elapsed(), Duration::from_secs(5));
         // Fired, then used again: a message comes first.
-        let w = poll(&hub, &[("k", Since::Next)], 1)
-            .unwrap()
-            .waiter
-            .unwrap();
+        let w = waiter_on_k();
         let mut wait = std::pin::pin!(w.wait_on(timer.as_mut(), Duration::from_secs(3)));
         assert!(futures_poll_once(wait.as_mut()).is_none());
         assert_eq!(hub.publish(&["k"], |_| "k1").unwrap().1, 1);
@@ -836,10 +836,7 @@ mod tests {
         assert!(matches!(woken, Outcome::Message(m) if m.payload == "k1"));
         // Moved to an earlier time than it was set to: it ends then.
         let start = Instant::now();
-        let w = poll(&hub, &[("k", Since::Next)], 1)
-            .unwrap()
-            .waiter
-            .unwrap();
+        let w = waiter_on_k();
         let (_, woken) = w.wait_on(timer.as_mut(), Duration::from_secs(2)).await;
         assert!(matches!(woken, Outcome::Timeout));
         assert_eq!(start.elapsed(), Duration::from_secs(2));
