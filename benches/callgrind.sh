@@ -42,7 +42,7 @@ total() {
   fi
   kill -TERM $vpid; wait $vpid 2>/dev/null || true
   grep -E "^(summary|totals):" "$out" | awk '{print $2}' | head -1
-  cp "$out" /tmp/callgrind-last.out; rm -f "$out"
+  cp "$out" /tmp/callgrind-last.out; cp "$out" /tmp/callgrind-$rounds.out; rm -f "$out"
 }
 two=$(total 2 "$@")
 four=$(total 4 "$@")

@@ -12,6 +12,7 @@
 //! flow-control window held at 0) is reset, and what it held freed
 //! ([`StreamExecutor`]).
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
@@ -23,9 +24,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
+use hyper::HeaderMap;
 use hyper::Response;
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
-use hyper::header::HeaderValue;
+use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
@@ -36,7 +38,7 @@ use tracing::debug;
 
 use super::Closing;
 use super::lean::Rewind;
-use crate::answer::{Answer, Body};
+use crate::answer::{Answer, Body, same_headers};
 use crate::error::Error;
 use crate::routes::{Request, Route, Routes};
 
@@ -351,6 +353,13 @@ async fn read(
 /// An answer as hyper's response; the request stays `open` as long as its
 /// body.
 fn response(answer: Answer, open: Open) -> Response<AnswerBody> {
+    // What hyper would say the length is: none for an empty body, which
+    // ends the stream with the head.
+    let length = match &answer.body {
+        Body::Full(_) => answer.body.len(),
+        Body::Parts(parts) if !parts.is_empty() => answer.body.len(),
+        _ => None,
+    };
     let frames = match answer.body {
         Body::Empty => Frames::Parts(VecDeque::new()),
         Body::Full(b) => Frames::Parts(VecDeque::from([b])),
@@ -364,15 +373,59 @@ fn response(answer: Answer, open: Open) -> Response<AnswerBody> {
     };
     let mut response = Response::new(body);
     *response.status_mut() = answer.status;
-    let headers = response.headers_mut();
-    // Room for hyper's `content-length` and `date` too: one allocation, no growth.
-    headers.reserve(answer.headers.len() + 2);
-    for (name, value) in answer.headers {
-        if let Ok(value) = HeaderValue::from_maybe_shared(value) {
-            headers.append(name, value);
-        }
-    }
+    *response.headers_mut() = header_map(answer.headers, length);
     response
+}
+
+/// An answer's headers as hyper's map, with the `content-length` and `date`
+/// hyper would add, so that it adds nothing. A fan-out answers its streams
+/// one after another with the same headers, so the last map made on this
+/// thread is kept and cloned when the next answer's is the same.
+fn header_map(headers: Vec<(HeaderName, Bytes)>, length: Option<usize>) -> HeaderMap {
+    let second = super::date_second();
+    LAST_MAP.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.made.is_none_or(|made| made != (length, second))
+            || !same_headers(&last.headers, &headers)
+        {
+            let mut map = HeaderMap::with_capacity(headers.len() + 2);
+            for (name, value) in &headers {
+                if let Ok(value) = HeaderValue::from_maybe_shared(value.clone()) {
+                    map.append(name.clone(), value);
+                }
+            }
+            if let Some(length) = length {
+                map.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+            }
+            if let Ok(date) = HeaderValue::try_from(super::http_date(second)) {
+                map.insert(header::DATE, date);
+            }
+            *last = LastMap {
+                made: Some((length, second)),
+                headers,
+                map,
+            };
+        }
+        last.map.clone()
+    })
+}
+
+/// The last header map made on this thread, with what it was made of: the
+/// body's length, the `date:` second and the answer's headers (holding them
+/// keeps their memory, so [`same_headers`] may compare addresses).
+#[derive(Debug)]
+struct LastMap {
+    made: Option<(Option<usize>, u64)>,
+    headers: Vec<(HeaderName, Bytes)>,
+    map: HeaderMap,
+}
+
+thread_local! {
+    static LAST_MAP: RefCell<LastMap> = RefCell::new(LastMap {
+        made: None,
+        headers: Vec::new(),
+        map: HeaderMap::new(),
+    });
 }
 
 /// A response body: an answer's buffers, or an event stream's frames; on
@@ -426,5 +479,52 @@ impl HttpBody for AnswerBody {
             }
             Frames::Stream(_) => SizeHint::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::answer::X_MESSAGE_ID;
+    use hyper::StatusCode;
+
+    fn headers_of(answer: Answer) -> HeaderMap {
+        let activity = Arc::new(Activity::default());
+        response(answer, Open::new(&activity)).headers().clone()
+    }
+
+    fn message(id: &[u8], body: &'static [u8]) -> Answer {
+        Answer::full(
+            StatusCode::OK,
+            Bytes::from_static(b"text/plain"),
+            Bytes::from_static(body),
+        )
+        .with(X_MESSAGE_ID, Bytes::copy_from_slice(id))
+    }
+
+    #[test]
+    fn a_header_map_made_again_is_the_same_and_any_difference_shows() {
+        let first = headers_of(message(b"abc-1", b"hi"));
+        assert_eq!(first[X_MESSAGE_ID], "abc-1");
+        assert_eq!(first[header::CONTENT_LENGTH], "2");
+        assert_eq!(first.get_all(header::DATE).iter().count(), 1);
+        // The same answer again, its id in a buffer of its own: the same map,
+        // unless the second changed in between.
+        let again = headers_of(message(b"abc-1", b"hi"));
+        if first[header::DATE] == again[header::DATE] {
+            assert_eq!(first, again);
+        }
+        // An id of the same length, another length: each is in its map.
+        let other = headers_of(message(b"abc-2", b"hi"));
+        assert_eq!(other[X_MESSAGE_ID], "abc-2");
+        let longer = headers_of(message(b"abc-2", b"hello"));
+        assert_eq!(longer[header::CONTENT_LENGTH], "5");
+        // An empty answer ends its stream with the head: no length, as hyper
+        // would send it.
+        let empty = headers_of(
+            Answer::status(StatusCode::NO_CONTENT).with(X_MESSAGE_ID, Bytes::from_static(b"abc-2")),
+        );
+        assert!(!empty.contains_key(header::CONTENT_LENGTH), "{empty:?}");
+        assert_eq!(empty[X_MESSAGE_ID], "abc-2");
     }
 }

@@ -23,7 +23,7 @@ use std::cell::RefCell;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http::Method;
@@ -32,7 +32,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::Closing;
-use crate::answer::{Answer, Body};
+use crate::answer::{Answer, Body, same_headers};
 use crate::error::Error;
 use crate::routes::{Fresh, Request, Route, Routes};
 
@@ -930,9 +930,7 @@ fn write_head(head: &mut Vec<u8>, answer: &Answer, close: bool, http10: bool, ch
             Body::Stream(_) => None,
             body => body.len(),
         },
-        second: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        second: super::date_second(),
     };
     LAST_HEAD.with(|last| {
         let mut last = last.borrow_mut();
@@ -969,22 +967,12 @@ struct LastHead {
 
 impl LastHead {
     fn is_for(&self, shape: &Shape, headers: &[(http::HeaderName, Bytes)]) -> bool {
-        self.shape.as_ref() == Some(shape)
-            && self.headers.len() == headers.len()
-            && self
-                .headers
-                .iter()
-                .zip(headers)
-                .all(|((n, v), (name, value))| {
-                    n == name
-                        && ((v.as_ptr() == value.as_ptr() && v.len() == value.len()) || v == value)
-                })
+        self.shape.as_ref() == Some(shape) && same_headers(&self.headers, headers)
     }
 
     fn make(&mut self, shape: Shape, answer: &Answer) {
         if self.shape.is_none_or(|s| s.second != shape.second) {
-            let now = UNIX_EPOCH + Duration::from_secs(shape.second);
-            self.date = format!("date: {}\r\n", httpdate::fmt_http_date(now));
+            self.date = format!("date: {}\r\n", super::http_date(shape.second));
         }
         let head = &mut self.head;
         head.clear();

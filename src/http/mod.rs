@@ -10,6 +10,7 @@ pub mod adapter;
 pub mod lean;
 
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 
@@ -44,6 +45,19 @@ impl Closing {
             notified.await;
         }
     }
+}
+
+/// The second an answer's `date:` names: the writers remake what they keep
+/// of a head when it changes.
+fn date_second() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// That second as a `date:` value.
+fn http_date(second: u64) -> String {
+    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(second))
 }
 
 #[cfg(test)]
