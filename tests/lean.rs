@@ -205,3 +205,26 @@ async fn heads_with_bare_line_feeds_are_read_as_hyper_reads_them() {
     assert_eq!(statuses(&answer), ["200", "200"], "{answer}");
     assert!(answer.ends_with("\r\n\r\na"), "{answer}");
 }
+
+#[tokio::test]
+async fn a_long_poll_longer_than_the_header_timeout_waits_its_own_time() {
+    let server = Server::start(&["--header-timeout", "1"]);
+    let mut c = server.client().await;
+    // The connection's one timer was set for the wait between two requests
+    // (1 s) when the long-poll begins; the long-poll still lasts its 2 s.
+    let id = c.publish("kept", "first").await;
+    let start = std::time::Instant::now();
+    let timed_out = c
+        .get(&format!("/subscribe?channel=kept&since={id}&timeout=2"))
+        .await;
+    assert_eq!(timed_out.status, 204);
+    assert!(
+        start.elapsed() >= std::time::Duration::from_millis(1900),
+        "answered after {:?}",
+        start.elapsed()
+    );
+    // The connection goes on, and its next wait gets the next message.
+    let next = server.client().await.publish("kept", "second").await;
+    let got = c.get(&format!("/subscribe?channel=kept&since={id}")).await;
+    assert_eq!((got.text(), got.id()), ("second", next));
+}

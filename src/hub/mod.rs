@@ -50,7 +50,7 @@ use sweep::Due;
 pub use channel::FREED_RECORDS;
 pub use keys::{MAX_KEYS, Published};
 pub use message::{Fingerprint, Message, Meter, Payload, Since};
-pub use poll::{Clock, Fresh, Outcome, Start, Wait, Waiter};
+pub use poll::{Clock, Fresh, Kept, Outcome, Start, Wait, Waiter};
 pub use stream::{Following, STREAM_BACKLOG, Stream};
 
 /// Why the hub refused.

@@ -218,15 +218,44 @@ impl Clock for Fresh {
     }
 }
 
-/// A timer its owner keeps between waits (a connection's), moved to the
-/// timeout: to a later time that is one atomic step, where a fresh timer is
-/// entered in the runtime's wheel and taken out again when dropped.
+/// A timer its owner keeps between waits (a connection's, set for the wait
+/// before the request). Only a timeout earlier than the timer moves it now;
+/// a later one is reached in [`Kept`]. So a wait answered before the timer
+/// fires leaves it where its owner set it, and the owner's next move is to a
+/// later time: one atomic step, where moving a timer earlier enters it in
+/// the runtime's wheel again.
 impl<'t> Clock for Pin<&'t mut tokio::time::Sleep> {
-    type Timer = Pin<&'t mut tokio::time::Sleep>;
+    type Timer = Kept<'t>;
 
-    fn timer(mut self, timeout: Duration) -> Self::Timer {
-        self.as_mut().reset(Instant::now() + timeout);
-        self
+    fn timer(mut self, timeout: Duration) -> Kept<'t> {
+        let until = Instant::now() + timeout;
+        if until < self.deadline() {
+            self.as_mut().reset(until);
+        }
+        Kept { sleep: self, until }
+    }
+}
+
+/// A kept timer lent to a wait that ends at `until`: when it fires before
+/// then, it is moved on to `until` and waited on again.
+#[derive(Debug)]
+pub struct Kept<'t> {
+    sleep: Pin<&'t mut tokio::time::Sleep>,
+    until: Instant,
+}
+
+impl Future for Kept<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> TaskPoll<()> {
+        let until = self.until;
+        while self.sleep.as_mut().poll(cx).is_ready() {
+            if self.sleep.deadline() >= until {
+                return TaskPoll::Ready(());
+            }
+            self.sleep.as_mut().reset(until);
+        }
+        TaskPoll::Pending
     }
 }
 
@@ -840,6 +869,35 @@ mod tests {
         let (_, woken) = w.wait_on(timer.as_mut(), Duration::from_secs(2)).await;
         assert!(matches!(woken, Outcome::Timeout));
         assert_eq!(start.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_kept_timer_lent_to_a_longer_wait_stays_set_unless_it_fires() {
+        let hub = hub(10, 60);
+        let mut timer = std::pin::pin!(tokio::time::sleep(Duration::from_secs(2)));
+        let set = timer.deadline();
+        // A message within the timer's 2 s: the timer stays where it was set,
+        // so its owner's next move is to a later time.
+        let w = poll(&hub, &[("k", Since::Next)], 1)
+            .unwrap()
+            .waiter
+            .unwrap();
+        let mut wait = std::pin::pin!(w.wait_on(timer.as_mut(), Duration::from_secs(5)));
+        assert!(futures_poll_once(wait.as_mut()).is_none());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(hub.publish(&["k"], |_| "k1").unwrap().1, 1);
+        let (_, woken) = wait.await;
+        assert!(matches!(woken, Outcome::Message(m) if m.payload == "k1"));
+        assert_eq!(timer.deadline(), set);
+        // No message: the wait lasts its own 5 s, past the timer's 2.
+        let start = Instant::now();
+        let w = poll(&hub, &[("k", Since::Next)], 1)
+            .unwrap()
+            .waiter
+            .unwrap();
+        let (_, woken) = w.wait_on(timer.as_mut(), Duration::from_secs(5)).await;
+        assert!(matches!(woken, Outcome::Timeout));
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
     }
 
     /// Polls `fut` once with a waker that does nothing.
