@@ -353,13 +353,6 @@ async fn read(
 /// An answer as hyper's response; the request stays `open` as long as its
 /// body.
 fn response(answer: Answer, open: Open) -> Response<AnswerBody> {
-    // What hyper would say the length is: none for an empty body, which
-    // ends the stream with the head.
-    let length = match &answer.body {
-        Body::Full(_) => answer.body.len(),
-        Body::Parts(parts) if !parts.is_empty() => answer.body.len(),
-        _ => None,
-    };
     let frames = match answer.body {
         Body::Empty => Frames::Parts(VecDeque::new()),
         Body::Full(b) => Frames::Parts(VecDeque::from([b])),
@@ -371,6 +364,11 @@ fn response(answer: Answer, open: Open) -> Response<AnswerBody> {
         progress: PROGRESS.try_with(Arc::clone).ok(),
         _open: open,
     };
+    // The length as hyper would send it: none for a body that ends with the
+    // head (empty) or whose length is not known (a stream).
+    let length = (!body.is_end_stream())
+        .then(|| body.size_hint().exact())
+        .flatten();
     let mut response = Response::new(body);
     *response.status_mut() = answer.status;
     *response.headers_mut() = header_map(answer.headers, length);
@@ -381,7 +379,7 @@ fn response(answer: Answer, open: Open) -> Response<AnswerBody> {
 /// hyper would add, so that it adds nothing. A fan-out answers its streams
 /// one after another with the same headers, so the last map made on this
 /// thread is kept and cloned when the next answer's is the same.
-fn header_map(headers: Vec<(HeaderName, Bytes)>, length: Option<usize>) -> HeaderMap {
+fn header_map(headers: Vec<(HeaderName, Bytes)>, length: Option<u64>) -> HeaderMap {
     let second = super::date_second();
     LAST_MAP.with(|last| {
         let mut last = last.borrow_mut();
@@ -415,7 +413,7 @@ fn header_map(headers: Vec<(HeaderName, Bytes)>, length: Option<usize>) -> Heade
 /// keeps their memory, so [`same_headers`] may compare addresses).
 #[derive(Debug)]
 struct LastMap {
-    made: Option<(Option<usize>, u64)>,
+    made: Option<(Option<u64>, u64)>,
     headers: Vec<(HeaderName, Bytes)>,
     map: HeaderMap,
 }
