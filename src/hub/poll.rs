@@ -844,20 +844,14 @@ mod tests {
     async fn a_timer_kept_between_waits_times_each_from_its_own_start() {
         let hub = hub(10, 60);
         let mut timer = std::pin::pin!(tokio::time::sleep(Duration::from_secs(1)));
-        let waiter_on_k = || {
-            poll(&hub, &[("k", Since::Next)], 1)
-                .unwrap()
-                .waiter
-                .unwrap()
-        };
         // Set earlier than a wait's timeout, then moved later by it.
         let start = Instant::now();
-        let w = waiter_on_k();
+        let w = waiter_on(&hub, "k");
         let (_, woken) = w.wait_on(timer.as_mut(), Duration::from_secs(5)).await;
         assert!(matches!(woken, Outcome::Timeout));
         assert_eq!(start.elapsed(), Duration::from_secs(5));
         // Fired, then used again: a message comes first.
-        let w = waiter_on_k();
+        let w = waiter_on(&hub, "k");
         let mut wait = std::pin::pin!(w.wait_on(timer.as_mut(), Duration::from_secs(3)));
         assert!(futures_poll_once(wait.as_mut()).is_none());
         assert_eq!(hub.publish(&["k"], |_| "k1").unwrap().1, 1);
@@ -865,7 +859,7 @@ mod tests {
         assert!(matches!(woken, Outcome::Message(m) if m.payload == "k1"));
         // Moved to an earlier time than it was set to: it ends then.
         let start = Instant::now();
-        let w = waiter_on_k();
+        let w = waiter_on(&hub, "k");
         let (_, woken) = w.wait_on(timer.as_mut(), Duration::from_secs(2)).await;
         assert!(matches!(woken, Outcome::Timeout));
         assert_eq!(start.elapsed(), Duration::from_secs(2));
@@ -878,10 +872,7 @@ mod tests {
         let set = timer.deadline();
         // A message within the timer's 2 s: the timer stays where it was set,
         // so its owner's next move is to a later time.
-        let w = poll(&hub, &[("k", Since::Next)], 1)
-            .unwrap()
-            .waiter
-            .unwrap();
+        let w = waiter_on(&hub, "k");
         let mut wait = std::pin::pin!(w.wait_on(timer.as_mut(), Duration::from_secs(5)));
         assert!(futures_poll_once(wait.as_mut()).is_none());
         tokio::time::advance(Duration::from_secs(1)).await;
@@ -891,13 +882,18 @@ mod tests {
         assert_eq!(timer.deadline(), set);
         // No message: the wait lasts its own 5 s, past the timer's 2.
         let start = Instant::now();
-        let w = poll(&hub, &[("k", Since::Next)], 1)
-            .unwrap()
-            .waiter
-            .unwrap();
+        let w = waiter_on(&hub, "k");
         let (_, woken) = w.wait_on(timer.as_mut(), Duration::from_secs(5)).await;
         assert!(matches!(woken, Outcome::Timeout));
         assert_eq!(start.elapsed(), Duration::from_secs(5));
+    }
+
+    /// A waiter for the next message on `channel`.
+    fn waiter_on(hub: &Arc<Hub<&'static str>>, channel: &str) -> Waiter<&'static str> {
+        poll(hub, &[(channel, Since::Next)], 1)
+            .unwrap()
+            .waiter
+            .unwrap()
     }
 
     /// Polls `fut` once with a waker that does nothing.
